@@ -1,0 +1,6 @@
+// commands.h: one entry point per subcommand; argv[0] is the subcommand name.
+#pragma once
+
+namespace peft {
+int cmd_bench(int argc, char ** argv);
+}

@@ -1,0 +1,38 @@
+// main.cpp: the `peft` command: a table of subcommands (git / llama-* style).
+#include <cstdio>
+#include <cstring>
+
+#include "cli/commands.h"
+
+namespace {
+
+struct subcommand {
+    const char * name;
+    int (*run)(int argc, char ** argv);
+    const char * summary;
+};
+
+const subcommand SUBCOMMANDS[] = {
+    {"bench", peft::cmd_bench, "training-step throughput of a model or named shape, as one JSON line"},
+};
+
+void print_usage() {
+    std::printf("peft: parameter-efficient fine-tuning of Llama-family models on the CPU\n\n"
+                "usage: peft <command> [options]   (peft <command> --help for details)\n\ncommands:\n");
+    for (const subcommand & c : SUBCOMMANDS) std::printf("  %-10s %s\n", c.name, c.summary);
+}
+
+} // namespace
+
+int main(int argc, char ** argv) {
+    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+        print_usage();
+        return argc < 2 ? 1 : 0;
+    }
+    for (const subcommand & c : SUBCOMMANDS) {
+        if (!std::strcmp(argv[1], c.name)) return c.run(argc - 1, argv + 1);
+    }
+    std::fprintf(stderr, "peft: unknown command '%s'\n", argv[1]);
+    print_usage();
+    return 1;
+}

@@ -1,0 +1,92 @@
+// kernels.h: the compute kernels of peft.cpp, as plain functions over raw pointers.
+// Each op has a fast version and a naive `_ref` twin (double accumulation) that tests compare
+// against. Kernel entry points stay plain so a CUDA twin can be added per op later.
+//
+// Size letters used project-wide:
+//   B batch, T tokens per sequence, N = B*T rows, C = n_embd, NH = n_head, NKV = n_head_kv,
+//   HS = head size, F = n_ff, V = n_vocab, R = adapter rank, OC/IC = out/in features.
+// Matrices are row-major; linear weights are [OC, IC] as PyTorch's nn.Linear.weight.
+// Argument order (llm.c): outputs, saved stats, inputs, weights, then sizes.
+// Backward kernels ACCUMULATE (+=) into every gradient output; callers zero them.
+// Threading: kernels parallelise over rows with OpenMP; gemm calls BLAS and must be called
+// from serial code. Every reduction is combined in a fixed order, so results are bit-identical
+// for a fixed thread count.
+#pragma once
+#include <cstdint>
+
+namespace peft {
+
+// ---- GEMM (gemm.cpp) ------------------------------------------------------------------
+// C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C; op(X) = X or X^T (row-major storage,
+// lda/ldb/ldc are row strides of the stored matrices).
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc);
+void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+              const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc);
+
+// ---- embedding (embedding.cpp) ----------------------------------------------------------
+// out[N,C] = wte[tokens[n], :]; wte is f32 [V,C]. Callers with bf16 tables convert rows.
+void embedding_forward(float * out, const int32_t * tokens, const float * wte, int64_t N, int64_t C);
+// dwte[V,C] += scatter of dout[N,C]; deterministic (rows accumulated in token order).
+void embedding_backward(float * dwte, const float * dout, const int32_t * tokens, int64_t N, int64_t C, int64_t V);
+
+// ---- RMSNorm (rmsnorm.cpp) ----------------------------------------------------------------
+// out = inp * rstd * weight, rstd[n] = 1/sqrt(mean(inp[n]^2) + eps)
+void rmsnorm_forward(float * out, float * rstd, const float * inp, const float * weight, int64_t N, int64_t C, float eps);
+// dinp += ..., dweight += ... (dweight may be null for a frozen norm)
+void rmsnorm_backward(float * dinp, float * dweight, const float * dout, const float * inp, const float * weight,
+                      const float * rstd, int64_t N, int64_t C);
+void rmsnorm_forward_ref(float * out, float * rstd, const float * inp, const float * weight, int64_t N, int64_t C, float eps);
+
+// ---- rotary embedding (rope.cpp) ----------------------------------------------------------
+// HF "rotate_half" convention: dims i and i + HS/2 form a pair rotated by pos * inv_freq[i].
+struct rope_config {
+    float   theta = 10000.0f;
+    bool    llama3 = false;                   // rope_scaling.rope_type == "llama3"
+    float   factor = 8.0f;
+    float   low_freq_factor = 1.0f;
+    float   high_freq_factor = 4.0f;
+    int64_t original_max_position = 8192;
+};
+// inv_freq[HS/2]: theta^(-2i/HS), with Llama-3 frequency scaling when cfg.llama3.
+void rope_inv_freq(float * inv_freq, const rope_config & cfg, int64_t HS);
+// x[N, nh, HS] rotated in place; pos[N] are positions (restart per packed sample).
+void rope_forward(float * x, const int32_t * pos, const float * inv_freq, int64_t N, int64_t nh, int64_t HS);
+// dx[N, nh, HS] in place: applies the inverse rotation (the transpose of forward).
+void rope_backward(float * dx, const int32_t * pos, const float * inv_freq, int64_t N, int64_t nh, int64_t HS);
+
+// ---- causal attention with grouped-query heads (attention.cpp) ----------------------------
+// q[N, NH, HS], k/v[N, NKV, HS], out[N, NH, HS], lse[B, NH, T] (log-sum-exp per query row,
+// saved for backward). Row n = b*T + t. Query t sees key s iff s <= t and, when seg is not
+// null, seg[b*T+s] == seg[b*T+t] (packed samples do not see each other). Scale 1/sqrt(HS).
+// Never holds more than one head's scores per thread at a time.
+void attention_forward(float * out, float * lse, const float * q, const float * k, const float * v,
+                       const int32_t * seg, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS);
+// dq += , dk += , dv += (all heads of a kv group are reduced by one thread: deterministic)
+void attention_backward(float * dq, float * dk, float * dv, const float * dout, const float * out, const float * lse,
+                        const float * q, const float * k, const float * v, const int32_t * seg,
+                        int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS);
+void attention_forward_ref(float * out, const float * q, const float * k, const float * v, const int32_t * seg,
+                           int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS);
+
+// ---- SwiGLU (swiglu.cpp) --------------------------------------------------------------------
+// out[i] = silu(gate[i]) * up[i] over n = N*F elements
+void swiglu_forward(float * out, const float * gate, const float * up, int64_t n);
+void swiglu_backward(float * dgate, float * dup, const float * dout, const float * gate, const float * up, int64_t n);
+
+// ---- fused softmax + cross-entropy (xent.cpp) -----------------------------------------------
+// On a chunk of n rows of logits[n, V]: losses[i] = logsumexp(logits_i) - logits_i[target_i],
+// 0 where targets[i] == -100 (ignored). If dlogits is not null it receives
+// (softmax_i - onehot_i) * dscale (zero rows for ignored targets); dlogits may alias logits.
+// The vocabulary is processed in chunks with an online max/sum, so no probability row is kept.
+void xent_forward(float * losses, float * dlogits, const float * logits, const int32_t * targets,
+                  int64_t n, int64_t V, float dscale);
+void xent_forward_ref(float * losses, const float * logits, const int32_t * targets, int64_t n, int64_t V);
+
+// ---- reductions (reduce.cpp) ----------------------------------------------------------------
+// sum of squares in double, fixed-order across threads
+double sum_squares(const float * x, int64_t n);
+// true if every element is finite
+bool all_finite(const float * x, int64_t n);
+
+} // namespace peft

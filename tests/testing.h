@@ -1,0 +1,43 @@
+// testing.h: the shared test harness (ARCHITECTURE §8): closeness checks that print the first
+// mismatches, NMSE, central finite differences in double, sentinel-guarded buffers, fixture paths.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace peft::testing {
+
+// Fails (with the first 5 offending pairs printed) unless |a-b| <= atol + rtol*|b| everywhere.
+::testing::AssertionResult check_close(const float * got, const float * want, int64_t n,
+                                       double rtol, double atol, const char * what = "");
+// ||a-b||^2 / ||b||^2
+double nmse(const float * got, const float * want, int64_t n);
+double rel_error(const float * got, const float * want, int64_t n);  // ||a-b|| / ||b||
+
+// Central finite difference of a scalar function f(params) with respect to x[0..n), in double:
+// grad[i] = (f(x+h e_i) - f(x-h e_i)) / 2h.
+std::vector<double> finite_diff(std::vector<double> & x, const std::function<double(const std::vector<double> &)> & f,
+                                double h = 1e-5);
+
+// Deterministic fill in [-scale, scale] (not random-quality, just varied and reproducible).
+void fixed_fill(float * x, int64_t n, uint64_t seed, float scale = 1.0f);
+std::vector<float> fixed_vector(int64_t n, uint64_t seed, float scale = 1.0f);
+
+// A float buffer with sentinel pads on both sides; intact() checks nothing wrote past the ends.
+struct guarded {
+    explicit guarded(int64_t n, float fill = 0.0f);
+    float * data() { return buf.data() + PAD; }
+    const float * data() const { return buf.data() + PAD; }
+    bool intact() const;
+    static constexpr int64_t PAD = 16;
+    std::vector<float> buf;
+    int64_t n;
+};
+
+std::string source_path(const std::string & rel);   // PEFT_SOURCE_DIR + "/" + rel
+std::string temp_dir(const std::string & name);      // fresh empty directory under /tmp
+
+} // namespace peft::testing
