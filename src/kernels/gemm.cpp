@@ -1,0 +1,38 @@
+// gemm.cpp: the matrix multiply every linear layer goes through. The fast path hands the call to
+// OpenBLAS (the OpenMP build, so BLAS threads and our loops share one runtime); gemm_ref is the
+// naive double-accumulating oracle the tests compare against. Only this file includes cblas.h.
+#include <cblas.h>
+
+#include "kernels/kernels.h"
+
+namespace peft {
+
+// C[M,N] = alpha * op(A) * op(B) + beta * C. Row-major storage: A is [M,K] (lda >= K) or, when
+// trans_a, [K,M] (lda >= M); B is [K,N] (ldb >= N) or, when trans_b, [N,K] (ldb >= K).
+// Must be called from serial code: OpenBLAS runs single-threaded inside an OpenMP region.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                (blasint) M, (blasint) N, (blasint) K, alpha, A, (blasint) lda, B, (blasint) ldb, beta, C,
+                (blasint) ldc);
+}
+
+void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+              const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc) {
+    for (int64_t i = 0; i < M; i++) {
+        for (int64_t j = 0; j < N; j++) {
+            double acc = 0.0;
+            for (int64_t p = 0; p < K; p++) {
+                double a = trans_a ? A[p * lda + i] : A[i * lda + p];
+                double b = trans_b ? B[j * ldb + p] : B[p * ldb + j];
+                acc += a * b;
+            }
+            // BLAS semantics: with beta == 0, C is not read (it may hold garbage or NaN)
+            double c = beta == 0.0f ? 0.0 : (double) beta * C[i * ldc + j];
+            C[i * ldc + j] = (float) (alpha * acc + c);
+        }
+    }
+}
+
+} // namespace peft

@@ -1,0 +1,30 @@
+// swiglu.cpp: the Llama MLP gate, out = silu(gate) * up (HF: act_fn(gate_proj(x)) * up_proj(x)).
+#include <cmath>
+
+#include "kernels/kernels.h"
+
+namespace peft {
+
+// out[n] = silu(gate[n]) * up[n], silu(g) = g * sigmoid(g)
+void swiglu_forward(float * out, const float * gate, const float * up, int64_t n) {
+    #pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i];
+        const float sig = 1.0f / (1.0f + std::exp(-g));
+        out[i] = g * sig * up[i];
+    }
+}
+
+// d silu(g)/dg = sig + g sig (1 - sig) = sig (1 + g (1 - sig))
+// dgate[n] += dout * up * silu'(gate), dup[n] += dout * silu(gate)
+void swiglu_backward(float * dgate, float * dup, const float * dout, const float * gate, const float * up, int64_t n) {
+    #pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i];
+        const float sig = 1.0f / (1.0f + std::exp(-g));
+        dgate[i] += dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+        dup[i] += dout[i] * g * sig;
+    }
+}
+
+} // namespace peft
