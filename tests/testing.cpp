@@ -58,6 +58,14 @@ std::vector<double> finite_diff(std::vector<double> & x, const std::function<dou
     return g;
 }
 
+::testing::AssertionResult check_grad(const float * got, const std::vector<double> & want, double rtol, double atol,
+                                      const char * what) {
+    std::vector<float> w(want.begin(), want.end());
+    return check_close(got, w.data(), (int64_t) w.size(), rtol, atol, what);
+}
+
+std::vector<double> to_double(const float * x, int64_t n) { return std::vector<double>(x, x + n); }
+
 void fixed_fill(float * x, int64_t n, uint64_t seed, float scale) {
     uint64_t s = seed * 6364136223846793005ull + 1442695040888963407ull;
     for (int64_t i = 0; i < n; i++) {

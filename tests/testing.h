@@ -22,6 +22,11 @@ double rel_error(const float * got, const float * want, int64_t n);  // ||a-b|| 
 std::vector<double> finite_diff(std::vector<double> & x, const std::function<double(const std::vector<double> &)> & f,
                                 double h = 1e-5);
 
+// check_close of an analytic float gradient against a double reference (finite differences).
+::testing::AssertionResult check_grad(const float * got, const std::vector<double> & want, double rtol, double atol,
+                                      const char * what = "");
+std::vector<double> to_double(const float * x, int64_t n);
+
 // Deterministic fill in [-scale, scale] (not random-quality, just varied and reproducible).
 void fixed_fill(float * x, int64_t n, uint64_t seed, float scale = 1.0f);
 std::vector<float> fixed_vector(int64_t n, uint64_t seed, float scale = 1.0f);
