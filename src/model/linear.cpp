@@ -1,0 +1,83 @@
+#include "model/linear.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "core/status.h"
+#include "kernels/kernels.h"
+
+namespace peft {
+
+// Rows converted per tile: large enough that each GEMM call is efficient, small enough that the
+// f32 tile (TILE_ROWS * IC floats) stays a few MB.
+static constexpr int64_t TILE_ROWS = 256;
+
+void linear_weight_rows_f32(float * dst, const linear_weight & w, int64_t r0, int64_t r1) {
+    const size_t esz = dtype_size(w.type);
+    const uint8_t * src = (const uint8_t *) w.data + (size_t) r0 * w.IC * esz;
+    const int64_t rows = r1 - r0;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        convert_to_f32(w.type, src + (size_t) r * w.IC * esz, dst + r * w.IC, (size_t) w.IC);
+    }
+}
+
+static thread_local std::vector<float> g_tile;  // reused conversion buffer (serial callers only)
+
+static float * tile_buffer(int64_t n) {
+    if ((int64_t) g_tile.size() < n) g_tile.resize((size_t) n);
+    return g_tile.data();
+}
+
+void linear_forward(float * y, const float * x, const linear_weight & w, const float * bias, int64_t N, float beta) {
+    const int64_t OC = w.OC, IC = w.IC;
+    if (w.type == PEFT_DTYPE_F32) {
+        gemm(false, true, N, OC, IC, 1.0f, x, IC, (const float *) w.data, IC, beta, y, OC);
+    } else {
+        float * tile = tile_buffer(std::min(OC, TILE_ROWS) * IC);
+        for (int64_t r0 = 0; r0 < OC; r0 += TILE_ROWS) {
+            int64_t r1 = std::min(OC, r0 + TILE_ROWS);
+            linear_weight_rows_f32(tile, w, r0, r1);
+            // y[:, r0:r1] = x tile^T
+            gemm(false, true, N, r1 - r0, IC, 1.0f, x, IC, tile, IC, beta, y + r0, OC);
+        }
+    }
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            float * yr = y + n * OC;
+            for (int64_t o = 0; o < OC; o++) yr[o] += bias[o];
+        }
+    }
+}
+
+void linear_backward_input(float * dx, const float * dy, const linear_weight & w, int64_t N, float beta) {
+    const int64_t OC = w.OC, IC = w.IC;
+    if (w.type == PEFT_DTYPE_F32) {
+        gemm(false, false, N, IC, OC, 1.0f, dy, OC, (const float *) w.data, IC, beta, dx, IC);
+        return;
+    }
+    float * tile = tile_buffer(std::min(OC, TILE_ROWS) * IC);
+    for (int64_t r0 = 0; r0 < OC; r0 += TILE_ROWS) {
+        int64_t r1 = std::min(OC, r0 + TILE_ROWS);
+        linear_weight_rows_f32(tile, w, r0, r1);
+        // dx (+)= dy[:, r0:r1] tile; only the first tile applies the caller's beta
+        gemm(false, false, N, IC, r1 - r0, 1.0f, dy + r0, OC, tile, IC, r0 == 0 ? beta : 1.0f, dx, IC);
+    }
+}
+
+void linear_backward_weight(float * dW, float * dbias, const float * dy, const float * x, int64_t N, int64_t OC, int64_t IC) {
+    if (dW) gemm(true, false, OC, IC, N, 1.0f, dy, OC, x, IC, 1.0f, dW, IC);
+    if (dbias) {
+        // column sums; rows split over threads would make the order thread-dependent, so each
+        // thread owns a range of columns and walks all rows in order
+#pragma omp parallel for schedule(static)
+        for (int64_t o = 0; o < OC; o++) {
+            float s = 0.0f;
+            for (int64_t n = 0; n < N; n++) s += dy[n * OC + o];
+            dbias[o] += s;
+        }
+    }
+}
+
+} // namespace peft

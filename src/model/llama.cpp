@@ -1,0 +1,474 @@
+// llama.cpp: forward and backward of the Llama-family decoder over the kernels in kernels.h.
+// Not here: loading files (llama_load.cpp), optimizers, adapters.
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/rng.h"
+#include "kernels/kernels.h"
+
+namespace peft {
+
+// ---- tensor table ------------------------------------------------------------------------
+
+std::vector<llama_tensor_spec> llama_tensor_specs(const llama_hparams & hp) {
+    const int64_t C = hp.n_embd, QD = hp.q_dim(), KVD = hp.kv_dim(), F = hp.n_ff, V = hp.n_vocab;
+    std::vector<llama_tensor_spec> t;
+    t.push_back({"model.embed_tokens.weight", {V, C}, true});
+    for (int64_t l = 0; l < hp.n_layer; l++) {
+        std::string p = "model.layers." + std::to_string(l) + ".";
+        t.push_back({p + "input_layernorm.weight", {C}, false});
+        t.push_back({p + "self_attn.q_proj.weight", {QD, C}, true});
+        t.push_back({p + "self_attn.k_proj.weight", {KVD, C}, true});
+        t.push_back({p + "self_attn.v_proj.weight", {KVD, C}, true});
+        if (hp.qkv_bias) {
+            t.push_back({p + "self_attn.q_proj.bias", {QD}, false});
+            t.push_back({p + "self_attn.k_proj.bias", {KVD}, false});
+            t.push_back({p + "self_attn.v_proj.bias", {KVD}, false});
+        }
+        t.push_back({p + "self_attn.o_proj.weight", {C, QD}, true});
+        t.push_back({p + "post_attention_layernorm.weight", {C}, false});
+        t.push_back({p + "mlp.gate_proj.weight", {F, C}, true});
+        t.push_back({p + "mlp.up_proj.weight", {F, C}, true});
+        t.push_back({p + "mlp.down_proj.weight", {C, F}, true});
+    }
+    t.push_back({"model.norm.weight", {C}, false});
+    if (!hp.tie_embeddings) t.push_back({"lm_head.weight", {V, C}, true});
+    return t;
+}
+
+llama_tensor * llama_model::find(const std::string & name) {
+    for (llama_tensor & t : tensors) {
+        if (t.name == name) return &t;
+    }
+    return nullptr;
+}
+
+void llama_model::zero_grad() { grad_arena.zero(); }
+
+// Points the named weight structs at the tensors of m.tensors (which must follow
+// llama_tensor_specs order) and computes the rope table.
+void llama_bind_weights(llama_model & m) {
+    const llama_hparams & hp = m.hp;
+    size_t i = 0;
+    auto lin = [&](linear_weight & w) {
+        llama_tensor & t = m.tensors[i++];
+        w.type = t.type;
+        w.data = t.data;
+        w.OC = t.shape[0];
+        w.IC = t.shape[1];
+    };
+    auto vec = [&](float *& p) {
+        llama_tensor & t = m.tensors[i++];
+        PEFT_ASSERT(t.type == PEFT_DTYPE_F32);
+        p = (float *) t.data;
+    };
+    m.w.layers.assign((size_t) hp.n_layer, {});
+    lin(m.w.embed);
+    for (llama_layer_weights & L : m.w.layers) {
+        vec(L.attn_norm);
+        lin(L.wq);
+        lin(L.wk);
+        lin(L.wv);
+        if (hp.qkv_bias) {
+            vec(L.bq);
+            vec(L.bk);
+            vec(L.bv);
+        }
+        lin(L.wo);
+        vec(L.ffn_norm);
+        lin(L.w_gate);
+        lin(L.w_up);
+        lin(L.w_down);
+    }
+    vec(m.w.final_norm);
+    if (hp.tie_embeddings) {
+        m.w.lm_head = m.w.embed;
+    } else {
+        lin(m.w.lm_head);
+    }
+    PEFT_ASSERT(i == m.tensors.size());
+    m.inv_freq.resize((size_t) hp.head_dim / 2);
+    rope_inv_freq(m.inv_freq.data(), hp.rope, hp.head_dim);
+}
+
+// Plans arenas for the tensor table: f32 params for trainable models and small vectors;
+// `storage` holds frozen matrices of dtype `frozen_type` when `own_frozen` (random init).
+status llama_allocate(llama_model & m, bool trainable, bool own_frozen, dtype frozen_type) {
+    m.trainable = trainable;
+    m.tensors.clear();
+    size_t param_bytes = 0, storage_bytes = 0, grad_bytes = 0;
+    std::vector<llama_tensor_spec> specs = llama_tensor_specs(m.hp);
+    for (const llama_tensor_spec & s : specs) {
+        llama_tensor t;
+        t.name = s.name;
+        t.shape = s.shape;
+        size_t n = (size_t) t.numel();
+        if (trainable || !s.matrix) {
+            param_bytes += arena_align(n * 4);
+            if (trainable) grad_bytes += arena_align(n * 4);
+        } else if (own_frozen) {
+            storage_bytes += arena_align(n * dtype_size(frozen_type));
+        }
+        m.tensors.push_back(std::move(t));
+    }
+    if (!m.param_arena.reserve(param_bytes) || !m.storage_arena.reserve(storage_bytes) ||
+        !m.grad_arena.reserve(grad_bytes)) {
+        return make_error(PEFT_STATUS_MEMORY, "model", "cannot allocate " +
+                          std::to_string((param_bytes + storage_bytes + grad_bytes) >> 20) + " MiB for weights");
+    }
+    for (size_t i = 0; i < specs.size(); i++) {
+        llama_tensor & t = m.tensors[i];
+        size_t n = (size_t) t.numel();
+        if (trainable || !specs[i].matrix) {
+            t.type = PEFT_DTYPE_F32;
+            t.data = m.param_arena.alloc_f32(n);
+            if (trainable) t.grad = m.grad_arena.alloc_f32(n);
+        } else if (own_frozen) {
+            t.type = frozen_type;
+            t.data = m.storage_arena.alloc_bytes(n * dtype_size(frozen_type));
+        }
+    }
+    m.grad_arena.zero();
+    return {};
+}
+
+status llama_init_random(llama_model & m, const llama_hparams & hp, bool trainable, uint64_t seed, dtype storage) {
+    PEFT_TRY(llama_hparams_validate(hp, "model shape"));
+    m.hp = hp;
+    PEFT_TRY(llama_allocate(m, trainable, true, storage));
+    rng r(seed);
+    std::vector<float> tmp;
+    for (llama_tensor & t : m.tensors) {
+        int64_t n = t.numel();
+        bool is_norm = t.name.find("norm") != std::string::npos;
+        bool is_bias = t.name.size() > 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
+        if (t.type == PEFT_DTYPE_F32) {
+            float * d = (float *) t.data;
+            if (is_norm) std::fill(d, d + n, 1.0f);
+            else if (is_bias) std::fill(d, d + n, 0.0f);
+            else r.fill_normal(d, n, 0.0f, 0.02f);
+        } else {
+            tmp.resize((size_t) n);
+            r.fill_normal(tmp.data(), n, 0.0f, 0.02f);
+            convert_from_f32(t.type, tmp.data(), t.data, (size_t) n);
+        }
+    }
+    llama_bind_weights(m);
+    return {};
+}
+
+// ---- activations ---------------------------------------------------------------------------
+
+namespace {
+
+struct layer_acts {
+    float * xn1;    // [N,C]  attention-norm output
+    float * rstd1;  // [N]
+    float * q;      // [N,QD] after rope
+    float * k;      // [N,KVD] after rope
+    float * v;      // [N,KVD]
+    float * att;    // [N,QD] attention output (input of o_proj)
+    float * lse;    // [B,NH,T]
+    float * x_mid;  // [N,C]  residual after attention
+    float * xn2;    // [N,C]
+    float * rstd2;  // [N]
+    float * gate;   // [N,F]
+    float * up;     // [N,F]
+    float * h;      // [N,F]  silu(gate) * up
+};
+
+} // namespace
+
+struct llama_state::impl {
+    std::vector<float *>    resid;   // [L+1] residual stream at each layer input, [N,C]
+    std::vector<layer_acts> layers;  // [L], or [1] shared slot with recompute
+    float * xf;        // [N,C] final norm output
+    float * rstdf;     // [N]
+    float * dxf;       // [N,C] gradient at the final norm output (filled by forward)
+    float * losses;    // [N]
+    float * logits;    // [RC,V] one row chunk of logits / dlogits
+    // backward scratch
+    float * dres;      // [N,C]
+    float * dxn;       // [N,C]
+    float * dq, * dk, * dv, * datt;   // [N,QD] [N,KVD] [N,KVD] [N,QD]
+    float * dgate, * dup, * dh;       // [N,F]
+    float * emb_row;   // [C] conversion scratch is per row inside embedding; unused otherwise
+    int64_t rows_per_chunk;
+    bool    have_grad = false;        // forward ran with grad_scale > 0
+};
+
+// Rows per lm_head chunk: about 32 MB of logits, at least 16 rows.
+static int64_t lm_chunk_rows(int64_t N, int64_t V) {
+    int64_t rc = std::max<int64_t>(16, ((int64_t) 8 << 20) / std::max<int64_t>(V, 1));
+    return std::min(rc, N);
+}
+
+status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64_t T, bool recompute) {
+    const llama_hparams & hp = m.hp;
+    if (B <= 0 || T <= 0) return make_error(PEFT_STATUS_ARGUMENT, "batch", "batch size and sequence length must be positive");
+    const int64_t N = B * T, C = hp.n_embd, QD = hp.q_dim(), KVD = hp.kv_dim(), F = hp.n_ff, V = hp.n_vocab;
+    const int64_t L = hp.n_layer, NH = hp.n_head;
+    s.B = B;
+    s.T = T;
+    s.recompute = recompute;
+    s.p = std::make_shared<llama_state::impl>();
+    llama_state::impl & p = *s.p;
+    p.rows_per_chunk = lm_chunk_rows(N, V);
+
+    auto A = [](int64_t n) { return arena_align((size_t) n * 4); };
+    const int64_t n_slots = recompute ? 1 : L;
+    size_t per_layer = A(N * C) * 3 + A(N) * 2 + A(N * QD) * 2 + A(N * KVD) * 2 + A(B * NH * T) + A(N * F) * 3;
+    size_t total = A(N * C) * (size_t) (L + 1) + per_layer * (size_t) n_slots + A(N * C) * 2 + A(N) * 2 +
+                   A(p.rows_per_chunk * V) + A(N * C) * 2 + A(N * QD) * 2 + A(N * KVD) * 2 + A(N * F) * 3;
+    if (!s.act_arena.reserve(total)) {
+        return make_error(PEFT_STATUS_MEMORY, "activations", "cannot allocate " + std::to_string(total >> 20) +
+                          " MiB; lower the batch size or sequence length, or enable activation recomputation");
+    }
+    arena & a = s.act_arena;
+    p.resid.resize((size_t) L + 1);
+    for (auto & r : p.resid) r = a.alloc_f32((size_t) (N * C));
+    p.layers.resize((size_t) n_slots);
+    for (layer_acts & la : p.layers) {
+        la.xn1 = a.alloc_f32(N * C);
+        la.rstd1 = a.alloc_f32(N);
+        la.q = a.alloc_f32(N * QD);
+        la.k = a.alloc_f32(N * KVD);
+        la.v = a.alloc_f32(N * KVD);
+        la.att = a.alloc_f32(N * QD);
+        la.lse = a.alloc_f32(B * NH * T);
+        la.x_mid = a.alloc_f32(N * C);
+        la.xn2 = a.alloc_f32(N * C);
+        la.rstd2 = a.alloc_f32(N);
+        la.gate = a.alloc_f32(N * F);
+        la.up = a.alloc_f32(N * F);
+        la.h = a.alloc_f32(N * F);
+    }
+    p.xf = a.alloc_f32(N * C);
+    p.dxf = a.alloc_f32(N * C);
+    p.rstdf = a.alloc_f32(N);
+    p.losses = a.alloc_f32(N);
+    p.logits = a.alloc_f32(p.rows_per_chunk * V);
+    p.dres = a.alloc_f32(N * C);
+    p.dxn = a.alloc_f32(N * C);
+    p.dq = a.alloc_f32(N * QD);
+    p.datt = a.alloc_f32(N * QD);
+    p.dk = a.alloc_f32(N * KVD);
+    p.dv = a.alloc_f32(N * KVD);
+    p.dgate = a.alloc_f32(N * F);
+    p.dup = a.alloc_f32(N * F);
+    p.dh = a.alloc_f32(N * F);
+    return {};
+}
+
+// ---- forward -------------------------------------------------------------------------------
+
+namespace {
+
+struct batch_view {
+    const int32_t * pos;
+    const int32_t * seg;
+    std::vector<int32_t> default_pos;
+};
+
+const int32_t * positions(const llama_batch & b, std::vector<int32_t> & scratch) {
+    if (b.pos) return b.pos;
+    scratch.resize((size_t) (b.B * b.T));
+    for (int64_t i = 0; i < b.B * b.T; i++) scratch[(size_t) i] = (int32_t) (i % b.T);
+    return scratch.data();
+}
+
+void layer_forward(const llama_model & m, const llama_layer_weights & w, layer_acts & a, const float * x_in, float * x_out,
+                   const int32_t * pos, const int32_t * seg, int64_t B, int64_t T) {
+    const llama_hparams & hp = m.hp;
+    const int64_t N = B * T, C = hp.n_embd, F = hp.n_ff;
+    rmsnorm_forward(a.xn1, a.rstd1, x_in, w.attn_norm, N, C, hp.rms_eps);
+    linear_forward(a.q, a.xn1, w.wq, w.bq, N);
+    linear_forward(a.k, a.xn1, w.wk, w.bk, N);
+    linear_forward(a.v, a.xn1, w.wv, w.bv, N);
+    rope_forward(a.q, pos, m.inv_freq.data(), N, hp.n_head, hp.head_dim);
+    rope_forward(a.k, pos, m.inv_freq.data(), N, hp.n_head_kv, hp.head_dim);
+    attention_forward(a.att, a.lse, a.q, a.k, a.v, seg, B, T, hp.n_head, hp.n_head_kv, hp.head_dim);
+    std::memcpy(a.x_mid, x_in, (size_t) (N * C) * 4);
+    linear_forward(a.x_mid, a.att, w.wo, nullptr, N, 1.0f);  // x_mid = x_in + att Wo^T
+    rmsnorm_forward(a.xn2, a.rstd2, a.x_mid, w.ffn_norm, N, C, hp.rms_eps);
+    linear_forward(a.gate, a.xn2, w.w_gate, nullptr, N);
+    linear_forward(a.up, a.xn2, w.w_up, nullptr, N);
+    swiglu_forward(a.h, a.gate, a.up, N * F);
+    std::memcpy(x_out, a.x_mid, (size_t) (N * C) * 4);
+    linear_forward(x_out, a.h, w.w_down, nullptr, N, 1.0f);  // x_out = x_mid + h Wd^T
+}
+
+void embed_rows(float * out, const linear_weight & wte, const int32_t * tokens, int64_t N) {
+    const int64_t C = wte.IC;
+    if (wte.type == PEFT_DTYPE_F32) {
+        embedding_forward(out, tokens, (const float *) wte.data, N, C);
+        return;
+    }
+    const size_t row_bytes = (size_t) C * dtype_size(wte.type);
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        convert_to_f32(wte.type, (const uint8_t *) wte.data + (size_t) tokens[n] * row_bytes, out + n * C, (size_t) C);
+    }
+}
+
+} // namespace
+
+float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch, float grad_scale, float * logits_out) {
+    const llama_hparams & hp = m.hp;
+    PEFT_ASSERT(batch.B == s.B && batch.T == s.T);
+    llama_state::impl & p = *s.p;
+    const int64_t B = s.B, T = s.T, N = B * T, C = hp.n_embd, V = hp.n_vocab, L = hp.n_layer;
+    std::vector<int32_t> pos_scratch;
+    const int32_t * pos = positions(batch, pos_scratch);
+
+    embed_rows(p.resid[0], m.w.embed, batch.tokens, N);
+    for (int64_t l = 0; l < L; l++) {
+        layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
+        layer_forward(m, m.w.layers[(size_t) l], a, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, batch.seg, B, T);
+    }
+    rmsnorm_forward(p.xf, p.rstdf, p.resid[(size_t) L], m.w.final_norm, N, C, hp.rms_eps);
+
+    int64_t n_valid = 0;
+    for (int64_t i = 0; i < N; i++) n_valid += batch.targets[i] != -100;
+    s.n_valid = n_valid;
+    p.have_grad = grad_scale > 0.0f;
+    const float dscale = n_valid > 0 ? grad_scale / (float) n_valid : 0.0f;
+    llama_tensor * lm = nullptr;
+    if (p.have_grad && m.trainable) lm = m.find(hp.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+
+    // lm_head + cross-entropy over row chunks: logits of one chunk at a time
+    for (int64_t r0 = 0; r0 < N; r0 += p.rows_per_chunk) {
+        const int64_t rn = std::min(p.rows_per_chunk, N - r0);
+        linear_forward(p.logits, p.xf + r0 * C, m.w.lm_head, nullptr, rn);
+        if (logits_out) std::memcpy(logits_out + r0 * V, p.logits, (size_t) (rn * V) * 4);
+        xent_forward(p.losses + r0, p.have_grad ? p.logits : nullptr, p.logits, batch.targets + r0, rn, V, dscale);
+        if (p.have_grad) {
+            linear_backward_input(p.dxf + r0 * C, p.logits, m.w.lm_head, rn, 0.0f);
+            if (lm) linear_backward_weight(lm->grad, nullptr, p.logits, p.xf + r0 * C, rn, V, C);
+        }
+    }
+    double sum = 0.0;
+    for (int64_t i = 0; i < N; i++) sum += p.losses[i];
+    s.loss_sum = sum;
+    return n_valid > 0 ? (float) (sum / (double) n_valid) : 0.0f;
+}
+
+// ---- backward ------------------------------------------------------------------------------
+
+namespace {
+
+struct layer_grads {
+    float * attn_norm, * wq, * wk, * wv, * bq, * bk, * bv, * wo, * ffn_norm, * w_gate, * w_up, * w_down;
+};
+
+layer_grads find_layer_grads(llama_model & m, int64_t l) {
+    layer_grads g{};
+    if (!m.trainable) return g;
+    std::string p = "model.layers." + std::to_string(l) + ".";
+    auto G = [&](const char * suffix) {
+        llama_tensor * t = m.find(p + suffix);
+        return t ? t->grad : nullptr;
+    };
+    g.attn_norm = G("input_layernorm.weight");
+    g.wq = G("self_attn.q_proj.weight");
+    g.wk = G("self_attn.k_proj.weight");
+    g.wv = G("self_attn.v_proj.weight");
+    g.bq = G("self_attn.q_proj.bias");
+    g.bk = G("self_attn.k_proj.bias");
+    g.bv = G("self_attn.v_proj.bias");
+    g.wo = G("self_attn.o_proj.weight");
+    g.ffn_norm = G("post_attention_layernorm.weight");
+    g.w_gate = G("mlp.gate_proj.weight");
+    g.w_up = G("mlp.up_proj.weight");
+    g.w_down = G("mlp.down_proj.weight");
+    return g;
+}
+
+// dres holds d(x_out) on entry and d(x_in) on exit.
+void layer_backward(const llama_model & m, const llama_layer_weights & w, const layer_grads & g, const layer_acts & a,
+                    llama_state::impl & p, const float * x_in, const int32_t * pos, const int32_t * seg, int64_t B, int64_t T) {
+    const llama_hparams & hp = m.hp;
+    const int64_t N = B * T, C = hp.n_embd, F = hp.n_ff, QD = hp.q_dim(), KVD = hp.kv_dim();
+    float * dres = p.dres;
+
+    // MLP: x_out = x_mid + h Wd^T, h = swiglu(xn2 Wg^T, xn2 Wu^T), xn2 = rmsnorm(x_mid)
+    linear_backward_input(p.dh, dres, w.w_down, N, 0.0f);
+    if (g.w_down) linear_backward_weight(g.w_down, nullptr, dres, a.h, N, C, F);
+    std::memset(p.dgate, 0, (size_t) (N * F) * 4);
+    std::memset(p.dup, 0, (size_t) (N * F) * 4);
+    swiglu_backward(p.dgate, p.dup, p.dh, a.gate, a.up, N * F);
+    linear_backward_input(p.dxn, p.dgate, w.w_gate, N, 0.0f);
+    linear_backward_input(p.dxn, p.dup, w.w_up, N, 1.0f);
+    if (g.w_gate) linear_backward_weight(g.w_gate, nullptr, p.dgate, a.xn2, N, F, C);
+    if (g.w_up) linear_backward_weight(g.w_up, nullptr, p.dup, a.xn2, N, F, C);
+    rmsnorm_backward(dres, g.ffn_norm, p.dxn, a.x_mid, w.ffn_norm, a.rstd2, N, C);  // dres = d x_mid
+
+    // attention: x_mid = x_in + att Wo^T
+    linear_backward_input(p.datt, dres, w.wo, N, 0.0f);
+    if (g.wo) linear_backward_weight(g.wo, nullptr, dres, a.att, N, C, QD);
+    std::memset(p.dq, 0, (size_t) (N * QD) * 4);
+    std::memset(p.dk, 0, (size_t) (N * KVD) * 4);
+    std::memset(p.dv, 0, (size_t) (N * KVD) * 4);
+    attention_backward(p.dq, p.dk, p.dv, p.datt, a.att, a.lse, a.q, a.k, a.v, seg, B, T, hp.n_head, hp.n_head_kv, hp.head_dim);
+    rope_backward(p.dq, pos, m.inv_freq.data(), N, hp.n_head, hp.head_dim);
+    rope_backward(p.dk, pos, m.inv_freq.data(), N, hp.n_head_kv, hp.head_dim);
+    linear_backward_input(p.dxn, p.dq, w.wq, N, 0.0f);
+    linear_backward_input(p.dxn, p.dk, w.wk, N, 1.0f);
+    linear_backward_input(p.dxn, p.dv, w.wv, N, 1.0f);
+    if (g.wq) linear_backward_weight(g.wq, g.bq, p.dq, a.xn1, N, QD, C);
+    if (g.wk) linear_backward_weight(g.wk, g.bk, p.dk, a.xn1, N, KVD, C);
+    if (g.wv) linear_backward_weight(g.wv, g.bv, p.dv, a.xn1, N, KVD, C);
+    rmsnorm_backward(dres, g.attn_norm, p.dxn, x_in, w.attn_norm, a.rstd1, N, C);  // dres = d x_in
+}
+
+} // namespace
+
+void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch, float * d_inputs_embeds) {
+    const llama_hparams & hp = m.hp;
+    llama_state::impl & p = *s.p;
+    PEFT_ASSERT(p.have_grad);
+    const int64_t B = s.B, T = s.T, N = B * T, C = hp.n_embd, L = hp.n_layer;
+    std::vector<int32_t> pos_scratch;
+    const int32_t * pos = positions(batch, pos_scratch);
+
+    float * dfinal = nullptr;
+    if (m.trainable) dfinal = m.find("model.norm.weight")->grad;
+    std::memset(p.dres, 0, (size_t) (N * C) * 4);
+    rmsnorm_backward(p.dres, dfinal, p.dxf, p.resid[(size_t) L], m.w.final_norm, p.rstdf, N, C);
+
+    for (int64_t l = L - 1; l >= 0; l--) {
+        const llama_layer_weights & w = m.w.layers[(size_t) l];
+        layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
+        if (s.recompute) {  // rebuild this layer's activations from its saved input
+            layer_forward(m, w, a, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, batch.seg, B, T);
+        }
+        layer_backward(m, w, find_layer_grads(m, l), a, p, p.resid[(size_t) l], pos, batch.seg, B, T);
+    }
+    if (m.trainable) embedding_backward(m.tensors[0].grad, p.dres, batch.tokens, N, C, hp.n_vocab);
+    if (d_inputs_embeds) std::memcpy(d_inputs_embeds, p.dres, (size_t) (N * C) * 4);
+    p.have_grad = false;
+}
+
+void llama_shift_labels(int32_t * targets, const int32_t * labels, int64_t B, int64_t T) {
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t t = 0; t + 1 < T; t++) targets[b * T + t] = labels[b * T + t + 1];
+        targets[b * T + T - 1] = -100;
+    }
+}
+
+double llama_flops_per_token(const llama_hparams & hp, int64_t T, bool weight_grads) {
+    const double C = (double) hp.n_embd, QD = (double) hp.q_dim(), KVD = (double) hp.kv_dim(), F = (double) hp.n_ff;
+    const double per_layer = C * QD * 2 + C * KVD * 2 + 3 * C * F;   // weights of the 7 projections
+    const double matmul_params = per_layer * (double) hp.n_layer + (double) hp.n_vocab * C;  // + lm_head
+    // forward 2 FLOPs per weight, input gradient 2, weight gradient 2
+    const double gemm = matmul_params * (weight_grads ? 6.0 : 4.0);
+    // causal attention: QK^T and PV, 2*2*HS FLOPs per (query, visible key) per head; average T/2
+    // visible keys; backward costs twice the forward
+    const double attn_fwd = 4.0 * QD * ((double) T / 2.0) * (double) hp.n_layer;
+    return gemm + 3.0 * attn_fwd;
+}
+
+} // namespace peft

@@ -1,0 +1,117 @@
+// llama.h: a Llama-family decoder (llama, mistral, qwen2) in llm.c style: named weight,
+// gradient and activation structs over arenas, explicit forward and backward per layer.
+//
+// Two training modes share one code path:
+//  - full fine-tuning: every parameter has an f32 master copy and a gradient;
+//  - frozen base: big matrices stay in their stored dtype (bf16 stays bf16), no gradients and
+//    no memory for them; backward computes input gradients only (the path adapters use).
+// The lm_head and the cross-entropy are fused and chunked over rows: logits for all B*T rows
+// never exist at once, and during training d(logits) is folded through lm_head right away.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/status.h"
+#include "model/linear.h"
+#include "model/llama_hparams.h"
+
+namespace peft {
+
+struct llama_layer_weights {
+    float *       attn_norm = nullptr;           // [C]
+    linear_weight wq, wk, wv, wo;                 // [QD,C] [KVD,C] [KVD,C] [C,QD]
+    float *       bq = nullptr, * bk = nullptr, * bv = nullptr;  // qwen2 biases [QD] [KVD] [KVD]
+    float *       ffn_norm = nullptr;            // [C]
+    linear_weight w_gate, w_up, w_down;           // [F,C] [F,C] [C,F]
+};
+
+struct llama_weights {
+    linear_weight embed;                          // [V,C]
+    std::vector<llama_layer_weights> layers;
+    float *       final_norm = nullptr;          // [C]
+    linear_weight lm_head;                        // [V,C]; aliases embed when tied
+};
+
+// One named parameter, HF naming ("model.layers.0.self_attn.q_proj.weight").
+struct llama_tensor {
+    std::string          name;
+    std::vector<int64_t> shape;
+    dtype                type = PEFT_DTYPE_F32;  // storage dtype
+    void *               data = nullptr;         // storage (f32 master when trainable)
+    float *              grad = nullptr;         // f32 gradient, null when frozen
+    int64_t numel() const { int64_t n = 1; for (int64_t d : shape) n *= d; return n; }
+};
+
+struct llama_model {
+    llama_hparams             hp;
+    bool                      trainable = false;  // full fine-tuning
+    llama_weights             w;
+    std::vector<llama_tensor> tensors;             // every parameter, in checkpoint order
+    std::vector<float>        inv_freq;            // [HS/2] rope frequencies
+    arena                     param_arena;         // f32 params (all when trainable; else norms/biases)
+    arena                     storage_arena;       // frozen matrices of a random-init model
+    arena                     grad_arena;          // f32 grads, trainable only
+    std::shared_ptr<void>     source;              // keeps a mapped checkpoint alive
+
+    llama_tensor * find(const std::string & name);
+    void zero_grad();
+};
+
+// The HF tensor table of a model: names, shapes, and whether a tensor is a big matrix.
+struct llama_tensor_spec {
+    std::string          name;
+    std::vector<int64_t> shape;
+    bool                 matrix;  // stays in stored dtype when frozen
+};
+std::vector<llama_tensor_spec> llama_tensor_specs(const llama_hparams & hp);
+
+// Random weights (N(0, 0.02) matrices, unit norms, zero biases) for benchmarks and tests.
+// `storage` is the dtype frozen matrices are kept in (ignored when trainable).
+status llama_init_random(llama_model & m, const llama_hparams & hp, bool trainable, uint64_t seed,
+                         dtype storage = PEFT_DTYPE_F32);
+// Loads a Hugging Face model directory (config.json + model.safetensors or sharded index).
+status llama_load(llama_model & m, const std::string & dir, bool trainable);
+
+// One batch of B rows of T tokens. targets are already shifted (targets[t] = labels[t+1],
+// -100 = ignored). pos and seg may be null (positions 0..T-1, one segment per row).
+struct llama_batch {
+    const int32_t * tokens = nullptr;   // [B*T]
+    const int32_t * targets = nullptr;  // [B*T]
+    const int32_t * pos = nullptr;      // [B*T]
+    const int32_t * seg = nullptr;      // [B*T]
+    int64_t         B = 0, T = 0;
+};
+
+// Activations and scratch for a fixed (B, T); planned once, one arena.
+struct llama_state {
+    int64_t B = 0, T = 0;
+    bool    recompute = false;   // keep only each layer's input; recompute the rest in backward
+    arena   act_arena;
+    // filled by forward:
+    double  loss_sum = 0.0;      // sum of per-token losses over valid targets
+    int64_t n_valid = 0;         // number of targets != -100
+    struct impl;
+    std::shared_ptr<impl> p;
+};
+
+status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64_t T, bool recompute);
+
+// Forward pass; returns the mean loss over valid targets (0 if none). grad_scale > 0 prepares
+// backward: the gradient of grad_scale * mean loss is folded through lm_head at once.
+// logits_out [B*T, V] is optional (tests, eval) and costs the full logits tensor.
+float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch, float grad_scale,
+                    float * logits_out = nullptr);
+// Backward after a forward with grad_scale > 0: parameter grads += (trainable models), and
+// d_inputs_embeds [B*T, C] (optional) receives d loss / d(embedding output).
+void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch, float * d_inputs_embeds = nullptr);
+
+// Builds targets from HF-style unshifted labels: targets[b,t] = labels[b,t+1], last = -100.
+void llama_shift_labels(int32_t * targets, const int32_t * labels, int64_t B, int64_t T);
+
+// FLOPs per token of one training step (forward + backward) at sequence length T.
+double llama_flops_per_token(const llama_hparams & hp, int64_t T, bool weight_grads);
+
+} // namespace peft
