@@ -1,7 +1,10 @@
 // json.cpp: wraps nlohmann::ordered_json behind json.h. The only file that includes it.
 #include "io/json.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <sys/stat.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -39,18 +42,18 @@ json_value json_value::get(const std::string & key) const {
     return {&*it};
 }
 
+// ordered_json's object is a std::vector of pairs, so the i-th member is O(1); stepping a json
+// iterator instead would make a loop over a large object (a 100 MB header) quadratic.
 std::string json_value::key_at(size_t i) const {
     if (!is_object() || i >= J(node)->size()) return {};
-    auto it = J(node)->items().begin();
-    std::advance(it, (long) i);
-    return it.key();
+    const ojson::object_t & obj = J(node)->get_ref<const ojson::object_t &>();
+    return (obj.begin() + (std::ptrdiff_t) i)->first;
 }
 
 json_value json_value::value_at(size_t i) const {
     if (!is_object() || i >= J(node)->size()) return {};
-    auto it = J(node)->begin();
-    std::advance(it, (long) i);
-    return {&*it};
+    const ojson::object_t & obj = J(node)->get_ref<const ojson::object_t &>();
+    return {&(obj.begin() + (std::ptrdiff_t) i)->second};
 }
 
 std::string json_value::as_string(const std::string & fallback) const {
@@ -61,8 +64,16 @@ double json_value::as_double(double fallback) const {
 }
 int64_t json_value::as_int(int64_t fallback) const {
     if (!is_number()) return fallback;
-    if (J(node)->is_number_integer()) return J(node)->get<int64_t>();
-    double d = J(node)->get<double>();
+    const ojson & j = *J(node);
+    // values that do not fit int64 are the wrong type, not a wrapped-around number
+    if (j.is_number_unsigned()) {
+        uint64_t u = j.get<uint64_t>();
+        return u <= (uint64_t) INT64_MAX ? (int64_t) u : fallback;
+    }
+    if (j.is_number_integer()) return j.get<int64_t>();
+    double d = j.get<double>();
+    // range check first: casting an out-of-range double to int64 is undefined behaviour
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0)) return fallback;
     return d == (double) (int64_t) d ? (int64_t) d : fallback;
 }
 bool json_value::as_bool(bool fallback) const { return is_bool() ? J(node)->get<bool>() : fallback; }
@@ -120,18 +131,28 @@ status json_document::parse(const char * text, size_t n, const std::string & whe
 }
 
 status json_document::parse_file(const std::string & path, size_t max_bytes) {
+    // stat first: an ifstream happily "opens" a directory and then reports a bogus size
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT) return make_error(PEFT_STATUS_IO, path, "file not found");
+        return make_error(PEFT_STATUS_IO, path, std::string("cannot open file for reading: ") + std::strerror(errno));
+    }
+    if (S_ISDIR(st.st_mode)) return make_error(PEFT_STATUS_IO, path, "is a directory, expected a file");
+    if (!S_ISREG(st.st_mode)) return make_error(PEFT_STATUS_IO, path, "not a regular file");
+    if ((uint64_t) st.st_size > max_bytes) {
+        return make_mismatch(PEFT_STATUS_FORMAT, path, "JSON file size", "at most " + std::to_string(max_bytes) + " bytes",
+                             std::to_string((uint64_t) st.st_size) + " bytes");
+    }
     std::ifstream f(path, std::ios::binary);
     if (!f) return make_error(PEFT_STATUS_IO, path, "cannot open file for reading");
-    f.seekg(0, std::ios::end);
-    std::streamoff len = f.tellg();
-    if (len < 0) return make_error(PEFT_STATUS_IO, path, "cannot read file");
-    if ((uint64_t) len > max_bytes) {
-        return make_mismatch(PEFT_STATUS_FORMAT, path, "JSON file size", "at most " + std::to_string(max_bytes) + " bytes",
-                             std::to_string(len) + " bytes");
+    // read at most max_bytes + 1, so a file growing after the stat is still caught by parse()
+    std::string text;
+    char buf[65536];
+    while (f && text.size() <= max_bytes) {
+        f.read(buf, sizeof(buf));
+        text.append(buf, (size_t) f.gcount());
     }
-    f.seekg(0);
-    std::string text((size_t) len, '\0');
-    if (!f.read(text.data(), len)) return make_error(PEFT_STATUS_IO, path, "short read");
+    if (f.bad()) return make_error(PEFT_STATUS_IO, path, "read error");
     return parse(text.data(), text.size(), path, max_bytes);
 }
 
