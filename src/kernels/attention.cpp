@@ -1,12 +1,14 @@
 // attention.cpp: causal scaled-dot-product attention with grouped-query heads and optional
-// packed-sample segments, flash style: a thread holds one query row's scores at a time, the
-// forward saves only the log-sum-exp per row, and the backward recomputes probabilities from
-// q, k and lse. Not here: dropout, sliding windows, KV cache (generation has its own path).
+// packed-sample segments, flash style: a thread works on one tile of QB query rows of one head at
+// a time (never a head's full T x T scores), the forward saves only the log-sum-exp per row, and
+// the backward recomputes probabilities from q, k and lse.
+// Not here: dropout, sliding windows, KV cache (generation has its own path).
 //
 // Layouts: q/out [B*T, NH, HS], k/v [B*T, NKV, HS], lse [B, NH, T]. Query head h reads kv head
 // h / (NH/NKV). Work is split into (batch row, head) items in the forward and (batch row, kv
 // head) items in the backward, so each dk/dv row has exactly one writer (no atomics, fixed
-// summation order, bit-identical for any thread count).
+// summation order, bit-identical for any thread count). Items share nothing, so they are handed
+// out dynamically: packed segments make their costs uneven.
 #include <cmath>
 #include <vector>
 
@@ -16,8 +18,59 @@ namespace peft {
 
 namespace {
 
-// kt[HS, T] = the T rows of one kv head laid out by dimension, so a query's scores over all keys
-// are HS contiguous axpys (vectorised over keys) instead of T short dot products.
+constexpr int64_t QB = 16;  // query rows per tile
+
+// c[M,N] (row stride ldc) += A[M,K] B[K,N], with A(i,p) = a[i*a_rs + p*a_cs] and row p of B
+// contiguous at b + p*b_rs. Every product in this file (q k^T, p v, do v^T, ds k, ds^T q, p^T do)
+// has this shape. A 4 x 32 register block makes each loaded row segment of B feed 4 FMAs, where
+// a plain axpy would reload and store its accumulator for every FMA.
+void tile_madd(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_cs, const float * b, int64_t b_rs,
+               int64_t M, int64_t N, int64_t K) {
+    constexpr int64_t MR = 4, NR = 32;
+    int64_t i = 0;
+    for (; i + MR <= M; i += MR) {
+        int64_t j = 0;
+        for (; j + NR <= N; j += NR) {
+            float acc[MR][NR];
+            for (int64_t r = 0; r < MR; r++) {
+                for (int64_t x = 0; x < NR; x++) acc[r][x] = c[(i + r) * ldc + j + x];
+            }
+            for (int64_t p = 0; p < K; p++) {
+                const float * bp = b + p * b_rs + j;
+                #pragma GCC unroll 4
+                for (int64_t r = 0; r < MR; r++) {
+                    const float av = a[(i + r) * a_rs + p * a_cs];
+                    #pragma omp simd
+                    for (int64_t x = 0; x < NR; x++) acc[r][x] += av * bp[x];
+                }
+            }
+            for (int64_t r = 0; r < MR; r++) {
+                for (int64_t x = 0; x < NR; x++) c[(i + r) * ldc + j + x] = acc[r][x];
+            }
+        }
+        // column tail (fewer than NR columns left): axpy form
+        for (int64_t r = 0; r < MR && j < N; r++) {
+            for (int64_t p = 0; p < K; p++) {
+                const float av = a[(i + r) * a_rs + p * a_cs];
+                const float * bp = b + p * b_rs;
+                #pragma omp simd
+                for (int64_t x = j; x < N; x++) c[(i + r) * ldc + x] += av * bp[x];
+            }
+        }
+    }
+    // row tail (fewer than MR rows left)
+    for (; i < M; i++) {
+        for (int64_t p = 0; p < K; p++) {
+            const float av = a[i * a_rs + p * a_cs];
+            const float * bp = b + p * b_rs;
+            #pragma omp simd
+            for (int64_t x = 0; x < N; x++) c[i * ldc + x] += av * bp[x];
+        }
+    }
+}
+
+// kt[HS, T] = the T rows of one kv head laid out by dimension, so scores come out of tile_madd
+// vectorised over keys.
 void transpose_head(float * kt, const float * x, int64_t stride, int64_t T, int64_t HS) {
     for (int64_t s = 0; s < T; s++) {
         for (int64_t d = 0; d < HS; d++) kt[d * T + s] = x[s * stride + d];
@@ -25,7 +78,7 @@ void transpose_head(float * kt, const float * x, int64_t stride, int64_t T, int6
 }
 
 // First key visible to query t: 0 without segments, else the first key of t's segment (keys in
-// [lo, t] with another segment id are masked separately, so ids need not be contiguous).
+// between with another segment id are masked separately, so ids need not be contiguous).
 int64_t first_visible(const int32_t * seg_b, int64_t t) {
     if (!seg_b) return 0;
     int64_t lo = 0;
@@ -33,69 +86,84 @@ int64_t first_visible(const int32_t * seg_b, int64_t t) {
     return lo;
 }
 
-// sc[s] = scale * q . k_s for s in [lo, t], masked keys set to -inf. Forward and backward share
-// this function so the recomputed probabilities use bit-identical scores.
-void query_scores(float * sc, const float * q, const float * kt, const int32_t * seg_b, int64_t lo, int64_t t,
-                  int64_t T, int64_t HS, float scale) {
-    for (int64_t s = lo; s <= t; s++) sc[s] = 0.0f;
-    for (int64_t d = 0; d < HS; d++) {
-        const float qd = q[d] * scale;
-        const float * kd = kt + d * T;
-        #pragma omp simd
-        for (int64_t s = lo; s <= t; s++) sc[s] += qd * kd[s];
+// Scores of query rows [t0, t1) of one head: sc[QB, T] row i over keys [lo, t1) holds
+// scale * q_t . k_s, or -inf where key s is not visible to t = t0 + i. Returns lo, the first key
+// any row of the tile sees. q points at token 0 of this (batch row, head), token stride q_stride;
+// qs[QB, HS] is scratch. Forward and backward share it, so recomputed scores are bit-identical.
+int64_t tile_scores(float * sc, float * qs, const float * q, int64_t q_stride, const float * kt,
+                    const int32_t * seg_b, int64_t t0, int64_t t1, int64_t T, int64_t HS, float scale) {
+    const int64_t nq = t1 - t0;
+    int64_t lo = t0;
+    for (int64_t t = t0; t < t1; t++) {
+        const int64_t l = first_visible(seg_b, t);
+        lo = l < lo ? l : lo;
     }
-    if (seg_b) {
-        for (int64_t s = lo; s <= t; s++) {
-            if (seg_b[s] != seg_b[t]) sc[s] = -INFINITY;
+    for (int64_t i = 0; i < nq; i++) {
+        for (int64_t d = 0; d < HS; d++) qs[i * HS + d] = q[(t0 + i) * q_stride + d] * scale;
+        for (int64_t s = lo; s < t1; s++) sc[i * T + s] = 0.0f;
+    }
+    tile_madd(sc + lo, T, qs, HS, 1, kt + lo, T, nq, t1 - lo, HS);
+    for (int64_t i = 0; i < nq; i++) {
+        const int64_t t = t0 + i;
+        float * row = sc + i * T;
+        for (int64_t s = t + 1; s < t1; s++) row[s] = -INFINITY;
+        if (seg_b) {
+            for (int64_t s = lo; s <= t; s++) {
+                if (seg_b[s] != seg_b[t]) row[s] = -INFINITY;
+            }
         }
     }
+    return lo;
 }
 
 } // namespace
 
 void attention_forward(float * out, float * lse, const float * q, const float * k, const float * v,
                        const int32_t * seg, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS) {
-    const int64_t kv_stride = NKV * HS;  // floats between consecutive tokens of k/v
+    const int64_t q_stride = NH * HS, kv_stride = NKV * HS;  // floats between consecutive tokens
     const int64_t group = NH / NKV;
     const float scale = 1.0f / std::sqrt((float) HS);
     #pragma omp parallel
     {
-        std::vector<float> kt((size_t) (HS * T)), sc((size_t) T), acc((size_t) HS);
+        std::vector<float> kt((size_t) (HS * T)), sc((size_t) (QB * T)), qs((size_t) (QB * HS)),
+            acc((size_t) (QB * HS));
+        float sum[QB];
         int64_t cached = -1;  // (b, kv head) currently in kt: consecutive heads of a group reuse it
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic)
         for (int64_t item = 0; item < B * NH; item++) {
             const int64_t b = item / NH, h = item % NH, g = h / group;
             const int32_t * seg_b = seg ? seg + b * T : nullptr;
-            const float * kb = k + (b * T * NKV + g) * HS;
+            const float * qh = q + (b * T * NH + h) * HS;
             const float * vb = v + (b * T * NKV + g) * HS;
             if (cached != b * NKV + g) {
-                transpose_head(kt.data(), kb, kv_stride, T, HS);
+                transpose_head(kt.data(), k + (b * T * NKV + g) * HS, kv_stride, T, HS);
                 cached = b * NKV + g;
             }
-            for (int64_t t = 0; t < T; t++) {
-                const float * qt = q + ((b * T + t) * NH + h) * HS;
-                const int64_t lo = first_visible(seg_b, t);
-                query_scores(sc.data(), qt, kt.data(), seg_b, lo, t, T, HS, scale);
-                float m = -INFINITY;
-                for (int64_t s = lo; s <= t; s++) m = sc[s] > m ? sc[s] : m;
-                float sum = 0.0f;
-                for (int64_t s = lo; s <= t; s++) {
-                    sc[s] = std::exp(sc[s] - m);
-                    sum += sc[s];
+            for (int64_t t0 = 0; t0 < T; t0 += QB) {
+                const int64_t t1 = t0 + QB < T ? t0 + QB : T, nq = t1 - t0;
+                const int64_t lo = tile_scores(sc.data(), qs.data(), qh, q_stride, kt.data(), seg_b, t0, t1, T, HS, scale);
+                // softmax numerators in place; masked keys become exp(-inf) = 0
+                for (int64_t i = 0; i < nq; i++) {
+                    float * row = sc.data() + i * T;
+                    float m = -INFINITY;
+                    #pragma omp simd reduction(max : m)
+                    for (int64_t s = lo; s <= t0 + i; s++) m = row[s] > m ? row[s] : m;
+                    float total = 0.0f;
+                    for (int64_t s = lo; s < t1; s++) {
+                        row[s] = std::exp(row[s] - m);
+                        total += row[s];
+                    }
+                    sum[i] = total;
+                    lse[(b * NH + h) * T + t0 + i] = m + std::log(total);
                 }
-                // out_t = sum_s p_s v_s; masked keys have p_s = exp(-inf) = 0 and are skipped
-                for (int64_t d = 0; d < HS; d++) acc[d] = 0.0f;
-                for (int64_t s = lo; s <= t; s++) {
-                    const float p = sc[s];
-                    if (p == 0.0f) continue;
-                    const float * vs = vb + s * kv_stride;
-                    #pragma omp simd
-                    for (int64_t d = 0; d < HS; d++) acc[d] += p * vs[d];
+                // out tile = p v / sum
+                for (int64_t x = 0; x < nq * HS; x++) acc[x] = 0.0f;
+                tile_madd(acc.data(), HS, sc.data() + lo, T, 1, vb + lo * kv_stride, kv_stride, nq, HS, t1 - lo);
+                for (int64_t i = 0; i < nq; i++) {
+                    float * ot = out + ((b * T + t0 + i) * NH + h) * HS;
+                    const float inv = 1.0f / sum[i];
+                    for (int64_t d = 0; d < HS; d++) ot[d] = acc[i * HS + d] * inv;
                 }
-                float * ot = out + ((b * T + t) * NH + h) * HS;
-                const float inv = 1.0f / sum;
-                for (int64_t d = 0; d < HS; d++) ot[d] = acc[d] * inv;
-                lse[(b * NH + h) * T + t] = m + std::log(sum);
             }
         }
     }
@@ -106,14 +174,14 @@ void attention_forward(float * out, float * lse, const float * q, const float * 
 void attention_backward(float * dq, float * dk, float * dv, const float * dout, const float * out, const float * lse,
                         const float * q, const float * k, const float * v, const int32_t * seg,
                         int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS) {
-    const int64_t kv_stride = NKV * HS;  // floats between consecutive tokens of k/v
+    const int64_t q_stride = NH * HS, kv_stride = NKV * HS;
     const int64_t group = NH / NKV;
     const float scale = 1.0f / std::sqrt((float) HS);
     #pragma omp parallel
     {
-        std::vector<float> kt((size_t) (HS * T)), vt((size_t) (HS * T)), p((size_t) T), dp((size_t) T),
-            dqt((size_t) HS);
-        #pragma omp for schedule(static)
+        std::vector<float> kt((size_t) (HS * T)), vt((size_t) (HS * T)), p((size_t) (QB * T)),
+            ds((size_t) (QB * T)), qs((size_t) (QB * HS));
+        #pragma omp for schedule(dynamic)
         for (int64_t item = 0; item < B * NKV; item++) {
             const int64_t b = item / NKV, g = item % NKV;
             const int32_t * seg_b = seg ? seg + b * T : nullptr;
@@ -121,44 +189,38 @@ void attention_backward(float * dq, float * dk, float * dv, const float * dout, 
             transpose_head(kt.data(), k + kv_off, kv_stride, T, HS);
             transpose_head(vt.data(), v + kv_off, kv_stride, T, HS);
             for (int64_t h = g * group; h < (g + 1) * group; h++) {
-                for (int64_t t = 0; t < T; t++) {
-                    const int64_t row = ((b * T + t) * NH + h) * HS;
-                    const float * qt = q + row;
-                    const float * dot = dout + row;
-                    const float * ot = out + row;
-                    const int64_t lo = first_visible(seg_b, t);
-                    // recompute p from the saved log-sum-exp (forward: sc, then exp(sc - m) / sum)
-                    query_scores(p.data(), qt, kt.data(), seg_b, lo, t, T, HS, scale);
-                    const float l = lse[(b * NH + h) * T + t];
-                    for (int64_t s = lo; s <= t; s++) p[s] = std::exp(p[s] - l);
-                    // dp_s = do . v_s for all keys at once through the transposed v
-                    for (int64_t s = lo; s <= t; s++) dp[s] = 0.0f;
-                    for (int64_t d = 0; d < HS; d++) {
-                        const float dd = dot[d];
-                        const float * vd = vt.data() + d * T;
-                        #pragma omp simd
-                        for (int64_t s = lo; s <= t; s++) dp[s] += dd * vd[s];
+                const int64_t q_off = (b * T * NH + h) * HS;
+                for (int64_t t0 = 0; t0 < T; t0 += QB) {
+                    const int64_t t1 = t0 + QB < T ? t0 + QB : T, nq = t1 - t0;
+                    // recompute p from the saved log-sum-exp (forward: exp(sc - m) / sum)
+                    const int64_t lo = tile_scores(p.data(), qs.data(), q + q_off, q_stride, kt.data(), seg_b, t0, t1,
+                                                   T, HS, scale);
+                    for (int64_t i = 0; i < nq; i++) {
+                        float * row = p.data() + i * T;
+                        const float l = lse[(b * NH + h) * T + t0 + i];
+                        for (int64_t s = lo; s < t1; s++) row[s] = std::exp(row[s] - l);
+                        for (int64_t s = lo; s < t1; s++) ds[i * T + s] = 0.0f;
                     }
-                    float D = 0.0f;
-                    #pragma omp simd reduction(+ : D)
-                    for (int64_t d = 0; d < HS; d++) D += dot[d] * ot[d];
-                    for (int64_t d = 0; d < HS; d++) dqt[d] = 0.0f;
-                    for (int64_t s = lo; s <= t; s++) {
-                        const float ps = p[s];
-                        if (ps == 0.0f) continue;  // masked key (or underflow): contributes nothing
-                        const float ds = ps * (dp[s] - D) * scale;
-                        const float * ks = k + kv_off + s * kv_stride;
-                        float * dks = dk + kv_off + s * kv_stride;
-                        float * dvs = dv + kv_off + s * kv_stride;
-                        #pragma omp simd
-                        for (int64_t d = 0; d < HS; d++) {
-                            dqt[d] += ds * ks[d];
-                            dks[d] += ds * qt[d];
-                            dvs[d] += ps * dot[d];
-                        }
+                    // dp = do v^T, then ds = p (dp - D) scale, in place
+                    tile_madd(ds.data() + lo, T, dout + q_off + t0 * q_stride, q_stride, 1, vt.data() + lo, T, nq,
+                              t1 - lo, HS);
+                    for (int64_t i = 0; i < nq; i++) {
+                        const float * dot = dout + q_off + (t0 + i) * q_stride;
+                        const float * ot = out + q_off + (t0 + i) * q_stride;
+                        float D = 0.0f;
+                        #pragma omp simd reduction(+ : D)
+                        for (int64_t d = 0; d < HS; d++) D += dot[d] * ot[d];
+                        float * dsr = ds.data() + i * T;
+                        const float * pr = p.data() + i * T;
+                        for (int64_t s = lo; s < t1; s++) dsr[s] = pr[s] * (dsr[s] - D) * scale;
                     }
-                    float * dqrow = dq + row;
-                    for (int64_t d = 0; d < HS; d++) dqrow[d] += dqt[d];
+                    const int64_t nk = t1 - lo;
+                    tile_madd(dq + q_off + t0 * q_stride, q_stride, ds.data() + lo, T, 1, k + kv_off + lo * kv_stride,
+                              kv_stride, nq, HS, nk);
+                    tile_madd(dk + kv_off + lo * kv_stride, kv_stride, ds.data() + lo, 1, T, q + q_off + t0 * q_stride,
+                              q_stride, nk, HS, nq);
+                    tile_madd(dv + kv_off + lo * kv_stride, kv_stride, p.data() + lo, 1, T,
+                              dout + q_off + t0 * q_stride, q_stride, nk, HS, nq);
                 }
             }
         }

@@ -112,6 +112,47 @@ void check_backward(const attn_shape & s, const int32_t * seg) {
 TEST(attention, backward_matches_finite_differences_gqa_with_segments) { check_backward({2, 9, 4, 2, 8}, SEG9.data()); }
 TEST(attention, backward_matches_finite_differences_mqa_causal) { check_backward({1, 7, 3, 1, 8}, nullptr); }
 
+// Shapes with several query tiles and key blocks plus their tails are too big for an
+// element-wise FD sweep, so the gradients are checked along fixed random directions u:
+// (L(x + h u) - L(x - h u)) / 2h must equal grad . u, for u on q, k and v separately.
+TEST(attention, backward_directional_derivatives_multi_tile) {
+    const attn_shape s{2, 37, 4, 2, 40};  // 3 query tiles (16, 16, 5), HS = 32 + a tail of 8
+    std::vector<int32_t> seg(s.B * s.T);
+    for (int64_t t = 0; t < s.T; t++) seg[t] = t < 20 ? 0 : 1, seg[s.T + t] = t % 11 == 3 ? 7 : 2;
+    auto q = fixed_vector(s.nq(), 30, 1.5f), k = fixed_vector(s.nkv(), 31, 1.5f), v = fixed_vector(s.nkv(), 32);
+    auto w = fixed_vector(s.nq(), 33);
+    std::vector<float> out(s.nq()), lse(s.B * s.NH * s.T), dq(s.nq()), dk(s.nkv()), dv(s.nkv());
+    attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), seg.data(), s.B, s.T, s.NH, s.NKV, s.HS);
+    attention_backward(dq.data(), dk.data(), dv.data(), w.data(), out.data(), lse.data(), q.data(), k.data(), v.data(),
+                       seg.data(), s.B, s.T, s.NH, s.NKV, s.HS);
+    auto qd = to_double(q.data(), s.nq()), kd = to_double(k.data(), s.nkv()), vd = to_double(v.data(), s.nkv());
+    std::vector<double> od(s.nq());
+    auto loss = [&]() {
+        attention_double(od.data(), nullptr, qd.data(), kd.data(), vd.data(), seg.data(), s);
+        double L = 0;
+        for (int64_t i = 0; i < s.nq(); i++) L += od[i] * w[i];
+        return L;
+    };
+    struct target { std::vector<double> * x; const std::vector<float> * grad; const char * name; };
+    for (const target & tg : {target{&qd, &dq, "dq"}, target{&kd, &dk, "dk"}, target{&vd, &dv, "dv"}}) {
+        for (uint64_t seed : {40, 41, 42}) {
+            auto u = fixed_vector((int64_t) tg.x->size(), seed);
+            const double h = 1e-5;
+            double analytic = 0, magnitude = 0;
+            for (size_t i = 0; i < u.size(); i++) {
+                analytic += (double) (*tg.grad)[i] * u[i];
+                magnitude += std::fabs((double) (*tg.grad)[i] * u[i]);
+            }
+            for (size_t i = 0; i < u.size(); i++) (*tg.x)[i] += h * u[i];
+            const double lp = loss();
+            for (size_t i = 0; i < u.size(); i++) (*tg.x)[i] -= 2 * h * u[i];
+            const double lm = loss();
+            for (size_t i = 0; i < u.size(); i++) (*tg.x)[i] += h * u[i];
+            EXPECT_NEAR(analytic, (lp - lm) / (2 * h), 1e-5 * magnitude + 1e-6) << tg.name << " seed " << seed;
+        }
+    }
+}
+
 TEST(attention, segments_do_not_see_each_other) {
     const attn_shape s{2, 9, 4, 2, 8};
     auto q = fixed_vector(s.nq(), 10), k = fixed_vector(s.nkv(), 11), v = fixed_vector(s.nkv(), 12);
