@@ -12,6 +12,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/status.h"
 #include "kernels/kernels.h"
 
 namespace peft {
@@ -120,6 +121,7 @@ int64_t tile_scores(float * sc, float * qs, const float * q, int64_t q_stride, c
 
 void attention_forward(float * out, float * lse, const float * q, const float * k, const float * v,
                        const int32_t * seg, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS) {
+    PEFT_ASSERT(NKV > 0 && NH % NKV == 0);
     const int64_t q_stride = NH * HS, kv_stride = NKV * HS;  // floats between consecutive tokens
     const int64_t group = NH / NKV;
     const float scale = 1.0f / std::sqrt((float) HS);
@@ -174,6 +176,7 @@ void attention_forward(float * out, float * lse, const float * q, const float * 
 void attention_backward(float * dq, float * dk, float * dv, const float * dout, const float * out, const float * lse,
                         const float * q, const float * k, const float * v, const int32_t * seg,
                         int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS) {
+    PEFT_ASSERT(NKV > 0 && NH % NKV == 0);
     const int64_t q_stride = NH * HS, kv_stride = NKV * HS;
     const int64_t group = NH / NKV;
     const float scale = 1.0f / std::sqrt((float) HS);

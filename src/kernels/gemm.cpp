@@ -2,7 +2,9 @@
 // OpenBLAS (the OpenMP build, so BLAS threads and our loops share one runtime); gemm_ref is the
 // naive double-accumulating oracle the tests compare against. Only this file includes cblas.h.
 #include <cblas.h>
+#include <climits>
 
+#include "core/status.h"
 #include "kernels/kernels.h"
 
 namespace peft {
@@ -13,6 +15,8 @@ namespace peft {
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
           const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
+    // blasint is 32-bit in Debian's OpenBLAS: larger sizes would silently wrap
+    PEFT_ASSERT(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX);
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
                 (blasint) M, (blasint) N, (blasint) K, alpha, A, (blasint) lda, B, (blasint) ldb, beta, C,
                 (blasint) ldc);
