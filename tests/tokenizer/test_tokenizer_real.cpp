@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "io/json.h"
 #include "testing.h"
@@ -127,4 +129,29 @@ TEST(tokenizer_real, llama2_sentencepiece_matches_reference) {
     ASSET_OR_SKIP(dir, "llama2");
     check_model("llama2", dir, false);
 #endif
+}
+
+TEST(tokenizer_real, llama3_speed_and_no_quadratic_blowup) {
+    ASSET_OR_SKIP(dir, "llama3");
+    ASSET_OR_SKIP(text_path, "moby_dick.txt");
+    std::unique_ptr<tokenizer> tok;
+    ASSERT_TRUE(tokenizer::load(dir, tok).ok());
+    for (char c : {'a', ' ', '7', '!'}) {
+        const std::string s(100000, c);
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto ids = tok->encode(s);
+        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        EXPECT_LT(sec, 1.0) << "100 KB of '" << c << "': " << sec << " s";
+        EXPECT_EQ(tok->decode(ids), s);
+    }
+    std::ifstream f(text_path, std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto ids = tok->encode(text);
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    // The README number comes from `peft tokenize --bench`; this only guards against collapse.
+    std::printf("llama3 Moby Dick: %zu bytes -> %zu tokens in %.3f s = %.1f MB/s\n", text.size(), ids.size(), sec,
+                text.size() / sec / 1e6);
+    EXPECT_GT(text.size() / sec / 1e6, 1.0);
+    EXPECT_EQ(tok->decode(ids), text);
 }
