@@ -50,7 +50,8 @@ int cmd_bench(int argc, char ** argv) {
     int64_t batch = 4, seq = 256, steps = 10, warmup = 2;
     int threads = 0;
     uint64_t seed = 0;
-    bool recompute = false, peak = false;
+    bool recompute = false, peak = false, same_batch = false;
+    float lr = 1e-4f;
     app.add_option("--model", model_dir, "Hugging Face model directory (config.json + safetensors)");
     app.add_option("--shape", shape, "named shape with random weights: tiny, small, 1b")
         ->check(CLI::IsMember({"tiny", "small", "1b"}));
@@ -64,6 +65,8 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--seed", seed, "seed for random weights and tokens");
     app.add_option("--dtype", storage, "storage of frozen random weights: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
     app.add_flag("--recompute", recompute, "recompute activations per layer in backward (less memory)");
+    app.add_option("--lr", lr, "AdamW learning rate (full)");
+    app.add_flag("--same-batch", same_batch, "train on one batch every step (the loss must fall: a smoke test)");
     app.add_flag("--peak", peak, "also measure the GEMM peak and report the achieved fraction");
     try {
         app.parse(argc, argv);
@@ -98,7 +101,7 @@ int cmd_bench(int argc, char ** argv) {
     }
     adamw opt;
     train_config cfg;
-    cfg.opt.lr = 1e-4f;
+    cfg.opt.lr = lr;
     cfg.schedule = PEFT_SCHEDULE_CONSTANT;
     cfg.max_grad_norm = 0.0f;  // as the PyTorch baseline: plain AdamW, no clipping
     if (trainable && !opt.init(llama_optim_params(m), cfg.opt).ok()) {
@@ -112,7 +115,9 @@ int cmd_bench(int argc, char ** argv) {
     std::vector<double> times;
     float first_loss = 0, last_loss = 0;
     for (int64_t i = 0; i < warmup + steps; i++) {
-        for (int32_t & t : tokens) t = (int32_t) (r.next_u32() % (uint32_t) m.hp.n_vocab);
+        if (i == 0 || !same_batch) {
+            for (int32_t & t : tokens) t = (int32_t) (r.next_u32() % (uint32_t) m.hp.n_vocab);
+        }
         llama_shift_labels(targets.data(), tokens.data(), batch, seq);
         llama_batch b{tokens.data(), targets.data(), nullptr, nullptr, batch, seq};
         double t0 = now_s();

@@ -1,0 +1,81 @@
+// Golden CLI runs of the `peft` binary (path compiled in as PEFT_BIN): exit codes, one
+// JSON line from bench, clear errors on bad input.
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <sys/wait.h>
+
+#include "io/json.h"
+#include "testing.h"
+
+namespace {
+
+struct run_result {
+    int         code = -1;
+    std::string out;  // stdout + stderr
+};
+
+run_result run_peft(const std::string & args) {
+    const char * bin = PEFT_BIN;
+    run_result r;
+    std::string cmd = std::string(bin) + " " + args + " 2>&1";
+    FILE * p = popen(cmd.c_str(), "r");
+    if (!p) return r;
+    std::array<char, 4096> buf;
+    size_t n;
+    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+    int st = pclose(p);
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return r;
+}
+
+} // namespace
+
+TEST(cli, help_lists_commands) {
+    run_result r = run_peft("--help");
+    EXPECT_EQ(r.code, 0);
+    EXPECT_NE(r.out.find("bench"), std::string::npos);
+    r = run_peft("bench --help");
+    EXPECT_EQ(r.code, 0);
+    EXPECT_NE(r.out.find("example"), std::string::npos);
+    r = run_peft("no-such-command");
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.out.find("unknown command"), std::string::npos);
+}
+
+TEST(cli, bench_trains_the_fixture_model_and_prints_one_json_line) {
+    std::string model = peft::testing::source_path("tests/fixtures/llama_gqa");
+    run_result r = run_peft("bench --model " + model + " --method full --batch 2 --seq 12 --steps 15 --warmup 0 --threads 2 "
+                            "--same-batch --lr 3e-3");
+    ASSERT_EQ(r.code, 0) << r.out;
+    peft::json_document doc;
+    ASSERT_TRUE(doc.parse(r.out.data(), r.out.size(), "bench output").ok()) << r.out;
+    peft::json_value j = doc.root();
+    for (const char * k : {"tokens_per_s", "ms_per_step", "peak_rss_mib", "model_flops_per_token", "achieved_gflops"}) {
+        EXPECT_TRUE(j.get(k).is_number()) << k;
+    }
+    EXPECT_LT(j.get("loss_final").as_double(), 0.8 * j.get("loss_first").as_double()) << r.out;
+}
+
+TEST(cli, bench_is_deterministic_for_a_fixed_seed_and_thread_count) {
+    std::string args = "bench --shape tiny --method full --batch 1 --seq 32 --steps 3 --warmup 0 --threads 2 --seed 5";
+    run_result a = run_peft(args), b = run_peft(args);
+    ASSERT_EQ(a.code, 0) << a.out;
+    peft::json_document da, db;
+    ASSERT_TRUE(da.parse(a.out.data(), a.out.size(), "a").ok());
+    ASSERT_TRUE(db.parse(b.out.data(), b.out.size(), "b").ok());
+    EXPECT_EQ(da.root().get("loss_final").dump(), db.root().get("loss_final").dump());
+}
+
+TEST(cli, bench_bad_input_fails_with_a_clear_message) {
+    run_result r = run_peft("bench --model /nonexistent/dir --steps 1");
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.out.find("/nonexistent/dir/config.json"), std::string::npos) << r.out;
+    r = run_peft("bench --shape tiny --model /x");
+    EXPECT_NE(r.code, 0);
+    r = run_peft("bench --shape huge");
+    EXPECT_NE(r.code, 0);
+    r = run_peft("bench --shape tiny --batch 0");
+    EXPECT_NE(r.code, 0);
+}
