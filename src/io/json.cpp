@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <set>
+#include <unordered_set>
 #include <sstream>
 
 namespace peft {
@@ -88,44 +88,110 @@ json_document::~json_document() = default;
 json_document::json_document(json_document &&) noexcept = default;
 json_document & json_document::operator=(json_document &&) noexcept = default;
 
+namespace {
+
+// Builds the document through nlohmann's SAX interface instead of ojson::parse:
+// - ordered_json's object is a vector whose emplace searches for the key first, so a plain
+//   parse is quadratic in the member count (a 128k-entry tokenizer vocab or a 100 MB
+//   safetensors header took minutes). Duplicates are found with a hash set per open object
+//   and members are appended straight to the vector.
+// - returning false stops the parse at once (depth limit, duplicate key), where a parse
+//   callback only discards values and keeps scanning.
+struct dom_builder {
+    using object_items = std::vector<std::pair<const std::string, ojson>>;  // ordered_map's base
+
+    ojson & root;
+    std::vector<ojson *> stack;                              // open containers
+    std::vector<std::unordered_set<std::string>> keys;       // one per open object
+    std::string pending_key;
+    std::string problem;
+
+    explicit dom_builder(ojson & r) : root(r) {}
+
+    // Places v in the innermost container (or as the root); returns where it went.
+    ojson * put(ojson && v) {
+        if (stack.empty()) {
+            root = std::move(v);
+            return &root;
+        }
+        ojson & parent = *stack.back();
+        if (parent.is_array()) {
+            auto & arr = parent.get_ref<ojson::array_t &>();
+            arr.push_back(std::move(v));
+            return &arr.back();
+        }
+        object_items & items = parent.get_ref<ojson::object_t &>();
+        items.emplace_back(std::move(pending_key), std::move(v));
+        return &items.back().second;
+    }
+    bool open(ojson::value_t t) {
+        if (stack.size() >= 256) {
+            problem = "nesting deeper than 256 levels";
+            return false;
+        }
+        stack.push_back(put(ojson(t)));
+        if (t == ojson::value_t::object) keys.emplace_back();
+        return true;
+    }
+
+    bool null() { put(ojson(nullptr)); return true; }
+    bool boolean(bool v) { put(ojson(v)); return true; }
+    bool number_integer(ojson::number_integer_t v) { put(ojson(v)); return true; }
+    bool number_unsigned(ojson::number_unsigned_t v) { put(ojson(v)); return true; }
+    bool number_float(ojson::number_float_t v, const std::string &) { put(ojson(v)); return true; }
+    bool string(std::string & v) { put(ojson(std::move(v))); return true; }
+    bool binary(ojson::binary_t &) { problem = "binary values are not JSON"; return false; }
+    bool start_object(std::size_t) { return open(ojson::value_t::object); }
+    bool start_array(std::size_t) { return open(ojson::value_t::array); }
+    bool key(std::string & k) {
+        if (!keys.back().insert(k).second) {
+            problem = "duplicate key \"" + k + "\"";
+            return false;
+        }
+        pending_key = std::move(k);
+        return true;
+    }
+    bool end_object() {
+        stack.pop_back();
+        keys.pop_back();
+        return true;
+    }
+    bool end_array() {
+        stack.pop_back();
+        return true;
+    }
+    bool parse_error(std::size_t, const std::string &, const nlohmann::detail::exception & ex) {
+        problem = ex.what();
+        return false;
+    }
+};
+
+} // namespace
+
 status json_document::parse(const char * text, size_t n, const std::string & where, size_t max_bytes) {
+    p->doc = ojson();
     if (n > max_bytes) {
         return make_mismatch(PEFT_STATUS_FORMAT, where, "JSON text size", "at most " + std::to_string(max_bytes) + " bytes",
                              std::to_string(n) + " bytes");
     }
-    // Parser callback: tracks keys per open object to reject duplicates and caps depth.
-    std::vector<std::set<std::string>> open_keys;
-    std::string problem;
-    auto cb = [&](int depth, ojson::parse_event_t ev, ojson & parsed) {
-        if (!problem.empty()) return false;
-        switch (ev) {
-            case ojson::parse_event_t::object_start:
-            case ojson::parse_event_t::array_start:
-                if (depth >= 256) { problem = "nesting deeper than 256 levels"; return false; }
-                if (ev == ojson::parse_event_t::object_start) open_keys.emplace_back();
-                break;
-            case ojson::parse_event_t::object_end:
-                if (!open_keys.empty()) open_keys.pop_back();
-                break;
-            case ojson::parse_event_t::key:
-                if (!open_keys.empty() && !open_keys.back().insert(parsed.get<std::string>()).second) {
-                    problem = "duplicate key \"" + parsed.get<std::string>() + "\"";
-                    return false;
-                }
-                break;
-            default: break;
-        }
-        return true;
-    };
-    try {
-        p->doc = ojson::parse(text, text + n, cb, /*allow_exceptions=*/true);
-    } catch (const std::exception & e) {
-        p->doc = ojson();
-        return make_error(PEFT_STATUS_FORMAT, where, "invalid JSON: " + std::string(e.what()));
+    // nlohmann's lexer takes a NUL byte for the end of input and would ignore what follows;
+    // a NUL is never valid JSON (inside strings it must be escaped), so reject it here.
+    if (const void * nul = std::memchr(text, 0, n)) {
+        return make_error(PEFT_STATUS_FORMAT, where,
+                          "invalid JSON: NUL byte at offset " + std::to_string((const char *) nul - text));
     }
-    if (!problem.empty()) {
+    dom_builder b(p->doc);
+    bool ok;
+    try {
+        ok = ojson::sax_parse(text, text + n, &b);
+    } catch (const std::exception & e) {  // bad_alloc, or anything the library throws
+        ok = false;
+        b.problem = e.what();
+    }
+    if (!ok || !b.stack.empty()) {
         p->doc = ojson();
-        return make_error(PEFT_STATUS_FORMAT, where, "invalid JSON: " + problem);
+        if (b.problem.empty()) b.problem = "incomplete document";
+        return make_error(PEFT_STATUS_FORMAT, where, "invalid JSON: " + b.problem);
     }
     return {};
 }

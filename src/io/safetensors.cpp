@@ -281,8 +281,7 @@ static status parse_tensor_entry(const std::string & where, const std::string & 
     return {};
 }
 
-status safetensors_parse(const uint8_t * data, size_t n, const std::string & where, safetensors_file & out) {
-    out = safetensors_file();
+static status parse_into(const uint8_t * data, size_t n, const std::string & where, safetensors_file & out) {
     out.path = where;
 
     // 1. header length
@@ -459,6 +458,14 @@ status safetensors_parse(const uint8_t * data, size_t n, const std::string & whe
     return {};
 }
 
+// On failure `out` is left empty, never half-filled.
+status safetensors_parse(const uint8_t * data, size_t n, const std::string & where, safetensors_file & out) {
+    safetensors_file f;
+    status s = parse_into(data, n, where, f);
+    out = s.ok() ? std::move(f) : safetensors_file();
+    return s;
+}
+
 status safetensors_open(const std::string & path, safetensors_file & out) {
     out = safetensors_file();
     auto map = std::make_shared<mapped_file>();
@@ -481,8 +488,7 @@ static bool plain_file_name(const std::string & s) {
            s.find('\0') == std::string::npos;
 }
 
-status safetensors_open_model(const std::string & dir, safetensors_model & out) {
-    out = safetensors_model();
+static status open_model_into(const std::string & dir, safetensors_model & out) {
     out.dir = dir;
     struct stat st;
     if (::stat(dir.c_str(), &st) != 0) return make_error(PEFT_STATUS_IO, dir, "model directory not found");
@@ -563,6 +569,13 @@ status safetensors_open_model(const std::string & dir, safetensors_model & out) 
     return {};
 }
 
+status safetensors_open_model(const std::string & dir, safetensors_model & out) {
+    safetensors_model m;
+    status s = open_model_into(dir, m);
+    out = s.ok() ? std::move(m) : safetensors_model();
+    return s;
+}
+
 // ---- writing ----------------------------------------------------------------------------
 
 namespace {
@@ -582,7 +595,8 @@ static status prepare_write(const std::vector<safetensors_tensor_to_write> & ten
     for (size_t i = 0; i < nt; i++) {
         const auto & t = tensors[i];
         const std::string label = tensor_label(t.name);
-        if (t.name.empty() || t.name.size() > SAFETENSORS_MAX_NAME_LENGTH || t.name.find('\0') != std::string::npos ||
+        // the same rules as the reader (which, like the reference, allows an empty name)
+        if (t.name.size() > SAFETENSORS_MAX_NAME_LENGTH || t.name.find('\0') != std::string::npos ||
             t.name == "__metadata__") {
             return make_error(PEFT_STATUS_ARGUMENT, where, label + ": invalid tensor name");
         }
