@@ -3,4 +3,5 @@
 
 namespace peft {
 int cmd_bench(int argc, char ** argv);
+int cmd_tokenize(int argc, char ** argv);
 }

@@ -14,6 +14,7 @@ struct subcommand {
 
 const subcommand SUBCOMMANDS[] = {
     {"bench", peft::cmd_bench, "training-step throughput of a model or named shape, as one JSON line"},
+    {"tokenize", peft::cmd_tokenize, "token ids and pieces of a text under a model's tokenizer"},
 };
 
 void print_usage() {
