@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <queue>
+#include <string_view>
 #include <unordered_map>
 
 #include "tokenizer/normalize.h"
@@ -12,6 +13,13 @@ namespace peft {
 namespace {
 
 struct merge_value { int32_t rank; int32_t new_id; };
+
+// Transparent hashing: look words up by string_view without building a std::string.
+struct sv_hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+template <typename V> using sv_map = std::unordered_map<std::string, V, sv_hash, std::equal_to<>>;
 
 inline uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t) (uint32_t) a << 32) | (uint32_t) b; }
 
@@ -31,12 +39,12 @@ struct heap_entry {
 
 struct bpe_model_impl {
     bpe_options opt;
-    std::unordered_map<std::string, int32_t> key_to_id;    // internal key (raw bytes if byte-level)
+    sv_map<int32_t> key_to_id;                             // internal key (raw bytes if byte-level)
     std::unordered_map<std::string, int32_t> token_to_id;  // file form
     std::unordered_map<uint64_t, merge_value> merges;
     int32_t byte_id[256];        // byte-level: id of each single byte; byte_fallback: <0xXX>
     int32_t ascii_id[128];       // SentencePiece-style: id of each ASCII character
-    std::unordered_map<std::string, std::vector<int32_t>> cache;
+    sv_map<std::vector<int32_t>> cache;
     // Scratch reused across words.
     std::vector<symbol> syms;
     std::vector<heap_entry> heap_buf;
@@ -66,7 +74,7 @@ struct bpe_model_impl {
             int32_t id = -1;
             if (u[i] < 0x80) id = ascii_id[u[i]];
             else {
-                auto it = key_to_id.find(std::string(s + i, len));
+                auto it = key_to_id.find(std::string_view(s + i, len));
                 if (it != key_to_id.end()) id = it->second;
             }
             if (id >= 0) { ids.push_back(id); last_unk = false; i += len; continue; }
@@ -173,17 +181,14 @@ void bpe_model::encode_word(const char * s, size_t n, std::vector<int32_t> & out
     bpe_model_impl & m = *p;
     if (n == 0) return;
     const bool cacheable = n <= 256;
-    std::string key;
-    if (cacheable || m.opt.ignore_merges) {
-        key.assign(s, n);
-        if (cacheable) {
-            auto it = m.cache.find(key);
-            if (it != m.cache.end()) { out.insert(out.end(), it->second.begin(), it->second.end()); return; }
-        }
-        if (m.opt.ignore_merges) {
-            auto it = m.key_to_id.find(key);
-            if (it != m.key_to_id.end()) { out.push_back(it->second); return; }
-        }
+    const std::string_view key(s, n);
+    if (cacheable) {
+        auto it = m.cache.find(key);
+        if (it != m.cache.end()) { out.insert(out.end(), it->second.begin(), it->second.end()); return; }
+    }
+    if (m.opt.ignore_merges) {
+        auto it = m.key_to_id.find(key);
+        if (it != m.key_to_id.end()) { out.push_back(it->second); return; }
     }
     std::vector<int32_t> ids;
     m.initial_symbols(s, n, ids);
@@ -191,7 +196,7 @@ void bpe_model::encode_word(const char * s, size_t n, std::vector<int32_t> & out
     out.insert(out.end(), ids.begin(), ids.end());
     if (cacheable) {
         if (m.cache.size() >= (1u << 18)) m.cache.clear();  // bounded memory on huge corpora
-        m.cache.emplace(std::move(key), std::move(ids));
+        m.cache.emplace(std::string(key), std::move(ids));
     }
 }
 

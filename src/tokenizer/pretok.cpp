@@ -126,6 +126,15 @@ void split_piece(pretok_regex & re, split_behavior behavior, bool invert, const 
 
 } // namespace
 
+void pretok_split_ranges(pretok_regex & re, const std::string & text, std::vector<size_t> & bounds) {
+    // Isolated: every gap and every match is a piece, so the boundaries are all span ends.
+    std::vector<span> spans;
+    find_spans(re, text, spans);
+    bounds.clear();
+    bounds.push_back(0);
+    for (const span & sp : spans) bounds.push_back(sp.e);
+}
+
 void pretok_apply(const std::vector<pretok_step> & steps, const std::string & text, bool first,
                   std::vector<std::string> & pieces) {
     pieces.clear();

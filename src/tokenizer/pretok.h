@@ -64,4 +64,9 @@ extern const char * PRETOK_GPT2_PATTERN;
 void pretok_apply(const std::vector<pretok_step> & steps, const std::string & text, bool first,
                   std::vector<std::string> & pieces);
 
+// Byte ranges [begin, end) of the pieces one Isolated, non-inverted Split produces: the whole
+// pre-tokenizer of Llama 3 / Qwen2 files (their ByteLevel step only maps bytes), without
+// building a string per piece. Same thread-safety rule as pretok_apply.
+void pretok_split_ranges(pretok_regex & re, const std::string & text, std::vector<size_t> & bounds);
+
 } // namespace peft

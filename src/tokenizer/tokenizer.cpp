@@ -71,9 +71,11 @@ struct tokenizer_impl {
     std::shared_ptr<spm_model> spm;
     std::vector<int32_t> prefix, suffix;           // post-processor template, single sequence
     std::vector<decoder_step> decoders;
+    pretok_regex * fast_split = nullptr;           // set when the pre-tokenizer is one plain Split (+ByteLevel)
     int32_t bos = -1, eos = -1, pad = -1;
     std::string chat_template;
     mutable std::mutex mu;                         // guards bpe cache and regex scratch
+    std::vector<size_t> bounds;                    // scratch for fast_split
 
     int32_t find(const std::string & s) const {
         auto it = added_to_id.find(s);
@@ -103,6 +105,11 @@ struct tokenizer_impl {
         if (spm) { spm_encode(*spm, seg, ids); return; }
         const std::string norm = normalizers.empty() ? seg : normalize_apply(normalizers, seg);
         if (pretoks.empty()) { bpe.encode_word(norm.data(), norm.size(), ids); return; }
+        if (fast_split) {
+            pretok_split_ranges(*fast_split, norm, bounds);
+            for (size_t k = 0; k + 1 < bounds.size(); ++k) bpe.encode_word(norm.data() + bounds[k], bounds[k + 1] - bounds[k], ids);
+            return;
+        }
         pretok_apply(pretoks, norm, first, pieces);
         for (const std::string & w : pieces) bpe.encode_word(w.data(), w.size(), ids);
     }
@@ -588,6 +595,11 @@ status finish(tokenizer_impl & m) {
     }
     m.index_added();
     if (m.bos < 0 && !m.prefix.empty()) m.bos = m.prefix[0];
+    // Llama 3 / Qwen2 shape: Split(Isolated) then a ByteLevel that neither splits nor prefixes.
+    const auto & pt = m.pretoks;
+    const bool plain_split = !pt.empty() && pt[0].kind == PEFT_PRETOK_SPLIT && pt[0].behavior == PEFT_SPLIT_ISOLATED && !pt[0].invert;
+    const bool bl_noop = pt.size() == 2 && pt[1].kind == PEFT_PRETOK_BYTE_LEVEL && !pt[1].re && !pt[1].add_prefix_space;
+    m.fast_split = plain_split && (pt.size() == 1 || bl_noop) ? pt[0].re.get() : nullptr;
     if (m.eos < 0 && !m.suffix.empty()) m.eos = m.suffix.back();
     return status::success();
 }
