@@ -288,86 +288,6 @@ status read_text_file(const std::string & path, std::string & out) {
     return status::success();
 }
 
-// Rewrites tokenizer.json's `model.vocab` object ({"tok": id, ...}) into an array of [tok, id]
-// pairs before parsing. Why: the JSON wrapper keeps document order with nlohmann's ordered_map,
-// whose insert scans all earlier keys, so a 128k-key object costs O(n^2) (15 s for Llama 3);
-// arrays parse in linear time. Only strings, numbers and punctuation may appear inside the
-// object; anything else leaves the text unchanged (then the plain path parses it).
-// TODO(perf): drop once json_document parses large objects in linear time.
-// root_object: the whole document is the map (GPT-2's encoder.json).
-bool vocab_object_to_array(std::string & text, bool root_object = false) {
-    const size_t n = text.size();
-    // Skips a JSON string starting at text[i] == '"'; returns the index after its closing quote.
-    auto skip_string = [&](size_t i) {
-        for (++i; i < n; ++i) {
-            if (text[i] == '\\') ++i;
-            else if (text[i] == '"') return i + 1;
-        }
-        return n;
-    };
-    // Find "model" at depth 1 then "vocab" at depth 2 followed by ':' '{'.
-    std::vector<std::string> keys(4);
-    int depth = 0;
-    size_t i = 0, start = std::string::npos;
-    bool expect_key = false;
-    if (root_object) {
-        while (i < n && (text[i] == ' ' || text[i] == '\n' || text[i] == '\r' || text[i] == '\t')) ++i;
-        if (i < n && text[i] == '{') start = i;
-    }
-    while (i < n && start == std::string::npos) {
-        const char c = text[i];
-        if (c == '"') {
-            const size_t e = skip_string(i);
-            if (expect_key && depth <= 3) keys[(size_t) depth] = text.substr(i + 1, e - i - 2);
-            expect_key = false;
-            i = e;
-            continue;
-        }
-        if (c == '{' || c == '[') {
-            if (c == '{' && depth == 2 && keys[1] == "model" && keys[2] == "vocab") start = i;
-            ++depth;
-            expect_key = c == '{';
-            if (depth <= 3) keys[(size_t) depth].clear();
-        } else if (c == '}' || c == ']') {
-            --depth;
-        } else if (c == ',') {
-            expect_key = true;  // harmless inside arrays: keys are only read at object depths
-        }
-        ++i;
-    }
-    if (start == std::string::npos) return false;
-    std::string out;
-    out.reserve(n + n / 8);
-    out.append(text, 0, start);
-    out.push_back('[');
-    bool open_pair = false;
-    for (i = start + 1; i < n; ++i) {
-        const char c = text[i];
-        if (c == '"') {
-            const size_t e = skip_string(i);
-            if (!open_pair) { out.push_back('['); open_pair = true; }
-            out.append(text, i, e - i);
-            i = e - 1;
-        } else if (c == ':') {
-            out.push_back(',');
-        } else if (c == ',') {
-            if (open_pair) { out.push_back(']'); open_pair = false; }
-            out.push_back(',');
-        } else if (c == '}') {
-            if (open_pair) out.push_back(']');
-            out.push_back(']');
-            out.append(text, i + 1, std::string::npos);
-            text.swap(out);
-            return true;
-        } else if (c == '{' || c == '[') {
-            return false;  // not a flat token -> id map
-        } else {
-            out.push_back(c);
-        }
-    }
-    return false;
-}
-
 status parse_pattern(const json_value & pat, const std::string & where, const std::string & field,
                      std::string & text, bool & literal) {
     if (pat.get("Regex").is_string()) { text = pat.get("Regex").as_string(); literal = false; return status::success(); }
@@ -616,20 +536,8 @@ status load_json_impl(const json_document & doc, const std::string & where, toke
     if (!model.get("continuing_subword_prefix").as_string().empty() || !model.get("end_of_word_suffix").as_string().empty()) {
         return make_error(PEFT_STATUS_FORMAT, where, "model: continuing_subword_prefix / end_of_word_suffix are not supported");
     }
-    // model.vocab: {"tok": id} as in the file, or [["tok", id]] after vocab_object_to_array.
     const json_value vocab = model.get("vocab");
-    const bool vocab_pairs = vocab.is_array();
-    if (!(vocab.is_object() || vocab_pairs) || vocab.size() == 0) {
-        return make_error(PEFT_STATUS_FORMAT, where, "model.vocab: missing, empty or not an object");
-    }
-    auto vocab_key = [&](size_t i) { return vocab_pairs ? vocab.at(i).at(0).as_string() : vocab.key_at(i); };
-    auto vocab_val = [&](size_t i) { return vocab_pairs ? vocab.at(i).at(1) : vocab.value_at(i); };
-    for (size_t i = 0; vocab_pairs && i < vocab.size(); ++i) {
-        const json_value e = vocab.at(i);
-        if (!e.is_array() || e.size() != 2 || !e.at(0).is_string()) {
-            return make_error(PEFT_STATUS_FORMAT, where, "model.vocab: entry " + std::to_string(i) + " is not \"token\": id");
-        }
-    }
+    if (!vocab.is_object() || vocab.size() == 0) return make_error(PEFT_STATUS_FORMAT, where, "model.vocab: missing, empty or not an object");
     const json_value added = r.get("added_tokens");
     if (added.valid() && !added.is_null() && !added.is_array()) return make_error(PEFT_STATUS_FORMAT, where, "added_tokens: expected an array");
 
@@ -645,7 +553,7 @@ status load_json_impl(const json_document & doc, const std::string & where, toke
         return status::success();
     };
     std::vector<int32_t> vids(vocab.size());
-    for (size_t i = 0; i < vocab.size(); ++i) PEFT_TRY(check_id(vocab_val(i), "model.vocab[\"" + vocab_key(i) + "\"]", vids[i]));
+    for (size_t i = 0; i < vocab.size(); ++i) PEFT_TRY(check_id(vocab.value_at(i), "model.vocab[\"" + vocab.key_at(i) + "\"]", vids[i]));
     for (size_t i = 0; added.is_array() && i < added.size(); ++i) {
         const json_value a = added.at(i);
         added_token t{};
@@ -663,7 +571,7 @@ status load_json_impl(const json_document & doc, const std::string & where, toke
     for (size_t i = 0; i < vocab.size(); ++i) {
         std::string & slot = model_tokens[(size_t) vids[i]];
         if (!slot.empty()) return make_error(PEFT_STATUS_FORMAT, where, "model.vocab: id " + std::to_string(vids[i]) + " is used twice");
-        slot = vocab_key(i);
+        slot = vocab.key_at(i);
         m.id_to_token[(size_t) vids[i]] = slot;
     }
     for (const added_token & t : m.added) m.id_to_token[(size_t) t.id] = t.content;
@@ -724,25 +632,19 @@ status load_json_impl(const json_document & doc, const std::string & where, toke
 status load_gpt2(const std::string & dir, tokenizer_impl & m) {
     const std::string enc_path = (fs::path(dir) / "encoder.json").string();
     const std::string bpe_path = (fs::path(dir) / "vocab.bpe").string();
-    std::string enc_text;
-    PEFT_TRY(read_text_file(enc_path, enc_text));
-    const bool pairs = vocab_object_to_array(enc_text, true);  // see vocab_object_to_array: speed
     json_document doc;
-    PEFT_TRY(doc.parse(enc_text.data(), enc_text.size(), enc_path));
+    PEFT_TRY(doc.parse_file(enc_path));
     const json_value vocab = doc.root();
-    if (!(pairs ? vocab.is_array() : vocab.is_object()) || vocab.size() == 0) {
-        return make_error(PEFT_STATUS_FORMAT, enc_path, "expected an object of token -> id");
-    }
+    if (!vocab.is_object() || vocab.size() == 0) return make_error(PEFT_STATUS_FORMAT, enc_path, "expected an object of token -> id");
     std::vector<std::string> tokens;
     for (size_t i = 0; i < vocab.size(); ++i) {
-        const json_value v = pairs ? vocab.at(i).at(1) : vocab.value_at(i);
-        const std::string key = pairs ? vocab.at(i).at(0).as_string() : vocab.key_at(i);
+        const json_value v = vocab.value_at(i);
         if (!v.is_integer() || v.as_int() < 0 || v.as_int() >= (1 << 24)) {
-            return make_mismatch(PEFT_STATUS_FORMAT, enc_path, "\"" + key + "\"", "an id in [0, 2^24)", v.valid() ? v.dump() : "nothing");
+            return make_mismatch(PEFT_STATUS_FORMAT, enc_path, "\"" + vocab.key_at(i) + "\"", "an id in [0, 2^24)", v.dump());
         }
         const size_t id = (size_t) v.as_int();
         if (tokens.size() <= id) tokens.resize(id + 1);
-        tokens[id] = key;
+        tokens[id] = vocab.key_at(i);
     }
     std::string text;
     PEFT_TRY(read_text_file(bpe_path, text));
@@ -798,10 +700,8 @@ bool is_file(const fs::path & p) {
 status tokenizer::load_json_text(const std::string & text, const std::string & where, std::unique_ptr<tokenizer> & out) {
     std::unique_ptr<tokenizer> t(new tokenizer());
     t->p->source = where;
-    std::string copy = text;
-    vocab_object_to_array(copy);
     json_document doc;
-    PEFT_TRY(doc.parse(copy.data(), copy.size(), where));
+    PEFT_TRY(doc.parse(text.data(), text.size(), where));
     PEFT_TRY(load_json_impl(doc, where, *t->p));
     PEFT_TRY(finish(*t->p));
     out = std::move(t);
@@ -837,11 +737,8 @@ status tokenizer::load(const std::string & path, std::unique_ptr<tokenizer> & ou
     } else if (file.extension() == ".model") {
         PEFT_TRY(load_spm_file(file.string(), m));
     } else {
-        std::string text;
-        PEFT_TRY(read_text_file(file.string(), text));
-        vocab_object_to_array(text);
         json_document doc;
-        PEFT_TRY(doc.parse(text.data(), text.size(), file.string()));
+        PEFT_TRY(doc.parse_file(file.string()));
         PEFT_TRY(load_json_impl(doc, file.string(), m));
     }
     PEFT_TRY(finish(m));
