@@ -27,3 +27,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "setup: all ${#PACKAGES[@]} packages present"
 fi
+bash "$(dirname "$0")/fetch_assets.sh"
