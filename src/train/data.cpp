@@ -216,7 +216,9 @@ void data_build_rows(const std::vector<data_sample> & samples, const data_option
 
 status dataset_load(const std::string & path, const tokenizer & tok, const data_options & opt, dataset & out) {
     out = dataset{};
-    if (opt.max_len < 2) return make_mismatch(PEFT_STATUS_CONFIG, path, "max_len", "at least 2", std::to_string(opt.max_len));
+    if (opt.max_len < 2 || opt.max_len > ((int64_t) 1 << 20)) {
+        return make_mismatch(PEFT_STATUS_CONFIG, path, "max_len", "in [2, 2^20]", std::to_string(opt.max_len));
+    }
     if (!(opt.held_out_fraction >= 0.0 && opt.held_out_fraction < 1.0)) {
         return make_mismatch(PEFT_STATUS_CONFIG, path, "held_out_fraction", "in [0, 1)", std::to_string(opt.held_out_fraction));
     }
