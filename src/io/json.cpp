@@ -176,7 +176,7 @@ status json_document::parse(const char * text, size_t n, const std::string & whe
     }
     // nlohmann's lexer takes a NUL byte for the end of input and would ignore what follows;
     // a NUL is never valid JSON (inside strings it must be escaped), so reject it here.
-    if (const void * nul = std::memchr(text, 0, n)) {
+    if (const void * nul = n ? std::memchr(text, 0, n) : nullptr) {
         return make_error(PEFT_STATUS_FORMAT, where,
                           "invalid JSON: NUL byte at offset " + std::to_string((const char *) nul - text));
     }

@@ -55,7 +55,12 @@ TEST(json, invalid_json_messages) {
         ASSERT_FALSE(s.ok()) << bad;
         EXPECT_EQ(s.message.rfind("x.json: invalid JSON: ", 0), 0u) << s.message;
     }
-    status s = d.parse("[1]", 3, "small.json", 2);
+    // nlohmann alone stops at a NUL and ignores the rest ("{}\0junk" would parse)
+    status s = parse(d, std::string("{}\0junk", 7));
+    EXPECT_EQ(s.message, "cfg.json: invalid JSON: NUL byte at offset 2");
+    EXPECT_FALSE(parse(d, std::string("\"a\0b\"", 5)).ok());
+    EXPECT_TRUE(d.parse(nullptr, 0, "e").code == PEFT_STATUS_FORMAT);  // empty input, null pointer
+    s = d.parse("[1]", 3, "small.json", 2);
     EXPECT_EQ(s.message, "small.json: JSON text size: expected at most 2 bytes, got 3 bytes");
     // a failed parse leaves an empty (null) document, not a half-built one
     EXPECT_TRUE(d.root().is_null());
