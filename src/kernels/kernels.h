@@ -7,7 +7,9 @@
 //   HS = head size, F = n_ff, V = n_vocab, R = adapter rank, OC/IC = out/in features.
 // Matrices are row-major; linear weights are [OC, IC] as PyTorch's nn.Linear.weight.
 // Argument order (llm.c): outputs, saved stats, inputs, weights, then sizes.
-// Backward kernels ACCUMULATE (+=) into every gradient output; callers zero them.
+// Backward kernels ACCUMULATE (+=) into every gradient output; callers zero them. Two
+// exceptions, both in place by design: xent_forward overwrites dlogits (it may alias logits)
+// and rope_backward rotates its buffer in place.
 // Threading: kernels parallelise over rows with OpenMP; gemm calls BLAS and must be called
 // from serial code. Every reduction is combined in a fixed order, so results are bit-identical
 // for a fixed thread count.

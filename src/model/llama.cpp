@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "adapters/adapter.h"
 #include "core/rng.h"
 #include "kernels/kernels.h"
 
@@ -47,6 +48,23 @@ llama_tensor * llama_model::find(const std::string & name) {
 }
 
 void llama_model::zero_grad() { grad_arena.zero(); }
+
+static const char * PROJ_NAMES[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+static_assert(sizeof(PROJ_NAMES) / sizeof(PROJ_NAMES[0]) == LLAMA_PROJ_COUNT);
+
+const char * llama_proj_name(llama_proj p) { return p < LLAMA_PROJ_COUNT ? PROJ_NAMES[p] : "?"; }
+
+linear_weight & llama_model::proj_weight(int64_t layer, llama_proj p) {
+    llama_layer_weights & L = w.layers[(size_t) layer];
+    linear_weight * table[] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
+    return *table[p];
+}
+
+const float * llama_model::proj_bias(int64_t layer, llama_proj p) const {
+    const llama_layer_weights & L = w.layers[(size_t) layer];
+    return p == LLAMA_PROJ_Q ? L.bq : p == LLAMA_PROJ_K ? L.bk : p == LLAMA_PROJ_V ? L.bv : nullptr;
+}
 
 // Points the named weight structs at the tensors of m.tensors (which must follow
 // llama_tensor_specs order) and computes the rope table.
@@ -280,25 +298,60 @@ const int32_t * positions(const llama_batch & b, std::vector<int32_t> & scratch)
     return scratch.data();
 }
 
-void layer_forward(const llama_model & m, const llama_layer_weights & w, layer_acts & a, const float * x_in, float * x_out,
+// y[N,OC] = proj(x) through the layer's adapter if it has one; with `residual`, y = residual +
+// proj(x) (scratch [N,OC] is used only for adapted residual projections).
+void proj_forward(const llama_model & m, int64_t l, llama_proj p, const linear_weight & w, const float * bias, float * y,
+                  const float * x, int64_t N, const float * residual, float * scratch) {
+    adapter_module * ad = m.adapter(l, p);
+    if (!ad) {
+        if (residual) {
+            if (residual != y) std::memcpy(y, residual, (size_t) (N * w.OC) * 4);
+            linear_forward(y, x, w, bias, N, 1.0f);
+        } else {
+            linear_forward(y, x, w, bias, N);
+        }
+        return;
+    }
+    if (!residual) {
+        ad->forward(x, N, y);
+        return;
+    }
+    ad->forward(x, N, scratch);
+    const int64_t n = N * w.OC;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) y[i] = residual[i] + scratch[i];
+}
+
+// dx[N,IC] = beta * dx + d proj / dx applied to dy; adapters also accumulate their own grads.
+void proj_backward_input(const llama_model & m, int64_t l, llama_proj p, const linear_weight & w, float * dx, const float * dy,
+                         const float * x, int64_t N, float beta) {
+    adapter_module * ad = m.adapter(l, p);
+    if (!ad) {
+        linear_backward_input(dx, dy, w, N, beta);
+        return;
+    }
+    if (beta == 0.0f) std::memset(dx, 0, (size_t) (N * w.IC) * 4);
+    ad->backward(x, dy, N, dx);
+}
+
+void layer_forward(const llama_model & m, int64_t l, layer_acts & a, float * scratch, const float * x_in, float * x_out,
                    const int32_t * pos, const int32_t * seg, int64_t B, int64_t T) {
     const llama_hparams & hp = m.hp;
+    const llama_layer_weights & w = m.w.layers[(size_t) l];
     const int64_t N = B * T, C = hp.n_embd, F = hp.n_ff;
     rmsnorm_forward(a.xn1, a.rstd1, x_in, w.attn_norm, N, C, hp.rms_eps);
-    linear_forward(a.q, a.xn1, w.wq, w.bq, N);
-    linear_forward(a.k, a.xn1, w.wk, w.bk, N);
-    linear_forward(a.v, a.xn1, w.wv, w.bv, N);
+    proj_forward(m, l, LLAMA_PROJ_Q, w.wq, w.bq, a.q, a.xn1, N, nullptr, scratch);
+    proj_forward(m, l, LLAMA_PROJ_K, w.wk, w.bk, a.k, a.xn1, N, nullptr, scratch);
+    proj_forward(m, l, LLAMA_PROJ_V, w.wv, w.bv, a.v, a.xn1, N, nullptr, scratch);
     rope_forward(a.q, pos, m.inv_freq.data(), N, hp.n_head, hp.head_dim);
     rope_forward(a.k, pos, m.inv_freq.data(), N, hp.n_head_kv, hp.head_dim);
     attention_forward(a.att, a.lse, a.q, a.k, a.v, seg, B, T, hp.n_head, hp.n_head_kv, hp.head_dim);
-    std::memcpy(a.x_mid, x_in, (size_t) (N * C) * 4);
-    linear_forward(a.x_mid, a.att, w.wo, nullptr, N, 1.0f);  // x_mid = x_in + att Wo^T
+    proj_forward(m, l, LLAMA_PROJ_O, w.wo, nullptr, a.x_mid, a.att, N, x_in, scratch);   // x_mid = x_in + o(att)
     rmsnorm_forward(a.xn2, a.rstd2, a.x_mid, w.ffn_norm, N, C, hp.rms_eps);
-    linear_forward(a.gate, a.xn2, w.w_gate, nullptr, N);
-    linear_forward(a.up, a.xn2, w.w_up, nullptr, N);
+    proj_forward(m, l, LLAMA_PROJ_GATE, w.w_gate, nullptr, a.gate, a.xn2, N, nullptr, scratch);
+    proj_forward(m, l, LLAMA_PROJ_UP, w.w_up, nullptr, a.up, a.xn2, N, nullptr, scratch);
     swiglu_forward(a.h, a.gate, a.up, N * F);
-    std::memcpy(x_out, a.x_mid, (size_t) (N * C) * 4);
-    linear_forward(x_out, a.h, w.w_down, nullptr, N, 1.0f);  // x_out = x_mid + h Wd^T
+    proj_forward(m, l, LLAMA_PROJ_DOWN, w.w_down, nullptr, x_out, a.h, N, a.x_mid, scratch);  // x_out = x_mid + down(h)
 }
 
 void embed_rows(float * out, const linear_weight & wte, const int32_t * tokens, int64_t N) {
@@ -327,7 +380,7 @@ float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch,
     embed_rows(p.resid[0], m.w.embed, batch.tokens, N);
     for (int64_t l = 0; l < L; l++) {
         layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
-        layer_forward(m, m.w.layers[(size_t) l], a, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, batch.seg, B, T);
+        layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, batch.seg, B, T);
     }
     rmsnorm_forward(p.xf, p.rstdf, p.resid[(size_t) L], m.w.final_norm, N, C, hp.rms_eps);
 
@@ -388,26 +441,27 @@ layer_grads find_layer_grads(llama_model & m, int64_t l) {
 }
 
 // dres holds d(x_out) on entry and d(x_in) on exit.
-void layer_backward(const llama_model & m, const llama_layer_weights & w, const layer_grads & g, const layer_acts & a,
+void layer_backward(const llama_model & m, int64_t l, const layer_grads & g, const layer_acts & a,
                     llama_state::impl & p, const float * x_in, const int32_t * pos, const int32_t * seg, int64_t B, int64_t T) {
     const llama_hparams & hp = m.hp;
+    const llama_layer_weights & w = m.w.layers[(size_t) l];
     const int64_t N = B * T, C = hp.n_embd, F = hp.n_ff, QD = hp.q_dim(), KVD = hp.kv_dim();
     float * dres = p.dres;
 
     // MLP: x_out = x_mid + h Wd^T, h = swiglu(xn2 Wg^T, xn2 Wu^T), xn2 = rmsnorm(x_mid)
-    linear_backward_input(p.dh, dres, w.w_down, N, 0.0f);
+    proj_backward_input(m, l, LLAMA_PROJ_DOWN, w.w_down, p.dh, dres, a.h, N, 0.0f);
     if (g.w_down) linear_backward_weight(g.w_down, nullptr, dres, a.h, N, C, F);
     std::memset(p.dgate, 0, (size_t) (N * F) * 4);
     std::memset(p.dup, 0, (size_t) (N * F) * 4);
     swiglu_backward(p.dgate, p.dup, p.dh, a.gate, a.up, N * F);
-    linear_backward_input(p.dxn, p.dgate, w.w_gate, N, 0.0f);
-    linear_backward_input(p.dxn, p.dup, w.w_up, N, 1.0f);
+    proj_backward_input(m, l, LLAMA_PROJ_GATE, w.w_gate, p.dxn, p.dgate, a.xn2, N, 0.0f);
+    proj_backward_input(m, l, LLAMA_PROJ_UP, w.w_up, p.dxn, p.dup, a.xn2, N, 1.0f);
     if (g.w_gate) linear_backward_weight(g.w_gate, nullptr, p.dgate, a.xn2, N, F, C);
     if (g.w_up) linear_backward_weight(g.w_up, nullptr, p.dup, a.xn2, N, F, C);
     rmsnorm_backward(dres, g.ffn_norm, p.dxn, a.x_mid, w.ffn_norm, a.rstd2, N, C);  // dres = d x_mid
 
     // attention: x_mid = x_in + att Wo^T
-    linear_backward_input(p.datt, dres, w.wo, N, 0.0f);
+    proj_backward_input(m, l, LLAMA_PROJ_O, w.wo, p.datt, dres, a.att, N, 0.0f);
     if (g.wo) linear_backward_weight(g.wo, nullptr, dres, a.att, N, C, QD);
     std::memset(p.dq, 0, (size_t) (N * QD) * 4);
     std::memset(p.dk, 0, (size_t) (N * KVD) * 4);
@@ -415,9 +469,9 @@ void layer_backward(const llama_model & m, const llama_layer_weights & w, const 
     attention_backward(p.dq, p.dk, p.dv, p.datt, a.att, a.lse, a.q, a.k, a.v, seg, B, T, hp.n_head, hp.n_head_kv, hp.head_dim);
     rope_backward(p.dq, pos, m.inv_freq.data(), N, hp.n_head, hp.head_dim);
     rope_backward(p.dk, pos, m.inv_freq.data(), N, hp.n_head_kv, hp.head_dim);
-    linear_backward_input(p.dxn, p.dq, w.wq, N, 0.0f);
-    linear_backward_input(p.dxn, p.dk, w.wk, N, 1.0f);
-    linear_backward_input(p.dxn, p.dv, w.wv, N, 1.0f);
+    proj_backward_input(m, l, LLAMA_PROJ_Q, w.wq, p.dxn, p.dq, a.xn1, N, 0.0f);
+    proj_backward_input(m, l, LLAMA_PROJ_K, w.wk, p.dxn, p.dk, a.xn1, N, 1.0f);
+    proj_backward_input(m, l, LLAMA_PROJ_V, w.wv, p.dxn, p.dv, a.xn1, N, 1.0f);
     if (g.wq) linear_backward_weight(g.wq, g.bq, p.dq, a.xn1, N, QD, C);
     if (g.wk) linear_backward_weight(g.wk, g.bk, p.dk, a.xn1, N, KVD, C);
     if (g.wv) linear_backward_weight(g.wv, g.bv, p.dv, a.xn1, N, KVD, C);
@@ -440,12 +494,11 @@ void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch,
     rmsnorm_backward(p.dres, dfinal, p.dxf, p.resid[(size_t) L], m.w.final_norm, p.rstdf, N, C);
 
     for (int64_t l = L - 1; l >= 0; l--) {
-        const llama_layer_weights & w = m.w.layers[(size_t) l];
         layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
         if (s.recompute) {  // rebuild this layer's activations from its saved input
-            layer_forward(m, w, a, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, batch.seg, B, T);
+            layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, batch.seg, B, T);
         }
-        layer_backward(m, w, find_layer_grads(m, l), a, p, p.resid[(size_t) l], pos, batch.seg, B, T);
+        layer_backward(m, l, find_layer_grads(m, l), a, p, p.resid[(size_t) l], pos, batch.seg, B, T);
     }
     if (m.trainable) embedding_backward(m.tensors[0].grad, p.dres, batch.tokens, N, C, hp.n_vocab);
     if (d_inputs_embeds) std::memcpy(d_inputs_embeds, p.dres, (size_t) (N * C) * 4);

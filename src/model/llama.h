@@ -20,6 +20,16 @@
 
 namespace peft {
 
+struct adapter_module;
+
+// The seven adaptable projections of a layer, in HF module-path order.
+enum llama_proj {
+    LLAMA_PROJ_Q = 0, LLAMA_PROJ_K, LLAMA_PROJ_V, LLAMA_PROJ_O,
+    LLAMA_PROJ_GATE, LLAMA_PROJ_UP, LLAMA_PROJ_DOWN,
+    LLAMA_PROJ_COUNT,
+};
+const char * llama_proj_name(llama_proj p);   // "self_attn.q_proj", ..., "mlp.down_proj"
+
 struct llama_layer_weights {
     float *       attn_norm = nullptr;           // [C]
     linear_weight wq, wk, wv, wo;                 // [QD,C] [KVD,C] [KVD,C] [C,QD]
@@ -58,6 +68,16 @@ struct llama_model {
 
     llama_tensor * find(const std::string & name);
     void zero_grad();
+
+    // Adapters on projections: [n_layer * LLAMA_PROJ_COUNT], null = plain base linear. Set by
+    // the adapter code (adapters own the modules); used by forward and backward. Adapters
+    // need a frozen base (trainable == false).
+    std::vector<adapter_module *> adapters;
+    adapter_module * adapter(int64_t layer, llama_proj p) const {
+        return adapters.empty() ? nullptr : adapters[(size_t) (layer * LLAMA_PROJ_COUNT + p)];
+    }
+    linear_weight & proj_weight(int64_t layer, llama_proj p);
+    const float *   proj_bias(int64_t layer, llama_proj p) const;   // qwen2 q/k/v, else null
 };
 
 // The HF tensor table of a model: names, shapes, and whether a tensor is a big matrix.

@@ -1,0 +1,13 @@
+#include "adapters/adapter.h"
+
+#include <vector>
+
+namespace peft {
+
+void adapter_module::merge(float * W, int64_t OC, int64_t IC) const {
+    std::vector<float> delta((size_t) (OC * IC));
+    delta_weight(delta.data());
+    for (size_t i = 0; i < delta.size(); i++) W[i] += delta[i];
+}
+
+} // namespace peft

@@ -1,0 +1,81 @@
+// adapter.h: the one contract every fine-tuning method implements (ARCHITECTURE §7).
+// Two levels: an adapter_method per model (configuration, shared state such as VeRA's
+// projections, periodic hooks such as AdaLoRA's budget) and one adapter_module per adapted
+// linear layer (forward, backward, parameters, dense delta, merge). The model calls modules
+// through llama_model::adapters; the trainer sees only param_ref lists and the hooks, so adding
+// a method never touches the trainer or the model.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "model/linear.h"
+
+namespace peft {
+
+struct json_value;
+struct rng;
+
+// One tensor a method owns.
+struct param_ref {
+    std::string          name;       // PEFT suffix, e.g. "lora_A.weight"
+    float *              value = nullptr;
+    float *              grad = nullptr;   // null if frozen
+    std::vector<int64_t> shape;
+    bool                 trainable = true; // the optimizer sees it
+    bool                 saved = true;     // written to adapter_model.safetensors
+    float                lr_scale = 1.0f;  // LoRA+: B gets loraplus_lr_ratio
+};
+
+// The base linear a module adapts. `base` may be rewritten by init strategies (PiSSA's
+// residual); it then points at storage the method owns.
+struct target_info {
+    std::string     path;            // HF module path, "model.layers.3.self_attn.q_proj"
+    int64_t         layer = 0;
+    int64_t         in_features = 0, out_features = 0;
+    linear_weight * base = nullptr;  // frozen W [OC, IC]
+    const float *   bias = nullptr;  // [OC] or null (qwen2 q/k/v)
+};
+
+struct step_info {
+    int64_t step = 0, total_steps = 0;
+    float   lr = 0.0f;
+};
+
+// Per adapted linear layer.
+struct adapter_module {
+    virtual ~adapter_module() = default;
+    // y[N,OC] = adapted(x[N,IC]) (overwrites y); calls linear_forward on the base itself so
+    // variants like DoRA can rescale the base result; caches what backward needs.
+    virtual void forward(const float * x, int64_t N, float * y) = 0;
+    // dx[N,IC] += d loss/dx (including the base W^T dy part); own grads +=. Called after the
+    // forward of the same x (the model re-runs forward first when recomputing activations).
+    virtual void backward(const float * x, const float * dy, int64_t N, float * dx) = 0;
+    // dense delta [OC, IC] for merge / export
+    virtual void delta_weight(float * dW) const = 0;
+    // W [OC, IC] f32 += delta (default); DoRA overrides (it rescales rows)
+    virtual void merge(float * W, int64_t OC, int64_t IC) const;
+    virtual void params(std::vector<param_ref> & out) = 0;
+    // optional extra loss (AdaLoRA orthogonality): adds its own grads, returns its loss
+    virtual float regularize(float weight) { (void) weight; return 0.0f; }
+};
+
+// One per model.
+struct adapter_method {
+    virtual ~adapter_method() = default;
+    virtual const char * name() const = 0;                    // "lora", registry key
+    // Reads and validates PEFT-named keys (r, lora_alpha, target_modules, ...).
+    virtual status configure(const json_value & cfg) = 0;
+    // adapter_config.json content (a JSON object, PEFT field names).
+    virtual std::string config_json() const = 0;
+    virtual std::unique_ptr<adapter_module> create(const target_info & t, rng & r) = 0;
+    virtual void shared_params(std::vector<param_ref> & out) { (void) out; }   // VeRA A/B
+    virtual int64_t hook_period() const { return 0; }                         // 0 = no hook
+    virtual void on_step_end(const step_info & s, adapter_module * const * mods, int64_t n_mods) {
+        (void) s; (void) mods; (void) n_mods;
+    }
+};
+
+} // namespace peft
