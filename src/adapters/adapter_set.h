@@ -1,0 +1,49 @@
+// adapter_set.h: the adapters attached to one model, and the free functions around them that
+// the trainer and the commands use (torchtune style: a list of trainable tensors + functions).
+// Implemented in adapters/attach.cpp (attach, params, merge), adapters/registry.cpp (names ->
+// methods) and io/peft_format.cpp (PEFT adapter directories).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "adapters/adapter.h"
+
+namespace peft {
+
+struct llama_model;
+struct json_value;
+
+struct adapter_set {
+    std::unique_ptr<adapter_method>              method;
+    std::vector<std::unique_ptr<adapter_module>> modules;   // one per adapted projection
+    std::vector<target_info>                     targets;   // same order as modules
+};
+
+// Registry: "lora" (later "vera", "adalora", ...). Unknown name -> error listing the known ones.
+status adapter_method_create(const std::string & name, std::unique_ptr<adapter_method> & out);
+std::vector<std::string> adapter_method_names();
+
+// Creates the method named by cfg["peft_type"] or cfg["adapter"] (default "lora"), configures it
+// with cfg (PEFT keys: r, lora_alpha, target_modules, exclude_modules, layers_to_transform,
+// rank_pattern, alpha_pattern, ...), selects the target projections as PEFT does, creates one
+// module per target (initialised from rng(seed)) and sets m.adapters. The model must be frozen.
+// An unknown target module is an error listing the available module names.
+status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, adapter_set & out);
+
+// Every tensor of the set (shared ones first, then per module in target order), with full
+// PEFT names: "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".
+std::vector<param_ref> adapter_set_params(adapter_set & s);
+
+// Merges every module into its base weight: the base of each target becomes an f32 copy owned
+// by `m` (frozen bf16 weights are converted first), and m.adapters is cleared.
+status adapters_merge(llama_model & m, adapter_set & s);
+
+// PEFT adapter directory (FORMATS §2a): adapter_config.json + adapter_model.safetensors,
+// both written atomically. Loading checks every key and shape against the model and fails
+// clearly on an adapter made for another base.
+status adapter_save(const std::string & dir, adapter_set & s, const std::string & base_model_name);
+status adapter_load(const std::string & dir, llama_model & m, adapter_set & out);
+
+} // namespace peft
