@@ -298,9 +298,11 @@ static status parse_into(const uint8_t * data, size_t n, const std::string & whe
     // 2. header inside the file
     uint64_t data_start;
     if (!checked_add(8, hlen, &data_start) || data_start > n) {
-        return make_mismatch(PEFT_STATUS_FORMAT, where, "header length " + std::to_string(hlen),
-                             "the header to fit in the file (" + std::to_string(n) + " bytes)",
-                             "it would end at byte " + std::to_string(data_start) + " (truncated file?)");
+        status st = make_mismatch(PEFT_STATUS_FORMAT, where, "header length " + std::to_string(hlen),
+                                  "the header to fit in the file (" + std::to_string(n) + " bytes)",
+                                  "it would end at byte " + std::to_string(data_start) + " (truncated file?)");
+        st.hint = "the file is incomplete or not a safetensors file";
+        return st;
     }
     const uint8_t * header = data + 8;
     out.header_size = hlen;
@@ -333,6 +335,7 @@ static status parse_into(const uint8_t * data, size_t n, const std::string & whe
         std::string key = root.key_at(i);
         json_value v = root.value_at(i);
         if (key == "__metadata__") {
+            if (v.is_null()) continue;  // serde reads null as "no metadata" (Option::None)
             if (!v.is_object()) {
                 return make_mismatch(PEFT_STATUS_FORMAT, where, "__metadata__", "an object of strings", json_brief(v));
             }
@@ -425,8 +428,11 @@ static status parse_into(const uint8_t * data, size_t n, const std::string & whe
         } else {
             got += " (" + std::to_string(avail - prev_end) + " trailing bytes)";
         }
-        return make_mismatch(PEFT_STATUS_FORMAT, where, "data buffer",
-                             std::to_string(prev_end) + " bytes (the end of the last tensor)", got);
+        status st = make_mismatch(PEFT_STATUS_FORMAT, where, "data buffer",
+                                  std::to_string(prev_end) + " bytes (the end of the last tensor)", got);
+        st.hint = prev_end > avail ? "the file is incomplete: re-download or re-copy it"
+                                   : "extra bytes after the tensors are not allowed (polyglot files)";
+        return st;
     }
 
     // all offsets now lie inside [data_start, n): set the views

@@ -293,6 +293,8 @@ TEST(safetensors, empty_header_and_padding) {
     EXPECT_TRUE(f.tensors.empty());
     ASSERT_TRUE(parse_bytes(st_bytes("{}      "), f).ok());  // space padding is allowed
     EXPECT_EQ(f.header_size, 8u);
+    ASSERT_TRUE(parse_bytes(st_bytes("{\"__metadata__\":null}"), f).ok());  // as the reference (Option)
+    EXPECT_TRUE(f.metadata.empty());
     ASSERT_TRUE(parse_bytes(st_bytes("{ \"a\" : {\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]} }\n\t ", "z"), f).ok());
 }
 
