@@ -283,25 +283,12 @@ status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64
 
 // ---- forward -------------------------------------------------------------------------------
 
-namespace {
-
-struct batch_view {
-    const int32_t * pos;
-    const int32_t * seg;
-    std::vector<int32_t> default_pos;
-};
-
-const int32_t * positions(const llama_batch & b, std::vector<int32_t> & scratch) {
-    if (b.pos) return b.pos;
-    scratch.resize((size_t) (b.B * b.T));
-    for (int64_t i = 0; i < b.B * b.T; i++) scratch[(size_t) i] = (int32_t) (i % b.T);
-    return scratch.data();
-}
-
 // y[N,OC] = proj(x) through the layer's adapter if it has one; with `residual`, y = residual +
 // proj(x) (scratch [N,OC] is used only for adapted residual projections).
-void proj_forward(const llama_model & m, int64_t l, llama_proj p, const linear_weight & w, const float * bias, float * y,
-                  const float * x, int64_t N, const float * residual, float * scratch) {
+void llama_proj_forward(const llama_model & m, int64_t l, llama_proj p, float * y, const float * x, int64_t N,
+                        const float * residual, float * scratch) {
+    const linear_weight & w = m.proj_weight(l, p);
+    const float * bias = m.proj_bias(l, p);
     adapter_module * ad = m.adapter(l, p);
     if (!ad) {
         if (residual) {
@@ -323,8 +310,9 @@ void proj_forward(const llama_model & m, int64_t l, llama_proj p, const linear_w
 }
 
 // dx[N,IC] = beta * dx + d proj / dx applied to dy; adapters also accumulate their own grads.
-void proj_backward_input(const llama_model & m, int64_t l, llama_proj p, const linear_weight & w, float * dx, const float * dy,
-                         const float * x, int64_t N, float beta) {
+void llama_proj_backward_input(const llama_model & m, int64_t l, llama_proj p, float * dx, const float * dy, const float * x,
+                               int64_t N, float beta) {
+    const linear_weight & w = m.proj_weight(l, p);
     adapter_module * ad = m.adapter(l, p);
     if (!ad) {
         linear_backward_input(dx, dy, w, N, beta);
@@ -334,24 +322,40 @@ void proj_backward_input(const llama_model & m, int64_t l, llama_proj p, const l
     ad->backward(x, dy, N, dx);
 }
 
+
+namespace {
+
+struct batch_view {
+    const int32_t * pos;
+    const int32_t * seg;
+    std::vector<int32_t> default_pos;
+};
+
+const int32_t * positions(const llama_batch & b, std::vector<int32_t> & scratch) {
+    if (b.pos) return b.pos;
+    scratch.resize((size_t) (b.B * b.T));
+    for (int64_t i = 0; i < b.B * b.T; i++) scratch[(size_t) i] = (int32_t) (i % b.T);
+    return scratch.data();
+}
+
 void layer_forward(const llama_model & m, int64_t l, layer_acts & a, float * scratch, const float * x_in, float * x_out,
                    const int32_t * pos, const int32_t * seg, int64_t B, int64_t T) {
     const llama_hparams & hp = m.hp;
     const llama_layer_weights & w = m.w.layers[(size_t) l];
     const int64_t N = B * T, C = hp.n_embd, F = hp.n_ff;
     rmsnorm_forward(a.xn1, a.rstd1, x_in, w.attn_norm, N, C, hp.rms_eps);
-    proj_forward(m, l, LLAMA_PROJ_Q, w.wq, w.bq, a.q, a.xn1, N, nullptr, scratch);
-    proj_forward(m, l, LLAMA_PROJ_K, w.wk, w.bk, a.k, a.xn1, N, nullptr, scratch);
-    proj_forward(m, l, LLAMA_PROJ_V, w.wv, w.bv, a.v, a.xn1, N, nullptr, scratch);
+    llama_proj_forward(m, l, LLAMA_PROJ_Q, a.q, a.xn1, N, nullptr, scratch);
+    llama_proj_forward(m, l, LLAMA_PROJ_K, a.k, a.xn1, N, nullptr, scratch);
+    llama_proj_forward(m, l, LLAMA_PROJ_V, a.v, a.xn1, N, nullptr, scratch);
     rope_forward(a.q, pos, m.inv_freq.data(), N, hp.n_head, hp.head_dim);
     rope_forward(a.k, pos, m.inv_freq.data(), N, hp.n_head_kv, hp.head_dim);
     attention_forward(a.att, a.lse, a.q, a.k, a.v, seg, B, T, hp.n_head, hp.n_head_kv, hp.head_dim);
-    proj_forward(m, l, LLAMA_PROJ_O, w.wo, nullptr, a.x_mid, a.att, N, x_in, scratch);   // x_mid = x_in + o(att)
+    llama_proj_forward(m, l, LLAMA_PROJ_O, a.x_mid, a.att, N, x_in, scratch);   // x_mid = x_in + o(att)
     rmsnorm_forward(a.xn2, a.rstd2, a.x_mid, w.ffn_norm, N, C, hp.rms_eps);
-    proj_forward(m, l, LLAMA_PROJ_GATE, w.w_gate, nullptr, a.gate, a.xn2, N, nullptr, scratch);
-    proj_forward(m, l, LLAMA_PROJ_UP, w.w_up, nullptr, a.up, a.xn2, N, nullptr, scratch);
+    llama_proj_forward(m, l, LLAMA_PROJ_GATE, a.gate, a.xn2, N, nullptr, scratch);
+    llama_proj_forward(m, l, LLAMA_PROJ_UP, a.up, a.xn2, N, nullptr, scratch);
     swiglu_forward(a.h, a.gate, a.up, N * F);
-    proj_forward(m, l, LLAMA_PROJ_DOWN, w.w_down, nullptr, x_out, a.h, N, a.x_mid, scratch);  // x_out = x_mid + down(h)
+    llama_proj_forward(m, l, LLAMA_PROJ_DOWN, x_out, a.h, N, a.x_mid, scratch);  // x_out = x_mid + down(h)
 }
 
 void embed_rows(float * out, const linear_weight & wte, const int32_t * tokens, int64_t N) {
@@ -449,19 +453,19 @@ void layer_backward(const llama_model & m, int64_t l, const layer_grads & g, con
     float * dres = p.dres;
 
     // MLP: x_out = x_mid + h Wd^T, h = swiglu(xn2 Wg^T, xn2 Wu^T), xn2 = rmsnorm(x_mid)
-    proj_backward_input(m, l, LLAMA_PROJ_DOWN, w.w_down, p.dh, dres, a.h, N, 0.0f);
+    llama_proj_backward_input(m, l, LLAMA_PROJ_DOWN, p.dh, dres, a.h, N, 0.0f);
     if (g.w_down) linear_backward_weight(g.w_down, nullptr, dres, a.h, N, C, F);
     std::memset(p.dgate, 0, (size_t) (N * F) * 4);
     std::memset(p.dup, 0, (size_t) (N * F) * 4);
     swiglu_backward(p.dgate, p.dup, p.dh, a.gate, a.up, N * F);
-    proj_backward_input(m, l, LLAMA_PROJ_GATE, w.w_gate, p.dxn, p.dgate, a.xn2, N, 0.0f);
-    proj_backward_input(m, l, LLAMA_PROJ_UP, w.w_up, p.dxn, p.dup, a.xn2, N, 1.0f);
+    llama_proj_backward_input(m, l, LLAMA_PROJ_GATE, p.dxn, p.dgate, a.xn2, N, 0.0f);
+    llama_proj_backward_input(m, l, LLAMA_PROJ_UP, p.dxn, p.dup, a.xn2, N, 1.0f);
     if (g.w_gate) linear_backward_weight(g.w_gate, nullptr, p.dgate, a.xn2, N, F, C);
     if (g.w_up) linear_backward_weight(g.w_up, nullptr, p.dup, a.xn2, N, F, C);
     rmsnorm_backward(dres, g.ffn_norm, p.dxn, a.x_mid, w.ffn_norm, a.rstd2, N, C);  // dres = d x_mid
 
     // attention: x_mid = x_in + att Wo^T
-    proj_backward_input(m, l, LLAMA_PROJ_O, w.wo, p.datt, dres, a.att, N, 0.0f);
+    llama_proj_backward_input(m, l, LLAMA_PROJ_O, p.datt, dres, a.att, N, 0.0f);
     if (g.wo) linear_backward_weight(g.wo, nullptr, dres, a.att, N, C, QD);
     std::memset(p.dq, 0, (size_t) (N * QD) * 4);
     std::memset(p.dk, 0, (size_t) (N * KVD) * 4);
@@ -469,9 +473,9 @@ void layer_backward(const llama_model & m, int64_t l, const layer_grads & g, con
     attention_backward(p.dq, p.dk, p.dv, p.datt, a.att, a.lse, a.q, a.k, a.v, seg, B, T, hp.n_head, hp.n_head_kv, hp.head_dim);
     rope_backward(p.dq, pos, m.inv_freq.data(), N, hp.n_head, hp.head_dim);
     rope_backward(p.dk, pos, m.inv_freq.data(), N, hp.n_head_kv, hp.head_dim);
-    proj_backward_input(m, l, LLAMA_PROJ_Q, w.wq, p.dxn, p.dq, a.xn1, N, 0.0f);
-    proj_backward_input(m, l, LLAMA_PROJ_K, w.wk, p.dxn, p.dk, a.xn1, N, 1.0f);
-    proj_backward_input(m, l, LLAMA_PROJ_V, w.wv, p.dxn, p.dv, a.xn1, N, 1.0f);
+    llama_proj_backward_input(m, l, LLAMA_PROJ_Q, p.dxn, p.dq, a.xn1, N, 0.0f);
+    llama_proj_backward_input(m, l, LLAMA_PROJ_K, p.dxn, p.dk, a.xn1, N, 1.0f);
+    llama_proj_backward_input(m, l, LLAMA_PROJ_V, p.dxn, p.dv, a.xn1, N, 1.0f);
     if (g.wq) linear_backward_weight(g.wq, g.bq, p.dq, a.xn1, N, QD, C);
     if (g.wk) linear_backward_weight(g.wk, g.bk, p.dk, a.xn1, N, KVD, C);
     if (g.wv) linear_backward_weight(g.wv, g.bv, p.dv, a.xn1, N, KVD, C);

@@ -76,7 +76,10 @@ struct llama_model {
     adapter_module * adapter(int64_t layer, llama_proj p) const {
         return adapters.empty() ? nullptr : adapters[(size_t) (layer * LLAMA_PROJ_COUNT + p)];
     }
-    linear_weight & proj_weight(int64_t layer, llama_proj p);
+    linear_weight &       proj_weight(int64_t layer, llama_proj p);
+    const linear_weight & proj_weight(int64_t layer, llama_proj p) const {
+        return const_cast<llama_model *>(this)->proj_weight(layer, p);
+    }
     const float *   proj_bias(int64_t layer, llama_proj p) const;   // qwen2 q/k/v, else null
 };
 
@@ -127,6 +130,15 @@ float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch,
 // Backward after a forward with grad_scale > 0: parameter grads += (trainable models), and
 // d_inputs_embeds [B*T, C] (optional) receives d loss / d(embedding output).
 void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch, float * d_inputs_embeds = nullptr);
+
+// One projection of layer l, through its adapter when it has one: y[N,OC] = proj(x[N,IC]),
+// or y = residual + proj(x) when residual is not null (scratch [N,OC] is then needed for
+// adapted projections; residual may alias y).
+void llama_proj_forward(const llama_model & m, int64_t l, llama_proj p, float * y, const float * x, int64_t N,
+                        const float * residual = nullptr, float * scratch = nullptr);
+// dx[N,IC] = beta * dx + d proj/dx (dy); an adapter also accumulates its own gradients.
+void llama_proj_backward_input(const llama_model & m, int64_t l, llama_proj p, float * dx, const float * dy, const float * x,
+                               int64_t N, float beta);
 
 // Builds targets from HF-style unshifted labels: targets[b,t] = labels[b,t+1], last = -100.
 void llama_shift_labels(int32_t * targets, const int32_t * labels, int64_t B, int64_t T);
