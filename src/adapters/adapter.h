@@ -60,6 +60,9 @@ struct adapter_module {
     virtual void params(std::vector<param_ref> & out) = 0;
     // optional extra loss (AdaLoRA orthogonality): adds its own grads, returns its loss
     virtual float regularize(float weight) { (void) weight; return 0.0f; }
+    // Training mode switches stochastic parts (LoRA dropout) on; off = inference (eval,
+    // generate), as torch's module.train()/eval().
+    virtual void set_training(bool on) { (void) on; }
 };
 
 // One per model.
@@ -70,6 +73,9 @@ struct adapter_method {
     virtual status configure(const json_value & cfg) = 0;
     // adapter_config.json content (a JSON object, PEFT field names).
     virtual std::string config_json() const = 0;
+    // Validates one selected target before create() (e.g. LoRA's rank against the layer
+    // shape), so bad configurations fail with a message instead of an assert.
+    virtual status check(const target_info & t) const { (void) t; return {}; }
     virtual std::unique_ptr<adapter_module> create(const target_info & t, rng & r) = 0;
     virtual void shared_params(std::vector<param_ref> & out) { (void) out; }   // VeRA A/B
     virtual int64_t hook_period() const { return 0; }                         // 0 = no hook

@@ -39,6 +39,13 @@ std::vector<param_ref> adapter_set_params(adapter_set & s);
 // Merges every module into its base weight: the base of each target becomes an f32 copy owned
 // by `m` (frozen bf16 weights are converted first), and m.adapters is cleared.
 status adapters_merge(llama_model & m, adapter_set & s);
+// Inverse of adapters_merge (W -= delta on the f32 copies, m.adapters set again); the bases
+// stay f32. Fails unless the set is merged into m.
+status adapters_unmerge(llama_model & m, adapter_set & s);
+
+// Training mode (LoRA dropout active) or inference mode. adapters_attach leaves the set in
+// training mode, adapter_load in inference mode (PEFT's is_trainable=False).
+void adapters_set_training(adapter_set & s, bool on);
 
 // PEFT adapter directory (FORMATS §2a): adapter_config.json + adapter_model.safetensors,
 // both written atomically. Loading checks every key and shape against the model and fails

@@ -1,0 +1,164 @@
+// attach.cpp: putting an adapter method on a model (target selection -> one module per selected
+// projection -> llama_model::adapters), its parameter list with PEFT names, merge and unmerge.
+// Not here: the methods themselves (lora.cpp, ...), the selection rules (target.cpp), files
+// (io/peft_format.cpp).
+#include <cstring>
+
+#include "adapters/adapter_set.h"
+#include "adapters/target.h"
+#include "core/rng.h"
+#include "io/json.h"
+#include "model/llama.h"
+
+namespace peft {
+
+namespace {
+
+std::string module_path(int64_t layer, llama_proj p) {
+    return "model.layers." + std::to_string(layer) + "." + llama_proj_name(p);
+}
+
+void set_hook(llama_model & m, adapter_set & s) {
+    m.adapters.assign((size_t) (m.hp.n_layer * LLAMA_PROJ_COUNT), nullptr);
+    for (size_t i = 0; i < s.modules.size(); i++) {
+        const target_info & t = s.targets[i];
+        int64_t p = -1;
+        for (int q = 0; q < LLAMA_PROJ_COUNT; q++) {
+            if (&m.proj_weight(t.layer, (llama_proj) q) == t.base) p = q;
+        }
+        PEFT_ASSERT(p >= 0);
+        m.adapters[(size_t) (t.layer * LLAMA_PROJ_COUNT + p)] = s.modules[i].get();
+    }
+}
+
+// f32 copies of merged weights, owned by the model: chained in front of m.source so that the
+// mapping they replace (and anything else the model kept alive) lives exactly as long.
+struct merged_weights {
+    std::shared_ptr<void>           previous;
+    std::vector<std::vector<float>> buffers;
+};
+
+} // namespace
+
+status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, adapter_set & out) {
+    const std::string where = "adapter config";
+    if (m.trainable) {
+        return make_error(PEFT_STATUS_CONFIG, where, "adapters need a frozen base model (loaded with trainable = false)");
+    }
+    if (!cfg.is_object()) return make_mismatch(PEFT_STATUS_CONFIG, where, "configuration", "a JSON object", cfg.dump());
+    std::string name = "lora";
+    json_value pt = cfg.get("peft_type");
+    if (!pt.valid() || pt.is_null()) pt = cfg.get("adapter");
+    if (pt.valid() && !pt.is_null()) {
+        if (!pt.is_string()) return make_mismatch(PEFT_STATUS_CONFIG, where, "peft_type", "a method name", pt.dump());
+        name = pt.as_string();
+    }
+    adapter_set set;
+    PEFT_TRY(adapter_method_create(name, set.method));
+    PEFT_TRY(set.method->configure(cfg));
+
+    target_rules rules;
+    PEFT_TRY(target_rules_parse(cfg, where, rules));
+    std::vector<std::string> paths;
+    for (int64_t l = 0; l < m.hp.n_layer; l++) {
+        for (int p = 0; p < LLAMA_PROJ_COUNT; p++) paths.push_back(module_path(l, (llama_proj) p));
+    }
+    std::vector<size_t> chosen;
+    PEFT_TRY(target_select(rules, paths, where, chosen));
+
+    // validate every target before creating any module
+    for (size_t idx : chosen) {
+        const int64_t l = (int64_t) idx / LLAMA_PROJ_COUNT;
+        const llama_proj p = (llama_proj) (idx % LLAMA_PROJ_COUNT);
+        linear_weight & w = m.proj_weight(l, p);
+        target_info t{paths[idx], l, w.IC, w.OC, &w, m.proj_bias(l, p)};
+        PEFT_TRY(set.method->check(t));
+        set.targets.push_back(t);
+    }
+    // layer order, then projection order: the rng stream (and so every init) depends only on
+    // the seed and the selection
+    rng r(seed);
+    for (const target_info & t : set.targets) set.modules.push_back(set.method->create(t, r));
+    for (auto & mod : set.modules) mod->set_training(true);
+
+    out = std::move(set);
+    set_hook(m, out);
+    return {};
+}
+
+std::vector<param_ref> adapter_set_params(adapter_set & s) {
+    std::vector<param_ref> out;
+    if (s.method) {
+        std::vector<param_ref> shared;
+        s.method->shared_params(shared);
+        for (param_ref & p : shared) {
+            p.name = "base_model." + p.name;   // PEFT: base_model.vera_A
+            out.push_back(p);
+        }
+    }
+    for (size_t i = 0; i < s.modules.size(); i++) {
+        std::vector<param_ref> mine;
+        s.modules[i]->params(mine);
+        for (param_ref & p : mine) {
+            p.name = "base_model.model." + s.targets[i].path + "." + p.name;
+            out.push_back(p);
+        }
+    }
+    return out;
+}
+
+status adapters_merge(llama_model & m, adapter_set & s) {
+    if (m.adapters.empty()) return make_error(PEFT_STATUS_CONFIG, "merge", "the adapter set is not attached to this model");
+    auto holder = std::make_shared<merged_weights>();
+    holder->previous = m.source;
+    for (size_t i = 0; i < s.modules.size(); i++) {
+        target_info & t = s.targets[i];
+        linear_weight & w = *t.base;
+        // always a private f32 copy: the stored weight may be bf16 or a read-only mapping
+        std::vector<float> buf((size_t) (w.OC * w.IC));
+        linear_weight_rows_f32(buf.data(), w, 0, w.OC);
+        s.modules[i]->merge(buf.data(), w.OC, w.IC);
+        holder->buffers.push_back(std::move(buf));
+    }
+    for (size_t i = 0; i < s.modules.size(); i++) {
+        target_info & t = s.targets[i];
+        float * data = holder->buffers[i].data();
+        t.base->type = PEFT_DTYPE_F32;
+        t.base->data = data;
+        // keep the tensor table (what checkpoint writers read) pointing at the merged weight
+        if (llama_tensor * lt = m.find(t.path + ".weight")) {
+            lt->type = PEFT_DTYPE_F32;
+            lt->data = data;
+        }
+    }
+    m.source = holder;
+    m.adapters.clear();
+    return {};
+}
+
+status adapters_unmerge(llama_model & m, adapter_set & s) {
+    if (!m.adapters.empty()) return make_error(PEFT_STATUS_CONFIG, "unmerge", "the adapter set is not merged");
+    std::vector<float> delta;
+    for (size_t i = 0; i < s.modules.size(); i++) {
+        const linear_weight & w = *s.targets[i].base;
+        if (w.type != PEFT_DTYPE_F32) {
+            return make_error(PEFT_STATUS_CONFIG, "unmerge", s.targets[i].path + " is not a merged (f32) weight");
+        }
+    }
+    for (size_t i = 0; i < s.modules.size(); i++) {
+        const linear_weight & w = *s.targets[i].base;
+        delta.resize((size_t) (w.OC * w.IC));
+        s.modules[i]->delta_weight(delta.data());
+        // the data is one of our merged_weights buffers (checked type above); const only in linear_weight
+        float * W = (float *) const_cast<void *>(w.data);
+        for (size_t j = 0; j < delta.size(); j++) W[j] -= delta[j];
+    }
+    set_hook(m, s);
+    return {};
+}
+
+void adapters_set_training(adapter_set & s, bool on) {
+    for (auto & mod : s.modules) mod->set_training(on);
+}
+
+} // namespace peft

@@ -1,0 +1,400 @@
+// lora.cpp: the LoRA module (forward, backward, delta, merge, params) and the LoRA method
+// (PEFT LoraConfig keys, per-module rank/alpha, init), METHODS §1, §2, §16.
+// Math (s = scaling, xd = drop(x), xa = xd A^T [N,R]):
+//   forward   y  = x W^T + b + s * xa B^T
+//   backward  dx += dy W + s * ((dy B) A) * keep/(1-p)
+//             dB += s * dy^T xa            dA += s * (dy B)^T xd
+// Not here: target selection (target.cpp), files (io/peft_format.cpp), SVD inits (PiSSA...).
+#include "adapters/lora.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "adapters/target.h"
+#include "core/rng.h"
+#include "io/json.h"
+#include "io/peft_format.h"
+#include "kernels/kernels.h"
+
+namespace peft {
+
+// Transient per-call buffers; modules of one method run one at a time (the model calls them
+// serially), so they share one set, grown on demand and never shrunk.
+struct lora_scratch {
+    std::vector<float> xd;    // [N,IC] dropped input
+    std::vector<float> g;     // [N,R]  dy B
+    std::vector<float> tmp;   // [N,IC] s (dy B) A before the dropout mask
+};
+
+namespace {
+
+float * grow(std::vector<float> & v, int64_t n) {
+    if ((int64_t) v.size() < n) v.resize((size_t) n);
+    return v.data();
+}
+
+uint64_t splitmix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+// Keep decision for element i of the call's mask: a 24-bit uniform (as rng::uniform) >= p.
+inline bool dropout_keep(uint64_t key, int64_t i, float p) {
+    float u = (float) (splitmix64(key + (uint64_t) i) >> 40) * (1.0f / 16777216.0f);
+    return u >= p;
+}
+
+uint64_t dropout_key(uint64_t seed, uint64_t calls) { return splitmix64(seed ^ splitmix64(calls)); }
+
+} // namespace
+
+// ---- module --------------------------------------------------------------------------------
+
+lora_module::lora_module(const target_info & ti, int64_t rank, float s, float p, bool fa, float b_lr, lora_init init,
+                         rng & r, std::shared_ptr<lora_scratch> sc)
+    : t(ti), R(rank), scaling(s), dropout(p), freeze_a(fa), b_lr_scale(b_lr), scratch(std::move(sc)) {
+    PEFT_ASSERT(R > 0 && t.base && t.in_features == t.base->IC && t.out_features == t.base->OC);
+    PEFT_ASSERT(scratch);
+    const int64_t IC = t.in_features, OC = t.out_features;
+    A.assign((size_t) (R * IC), 0.0f);
+    B.assign((size_t) (OC * R), 0.0f);
+    // PEFT reset_lora_parameters: kaiming_uniform_(a=sqrt(5)) gives bound 1/sqrt(fan_in)
+    const float a_sqrt5 = std::sqrt(5.0f);
+    switch (init) {
+        case LORA_INIT_DEFAULT: r.fill_kaiming_uniform(A.data(), R, IC, a_sqrt5); break;
+        case LORA_INIT_GAUSSIAN: r.fill_normal(A.data(), R * IC, 0.0f, 1.0f / (float) R); break;
+        case LORA_INIT_RANDOM:
+            // init_lora_weights=False keeps nn.Linear's own init for both factors
+            r.fill_kaiming_uniform(A.data(), R, IC, a_sqrt5);
+            r.fill_kaiming_uniform(B.data(), OC, R, a_sqrt5);
+            break;
+        default: PEFT_ASSERT(false);
+    }
+    dropout_seed = ((uint64_t) r.next_u32() << 32) | r.next_u32();
+    if (!freeze_a) dA.assign(A.size(), 0.0f);
+    dB.assign(B.size(), 0.0f);
+}
+
+void lora_module::dropout_input(const float * x, int64_t N, float * xd) const {
+    const int64_t n = N * t.in_features;
+    const uint64_t key = dropout_key(dropout_seed, dropout_calls);
+    const float p = dropout, inv_keep = 1.0f / (1.0f - dropout);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) xd[i] = dropout_keep(key, i, p) ? x[i] * inv_keep : 0.0f;
+}
+
+void lora_module::forward(const float * x, int64_t N, float * y) {
+    const int64_t IC = t.in_features, OC = t.out_features;
+    linear_forward(y, x, *t.base, t.bias, N);
+    const float * xin = x;
+    if (dropout_active()) {
+        float * xd = grow(scratch->xd, N * IC);
+        dropout_input(x, N, xd);
+        xin = xd;
+    }
+    float * xa_ = grow(xa, N * R);
+    xa_rows = N;
+    // xa[N,R] = xd A^T; y[N,OC] += s xa B^T (beta 1: with B = 0 the base output is kept bit for bit)
+    gemm(false, true, N, R, IC, 1.0f, xin, IC, A.data(), IC, 0.0f, xa_, R);
+    gemm(false, true, N, OC, R, scaling, xa_, R, B.data(), R, 1.0f, y, OC);
+}
+
+void lora_module::backward(const float * x, const float * dy, int64_t N, float * dx) {
+    PEFT_ASSERT(N == xa_rows);   // the contract: backward follows the forward of the same x
+    const int64_t IC = t.in_features, OC = t.out_features;
+    // base path: dx += dy W
+    linear_backward_input(dx, dy, *t.base, N, 1.0f);
+    // g[N,R] = dy B
+    float * g = grow(scratch->g, N * R);
+    gemm(false, false, N, R, OC, 1.0f, dy, OC, B.data(), R, 0.0f, g, R);
+    // y += s xa B^T  =>  dB[OC,R] += s dy^T xa
+    gemm(true, false, OC, R, N, scaling, dy, OC, xa.data(), R, 1.0f, dB.data(), R);
+    const bool drop = dropout_active();
+    const float * xin = x;
+    if (drop && !freeze_a) {
+        float * xd = grow(scratch->xd, N * IC);
+        dropout_input(x, N, xd);
+        xin = xd;
+    }
+    // xa = xd A^T  =>  dA[R,IC] += s g^T xd   (LoRA-FA: A frozen, nothing to do)
+    if (!freeze_a) gemm(true, false, R, IC, N, scaling, g, R, xin, IC, 1.0f, dA.data(), IC);
+    // xa = xd A^T, xd = x keep/(1-p)  =>  dx += s (g A) keep/(1-p)
+    if (!drop) {
+        gemm(false, false, N, IC, R, scaling, g, R, A.data(), IC, 1.0f, dx, IC);
+    } else {
+        float * tmp = grow(scratch->tmp, N * IC);
+        gemm(false, false, N, IC, R, scaling, g, R, A.data(), IC, 0.0f, tmp, IC);
+        const int64_t n = N * IC;
+        const uint64_t key = dropout_key(dropout_seed, dropout_calls);
+        const float p = dropout, inv_keep = 1.0f / (1.0f - dropout);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            if (dropout_keep(key, i, p)) dx[i] += tmp[i] * inv_keep;
+        }
+    }
+    if (drop) dropout_calls++;   // the next forward draws a fresh mask
+}
+
+void lora_module::delta_weight(float * dW) const {
+    // dW[OC,IC] = s B A
+    gemm(false, false, t.out_features, t.in_features, R, scaling, B.data(), R, A.data(), t.in_features, 0.0f, dW,
+         t.in_features);
+}
+
+void lora_module::merge(float * W, int64_t OC, int64_t IC) const {
+    PEFT_ASSERT(OC == t.out_features && IC == t.in_features);
+    gemm(false, false, OC, IC, R, scaling, B.data(), R, A.data(), IC, 1.0f, W, IC);
+}
+
+void lora_module::params(std::vector<param_ref> & out) {
+    param_ref a;
+    a.name = "lora_A.weight";
+    a.value = A.data();
+    a.grad = freeze_a ? nullptr : dA.data();
+    a.shape = {R, t.in_features};
+    a.trainable = !freeze_a;
+    out.push_back(a);
+    param_ref b;
+    b.name = "lora_B.weight";
+    b.value = B.data();
+    b.grad = dB.data();
+    b.shape = {t.out_features, R};
+    b.lr_scale = b_lr_scale;
+    out.push_back(b);
+}
+
+// ---- method --------------------------------------------------------------------------------
+
+namespace {
+
+const char * const WHERE = "adapter config";
+
+// Keys whose non-default values select features we do not implement: refusing them is better
+// than silently training or loading something else.
+status check_unsupported(const json_value & cfg) {
+    auto is_off = [](const json_value & v) {
+        return !v.valid() || v.is_null() || (v.is_bool() && !v.as_bool()) || ((v.is_array() || v.is_object()) && v.size() == 0);
+    };
+    const char * flags[] = {"use_dora", "lora_bias", "fan_in_fan_out", "modules_to_save", "layer_replication",
+                            "trainable_token_indices", "target_parameters", "use_qalora", "alora_invocation_tokens",
+                            "use_bdlora"};
+    for (const char * k : flags) {
+        json_value v = cfg.get(k);
+        if (!is_off(v)) {
+            status st = make_error(PEFT_STATUS_CONFIG, WHERE, std::string(k) + " = " + v.dump() + " is not supported");
+            st.hint = "peft.cpp implements plain LoRA on the q/k/v/o/gate/up/down projections";
+            return st;
+        }
+    }
+    json_value bias = cfg.get("bias");
+    if (bias.valid() && !bias.is_null() && bias.as_string() != "none") {
+        return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "bias", "\"none\" (training base biases is not supported)",
+                             bias.dump());
+    }
+    return {};
+}
+
+// rank_pattern / alpha_pattern: objects of key -> number; keys are regexes (checked by compiling)
+status parse_pattern(const json_value & v, const char * field, bool integer, std::vector<std::string> & keys,
+                     std::vector<double> & values, std::vector<std::string> & texts) {
+    keys.clear();
+    values.clear();
+    texts.clear();
+    if (!v.valid() || v.is_null()) return {};
+    if (!v.is_object()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, field, "an object {module pattern: value}", v.dump());
+    for (size_t i = 0; i < v.size(); i++) {
+        std::string key = v.key_at(i);
+        json_value val = v.value_at(i);
+        if (integer ? !(val.is_integer() && val.as_int() > 0) : !val.is_number()) {
+            return make_mismatch(PEFT_STATUS_CONFIG, WHERE, std::string(field) + "[\"" + key + "\"]",
+                                 integer ? "a positive integer rank" : "a number", val.dump());
+        }
+        int64_t idx = 0;
+        PEFT_TRY(target_pattern_find({key}, "", std::string(WHERE) + ": " + field, idx));   // compiles the key
+        keys.push_back(key);
+        values.push_back(val.as_double());
+        texts.push_back(val.is_integer() ? std::to_string(val.as_int()) : json_python_float(val.as_double()));
+    }
+    return {};
+}
+
+std::string raw_or_null(const json_value & v) { return v.valid() ? v.dump() : "null"; }
+
+} // namespace
+
+status lora_method::configure(const json_value & cfg) {
+    if (!cfg.is_object()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "configuration", "a JSON object", cfg.dump());
+    PEFT_TRY(check_unsupported(cfg));
+
+    json_value v = cfg.get("r");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_integer() || v.as_int() <= 0) {
+            return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "r", "a positive integer rank", v.dump());
+        }
+        r = v.as_int();
+    }
+    v = cfg.get("lora_alpha");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_number()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "lora_alpha", "a number", v.dump());
+        lora_alpha = v.as_double();
+        alpha_is_int = v.is_integer();
+    }
+    v = cfg.get("lora_dropout");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_number() || !(v.as_double() >= 0.0 && v.as_double() < 1.0)) {
+            return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "lora_dropout", "a probability in [0, 1)", v.dump());
+        }
+        lora_dropout = v.as_double();
+    }
+    v = cfg.get("use_rslora");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "use_rslora", "true or false", v.dump());
+        use_rslora = v.as_bool();
+    }
+    v = cfg.get("lora_fa");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "lora_fa", "true or false", v.dump());
+        lora_fa = v.as_bool();
+    }
+    v = cfg.get("loraplus_lr_ratio");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_number() || !(v.as_double() > 0.0)) {
+            return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "loraplus_lr_ratio", "a positive number", v.dump());
+        }
+        loraplus_lr_ratio = v.as_double();
+    }
+    v = cfg.get("init_lora_weights");
+    if (v.valid() && !v.is_null()) {
+        if (v.is_bool()) {
+            init = v.as_bool() ? LORA_INIT_DEFAULT : LORA_INIT_RANDOM;
+        } else if (v.is_string() && v.as_string() == "gaussian") {
+            init = LORA_INIT_GAUSSIAN;
+        } else {
+            status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "init_lora_weights", "true, false or \"gaussian\"", v.dump());
+            st.hint = "other PEFT initialisations (pissa, olora, eva, loftq, corda, ...) are not implemented yet";
+            return st;
+        }
+    }
+    std::vector<std::string> texts;
+    std::vector<double> rv;
+    PEFT_TRY(parse_pattern(cfg.get("rank_pattern"), "rank_pattern", true, rank_keys, rv, texts));
+    rank_values.clear();
+    for (double x : rv) rank_values.push_back((int64_t) x);
+    PEFT_TRY(parse_pattern(cfg.get("alpha_pattern"), "alpha_pattern", false, alpha_keys, alpha_values, alpha_texts));
+
+    target_rules rules;
+    PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
+    targets_json = module_match_json(rules.targets);
+    exclude_json = raw_or_null(cfg.get("exclude_modules"));
+    layers_json = raw_or_null(cfg.get("layers_to_transform"));
+    layers_pattern_json = raw_or_null(cfg.get("layers_pattern"));
+    json_value tt = cfg.get("task_type");
+    if (tt.valid() && (tt.is_string() || tt.is_null())) task_type_json = tt.dump();
+    scratch = std::make_shared<lora_scratch>();
+    return {};
+}
+
+int64_t lora_method::rank_for(const std::string & path) const {
+    int64_t i = -1;
+    status st = target_pattern_find(rank_keys, path, WHERE, i);   // keys compiled in configure
+    PEFT_ASSERT(st.ok());
+    return i >= 0 ? rank_values[(size_t) i] : r;
+}
+
+double lora_method::alpha_for(const std::string & path) const {
+    int64_t i = -1;
+    status st = target_pattern_find(alpha_keys, path, WHERE, i);
+    PEFT_ASSERT(st.ok());
+    return i >= 0 ? alpha_values[(size_t) i] : lora_alpha;
+}
+
+double lora_method::scaling_for(const std::string & path) const {
+    const double R = (double) rank_for(path), alpha = alpha_for(path);
+    return use_rslora ? alpha / std::sqrt(R) : alpha / R;   // PEFT update_layer
+}
+
+status lora_method::check(const target_info & t) const {
+    const int64_t R = rank_for(t.path);
+    const int64_t k = std::min(t.in_features, t.out_features);
+    if (R <= 0 || R > k) {
+        status st = make_error(PEFT_STATUS_CONFIG, t.path,
+                               "LoRA rank " + std::to_string(R) + " must be in [1, min(in_features " +
+                                   std::to_string(t.in_features) + ", out_features " + std::to_string(t.out_features) +
+                                   ") = " + std::to_string(k) + "]");
+        st.hint = "lower r (or this module's rank_pattern entry)";
+        return st;
+    }
+    return {};
+}
+
+std::unique_ptr<adapter_module> lora_method::create(const target_info & t, rng & rg) {
+    PEFT_ASSERT(scratch);   // configure() first
+    PEFT_ASSERT(check(t).ok());
+    return std::make_unique<lora_module>(t, rank_for(t.path), (float) scaling_for(t.path), (float) lora_dropout, lora_fa,
+                                         (float) loraplus_lr_ratio, init, rg, scratch);
+}
+
+// Every key PEFT 0.18 writes for a LoraConfig, at its default unless we set it; compact here,
+// io/peft_format.cpp sorts and indents it as json.dumps does and fills base_model_name_or_path.
+std::string lora_method::config_json() const {
+    auto pattern = [](const std::vector<std::string> & keys, const std::vector<std::string> & vals) {
+        std::string s = "{";
+        for (size_t i = 0; i < keys.size(); i++) {
+            if (i) s += ",";
+            s += json_quote(keys[i]);
+            s += ":";
+            s += vals[i];
+        }
+        return s + "}";
+    };
+    std::vector<std::string> rank_texts;
+    for (int64_t x : rank_values) rank_texts.push_back(std::to_string(x));
+    const char * init_text = init == LORA_INIT_DEFAULT ? "true" : init == LORA_INIT_RANDOM ? "false" : "\"gaussian\"";
+    std::string s = "{";
+    s += "\"alora_invocation_tokens\":null";
+    s += ",\"alpha_pattern\":" + pattern(alpha_keys, alpha_texts);
+    s += ",\"arrow_config\":null";
+    s += ",\"auto_mapping\":null";
+    s += ",\"base_model_name_or_path\":null";
+    s += ",\"bias\":\"none\"";
+    s += ",\"corda_config\":null";
+    s += ",\"ensure_weight_tying\":false";
+    s += ",\"eva_config\":null";
+    s += ",\"exclude_modules\":" + exclude_json;
+    s += ",\"fan_in_fan_out\":false";
+    s += ",\"inference_mode\":true";
+    s += std::string(",\"init_lora_weights\":") + init_text;
+    s += ",\"layer_replication\":null";
+    s += ",\"layers_pattern\":" + layers_pattern_json;
+    s += ",\"layers_to_transform\":" + layers_json;
+    s += ",\"loftq_config\":{}";
+    s += ",\"lora_alpha\":" + (alpha_is_int ? std::to_string((int64_t) lora_alpha) : json_python_float(lora_alpha));
+    s += ",\"lora_bias\":false";
+    s += ",\"lora_dropout\":" + json_python_float(lora_dropout);
+    s += ",\"megatron_config\":null";
+    s += ",\"megatron_core\":\"megatron.core\"";
+    s += ",\"modules_to_save\":null";
+    s += ",\"peft_type\":\"LORA\"";
+    // a real PEFT release string: PEFT parses this field as a version when loading
+    s += ",\"peft_version\":\"0.18.1\"";
+    s += ",\"qalora_group_size\":16";
+    s += ",\"r\":" + std::to_string(r);
+    s += ",\"rank_pattern\":" + pattern(rank_keys, rank_texts);
+    s += ",\"revision\":null";
+    s += ",\"target_modules\":" + targets_json;
+    s += ",\"target_parameters\":null";
+    s += ",\"task_type\":" + task_type_json;
+    s += ",\"trainable_token_indices\":null";
+    s += ",\"use_dora\":false";
+    s += ",\"use_qalora\":false";
+    s += std::string(",\"use_rslora\":") + (use_rslora ? "true" : "false");
+    s += "}";
+    return s;
+}
+
+std::unique_ptr<adapter_method> lora_method_make() { return std::make_unique<lora_method>(); }
+
+} // namespace peft

@@ -1,0 +1,100 @@
+// lora.h: LoRA as an adapter method (METHODS §1 LoRA/rsLoRA, §2 LoRA+, §16 LoRA-FA).
+//   y = x W^T + b + s * (drop(x) A^T) B^T,   A [R,IC], B [OC,R] f32,  s = alpha/R or alpha/sqrt(R)
+// computed as two skinny GEMMs; B A is never formed while training. Exposed (rather than kept
+// inside lora.cpp) so tests can reach the factors and variants such as DoRA can derive from it.
+// Not here: target selection (target.h), PEFT files (io/peft_format.h), SVD-based inits.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "adapters/adapter.h"
+
+namespace peft {
+
+// PEFT init_lora_weights values we implement.
+enum lora_init {
+    LORA_INIT_DEFAULT = 0,   // true: A Kaiming-uniform (a = sqrt 5, bound 1/sqrt(IC)), B = 0
+    LORA_INIT_GAUSSIAN,      // "gaussian": A ~ N(0, (1/R)^2), B = 0
+    LORA_INIT_RANDOM,        // false: nn.Linear's init for both (B bound 1/sqrt(R)); not an identity
+    LORA_INIT_COUNT,
+};
+
+struct lora_scratch;   // per-call buffers shared by the modules of one method (lora.cpp)
+
+struct lora_module : adapter_module {
+    lora_module(const target_info & t, int64_t R, float scaling, float dropout, bool freeze_a, float b_lr_scale,
+                lora_init init, rng & r, std::shared_ptr<lora_scratch> scratch);
+
+    void forward(const float * x, int64_t N, float * y) override;
+    void backward(const float * x, const float * dy, int64_t N, float * dx) override;
+    void delta_weight(float * dW) const override;
+    void merge(float * W, int64_t OC, int64_t IC) const override;   // W += s B A in one GEMM
+    void params(std::vector<param_ref> & out) override;
+    void set_training(bool on) override { training = on; }
+
+    // drop(x) [N,IC] exactly as the next backward (and any forward before it) applies it:
+    // x * keep / (1 - p) with keep drawn from (dropout_seed, dropout_calls). For tests.
+    void dropout_input(const float * x, int64_t N, float * xd) const;
+    bool dropout_active() const { return training && dropout > 0.0f; }
+
+    target_info        t;
+    int64_t            R = 0;
+    float              scaling = 1.0f;
+    float              dropout = 0.0f;
+    bool               freeze_a = false;     // LoRA-FA: A frozen, no dA buffer
+    float              b_lr_scale = 1.0f;    // LoRA+: loraplus_lr_ratio
+    bool               training = true;
+    std::vector<float> A, B;                 // [R,IC], [OC,R]
+    std::vector<float> dA, dB;               // same shapes; dA empty with freeze_a
+    std::vector<float> xa;                   // [N,R] drop(x) A^T of the last forward (backward needs it)
+    int64_t            xa_rows = 0;          // N of that forward
+    // Dropout masks are a pure function of (seed, calls, element): a recomputing forward before
+    // backward sees the same mask without storing it; backward advances `calls`.
+    uint64_t           dropout_seed = 0;
+    uint64_t           dropout_calls = 0;
+
+private:
+    std::shared_ptr<lora_scratch> scratch;
+};
+
+struct lora_method : adapter_method {
+    const char * name() const override { return "lora"; }
+    status configure(const json_value & cfg) override;
+    std::string config_json() const override;
+    status check(const target_info & t) const override;
+    std::unique_ptr<adapter_module> create(const target_info & t, rng & r) override;
+
+    // rank and alpha for a module path after rank_pattern / alpha_pattern
+    int64_t rank_for(const std::string & path) const;
+    double  alpha_for(const std::string & path) const;
+    double  scaling_for(const std::string & path) const;
+
+    // configuration (PEFT LoraConfig names)
+    int64_t     r = 8;
+    double      lora_alpha = 8.0;
+    bool        alpha_is_int = true;       // written back as 8, not 8.0
+    double      lora_dropout = 0.0;
+    bool        use_rslora = false;
+    lora_init   init = LORA_INIT_DEFAULT;
+    bool        lora_fa = false;           // ours: "lora_fa": true freezes A (METHODS §16)
+    double      loraplus_lr_ratio = 1.0;   // optimizer-side in PEFT; accepted here for LoRA+
+    std::vector<std::string> rank_keys;    // rank_pattern, document order
+    std::vector<int64_t>     rank_values;
+    std::vector<std::string> alpha_keys;   // alpha_pattern
+    std::vector<double>      alpha_values;
+    std::vector<std::string> alpha_texts;  // values as written (int vs float)
+    std::string targets_json = "null";     // target_modules as saved
+    std::string exclude_json = "null";
+    std::string layers_json = "null";      // layers_to_transform
+    std::string layers_pattern_json = "null";
+    std::string task_type_json = "\"CAUSAL_LM\"";
+
+private:
+    std::shared_ptr<lora_scratch> scratch;
+};
+
+std::unique_ptr<adapter_method> lora_method_make();
+
+} // namespace peft

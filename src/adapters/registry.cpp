@@ -1,0 +1,58 @@
+// registry.cpp: adapter method names -> factories. Adding a method = one enum value + one row;
+// the static_assert keeps the table and the enum in step (ARCHITECTURE §7).
+// Not here: configuration (each method's configure) or attaching (attach.cpp).
+#include <cctype>
+
+#include "adapters/adapter_set.h"
+#include "adapters/lora.h"
+
+namespace peft {
+
+namespace {
+
+enum adapter_method_kind {
+    PEFT_METHOD_LORA = 0,
+    PEFT_METHOD_COUNT,
+};
+
+struct method_entry {
+    adapter_method_kind kind;
+    const char *        name;   // lower case; PEFT's peft_type ("LORA") matches case-insensitively
+    std::unique_ptr<adapter_method> (*make)();
+};
+
+const method_entry METHODS[] = {
+    {PEFT_METHOD_LORA, "lora", lora_method_make},
+};
+static_assert(sizeof(METHODS) / sizeof(METHODS[0]) == PEFT_METHOD_COUNT, "one registry row per adapter method");
+
+std::string lower(const std::string & s) {
+    std::string out = s;
+    for (char & c : out) c = (char) std::tolower((unsigned char) c);
+    return out;
+}
+
+} // namespace
+
+std::vector<std::string> adapter_method_names() {
+    std::vector<std::string> names;
+    for (const method_entry & e : METHODS) names.push_back(e.name);
+    return names;
+}
+
+status adapter_method_create(const std::string & name, std::unique_ptr<adapter_method> & out) {
+    const std::string key = lower(name);
+    for (const method_entry & e : METHODS) {
+        if (key == e.name) {
+            out = e.make();
+            return {};
+        }
+    }
+    std::string known;
+    for (const method_entry & e : METHODS) known += (known.empty() ? "" : ", ") + std::string(e.name);
+    status st = make_error(PEFT_STATUS_CONFIG, "adapter config", "unknown adapter method \"" + name + "\"");
+    st.hint = "known methods: " + known;
+    return st;
+}
+
+} // namespace peft

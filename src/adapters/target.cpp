@@ -1,0 +1,266 @@
+// target.cpp: PEFT's target selection rules (see target.h) over module paths.
+// Not here: what the model's module paths are (attach.cpp builds them from llama_proj).
+#include "adapters/target.h"
+
+#include <cctype>
+#include <regex>
+
+#include "io/json.h"
+
+namespace peft {
+
+const std::vector<std::string> & llama_target_names() {
+    static const std::vector<std::string> names = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                   "gate_proj", "up_proj", "down_proj"};
+    return names;
+}
+
+namespace {
+
+std::string available_list() {
+    std::string s;
+    for (const std::string & n : llama_target_names()) s += (s.empty() ? "" : ", ") + n;
+    return s;
+}
+
+// Compiles a user regex; std::regex reports bad patterns by throwing, which must not cross
+// module boundaries (ARCHITECTURE §9).
+status compile_regex(const std::string & pattern, const std::string & where, const std::string & field, std::regex & out) {
+    try {
+        out = std::regex(pattern, std::regex::ECMAScript);
+    } catch (const std::regex_error & e) {
+        return make_error(PEFT_STATUS_CONFIG, where, field + ": invalid regular expression \"" + pattern + "\": " + e.what());
+    }
+    return {};
+}
+
+bool regex_full(const std::regex & re, const std::string & s) {
+    try {
+        return std::regex_match(s, re);
+    } catch (const std::regex_error &) {   // complexity limits on pathological patterns
+        return false;
+    }
+}
+
+bool ends_with_dot(const std::string & path, const std::string & name) {
+    return path.size() > name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0 &&
+           path[path.size() - name.size() - 1] == '.';
+}
+
+status parse_match(const json_value & v, const std::string & where, const std::string & field, module_match & out) {
+    out = {};
+    if (!v.valid() || v.is_null()) return {};
+    if (v.is_string()) {
+        out.kind = module_match::REGEX;
+        out.regex = v.as_string();
+        std::regex re;
+        return compile_regex(out.regex, where, field, re);
+    }
+    if (v.is_array()) {
+        out.kind = module_match::LIST;
+        for (size_t i = 0; i < v.size(); i++) {
+            json_value e = v.at(i);
+            if (!e.is_string() || e.as_string().empty()) {
+                return make_mismatch(PEFT_STATUS_CONFIG, where, field + "[" + std::to_string(i) + "]", "a module name",
+                                     e.dump());
+            }
+            bool dup = false;
+            for (const std::string & n : out.names) dup = dup || n == e.as_string();
+            if (!dup) out.names.push_back(e.as_string());   // PEFT keeps a set
+        }
+        return {};
+    }
+    return make_mismatch(PEFT_STATUS_CONFIG, where, field, "a list of module names, a regex string or null", v.dump());
+}
+
+// PEFT: exact path, or path ending with "." + name (list); re.fullmatch (string).
+bool match_module(const module_match & m, const std::regex * re, const std::string & path, bool * exact) {
+    if (exact) *exact = false;
+    if (m.kind == module_match::REGEX) return regex_full(*re, path);
+    if (m.kind != module_match::LIST) return false;
+    for (const std::string & n : m.names) {
+        if (path == n) {
+            if (exact) *exact = true;
+            return true;
+        }
+    }
+    for (const std::string & n : m.names) {
+        if (ends_with_dot(path, n)) return true;
+    }
+    return false;
+}
+
+} // namespace
+
+status target_rules_parse(const json_value & cfg, const std::string & where, target_rules & out) {
+    out = {};
+    json_value tm = cfg.get("target_modules");
+    std::string tm_lower = tm.as_string();
+    for (char & c : tm_lower) c = (char) std::tolower((unsigned char) c);
+    if (tm.is_string() && tm_lower == "all-linear") {
+        // PEFT lower-cases before comparing; all-linear means every linear layer but the output head
+        out.all_linear = true;
+        out.targets.kind = module_match::LIST;
+        out.targets.names = llama_target_names();
+    } else if (!tm.valid() || tm.is_null()) {
+        // transformers' Llama default (utils/constants.py)
+        out.targets_default = true;
+        out.targets.kind = module_match::LIST;
+        out.targets.names = {"q_proj", "v_proj"};
+    } else {
+        PEFT_TRY(parse_match(tm, where, "target_modules", out.targets));
+        if (out.targets.kind == module_match::LIST && out.targets.names.empty()) {
+            status st = make_error(PEFT_STATUS_CONFIG, where, "target_modules is an empty list");
+            st.hint = "available modules: " + available_list() + " (or \"all-linear\")";
+            return st;
+        }
+    }
+    PEFT_TRY(parse_match(cfg.get("exclude_modules"), where, "exclude_modules", out.exclude));
+
+    json_value lt = cfg.get("layers_to_transform");
+    if (lt.valid() && !lt.is_null()) {
+        if (lt.is_integer()) {
+            out.layers_set = true;
+            out.layers_is_int = true;
+            out.layers.push_back(lt.as_int());
+        } else if (lt.is_array()) {
+            for (size_t i = 0; i < lt.size(); i++) {
+                if (!lt.at(i).is_integer()) {
+                    return make_mismatch(PEFT_STATUS_CONFIG, where, "layers_to_transform[" + std::to_string(i) + "]",
+                                         "an integer layer index", lt.at(i).dump());
+                }
+                out.layers.push_back(lt.at(i).as_int());
+            }
+            out.layers_set = !out.layers.empty();   // PEFT: an empty list means "all layers"
+        } else {
+            return make_mismatch(PEFT_STATUS_CONFIG, where, "layers_to_transform", "an integer, a list of integers or null",
+                                 lt.dump());
+        }
+    }
+    json_value lp = cfg.get("layers_pattern");
+    if (lp.valid() && !lp.is_null()) {
+        if (lp.is_string()) {
+            out.layers_pattern_is_string = true;
+            if (!lp.as_string().empty()) out.layers_pattern.push_back(lp.as_string());
+        } else if (lp.is_array()) {
+            for (size_t i = 0; i < lp.size(); i++) {
+                if (!lp.at(i).is_string()) {
+                    return make_mismatch(PEFT_STATUS_CONFIG, where, "layers_pattern[" + std::to_string(i) + "]", "a string",
+                                         lp.at(i).dump());
+                }
+                out.layers_pattern.push_back(lp.at(i).as_string());
+            }
+        } else {
+            return make_mismatch(PEFT_STATUS_CONFIG, where, "layers_pattern", "a string, a list of strings or null", lp.dump());
+        }
+        for (const std::string & p : out.layers_pattern) {
+            std::regex re;
+            PEFT_TRY(compile_regex(".*\\." + p + "\\.(\\d+)\\..*", where, "layers_pattern", re));
+        }
+    }
+    return {};
+}
+
+status target_select(const target_rules & r, const std::vector<std::string> & paths, const std::string & where,
+                     std::vector<size_t> & out) {
+    out.clear();
+    std::regex target_re, exclude_re;
+    if (r.targets.kind == module_match::REGEX) PEFT_TRY(compile_regex(r.targets.regex, where, "target_modules", target_re));
+    if (r.exclude.kind == module_match::REGEX) PEFT_TRY(compile_regex(r.exclude.regex, where, "exclude_modules", exclude_re));
+    // layer index: PEFT re.match(r".*\.[^.]*\.(\d+)\.", key) or with each layers_pattern; re.match
+    // anchors only at the start, hence the trailing ".*" for a full match
+    std::vector<std::regex> layer_res;
+    if (r.layers_pattern.empty()) {
+        layer_res.emplace_back(".*\\.[^.]*\\.(\\d+)\\..*");
+    } else {
+        for (const std::string & p : r.layers_pattern) {
+            std::regex re;
+            PEFT_TRY(compile_regex(".*\\." + p + "\\.(\\d+)\\..*", where, "layers_pattern", re));
+            layer_res.push_back(std::move(re));
+        }
+    }
+
+    // every list entry / the regex must name something that exists (before exclusions and
+    // layer filters, which legitimately remove matches)
+    if (r.targets.kind == module_match::LIST) {
+        for (const std::string & n : r.targets.names) {
+            bool found = false;
+            for (const std::string & p : paths) found = found || p == n || ends_with_dot(p, n);
+            if (!found) {
+                status st = make_error(PEFT_STATUS_CONFIG, where,
+                                       "target_modules: \"" + n + "\" matches no module of the model");
+                st.hint = "available modules: " + available_list() + " (or \"all-linear\", or a regex string)";
+                return st;
+            }
+        }
+    } else {
+        bool found = false;
+        for (const std::string & p : paths) found = found || regex_full(target_re, p);
+        if (!found) {
+            status st = make_error(PEFT_STATUS_CONFIG, where,
+                                   "target_modules: regex \"" + r.targets.regex + "\" matches no module of the model");
+            st.hint = "module paths look like model.layers.0.self_attn.q_proj; available modules: " + available_list();
+            return st;
+        }
+    }
+
+    for (size_t i = 0; i < paths.size(); i++) {
+        const std::string & path = paths[i];
+        if (match_module(r.exclude, &exclude_re, path, nullptr)) continue;
+        bool exact = false;
+        bool found = match_module(r.targets, &target_re, path, &exact);
+        if (found && r.targets.kind == module_match::LIST && !exact && r.layers_set) {
+            int64_t layer = -1;
+            for (const std::regex & re : layer_res) {
+                std::smatch mt;
+                bool ok = false;
+                try {
+                    ok = std::regex_match(path, mt, re);
+                } catch (const std::regex_error &) {
+                    ok = false;
+                }
+                if (ok) {
+                    layer = std::stoll(mt[1].str());
+                    break;
+                }
+            }
+            found = false;
+            for (int64_t l : r.layers) found = found || (layer >= 0 && l == layer);
+        }
+        if (found) out.push_back(i);
+    }
+    if (out.empty()) {
+        status st = make_error(PEFT_STATUS_CONFIG, where,
+                               "target_modules, exclude_modules and layers_to_transform together select no module");
+        st.hint = "available modules: " + available_list();
+        return st;
+    }
+    return {};
+}
+
+status target_pattern_find(const std::vector<std::string> & keys, const std::string & path, const std::string & where,
+                           int64_t & out) {
+    out = -1;
+    for (size_t i = 0; i < keys.size(); i++) {
+        std::regex re;
+        PEFT_TRY(compile_regex("(.*\\.)?(" + keys[i] + ")", where, "pattern key", re));
+        if (regex_full(re, path)) {
+            out = (int64_t) i;
+            return {};
+        }
+    }
+    return {};
+}
+
+std::string module_match_json(const module_match & m) {
+    if (m.kind == module_match::REGEX) return json_quote(m.regex);
+    if (m.kind == module_match::NONE) return "null";
+    std::string s = "[";
+    for (size_t i = 0; i < m.names.size(); i++) {
+        if (i) s += ",";
+        s += json_quote(m.names[i]);
+    }
+    return s + "]";
+}
+
+} // namespace peft

@@ -1,0 +1,65 @@
+// target.h: which linear layers an adapter configuration selects, with PEFT's rules
+// (tuners_utils.py check_target_module_exists, utils/other.py get_pattern_key):
+//  - target_modules: a list (an entry matches a module path exactly or as its ".name" suffix),
+//    a regex string (full match on the module path), "all-linear" (every projection, never
+//    lm_head) or null (the Llama default q_proj, v_proj);
+//  - exclude_modules: same rules, checked first;
+//  - layers_to_transform (int or list) with optional layers_pattern: only in the suffix-match
+//    case, as PEFT does (an exact path or a regex is taken as is);
+//  - rank_pattern / alpha_pattern: the first key k (document order) such that
+//    "(.*\.)?(k)$" matches the whole module path.
+// Regexes use std::regex (ECMAScript), which agrees with Python's `re` on the usual patterns.
+// Not here: creating modules (attach.cpp) or what a rank means (lora.cpp).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace peft {
+
+struct json_value;
+
+// target_modules / exclude_modules
+struct module_match {
+    enum kind_t { NONE = 0, LIST, REGEX };
+    kind_t                   kind = NONE;
+    std::vector<std::string> names;   // LIST
+    std::string              regex;   // REGEX
+};
+
+struct target_rules {
+    module_match             targets;          // after parsing: LIST or REGEX, never NONE
+    bool                     all_linear = false;
+    bool                     targets_default = false;   // null -> Llama default
+    module_match             exclude;
+    std::vector<int64_t>     layers;           // layers_to_transform
+    bool                     layers_set = false;
+    bool                     layers_is_int = false;
+    std::vector<std::string> layers_pattern;   // layers_pattern
+    bool                     layers_pattern_is_string = false;
+};
+
+// The short names of the adaptable projections, in module-path order:
+// q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
+const std::vector<std::string> & llama_target_names();
+
+// Reads target_modules, exclude_modules, layers_to_transform and layers_pattern from an adapter
+// config; `where` names the source in errors. Regexes are compiled here, so a bad one fails early.
+status target_rules_parse(const json_value & cfg, const std::string & where, target_rules & out);
+
+// Indices into `paths` (module paths such as "model.layers.3.self_attn.q_proj") that `r`
+// selects, in the order of `paths`. A list entry or regex that matches no module at all, or a
+// selection that ends up empty, is an error listing the available module names.
+status target_select(const target_rules & r, const std::vector<std::string> & paths, const std::string & where,
+                     std::vector<size_t> & out);
+
+// PEFT get_pattern_key: index of the first key that matches `path`, or -1.
+status target_pattern_find(const std::vector<std::string> & keys, const std::string & path, const std::string & where,
+                           int64_t & out);
+
+// The JSON text (compact) a module_match is saved as: null, a list or the regex string.
+std::string module_match_json(const module_match & m);
+
+} // namespace peft

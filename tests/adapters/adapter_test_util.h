@@ -1,0 +1,113 @@
+// adapter_test_util.h: small helpers shared by the adapter tests: a tiny random Llama, JSON
+// configs from text, one training/eval pass, parameter snapshots.
+#pragma once
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "adapters/adapter_set.h"
+#include "adapters/lora.h"
+#include "io/json.h"
+#include "model/llama.h"
+#include "testing.h"
+
+namespace peft::adapter_test {
+
+// 2 layers, C=32, QD=32, KVD=16, F=48, V=64 (min(in,out) is 16 for k/v)
+inline llama_hparams tiny_hparams(int64_t n_layer = 2, int64_t n_embd = 32) {
+    llama_hparams hp;
+    hp.n_vocab = 64;
+    hp.n_embd = n_embd;
+    hp.n_layer = n_layer;
+    hp.n_head = 4;
+    hp.n_head_kv = 2;
+    hp.head_dim = n_embd / 4;
+    hp.n_ff = 48;
+    hp.rms_eps = 1e-5f;
+    hp.max_position = 128;
+    return hp;
+}
+
+inline std::unique_ptr<llama_model> tiny_model(uint64_t seed = 7, dtype storage = PEFT_DTYPE_F32, int64_t n_layer = 2,
+                                               int64_t n_embd = 32) {
+    auto m = std::make_unique<llama_model>();
+    status st = llama_init_random(*m, tiny_hparams(n_layer, n_embd), false, seed, storage);
+    EXPECT_TRUE(st.ok()) << st.message;
+    return m;
+}
+
+// A JSON document that outlives the values taken from it.
+struct config {
+    json_document doc;
+    explicit config(const std::string & text) {
+        status st = doc.parse(text.data(), text.size(), "test config");
+        EXPECT_TRUE(st.ok()) << st.message << "\n" << text;
+    }
+    json_value root() const { return doc.root(); }
+};
+
+inline status attach(llama_model & m, const std::string & cfg_text, adapter_set & s, uint64_t seed = 1) {
+    config c(cfg_text);
+    return adapters_attach(m, c.root(), seed, s);
+}
+
+// A fixed batch of B x T tokens (targets shifted from the tokens).
+struct batch_data {
+    int64_t B = 2, T = 8;
+    std::vector<int32_t> tok, tgt;
+    llama_batch batch() const { return llama_batch{tok.data(), tgt.data(), nullptr, nullptr, B, T}; }
+};
+inline batch_data make_batch(int64_t V, int64_t B = 2, int64_t T = 8) {
+    batch_data d;
+    d.B = B;
+    d.T = T;
+    d.tok.resize((size_t) (B * T));
+    d.tgt.resize((size_t) (B * T));
+    for (int64_t i = 0; i < B * T; i++) d.tok[(size_t) i] = (int32_t) ((i * 11 + 5) % V);
+    llama_shift_labels(d.tgt.data(), d.tok.data(), B, T);
+    return d;
+}
+
+inline void zero_grads(const std::vector<param_ref> & ps) {
+    for (const param_ref & p : ps) {
+        if (!p.grad) continue;
+        int64_t n = 1;
+        for (int64_t d : p.shape) n *= d;
+        std::memset(p.grad, 0, (size_t) n * sizeof(float));
+    }
+}
+
+inline int64_t numel(const param_ref & p) {
+    int64_t n = 1;
+    for (int64_t d : p.shape) n *= d;
+    return n;
+}
+
+// Copies of every parameter value (for bitwise comparisons).
+inline std::vector<std::vector<float>> snapshot(const std::vector<param_ref> & ps) {
+    std::vector<std::vector<float>> out;
+    for (const param_ref & p : ps) out.emplace_back(p.value, p.value + numel(p));
+    return out;
+}
+
+// Fills every lora_B (and optionally lora_A) with reproducible values so the adapter matters.
+inline void randomize(const std::vector<param_ref> & ps, uint64_t seed, float b_scale = 0.05f, bool also_a = false) {
+    uint64_t k = seed;
+    for (const param_ref & p : ps) {
+        bool is_b = p.name.find("lora_B") != std::string::npos;
+        if (is_b) peft::testing::fixed_fill(p.value, numel(p), ++k, b_scale);
+        else if (also_a) peft::testing::fixed_fill(p.value, numel(p), ++k, 0.2f);
+    }
+}
+
+// Loss (and logits) of one forward; grad_scale 0 = no backward preparation.
+inline float forward_logits(llama_model & m, const batch_data & d, std::vector<float> & logits, bool recompute = false) {
+    llama_state s;
+    status st = llama_state_init(s, m, d.B, d.T, recompute);
+    EXPECT_TRUE(st.ok()) << st.message;
+    logits.assign((size_t) (d.B * d.T * m.hp.n_vocab), 0.0f);
+    return llama_forward(m, s, d.batch(), 0.0f, logits.data());
+}
+
+} // namespace peft::adapter_test
