@@ -4,4 +4,5 @@
 namespace peft {
 int cmd_bench(int argc, char ** argv);
 int cmd_tokenize(int argc, char ** argv);
+int cmd_train_tokenizer(int argc, char ** argv);
 }

@@ -15,6 +15,7 @@ struct subcommand {
 const subcommand SUBCOMMANDS[] = {
     {"bench", peft::cmd_bench, "training-step throughput of a model or named shape, as one JSON line"},
     {"tokenize", peft::cmd_tokenize, "token ids and pieces of a text under a model's tokenizer"},
+    {"train-tokenizer", peft::cmd_train_tokenizer, "learn a byte-level BPE tokenizer from text files (writes tokenizer.json)"},
 };
 
 void print_usage() {
