@@ -1,0 +1,43 @@
+// llama_infer.h: incremental (KV-cached) inference of a Llama-family model for generation.
+// A prompt of n tokens is prefilled in one call (processed in chunks of at most max_batch rows),
+// then tokens are appended one at a time; every call returns the logits of its last position.
+// Each projection goes through llama_proj_forward, so adapters attached to the model apply
+// unmerged (and qwen2 q/k/v biases come with the base linear).
+//
+// Memory is planned once by llama_infer_init: a K and a V cache of [max_ctx, KVD] f32 per
+// layer plus scratch for max_batch rows, so decoding allocates nothing per token.
+// Not here: sampling (sample.h), tokenization, batching of several independent sequences.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/status.h"
+#include "model/llama.h"
+
+namespace peft {
+
+struct llama_infer_state {
+    int64_t max_ctx = 0;     // positions the cache holds
+    int64_t max_batch = 0;   // rows processed per forward chunk
+    int64_t n_past = 0;      // positions already in the cache (the next token's position)
+    struct impl;
+    std::shared_ptr<impl> p;
+};
+
+// Plans the cache for max_ctx positions (at most the model's max_position_embeddings) and
+// scratch for chunks of max_batch rows. Errors (bad sizes, memory refused) are statuses.
+status llama_infer_init(llama_infer_state & s, const llama_model & m, int64_t max_ctx, int64_t max_batch = 256);
+
+// Forgets the cached positions (the next eval starts at position 0).
+void llama_infer_reset(llama_infer_state & s);
+
+// Appends tokens[0..n) at positions n_past..n_past+n-1 and writes the logits of the last one
+// into logits[V] (may be null). Context overflow (n_past + n > max_ctx) or a token id outside
+// the vocabulary is an error status and leaves the cache unchanged.
+status llama_infer_eval(const llama_model & m, llama_infer_state & s, const int32_t * tokens, int64_t n, float * logits);
+
+// Bytes llama_infer_init would plan (for messages and memory estimates).
+size_t llama_infer_bytes(const llama_model & m, int64_t max_ctx, int64_t max_batch);
+
+} // namespace peft
