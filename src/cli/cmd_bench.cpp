@@ -17,6 +17,10 @@
 
 namespace peft {
 
+// cmd_generate.cpp: the --method generate mode (decode tokens/s of base, unmerged, merged)
+int bench_generate(const std::string & model_dir, const std::string & shape, bool bf16, uint64_t seed, const std::string & adapter_dir,
+                   int64_t lora_r, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds);
+
 static double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -44,7 +48,8 @@ static double gemm_peak_gflops() {
 int cmd_bench(int argc, char ** argv) {
     CLI::App app{"Times training steps and prints one JSON line (tokens/s, ms/step, peak RSS, FLOPs).\n\n"
                  "example:\n  peft bench --shape small --method full --batch 4 --seq 256 --steps 10 --threads 2\n"
-                 "  peft bench --model ~/models/TinyLlama-1.1B --method frozen --batch 1 --seq 512 --steps 3",
+                 "  peft bench --model ~/models/TinyLlama-1.1B --method frozen --batch 1 --seq 512 --steps 3\n"
+                 "  peft bench --shape small --method generate --seq 128 --gen-tokens 64 --lora-r 16 --threads 2",
                  "peft bench"};
     std::string model_dir, shape, method = "full", storage = "f32";
     int64_t batch = 4, seq = 256, steps = 10, warmup = 2;
@@ -55,8 +60,15 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--model", model_dir, "Hugging Face model directory (config.json + safetensors)");
     app.add_option("--shape", shape, "named shape with random weights: tiny, small, 1b")
         ->check(CLI::IsMember({"tiny", "small", "1b"}));
-    app.add_option("--method", method, "full (all weights trained, AdamW) or frozen (input gradients only)")
-        ->check(CLI::IsMember({"full", "frozen"}));
+    app.add_option("--method", method, "full (all weights trained, AdamW), frozen (input gradients only) or generate "
+                   "(decode tokens/s: base, adapter unmerged, adapter merged; --seq is the prompt length)")
+        ->check(CLI::IsMember({"full", "frozen", "generate"}));
+    std::string gen_adapter;
+    int64_t gen_lora_r = 16, gen_tokens = 64, gen_rounds = 3;
+    app.add_option("--adapter", gen_adapter, "generate: PEFT adapter directory (default: a random LoRA of rank --lora-r)");
+    app.add_option("--lora-r", gen_lora_r, "generate: rank of the random LoRA on all 7 projections")->check(CLI::Range((int64_t) 1, (int64_t) 4096));
+    app.add_option("--gen-tokens", gen_tokens, "generate: tokens decoded per round")->check(CLI::Range((int64_t) 1, (int64_t) 1 << 20));
+    app.add_option("--rounds", gen_rounds, "generate: timed rounds (median reported)")->check(CLI::Range((int64_t) 1, (int64_t) 1000));
     app.add_option("--batch", batch, "sequences per step")->check(CLI::Range((int64_t) 1, (int64_t) 4096));
     app.add_option("--seq", seq, "tokens per sequence")->check(CLI::Range((int64_t) 2, (int64_t) 1 << 20));
     app.add_option("--steps", steps, "timed steps")->check(CLI::Range((int64_t) 1, (int64_t) 1000000));
@@ -78,6 +90,9 @@ int cmd_bench(int argc, char ** argv) {
         return 2;
     }
     threads_set(threads);
+    if (method == "generate") {
+        return bench_generate(model_dir, shape, storage == "bf16", seed, gen_adapter, gen_lora_r, seq, gen_tokens, gen_rounds);
+    }
     const bool trainable = method == "full";
 
     llama_model m;

@@ -5,4 +5,6 @@ namespace peft {
 int cmd_bench(int argc, char ** argv);
 int cmd_tokenize(int argc, char ** argv);
 int cmd_train_tokenizer(int argc, char ** argv);
+int cmd_generate(int argc, char ** argv);
+int cmd_merge(int argc, char ** argv);
 }

@@ -1,0 +1,442 @@
+// cmd_generate.cpp: `peft generate`: text generation from a base model, optionally with a PEFT
+// adapter applied unmerged (default: every adapted projection runs base + adapter) or merged
+// into the weights first (--merge). Streams decoded text to stdout as tokens arrive; timings go
+// to stderr. Also `bench_generate`, the `peft bench --method generate` mode that times decoding
+// of base, unmerged and merged side by side.
+// Not here: the KV-cached forward (model/llama_infer), sampling (model/sample), templates
+// (tokenizer/chat).
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <vector>
+
+#include "adapters/adapter_set.h"
+#include "cli/commands.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "io/json.h"
+#include "model/llama.h"
+#include "model/llama_infer.h"
+#include "model/sample.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
+#include "train/data.h"
+
+namespace peft {
+
+namespace {
+
+double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int fail(const char * cmd, const status & st) {
+    std::fprintf(stderr, "peft %s: %s\n", cmd, st.message.c_str());
+    if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
+    return 1;
+}
+
+// Length of the longest prefix of s that does not end inside a UTF-8 sequence, so a streamed
+// token that cuts a character is held back until the rest arrives.
+size_t complete_utf8_prefix(const std::string & s) {
+    const size_t n = s.size();
+    for (size_t back = 1; back <= 4 && back <= n; back++) {
+        const unsigned char c = (unsigned char) s[n - back];
+        if ((c & 0xC0) == 0x80) continue;   // continuation byte: keep looking for the lead
+        const size_t need = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+        return back < need ? n - back : n;
+    }
+    return n;
+}
+
+// Prints the text of the generated tokens as it grows. The whole generated sequence is decoded
+// each time (as transformers' TextStreamer does) because decoders are not token-local
+// (SentencePiece strips the first space, byte-level tokens can split a character).
+struct text_stream {
+    const tokenizer & tok;
+    std::FILE * out;
+    std::string printed;
+
+    void update(const std::vector<int32_t> & ids, bool final) {
+        std::string text = tok.decode(ids, true);
+        const size_t upto = final ? text.size() : complete_utf8_prefix(text);
+        if (upto <= printed.size()) return;
+        if (text.compare(0, printed.size(), printed) != 0) {
+            // the decoder rewrote earlier text (rare); keep going from where we are
+            printed = text.substr(0, std::min(printed.size(), upto));
+            return;
+        }
+        std::fwrite(text.data() + printed.size(), 1, upto - printed.size(), out);
+        std::fflush(out);
+        printed.assign(text, 0, upto);
+    }
+};
+
+// eos_token_id of generation_config.json (an int or a list), when the file exists.
+void generation_config_eos(const std::string & model_dir, std::vector<int32_t> & out) {
+    const std::string path = model_dir + "/generation_config.json";
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) return;
+    json_document doc;
+    if (!doc.parse_file(path, (size_t) 1 << 20).ok()) return;   // optional file: ignore if broken
+    json_value e = doc.root().get("eos_token_id");
+    if (e.is_integer()) out.push_back((int32_t) e.as_int(-1));
+    if (e.is_array()) {
+        for (size_t i = 0; i < e.size(); i++) {
+            if (e.at(i).is_integer()) out.push_back((int32_t) e.at(i).as_int(-1));
+        }
+    }
+}
+
+// Tokens of a chat prompt ending where the assistant's reply starts (HF's
+// add_generation_prompt=True): the conversation is rendered with an empty assistant turn and cut
+// before its first reply segment. end_of_turn receives the token that ends the reply.
+status chat_prompt(const tokenizer & tok, const std::string & user, const std::string & system, const std::string & tmpl_name,
+                   std::vector<int32_t> & ids, int32_t & end_of_turn, std::string & used) {
+    data_options o;
+    o.chat_template = tmpl_name;
+    int tmpl = 0;
+    std::string why;
+    PEFT_TRY(data_pick_template(tok, o, tmpl, why));
+    const chat_template_kind kind = (chat_template_kind) tmpl;
+    used = std::string(chat_template_name(kind)) + " (" + why + ")";
+    std::vector<chat_message> msgs;
+    if (!system.empty()) msgs.push_back({"system", system, ""});
+    msgs.push_back({"user", user, ""});
+    msgs.push_back({"assistant", "", ""});
+    auto name = [&](int32_t id) { return id >= 0 ? tok.token_to_piece(id) : std::string(); };
+    std::vector<chat_segment> segs;
+    PEFT_TRY(chat_render(kind, msgs, name(tok.bos_id()), name(tok.eos_id()), "--chat", segs));
+    ids.clear();
+    for (const chat_segment & s : segs) {
+        if (s.trainable) break;   // the (empty) reply and its end-of-turn token
+        if (s.special) {
+            const int32_t id = tok.token_to_id(s.text);
+            if (id < 0) {
+                status st = make_error(PEFT_STATUS_CONFIG, "--chat", std::string("chat template ") + chat_template_name(kind) +
+                                       " needs the token \"" + s.text + "\", which the tokenizer lacks");
+                st.hint = "pick a template that fits the model with --template (llama3, chatml, llama2, alpaca, plain)";
+                return st;
+            }
+            ids.push_back(id);
+        } else {
+            // user text never turns into special tokens (no template injection from the prompt)
+            std::vector<int32_t> t = tok.encode(s.text, false, false);
+            ids.insert(ids.end(), t.begin(), t.end());
+        }
+    }
+    end_of_turn = kind == PEFT_CHAT_LLAMA3   ? tok.token_to_id("<|eot_id|>")
+                  : kind == PEFT_CHAT_CHATML ? tok.token_to_id("<|im_end|>")
+                                             : tok.eos_id();
+    return status::success();
+}
+
+struct gen_stats {
+    int64_t n_prompt = 0, n_gen = 0, n_decode = 0;   // n_decode: single-token forwards
+    double  t_prompt = 0, t_decode = 0;
+    bool    context_full = false;
+    bool    stopped = false;   // a stop token ended generation
+};
+
+// Prefill + sample/decode loop. on_token sees every generated token (stop tokens excluded).
+status generate(const llama_model & m, llama_infer_state & st, sampler & smp, const std::vector<int32_t> & prompt,
+                int64_t max_new, const std::vector<int32_t> & stops, const std::function<void(const std::vector<int32_t> &)> & on_token,
+                std::vector<float> & logits, std::vector<int32_t> & history, gen_stats & gs) {
+    const int64_t V = m.hp.n_vocab;
+    logits.resize((size_t) V);
+    history.assign(prompt.begin(), prompt.end());
+    history.reserve(prompt.size() + (size_t) max_new);
+    llama_infer_reset(st);
+    double t0 = now_s();
+    PEFT_TRY(llama_infer_eval(m, st, prompt.data(), (int64_t) prompt.size(), logits.data()));
+    gs.t_prompt = now_s() - t0;
+    gs.n_prompt = (int64_t) prompt.size();
+    std::vector<int32_t> gen;
+    gen.reserve((size_t) max_new);
+    t0 = now_s();
+    for (int64_t i = 0; i < max_new; i++) {
+        const int32_t t = sampler_sample(smp, logits.data(), V, history.data(), (int64_t) history.size());
+        if (std::find(stops.begin(), stops.end(), t) != stops.end()) {
+            gs.stopped = true;
+            break;
+        }
+        gen.push_back(t);
+        history.push_back(t);
+        gs.n_gen++;
+        if (on_token) on_token(gen);
+        if (i + 1 == max_new) break;
+        if (st.n_past >= st.max_ctx) {
+            gs.context_full = true;
+            break;
+        }
+        PEFT_TRY(llama_infer_eval(m, st, &t, 1, logits.data()));
+        gs.n_decode++;
+    }
+    gs.t_decode = now_s() - t0;
+    return status::success();
+}
+
+// Loads the adapter dir (with an existence check that names the flag) and merges it if asked.
+status load_adapter(llama_model & m, const std::string & dir, bool merge, adapter_set & set) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec)) {
+        status st = make_error(PEFT_STATUS_IO, dir, "adapter directory not found");
+        st.hint = "--adapter takes a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)";
+        return st;
+    }
+    PEFT_TRY(adapter_load(dir, m, set));
+    if (merge) PEFT_TRY(adapters_merge(m, set));
+    return status::success();
+}
+
+} // namespace
+
+int cmd_generate(int argc, char ** argv) {
+    CLI::App app{"Generates text with a base model, optionally with a PEFT adapter (unmerged by default, or merged with --merge).\n"
+                 "Text streams to stdout; prompt and generation speed go to stderr. Greedy unless --temperature > 0.\n\n"
+                 "examples:\n"
+                 "  peft generate --model ~/models/TinyLlama-1.1B-Chat-v1.0 --chat \"Write a haiku about CPUs.\"\n"
+                 "  peft generate --model ~/models/Llama-3.2-1B-Instruct --adapter out/lora --chat \"Hi!\" --system \"Be brief.\"\n"
+                 "  peft generate --model ~/models/Qwen2.5-0.5B-Instruct --adapter out/lora --merge --chat \"2+2?\" --max-new-tokens 32\n"
+                 "  peft generate --model ~/models/SmolLM2-135M --prompt \"Once upon a time\" --temperature 0.8 --top-p 0.95 --seed 1",
+                 "peft generate"};
+    std::string model_dir, adapter_dir, prompt, chat, system, tmpl = "auto", tok_path;
+    bool merge = false, ignore_eos = false;
+    int64_t max_new = 128, ctx = 0, top_k = 0;
+    float temperature = 0.0f, top_p = 1.0f, rep = 1.0f;
+    uint64_t seed = 0;
+    int threads = 0;
+    app.add_option("--model", model_dir, "Hugging Face model directory (config.json + safetensors + tokenizer)")->required();
+    app.add_option("--adapter", adapter_dir, "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)");
+    app.add_flag("--merge", merge, "merge the adapter into the weights before generating (default: applied unmerged)");
+    auto * p_opt = app.add_option("--prompt", prompt, "raw prompt text (BOS added as the tokenizer's post-processor says)");
+    auto * c_opt = app.add_option("--chat", chat, "a user message, wrapped in the chat template");
+    p_opt->excludes(c_opt);
+    app.add_option("--system", system, "system message for --chat");
+    app.add_option("--template", tmpl, "chat template: auto (from tokenizer_config.json), llama3, chatml, llama2, alpaca, plain");
+    app.add_option("--tokenizer", tok_path, "tokenizer directory or file (default: the model directory)");
+    app.add_option("--max-new-tokens", max_new, "most tokens to generate")->check(CLI::Range((int64_t) 1, (int64_t) 1 << 24));
+    app.add_option("--ctx", ctx, "context size (default: prompt + max-new-tokens, capped at max_position_embeddings)")
+        ->check(CLI::Range((int64_t) 1, (int64_t) 1 << 24));
+    app.add_option("--temperature", temperature, "sampling temperature; 0 = greedy (deterministic)");
+    app.add_option("--top-k", top_k, "keep the k most likely tokens (0 = off)");
+    app.add_option("--top-p", top_p, "nucleus sampling mass (1 = off)");
+    app.add_option("--repetition-penalty", rep, "HF repetition penalty on seen tokens (1 = off)");
+    app.add_option("--seed", seed, "sampling seed");
+    app.add_flag("--ignore-eos", ignore_eos, "do not stop at end-of-sequence tokens");
+    app.add_option("--threads", threads, "threads (default: all cores)");
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError & e) {
+        return app.exit(e);
+    }
+    if (prompt.empty() == chat.empty()) {
+        std::fprintf(stderr, "peft generate: give exactly one of --prompt TEXT or --chat TEXT (non-empty)\n");
+        return 2;
+    }
+    if (merge && adapter_dir.empty()) {
+        std::fprintf(stderr, "peft generate: --merge needs --adapter DIR\n");
+        return 2;
+    }
+    threads_set(threads);
+    sampler smp;
+    status st = sampler_init(smp, sampler_config{temperature, top_k, top_p, rep, seed});
+    if (!st.ok()) return fail("generate", st);
+
+    // tokenizer and prompt first: cheap, and most bad input shows up here
+    std::unique_ptr<tokenizer> tok;
+    st = tokenizer::load(tok_path.empty() ? model_dir : tok_path, tok);
+    if (!st.ok()) return fail("generate", st);
+    std::vector<int32_t> ids;
+    std::vector<int32_t> stops;
+    if (!chat.empty()) {
+        int32_t eot = -1;
+        std::string used;
+        st = chat_prompt(*tok, chat, system, tmpl, ids, eot, used);
+        if (!st.ok()) return fail("generate", st);
+        std::fprintf(stderr, "peft generate: chat template %s\n", used.c_str());
+        if (eot >= 0) stops.push_back(eot);
+    } else {
+        if (!system.empty() || tmpl != "auto") {
+            std::fprintf(stderr, "peft generate: --system and --template apply to --chat only\n");
+            return 2;
+        }
+        ids = tok->encode(prompt, true, true);
+    }
+    if (ids.empty()) {
+        std::fprintf(stderr, "peft generate: the prompt encodes to no tokens\n");
+        return 1;
+    }
+
+    llama_model m;
+    st = llama_load(m, model_dir, false);
+    if (!st.ok()) return fail("generate", st);
+    if (tok->n_vocab() > m.hp.n_vocab) {
+        // ids past the embedding table would be out of range; catch the mismatch by name
+        for (int32_t id : ids) {
+            if (id >= m.hp.n_vocab) {
+                status e = make_mismatch(PEFT_STATUS_CONFIG, model_dir, "tokenizer vocabulary", "ids below vocab_size " +
+                                         std::to_string(m.hp.n_vocab), "token id " + std::to_string(id));
+                e.hint = "the tokenizer does not belong to this model; pass the right one with --tokenizer";
+                return fail("generate", e);
+            }
+        }
+    }
+    if (!ignore_eos) {
+        if (tok->eos_id() >= 0) stops.push_back(tok->eos_id());
+        if (m.hp.eos_id >= 0) stops.push_back((int32_t) m.hp.eos_id);
+        generation_config_eos(model_dir, stops);
+    } else {
+        stops.clear();
+    }
+
+    adapter_set set;
+    if (!adapter_dir.empty()) {
+        st = load_adapter(m, adapter_dir, merge, set);
+        if (!st.ok()) return fail("generate", st);
+        std::fprintf(stderr, "peft generate: adapter %s (%zu modules, %s)\n", adapter_dir.c_str(), set.modules.size(),
+                     merge ? "merged" : "unmerged");
+    }
+
+    const int64_t n_prompt = (int64_t) ids.size();
+    if (n_prompt >= m.hp.max_position || (ctx > 0 && n_prompt >= ctx)) {
+        const int64_t limit = ctx > 0 ? std::min(ctx, m.hp.max_position) : m.hp.max_position;
+        status e = make_error(PEFT_STATUS_ARGUMENT, "--prompt", "the prompt is " + std::to_string(n_prompt) +
+                              " tokens, which leaves no room in the context of " + std::to_string(limit) + " positions");
+        e.hint = "shorten the prompt (max_position_embeddings in config.json, or --ctx, sets the context)";
+        return fail("generate", e);
+    }
+    int64_t max_ctx = std::min(n_prompt + max_new, m.hp.max_position);
+    if (ctx > 0) max_ctx = std::min(ctx, m.hp.max_position);
+    llama_infer_state is;
+    st = llama_infer_init(is, m, max_ctx);
+    if (!st.ok()) return fail("generate", st);
+
+    text_stream ts{*tok, stdout, {}};
+    std::vector<float> logits;
+    std::vector<int32_t> history;
+    gen_stats gs;
+    std::vector<int32_t> last;
+    st = generate(m, is, smp, ids, max_new, stops,
+                  [&](const std::vector<int32_t> & gen) { ts.update(gen, false); last = gen; }, logits, history, gs);
+    if (!st.ok()) return fail("generate", st);
+    ts.update(last, true);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    std::fprintf(stderr, "peft generate: prompt %lld tokens in %.3f s (%.1f tokens/s); generated %lld tokens in %.3f s "
+                 "(%.2f tokens/s)%s\n",
+                 (long long) gs.n_prompt, gs.t_prompt, gs.t_prompt > 0 ? gs.n_prompt / gs.t_prompt : 0.0, (long long) gs.n_gen,
+                 gs.t_decode, gs.t_decode > 0 ? gs.n_gen / gs.t_decode : 0.0,
+                 gs.stopped ? ", stopped at end of sequence" : gs.context_full ? ", context full" : "");
+    return 0;
+}
+
+// `peft bench --method generate`: decoding speed of the base model, the model with an adapter
+// applied unmerged, and a second copy with the adapter merged, measured in interleaved rounds
+// so the three see the same machine state. The adapter is --adapter DIR or a random LoRA of
+// rank lora_r on all seven projections (B drawn non-zero so merged and unmerged do differ from
+// the base and must agree with each other).
+int bench_generate(const std::string & model_dir, const std::string & shape, bool bf16, uint64_t seed, const std::string & adapter_dir,
+                   int64_t lora_r, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds) {
+    auto load = [&](llama_model & m) -> status {
+        if (!model_dir.empty()) return llama_load(m, model_dir, false);
+        llama_hparams hp;
+        if (!llama_hparams_named_shape(shape, hp)) return make_error(PEFT_STATUS_ARGUMENT, "--shape", "unknown shape " + shape);
+        hp.max_position = std::max<int64_t>(hp.max_position, prompt_tokens + gen_tokens);
+        return llama_init_random(m, hp, false, seed, bf16 ? PEFT_DTYPE_BF16 : PEFT_DTYPE_F32);
+    };
+    auto attach = [&](llama_model & m, adapter_set & set) -> status {
+        if (!adapter_dir.empty()) return adapter_load(adapter_dir, m, set);
+        const std::string cfg = "{\"peft_type\": \"LORA\", \"r\": " + std::to_string(lora_r) + ", \"lora_alpha\": " +
+                                std::to_string(2 * lora_r) +
+                                ", \"target_modules\": [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]}";
+        json_document doc;
+        PEFT_TRY(doc.parse(cfg.data(), cfg.size(), "bench adapter config"));
+        PEFT_TRY(adapters_attach(m, doc.root(), seed + 1, set));
+        adapters_set_training(set, false);
+        rng r(seed + 2);
+        for (param_ref & p : adapter_set_params(set)) {
+            if (p.name.find("lora_B") == std::string::npos) continue;
+            int64_t n = 1;
+            for (int64_t d : p.shape) n *= d;
+            r.fill_normal(p.value, n, 0.0f, 0.02f);
+        }
+        return status::success();
+    };
+    llama_model mu, mm;   // unmerged (also the base, with its adapters detached) and merged
+    adapter_set su, sm;
+    status st = load(mu);
+    if (st.ok()) st = load(mm);
+    if (st.ok()) st = attach(mu, su);
+    if (st.ok()) st = attach(mm, sm);
+    if (st.ok()) st = adapters_merge(mm, sm);
+    if (!st.ok()) return fail("bench", st);
+    const int64_t max_ctx = std::min(prompt_tokens + gen_tokens, mu.hp.max_position);
+    if (prompt_tokens < 1 || prompt_tokens >= max_ctx) {
+        return fail("bench", make_error(PEFT_STATUS_ARGUMENT, "--seq", "the prompt must be shorter than the context (" +
+                                        std::to_string(mu.hp.max_position) + ")"));
+    }
+    llama_infer_state is;
+    st = llama_infer_init(is, mu, max_ctx);
+    if (!st.ok()) return fail("bench", st);
+
+    rng r(seed + 3);
+    std::vector<int32_t> prompt((size_t) prompt_tokens);
+    for (int32_t & t : prompt) t = (int32_t) (r.next_u32() % (uint32_t) mu.hp.n_vocab);
+    sampler smp;
+    (void) sampler_init(smp, sampler_config{});   // greedy
+    const std::vector<adapter_module *> attached = mu.adapters;
+    struct phase {
+        const char * name;
+        llama_model * m;
+        bool adapters;
+        std::vector<double> decode_tps, prefill_tps;
+        std::vector<float> logits;
+    };
+    phase phases[3] = {{"base", &mu, false, {}, {}, {}}, {"unmerged", &mu, true, {}, {}, {}}, {"merged", &mm, true, {}, {}, {}}};
+    std::vector<float> logits;
+    std::vector<int32_t> history;
+    for (int64_t round = 0; round < rounds + 1; round++) {   // round 0 warms caches, untimed
+        for (phase & ph : phases) {
+            if (ph.m == &mu) mu.adapters = ph.adapters ? attached : std::vector<adapter_module *>();
+            gen_stats gs;
+            st = generate(*ph.m, is, smp, prompt, gen_tokens, {}, nullptr, logits, history, gs);
+            if (!st.ok()) return fail("bench", st);
+            if (round == 0) continue;
+            ph.decode_tps.push_back(gs.t_decode > 0 ? gs.n_decode / gs.t_decode : 0.0);
+            ph.prefill_tps.push_back(gs.t_prompt > 0 ? gs.n_prompt / gs.t_prompt : 0.0);
+            ph.logits = logits;
+        }
+    }
+    mu.adapters = attached;
+    auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+    };
+    // the last logits of unmerged and merged must agree (they ran the same greedy tokens unless
+    // they diverged; the rel. difference is reported, not judged)
+    double num = 0, den = 0;
+    for (size_t i = 0; i < phases[1].logits.size(); i++) {
+        const double d = (double) phases[1].logits[i] - phases[2].logits[i];
+        num += d * d;
+        den += (double) phases[2].logits[i] * phases[2].logits[i];
+    }
+    auto fmt = [](double v, int prec) { char b[64]; std::snprintf(b, sizeof b, "%.*f", prec, v); return std::string(b); };
+    const double tu = median(phases[1].decode_tps), tm = median(phases[2].decode_tps), tb = median(phases[0].decode_tps);
+    std::string adapter = adapter_dir.empty() ? "random lora r=" + std::to_string(lora_r) + " on 7 projections" : adapter_dir;
+    std::printf("{\"model\": %s, \"method\": \"generate\", \"adapter\": %s, \"adapter_modules\": %zu, \"prompt_tokens\": %lld, "
+                "\"gen_tokens\": %lld, \"rounds\": %lld, \"threads\": %d, \"prefill_tokens_per_s\": %s, "
+                "\"base_decode_tokens_per_s\": %s, \"unmerged_decode_tokens_per_s\": %s, \"merged_decode_tokens_per_s\": %s, "
+                "\"unmerged_over_merged\": %s, \"unmerged_vs_merged_logits_rel_diff\": %s}\n",
+                json_quote(model_dir.empty() ? shape : model_dir).c_str(), json_quote(adapter).c_str(), su.modules.size(),
+                (long long) prompt_tokens, (long long) gen_tokens, (long long) rounds, threads_get(),
+                fmt(median(phases[2].prefill_tps), 2).c_str(), fmt(tb, 2).c_str(), fmt(tu, 2).c_str(), fmt(tm, 2).c_str(),
+                fmt(tm > 0 ? tu / tm : 0.0, 4).c_str(), fmt(den > 0 ? std::sqrt(num / den) : 0.0, 8).c_str());
+    return 0;
+}
+
+} // namespace peft

@@ -1,0 +1,257 @@
+// cmd_merge.cpp: `peft merge`: base model + PEFT adapter -> a full Hugging Face checkpoint with
+// the adapter folded into the weights (W' = W + s·BA for LoRA; the method's own merge for
+// others). The output directory holds model.safetensors (every tensor of the base checkpoint;
+// merged ones converted back to the base dtype or --dtype), config.json and the tokenizer and
+// generation files copied. It is built in OUT.tmp and renamed into place, so OUT is either
+// absent/old or complete. Not here: the merge math (adapters/), sharded output.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <unistd.h>
+#include <vector>
+
+#include "adapters/adapter_set.h"
+#include "cli/commands.h"
+#include "core/threads.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "model/llama.h"
+
+namespace fs = std::filesystem;
+
+namespace peft {
+
+namespace {
+
+int fail(const status & st) {
+    std::fprintf(stderr, "peft merge: %s\n", st.message.c_str());
+    if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
+    return 1;
+}
+
+// Files copied next to the weights when the base directory has them.
+const char * const COPIED[] = {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                               "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json"};
+
+bool read_text(const std::string & path, std::string & out) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return false;
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    out = ss.str();
+    return (bool) f || f.eof();
+}
+
+const char * torch_dtype_name(dtype t) {
+    return t == PEFT_DTYPE_BF16 ? "bfloat16" : t == PEFT_DTYPE_F16 ? "float16" : "float32";
+}
+
+// config.json with "torch_dtype" (and the newer "dtype") set to the written dtype; the text is
+// edited in place so key order and formatting stay as the base had them.
+std::string config_with_dtype(std::string cfg, dtype t) {
+    for (const char * key : {"\"torch_dtype\"", "\"dtype\""}) {
+        size_t k = cfg.find(key);
+        if (k == std::string::npos) continue;
+        size_t colon = cfg.find(':', k);
+        if (colon == std::string::npos) continue;
+        size_t q0 = cfg.find_first_not_of(" \t\r\n", colon + 1);
+        if (q0 == std::string::npos || cfg[q0] != '"') continue;   // null or not a string: leave it
+        size_t q1 = cfg.find('"', q0 + 1);
+        if (q1 == std::string::npos) continue;
+        cfg.replace(q0 + 1, q1 - q0 - 1, torch_dtype_name(t));
+    }
+    return cfg;
+}
+
+// A leftover OUT.tmp of an interrupted run holds only files this command writes; anything else
+// means it is somebody's directory and is left alone.
+bool is_our_leftover(const fs::path & dir) {
+    std::error_code ec;
+    for (const fs::directory_entry & e : fs::directory_iterator(dir, ec)) {
+        const std::string n = e.path().filename().string();
+        bool ours = n == "model.safetensors" || n == "config.json" || n.rfind("model.safetensors.tmp.", 0) == 0 ||
+                    n.find(".tmp.") != std::string::npos;
+        for (const char * c : COPIED) ours = ours || n == c;
+        if (!ours) return false;
+    }
+    return !ec;
+}
+
+status copy_file_into(const std::string & src, const std::string & dst) {
+    std::string text;
+    if (!read_text(src, text)) return make_error(PEFT_STATUS_IO, src, "cannot read");
+    return write_file_atomic(dst, text);
+}
+
+} // namespace
+
+int cmd_merge(int argc, char ** argv) {
+    CLI::App app{"Merges a PEFT adapter into its base model and writes a full Hugging Face checkpoint\n"
+                 "(model.safetensors + config.json + tokenizer files), loadable by transformers and by peft.cpp.\n\n"
+                 "examples:\n"
+                 "  peft merge --model ~/models/TinyLlama-1.1B-Chat-v1.0 --adapter out/lora --out out/merged\n"
+                 "  peft merge --model ~/models/Llama-3.2-1B --adapter out/lora --out out/merged --dtype f32\n"
+                 "  peft merge --model ~/models/Qwen2.5-0.5B --adapter out/lora --out out/merged --force\n"
+                 "  peft merge --model ~/models/SmolLM2-135M --adapter out/lora --out out/merged-f16 --dtype f16",
+                 "peft merge"};
+    std::string model_dir, adapter_dir, out_dir, dtype_opt;
+    bool force = false;
+    int threads = 0;
+    app.add_option("--model", model_dir, "base model directory (config.json + safetensors)")->required();
+    app.add_option("--adapter", adapter_dir, "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")->required();
+    app.add_option("--out", out_dir, "output directory (must not exist or be empty, unless --force)")->required();
+    app.add_option("--dtype", dtype_opt, "dtype of the written weights: bf16, f16 or f32 (default: each tensor's base dtype)")
+        ->check(CLI::IsMember({"bf16", "f16", "f32"}));
+    app.add_flag("--force", force, "replace a non-empty output directory");
+    app.add_option("--threads", threads, "threads (default: all cores)");
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError & e) {
+        return app.exit(e);
+    }
+    threads_set(threads);
+    while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
+    const bool have_dtype = !dtype_opt.empty();
+    const dtype want = dtype_opt == "bf16" ? PEFT_DTYPE_BF16 : dtype_opt == "f16" ? PEFT_DTYPE_F16 : PEFT_DTYPE_F32;
+
+    // refuse early, before minutes of loading and merging
+    std::error_code ec;
+    const fs::path out(out_dir), tmp(out_dir + ".tmp");
+    if (fs::exists(out, ec)) {
+        if (!fs::is_directory(out, ec)) return fail(make_error(PEFT_STATUS_IO, out_dir, "exists and is not a directory"));
+        if (!fs::is_empty(out, ec) && !force) {
+            status st = make_error(PEFT_STATUS_IO, out_dir, "output directory exists and is not empty");
+            st.hint = "pick another --out, or pass --force to replace it";
+            return fail(st);
+        }
+    }
+    if (fs::weakly_canonical(out, ec) == fs::weakly_canonical(fs::path(model_dir), ec)) {
+        return fail(make_error(PEFT_STATUS_ARGUMENT, out_dir, "--out is the base model directory"));
+    }
+    if (!fs::is_directory(adapter_dir, ec)) {
+        status st = make_error(PEFT_STATUS_IO, adapter_dir, "adapter directory not found");
+        st.hint = "--adapter takes a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)";
+        return fail(st);
+    }
+
+    llama_model m;
+    status st = llama_load(m, model_dir, false);
+    if (!st.ok()) return fail(st);
+    adapter_set set;
+    st = adapter_load(adapter_dir, m, set);
+    if (!st.ok()) return fail(st);
+    safetensors_model src;   // the base file again, for dtypes, raw bytes and extra tensors
+    st = safetensors_open_model(model_dir, src);
+    if (!st.ok()) return fail(st);
+
+    // Merged one tensor at a time with the module's own merge (what adapters_merge does for the
+    // whole model at once): only one f32 copy exists at a time, so merging a bf16 model needs
+    // about its own size in memory for the output instead of twice that in f32.
+    std::map<std::string, size_t> merged;   // tensor name -> module index
+    for (size_t i = 0; i < set.targets.size(); i++) merged[set.targets[i].path + ".weight"] = i;
+
+    std::vector<safetensors_tensor_to_write> outs;
+    std::vector<std::vector<uint8_t>> buffers;   // converted tensors, alive until written
+    buffers.reserve(src.names().size());
+    std::vector<float> f32;
+    dtype written = PEFT_DTYPE_F32;
+    for (const std::string & name : src.names()) {
+        const tensor_info & ti = *src.find(name);
+        safetensors_tensor_to_write w;
+        w.name = name;
+        w.shape = ti.shape;
+        if (!ti.is_float) {   // not ours to convert (e.g. an integer buffer): copied verbatim
+            w.raw_dtype = safetensors_dtype_name(ti.st_dtype);
+            w.data = ti.data;
+            outs.push_back(std::move(w));
+            continue;
+        }
+        w.type = have_dtype ? want : ti.type;
+        if (ti.shape.size() == 2) written = w.type;
+        auto it = merged.find(name);
+        const size_t n = (size_t) ti.n_elements;
+        if (it != merged.end()) {
+            const linear_weight & lw = *set.targets[it->second].base;
+            PEFT_ASSERT((size_t) (lw.OC * lw.IC) == n);
+            f32.resize(n);
+            linear_weight_rows_f32(f32.data(), lw, 0, lw.OC);
+            set.modules[it->second]->merge(f32.data(), lw.OC, lw.IC);
+            buffers.emplace_back(n * dtype_size(w.type));
+            convert_from_f32(w.type, f32.data(), buffers.back().data(), n);
+            w.data = buffers.back().data();
+        } else if (w.type == ti.type) {
+            w.data = ti.data;   // untouched tensor: the base's bytes exactly
+        } else {
+            f32.resize(n);
+            st = read_f32(ti, f32.data());
+            if (!st.ok()) return fail(st);
+            buffers.emplace_back(n * dtype_size(w.type));
+            convert_from_f32(w.type, f32.data(), buffers.back().data(), n);
+            w.data = buffers.back().data();
+        }
+        outs.push_back(std::move(w));
+    }
+    if (merged.size() != set.targets.size() || set.targets.empty()) {
+        return fail(make_error(PEFT_STATUS_SHAPE, adapter_dir, "the adapter has no mergeable target modules"));
+    }
+    for (const auto & kv : merged) {
+        if (!src.find(kv.first)) return fail(make_error(PEFT_STATUS_SHAPE, model_dir, "merged tensor '" + kv.first + "' is not in the base checkpoint"));
+    }
+
+    // build OUT.tmp
+    if (fs::exists(tmp, ec)) {
+        if (!fs::is_directory(tmp, ec) || !is_our_leftover(tmp)) {
+            status e = make_error(PEFT_STATUS_IO, tmp.string(), "exists and is not a leftover of peft merge");
+            e.hint = "remove or rename it; peft merge builds the output there before renaming it to --out";
+            return fail(e);
+        }
+        fs::remove_all(tmp, ec);
+    }
+    fs::create_directories(tmp, ec);
+    if (ec) return fail(make_error(PEFT_STATUS_IO, tmp.string(), "cannot create directory: " + ec.message()));
+    auto abandon = [&](const status & e) {
+        std::error_code ec2;
+        fs::remove_all(tmp, ec2);
+        return fail(e);
+    };
+    st = safetensors_write((tmp / "model.safetensors").string(), outs, {{"format", "pt"}});
+    if (!st.ok()) return abandon(st);
+    std::string cfg;
+    if (!read_text(model_dir + "/config.json", cfg)) return abandon(make_error(PEFT_STATUS_IO, model_dir + "/config.json", "cannot read"));
+    st = write_file_atomic((tmp / "config.json").string(), have_dtype ? config_with_dtype(cfg, want) : cfg);
+    if (!st.ok()) return abandon(st);
+    int copied = 0;
+    for (const char * f : COPIED) {
+        const std::string p = model_dir + "/" + f;
+        if (!fs::is_regular_file(p, ec)) continue;
+        st = copy_file_into(p, (tmp / f).string());
+        if (!st.ok()) return abandon(st);
+        copied++;
+    }
+
+    // swap into place: an existing (empty, or --force) OUT is moved aside first
+    fs::path old;
+    if (fs::exists(out, ec)) {
+        old = fs::path(out_dir + ".old." + std::to_string(getpid()));
+        fs::rename(out, old, ec);
+        if (ec) return abandon(make_error(PEFT_STATUS_IO, out_dir, "cannot move the existing directory aside: " + ec.message()));
+    }
+    fs::rename(tmp, out, ec);
+    if (ec) {
+        std::error_code ec2;
+        if (!old.empty()) fs::rename(old, out, ec2);
+        return abandon(make_error(PEFT_STATUS_IO, out_dir, "cannot rename " + tmp.string() + " into place: " + ec.message()));
+    }
+    if (!old.empty()) fs::remove_all(old, ec);
+
+    uintmax_t bytes = fs::file_size(out / "model.safetensors", ec);
+    std::fprintf(stderr, "peft merge: merged %zu modules of %s into %s (%zu tensors, %s, %.1f MiB; config.json + %d files copied)\n",
+                 set.targets.size(), adapter_dir.c_str(), out_dir.c_str(), outs.size(), dtype_name(written),
+                 ec ? 0.0 : (double) bytes / (1 << 20), copied);
+    return 0;
+}
+
+} // namespace peft
