@@ -5,6 +5,8 @@ namespace peft {
 int cmd_bench(int argc, char ** argv);
 int cmd_tokenize(int argc, char ** argv);
 int cmd_train_tokenizer(int argc, char ** argv);
+int cmd_train(int argc, char ** argv);
+int cmd_eval(int argc, char ** argv);
 int cmd_generate(int argc, char ** argv);
 int cmd_merge(int argc, char ** argv);
 }

@@ -16,6 +16,8 @@ const subcommand SUBCOMMANDS[] = {
     {"bench", peft::cmd_bench, "training-step throughput of a model or named shape, as one JSON line"},
     {"tokenize", peft::cmd_tokenize, "token ids and pieces of a text under a model's tokenizer"},
     {"train-tokenizer", peft::cmd_train_tokenizer, "learn a byte-level BPE tokenizer from text files (writes tokenizer.json)"},
+    {"train", peft::cmd_train, "fine-tune a model with LoRA (or fully) from a YAML/JSON config and/or flags"},
+    {"eval", peft::cmd_eval, "loss and perplexity of a model (+ adapter) on a data file"},
     {"generate", peft::cmd_generate, "generate text with a model, optionally with an adapter (unmerged or merged)"},
     {"merge", peft::cmd_merge, "merge an adapter into its base model and write a full HF checkpoint"},
 };

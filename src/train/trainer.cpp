@@ -1,8 +1,13 @@
+// trainer.cpp: one optimizer step, batch assembly and evaluation (see trainer.h).
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
+#include "adapters/adapter.h"
 #include "kernels/kernels.h"
+#include "train/data.h"
 
 namespace peft {
 
@@ -20,36 +25,134 @@ std::vector<optim_param> llama_optim_params(llama_model & m) {
     return ps;
 }
 
+std::string first_nonfinite(const std::vector<optim_param> & ps, bool values, bool grads) {
+    for (const optim_param & p : ps) {
+        if (values && p.value && !all_finite(p.value, p.n)) return "'" + p.name + "' (value)";
+        if (grads && p.grad && !all_finite(p.grad, p.n)) return "'" + p.name + "' (gradient)";
+    }
+    return "";
+}
+
+static status numeric_error(int64_t step, const std::string & what) {
+    status st = make_error(PEFT_STATUS_NUMERIC, "training step " + std::to_string(step + 1), what);
+    st.hint = "lower the learning rate, enable clipping (max_grad_norm), or check the data";
+    return st;
+}
+
 status train_step(llama_model & m, llama_state & s, adamw & opt, const train_config & cfg, const llama_batch * micro,
-                  int64_t n_micro, int64_t step, step_result & out) {
+                  int64_t n_micro, int64_t step, step_result & out, adapter_module * const * modules, int64_t n_modules) {
     PEFT_ASSERT(n_micro > 0);
-    m.zero_grad();
+    // Zero exactly what the optimizer reads: the model's grads (full fine-tuning) or the
+    // adapters' (frozen base, which has no grads).
+    for (const optim_param & p : opt.params) {
+        std::memset(p.grad, 0, (size_t) p.n * sizeof(float));
+    }
     double loss = 0.0;
+    out.n_targets = 0;
     const float scale = 1.0f / (float) n_micro;
     for (int64_t i = 0; i < n_micro; i++) {
-        float l = llama_forward(m, s, micro[i], scale);
+        const float l = llama_forward(m, s, micro[i], scale);
         if (!std::isfinite(l)) {
-            return make_error(PEFT_STATUS_NUMERIC, "training step " + std::to_string(step),
-                              "loss is " + std::to_string(l) + " on micro-batch " + std::to_string(i));
+            const std::string bad = first_nonfinite(opt.params, true, false);
+            return numeric_error(step, "loss is " + std::to_string(l) + " on micro-batch " + std::to_string(i) +
+                                           (bad.empty() ? " (every trained parameter is finite)" : "; first non-finite tensor: " + bad));
         }
         llama_backward(m, s, micro[i]);
         loss += (double) l * scale;
+        out.n_targets += s.n_valid;
     }
-    out.loss = (float) loss;
+    // Regularisers (AdaLoRA's orthogonality) once per optimizer step with weight 1 = the loss
+    // scale; the method applies its own coefficient.
+    double reg = 0.0;
+    for (int64_t i = 0; i < n_modules; i++) reg += modules[i]->regularize(1.0f);
+    out.reg_loss = (float) reg;
+    out.loss = (float) (loss + reg);
     out.lr = cfg.opt.lr * lr_schedule_factor(cfg.schedule, step, cfg.warmup_steps, cfg.total_steps);
     out.grad_norm = clip_grad_norm(opt.params, cfg.max_grad_norm);
     if (!std::isfinite(out.grad_norm)) {
-        for (const optim_param & p : opt.params) {
-            if (!all_finite(p.grad, p.n)) {
-                status st = make_error(PEFT_STATUS_NUMERIC, "training step " + std::to_string(step),
-                                       "gradient of '" + p.name + "' is not finite");
-                st.hint = "lower the learning rate, enable clipping (max_grad_norm), or check the data";
-                return st;
-            }
-        }
-        return make_error(PEFT_STATUS_NUMERIC, "training step " + std::to_string(step), "gradient norm is not finite");
+        const std::string bad = first_nonfinite(opt.params, false, true);
+        return numeric_error(step, bad.empty() ? "gradient norm is not finite" : "gradient of " + bad.substr(0, bad.find(" (")) + " is not finite");
     }
     opt.step(out.lr);
+    return {};
+}
+
+void batch_buffers::init(int64_t B_, int64_t T_) {
+    B = B_;
+    T = T_;
+    tokens.assign((size_t) (B * T), 0);
+    targets.assign((size_t) (B * T), -100);
+    pos.assign((size_t) (B * T), 0);
+    seg.assign((size_t) (B * T), 0);
+}
+
+void batch_buffers::fill(const data_rows & d, const int64_t * rows, int64_t n) {
+    PEFT_ASSERT(d.T == T && n <= B);
+    for (int64_t b = 0; b < B; b++) {
+        const size_t o = (size_t) (b * T);
+        if (b < n) {
+            const size_t r = (size_t) (rows[b] * T);
+            for (int64_t t = 0; t < T; t++) {
+                tokens[o + (size_t) t] = d.input_ids[r + (size_t) t];
+                pos[o + (size_t) t] = d.position_ids[r + (size_t) t];
+                seg[o + (size_t) t] = d.segment_ids[r + (size_t) t];
+            }
+            llama_shift_labels(targets.data() + o, d.labels.data() + r, 1, T);
+        } else {
+            for (int64_t t = 0; t < T; t++) {
+                tokens[o + (size_t) t] = 0;
+                targets[o + (size_t) t] = -100;
+                pos[o + (size_t) t] = 0;
+                seg[o + (size_t) t] = 0;
+            }
+        }
+    }
+}
+
+llama_batch batch_buffers::batch() const {
+    return llama_batch{tokens.data(), targets.data(), pos.data(), seg.data(), B, T};
+}
+
+int64_t batch_buffers::n_tokens() const {
+    int64_t n = 0;
+    for (int32_t s : seg) n += s != 0;
+    return n;
+}
+
+double eval_result::perplexity() const { return std::exp(loss()); }
+
+status evaluate_rows(llama_model & m, llama_state & s, const data_rows & d, eval_result & out) {
+    out = eval_result{};
+    PEFT_ASSERT(d.T == s.T);
+    batch_buffers bb;
+    bb.init(s.B, s.T);
+    std::vector<int64_t> idx((size_t) s.B);
+    for (int64_t r0 = 0; r0 < d.n_rows; r0 += s.B) {
+        const int64_t n = std::min(s.B, d.n_rows - r0);
+        for (int64_t i = 0; i < n; i++) idx[(size_t) i] = r0 + i;
+        bb.fill(d, idx.data(), n);
+        const llama_batch b = bb.batch();
+        const float l = llama_forward(m, s, b, 0.0f);
+        if (!std::isfinite(l) || !std::isfinite(s.loss_sum)) {
+            return make_error(PEFT_STATUS_NUMERIC, "evaluation", "loss is not finite on rows " + std::to_string(r0) + ".." +
+                                                                     std::to_string(r0 + n - 1));
+        }
+        out.loss_sum += s.loss_sum;
+        out.n_tokens += s.n_valid;
+    }
+    return {};
+}
+
+status check_token_ids(const data_rows & d, int64_t n_vocab, const std::string & where) {
+    for (size_t i = 0; i < d.input_ids.size(); i++) {
+        const int32_t id = d.input_ids[i];
+        if (id < 0 || id >= n_vocab) {
+            status st = make_mismatch(PEFT_STATUS_FORMAT, where, "token id in row " + std::to_string(i / (size_t) d.T),
+                                      "an id below the model's vocab_size " + std::to_string(n_vocab), std::to_string(id));
+            st.hint = "the tokenizer (or the input_ids) does not belong to this model";
+            return st;
+        }
+    }
     return {};
 }
 

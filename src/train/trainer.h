@@ -1,6 +1,11 @@
-// trainer.h: one optimizer step of fine-tuning: gradient accumulation over micro-batches,
-// NaN/Inf guard naming the first bad tensor, global-norm clipping, scheduled AdamW update.
-// Not here (yet): data loading, checkpoints, metrics files — the LoRA issue adds them.
+// trainer.h: the numerical core of training, shared by `peft train`, `peft eval` and the
+// benchmarks: one optimizer step (gradient accumulation over micro-batches, optional adapter
+// regularisation, NaN/Inf guard naming the first bad tensor, global-norm clipping, scheduled
+// AdamW), batch assembly from data rows, and evaluation (mean cross-entropy over every
+// predicted token, as Hugging Face computes it).
+// The step works on any list of optim_params: the model's own weights (full fine-tuning,
+// llama_optim_params) or adapter tensors (adapter_set_params). Not here: the loop, data
+// loading, checkpoints, metrics files (train_loop.h).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,6 +16,9 @@
 
 namespace peft {
 
+struct data_rows;
+struct adapter_module;
+
 struct train_config {
     adamw_config opt;
     lr_schedule  schedule = PEFT_SCHEDULE_COSINE;
@@ -20,19 +28,54 @@ struct train_config {
 };
 
 struct step_result {
-    float loss = 0.0f;       // mean over micro-batches of each one's mean token loss
-    float grad_norm = 0.0f;  // before clipping
-    float lr = 0.0f;
+    float   loss = 0.0f;       // mean over micro-batches of each one's mean token loss (+ reg_loss)
+    float   reg_loss = 0.0f;   // adapter regularisation (AdaLoRA orthogonality), 0 for most methods
+    float   grad_norm = 0.0f;  // before clipping
+    float   lr = 0.0f;
+    int64_t n_targets = 0;     // predicted tokens in the step
 };
 
 // The trainable f32 parameters of a fully fine-tuned model, in checkpoint order.
 std::vector<optim_param> llama_optim_params(llama_model & m);
 
-// Zeroes grads, runs forward+backward on each micro-batch (loss scaled by 1/n_micro, as
-// gradient accumulation in transformers), checks finiteness, clips, and applies AdamW with
-// the scheduled lr for optimizer step `step` (0-based). On NaN/Inf nothing is updated and a
-// PEFT_STATUS_NUMERIC error names the first non-finite gradient.
+// Zeroes the gradients of opt.params, runs forward+backward on each micro-batch (loss scaled by
+// 1/n_micro, as gradient accumulation in transformers), adds each module's regularize(1) once,
+// checks finiteness, clips, and applies AdamW with the scheduled lr for optimizer step `step`
+// (0-based). On NaN/Inf nothing is updated and a PEFT_STATUS_NUMERIC error names the first
+// non-finite tensor (parameter or gradient).
 status train_step(llama_model & m, llama_state & s, adamw & opt, const train_config & cfg,
-                  const llama_batch * micro, int64_t n_micro, int64_t step, step_result & out);
+                  const llama_batch * micro, int64_t n_micro, int64_t step, step_result & out,
+                  adapter_module * const * modules = nullptr, int64_t n_modules = 0);
+
+// The first parameter (value) or gradient of `ps` that holds NaN/Inf, as "'name' (value)" /
+// "'name' (gradient)"; "" when all are finite.
+std::string first_nonfinite(const std::vector<optim_param> & ps, bool values, bool grads);
+
+// Token buffers of one batch of B rows of T; rows past the data are empty (padding, no targets).
+struct batch_buffers {
+    int64_t B = 0, T = 0;
+    std::vector<int32_t> tokens, targets, pos, seg;   // [B*T] each
+
+    void init(int64_t B_, int64_t T_);
+    // Copies rows `rows[0..n)` (n <= B) of `d`, shifting labels into targets per row.
+    void fill(const data_rows & d, const int64_t * rows, int64_t n);
+    llama_batch batch() const;
+    int64_t n_tokens() const;    // non-padding tokens (segment id != 0)
+};
+
+struct eval_result {
+    double  loss_sum = 0.0;   // sum of per-token cross-entropies
+    int64_t n_tokens = 0;     // predicted tokens
+    double loss() const { return n_tokens > 0 ? loss_sum / (double) n_tokens : 0.0; }
+    double perplexity() const;
+};
+
+// Forward over every row of `d` in order, s.B rows at a time (the last batch padded). The
+// loss is the mean over all predicted tokens of all rows. Adapters must be in inference mode.
+// d.T must equal s.T. Fails (NUMERIC) on a non-finite loss.
+status evaluate_rows(llama_model & m, llama_state & s, const data_rows & d, eval_result & out);
+
+// Checks every token id of `d` is below the model's vocabulary; the error names the row.
+status check_token_ids(const data_rows & d, int64_t n_vocab, const std::string & where);
 
 } // namespace peft

@@ -1,0 +1,77 @@
+// checkpoint.h: what `peft train` needs to continue a run bit for bit, and the directory
+// discipline around it. A checkpoint directory output_dir/checkpoint-N/ holds the trained
+// weights (a PEFT adapter directory, or model.safetensors in f32 for full fine-tuning) and
+// trainer_state.safetensors: AdamW m/v per parameter ("optimizer.m.<name>", "optimizer.v.<name>"),
+// the trained tensors again in f32 ("param.<name>", adapters only: exact and independent of the
+// adapter file format), the current epoch's row order ("data.epoch_order", I32), and in the
+// metadata: step, epoch, position in the epoch, total steps, AdamW step count, the trainer's
+// RNG state and a fingerprint of the training rows (resuming on other data is an error).
+// Directories are written into "<dir>.tmp" and renamed into place, so a crash or a full disk
+// leaves the previous checkpoint intact. Not here: the loop (train_loop.h).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace peft {
+
+struct adamw;
+
+struct trainer_state {
+    int64_t step = 0;            // optimizer steps done
+    int64_t epoch = 0;           // epoch of the next micro-batch
+    int64_t micro_in_epoch = 0;  // index of the next micro-batch within the epoch
+    int64_t total_steps = 0;
+    std::vector<int32_t> epoch_order;   // row indices of the current epoch, in visiting order
+    std::string rng_state;       // rng::save() of the trainer's generator
+    std::string data_fingerprint;
+};
+
+// An f32 tensor saved or restored by name.
+struct named_f32 {
+    std::string          name;
+    float *              data = nullptr;
+    std::vector<int64_t> shape;
+    int64_t numel() const { int64_t n = 1; for (int64_t d : shape) n *= d; return n; }
+};
+
+// Writes trainer_state.safetensors at path (atomically).
+status trainer_state_save(const std::string & path, const trainer_state & st, const adamw & opt,
+                          const std::vector<named_f32> & params);
+// Reads it back into st, opt (m, v, step count; opt must be initialised with the same
+// parameters) and params (each must be present with the same size). Errors name the tensor.
+status trainer_state_load(const std::string & path, trainer_state & st, adamw & opt,
+                          const std::vector<named_f32> & params);
+// f32 tensors by name from any safetensors file into `params` (full fine-tuning resume).
+status load_named_f32(const std::string & path, const std::vector<named_f32> & params);
+
+// A directory that appears complete or not at all: files go into path() ("<dir>.tmp"), then
+// commit() renames it over <dir> (an old <dir> is replaced). Destroying it uncommitted, or any
+// failure, removes the temporary directory.
+struct atomic_dir {
+    atomic_dir() = default;
+    ~atomic_dir();
+    atomic_dir(const atomic_dir &) = delete;
+    atomic_dir & operator=(const atomic_dir &) = delete;
+
+    status begin(const std::string & dir);
+    const std::string & path() const { return tmp; }
+    status commit();
+    void   abort();
+
+private:
+    std::string dst, tmp;
+    bool        open = false;
+};
+
+// "checkpoint-N" directories of output_dir, sorted by N ascending.
+std::vector<std::pair<int64_t, std::string>> checkpoint_list(const std::string & output_dir);
+// Removes the oldest checkpoints so that at most `keep` remain (keep <= 0: none removed).
+void checkpoint_prune(const std::string & output_dir, int64_t keep);
+
+// Copies `src` to `dst` atomically (config.json, tokenizer files).
+status copy_file_atomic(const std::string & src, const std::string & dst);
+
+} // namespace peft

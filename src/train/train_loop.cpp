@@ -1,0 +1,627 @@
+// train_loop.cpp: `peft train` end to end (train_loop.h).
+//
+// Data order: rows (already packed and sample-shuffled by the data loader) are visited in an
+// epoch order drawn by the trainer's own generator at the start of every epoch; an optimizer
+// step takes up to gradient_accumulation_steps micro-batches of micro_batch_size rows and never
+// crosses an epoch boundary (the last step of an epoch may have fewer micro-batches, the last
+// micro-batch fewer rows: padded with empty rows). Everything that decides the next step (step,
+// epoch, position, epoch order, generator state, AdamW moments, trained tensors) is in the
+// checkpoint, so a resumed run repeats the same arithmetic as an uninterrupted one.
+#include "train/train_loop.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+#include "adapters/adapter_set.h"
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "io/atomic_file.h"
+#include "io/json.h"
+#include "io/safetensors.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/data.h"
+#include "train/report.h"
+#include "train/trainer.h"
+
+namespace peft {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+
+void on_stop_signal(int) {
+    g_stop = 1;
+    static const char msg[] = "\npeft train: interrupted: finishing this step and writing a checkpoint (press Ctrl-C again to abort)\n";
+    ssize_t r = ::write(2, msg, sizeof msg - 1);
+    (void) r;
+}
+
+// Installs the handler for the duration of a run; a second signal gets the default action.
+struct signal_guard {
+    struct sigaction old_int {}, old_term {};
+    signal_guard() {
+        struct sigaction sa {};
+        sa.sa_handler = on_stop_signal;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = SA_RESETHAND;
+        sigaction(SIGINT, &sa, &old_int);
+        sigaction(SIGTERM, &sa, &old_term);
+    }
+    ~signal_guard() {
+        sigaction(SIGINT, &old_int, nullptr);
+        sigaction(SIGTERM, &old_term, nullptr);
+    }
+};
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+std::string fmt(const char * f, double v) {
+    char b[64];
+    std::snprintf(b, sizeof b, f, v);
+    return b;
+}
+std::string f9(float v) { return fmt("%.9g", (double) v); }      // round-trips a float
+std::string f17(double v) { return fmt("%.17g", v); }            // round-trips a double
+
+std::string duration_text(double s) {
+    if (!std::isfinite(s) || s < 0) return "?";
+    const int64_t t = (int64_t) (s + 0.5);
+    char b[32];
+    if (t >= 3600) std::snprintf(b, sizeof b, "%lldh%02lldm", (long long) (t / 3600), (long long) (t % 3600 / 60));
+    else if (t >= 60) std::snprintf(b, sizeof b, "%lldm%02llds", (long long) (t / 60), (long long) (t % 60));
+    else std::snprintf(b, sizeof b, "%llds", (long long) t);
+    return b;
+}
+
+void info(const std::string & s) { std::fprintf(stderr, "peft train: %s\n", s.c_str()); }
+
+std::string fingerprint(const data_rows & d) {
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&](const void * p, size_t n) {
+        const unsigned char * c = (const unsigned char *) p;
+        for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 1099511628211ull;
+    };
+    mix(&d.T, sizeof d.T);
+    mix(&d.n_rows, sizeof d.n_rows);
+    mix(d.input_ids.data(), d.input_ids.size() * 4);
+    mix(d.labels.data(), d.labels.size() * 4);
+    mix(d.position_ids.data(), d.position_ids.size() * 4);
+    mix(d.segment_ids.data(), d.segment_ids.size() * 4);
+    char b[40];
+    std::snprintf(b, sizeof b, "fnv1a64:%016llx", (unsigned long long) h);
+    return b;
+}
+
+void append_rows(data_rows & dst, const data_rows & src) {
+    if (dst.n_rows == 0) dst.T = src.T;
+    dst.n_rows += src.n_rows;
+    dst.input_ids.insert(dst.input_ids.end(), src.input_ids.begin(), src.input_ids.end());
+    dst.labels.insert(dst.labels.end(), src.labels.begin(), src.labels.end());
+    dst.position_ids.insert(dst.position_ids.end(), src.position_ids.begin(), src.position_ids.end());
+    dst.segment_ids.insert(dst.segment_ids.end(), src.segment_ids.begin(), src.segment_ids.end());
+}
+
+const char * TOKENIZER_FILES[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                                  "vocab.json", "merges.txt", "generation_config.json"};
+
+// Appends JSON lines to output_dir/metrics.jsonl, flushing each (a crash loses nothing logged).
+struct metrics_log {
+    std::FILE * f = nullptr;
+    std::string path;
+    ~metrics_log() { if (f) std::fclose(f); }
+    status open(const std::string & p, bool append) {
+        path = p;
+        f = std::fopen(p.c_str(), append ? "ab" : "wb");
+        if (!f) return make_error(PEFT_STATUS_IO, p, std::string("cannot open for writing: ") + std::strerror(errno));
+        return {};
+    }
+    status write(const std::string & line) {
+        if (std::fputs((line + "\n").c_str(), f) < 0 || std::fflush(f) != 0) {
+            return make_error(PEFT_STATUS_IO, path, std::string("write failed: ") + std::strerror(errno));
+        }
+        return {};
+    }
+};
+
+// Progress on stderr: a bar redrawn in place on a terminal, plain lines every logging_steps
+// otherwise (logs, CI, pipes).
+struct progress_bar {
+    bool enabled = true, tty = false;
+    int64_t total = 0, first_step = 0;
+    double t0 = 0, last_draw = 0;
+    bool drawn = false;
+
+    void start(bool on, int64_t tot, int64_t first) {
+        enabled = on;
+        tty = on && ::isatty(2);
+        total = tot;
+        first_step = first;
+        t0 = now_s();
+    }
+    std::string line(int64_t step, float loss, float lr, float gnorm, double tps) const {
+        const double el = now_s() - t0;
+        const double eta = step > first_step ? el / (double) (step - first_step) * (double) (total - step) : NAN;
+        char b[256];
+        std::snprintf(b, sizeof b, "step %lld/%lld  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  elapsed %s  eta %s",
+                      (long long) step, (long long) total, (double) loss, (double) lr, (double) gnorm, tps, duration_text(el).c_str(),
+                      duration_text(eta).c_str());
+        return b;
+    }
+    void update(int64_t step, float loss, float lr, float gnorm, double tps, bool log_step) {
+        if (!enabled) return;
+        if (tty) {
+            const double t = now_s();
+            if (t - last_draw < 0.1 && step != total) return;
+            last_draw = t;
+            const int width = 24;
+            const int fill = total > 0 ? (int) ((double) width * (double) step / (double) total) : width;
+            std::string bar = "[" + std::string((size_t) fill, '#') + std::string((size_t) (width - fill), '.') + "] ";
+            std::fprintf(stderr, "\r%s%s\x1b[K", bar.c_str(), line(step, loss, lr, gnorm, tps).c_str());
+            std::fflush(stderr);
+            drawn = true;
+        } else if (log_step) {
+            std::fprintf(stderr, "%s\n", line(step, loss, lr, gnorm, tps).c_str());
+        }
+    }
+    // A message between redraws: end the bar line first so it is not overwritten.
+    void message(const std::string & s) {
+        if (tty && drawn) std::fprintf(stderr, "\n");
+        drawn = false;
+        info(s);
+    }
+    void finish() {
+        if (tty && drawn) std::fprintf(stderr, "\n");
+        drawn = false;
+    }
+};
+
+status check_output_dir(const std::string & dir) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec || !fs::is_directory(dir)) {
+        status st = make_error(PEFT_STATUS_IO, dir, "cannot create output_dir" + (ec ? ": " + ec.message() : std::string()));
+        st.hint = "choose a writable output_dir";
+        return st;
+    }
+    const std::string probe = dir + "/.peft_write_probe";
+    status st = write_file_atomic(probe, "probe\n");
+    if (!st.ok()) {
+        status e = make_error(PEFT_STATUS_IO, dir, "output_dir is not writable (" + st.message + ")");
+        e.hint = "choose a writable output_dir, or fix its permissions / free some space";
+        return e;
+    }
+    fs::remove(probe, ec);
+    return {};
+}
+
+} // namespace
+
+void train_request_stop() { g_stop = 1; }
+
+status write_hf_model_dir(const std::string & dir, const llama_model & m, const std::string & dtype_name, const std::string & config_dir,
+                          const std::string & tokenizer_dir) {
+    dtype out_t = PEFT_DTYPE_F32;
+    if (dtype_name == "bf16") out_t = PEFT_DTYPE_BF16;
+    else if (dtype_name == "f16") out_t = PEFT_DTYPE_F16;
+    else if (dtype_name != "f32") return make_mismatch(PEFT_STATUS_CONFIG, dir, "save_dtype", "f32, bf16 or f16", dtype_name);
+    std::vector<safetensors_tensor_to_write> ts;
+    std::vector<std::vector<uint16_t>> converted;
+    converted.reserve(m.tensors.size());
+    for (const llama_tensor & t : m.tensors) {
+        if (t.type != PEFT_DTYPE_F32) {
+            return make_error(PEFT_STATUS_SHAPE, dir, "tensor '" + t.name + "' is not f32 (only trainable models are written here)");
+        }
+        if (out_t == PEFT_DTYPE_F32) {
+            ts.push_back({t.name, PEFT_DTYPE_F32, t.shape, t.data, ""});
+        } else {
+            converted.emplace_back((size_t) t.numel());
+            convert_from_f32(out_t, (const float *) t.data, converted.back().data(), (size_t) t.numel());
+            ts.push_back({t.name, out_t, t.shape, converted.back().data(), ""});
+        }
+    }
+    PEFT_TRY(safetensors_write(dir + "/model.safetensors", ts, {{"format", "pt"}}));
+    PEFT_TRY(copy_file_atomic(config_dir + "/config.json", dir + "/config.json"));
+    std::error_code ec;
+    const std::string tdir = fs::is_directory(tokenizer_dir, ec) ? tokenizer_dir : fs::path(tokenizer_dir).parent_path().string();
+    for (const char * name : TOKENIZER_FILES) {
+        const std::string src = tdir + "/" + name;
+        if (fs::is_regular_file(src, ec)) PEFT_TRY(copy_file_atomic(src, dir + "/" + name));
+    }
+    return {};
+}
+
+status train_run(const train_options & o, train_summary & out) {
+    out = train_summary{};
+    g_stop = 0;
+    const double t_begin = now_s();
+
+    // ---- everything that can fail on bad input, before any long work ----
+    PEFT_TRY(check_output_dir(o.output_dir));
+    threads_set(o.threads);
+
+    llama_model m;
+    if (o.full() && o.random_init) {
+        llama_hparams hp;
+        PEFT_TRY(llama_hparams_load(o.base_model + "/config.json", hp));
+        PEFT_TRY(llama_init_random(m, hp, true, o.seed));
+    } else {
+        PEFT_TRY(llama_load(m, o.base_model, o.full()));
+    }
+    const llama_hparams & hp = m.hp;
+
+    const std::string tok_path = o.tokenizer.empty() ? o.base_model : o.tokenizer;
+    std::unique_ptr<tokenizer> tok;
+    {
+        status st = tokenizer::load(tok_path, tok);
+        if (!st.ok()) {
+            if (st.hint.empty()) st.hint = "put tokenizer.json next to the model, or set tokenizer_config: DIR";
+            return st;
+        }
+    }
+
+    const int64_t T = o.sequence_len > 0 ? o.sequence_len : std::min<int64_t>(2048, hp.max_position);
+    if (T > hp.max_position) {
+        info("warning: sequence_len " + std::to_string(T) + " exceeds max_position_embeddings " + std::to_string(hp.max_position));
+    }
+    data_options dopt;
+    dopt.max_len = T;
+    dopt.pack = o.sample_packing;
+    dopt.train_on_inputs = o.train_on_inputs;
+    dopt.chat_template = o.chat_template;
+    dopt.shuffle = true;
+    dopt.seed = o.seed;
+    dopt.held_out_fraction = o.val_set_size;
+    data_rows train, held;
+    train.T = held.T = T;
+    int64_t n_samples = 0;
+    for (const dataset_spec & ds : o.datasets) {
+        dataset d;
+        PEFT_TRY(dataset_load(ds.path, *tok, dopt, d));
+        for (const std::string & w : d.warnings) info("warning: " + w);
+        PEFT_TRY(check_token_ids(d.train, hp.n_vocab, ds.path));
+        PEFT_TRY(check_token_ids(d.held_out, hp.n_vocab, ds.path));
+        append_rows(train, d.train);
+        append_rows(held, d.held_out);
+        n_samples += d.n_samples;
+        if (!d.template_name.empty()) info(ds.path + ": chat template " + d.template_name);
+    }
+    for (const dataset_spec & ds : o.test_datasets) {
+        data_options t = dopt;
+        t.shuffle = false;
+        t.held_out_fraction = 0.0;
+        dataset d;
+        PEFT_TRY(dataset_load(ds.path, *tok, t, d));
+        PEFT_TRY(check_token_ids(d.train, hp.n_vocab, ds.path));
+        append_rows(held, d.train);
+    }
+    if (train.n_rows == 0) return make_error(PEFT_STATUS_FORMAT, o.datasets[0].path, "no training rows");
+
+    // ---- adapter or full ----
+    adapter_set aset;
+    std::vector<optim_param> params;
+    std::vector<named_f32> state_params;   // adapters: every tensor, saved in trainer_state
+    std::vector<named_f32> model_params;   // full: the model's tensors, resumed from model.safetensors
+    std::vector<adapter_module *> mods;
+    int64_t n_trainable = 0, n_total = 0;
+    for (const llama_tensor & t : m.tensors) n_total += t.numel();
+    if (o.full()) {
+        params = llama_optim_params(m);
+        for (optim_param & p : params) {
+            // As transformers' Trainer: no weight decay on norms and biases.
+            p.decay = p.name.find("norm") == std::string::npos && !(p.name.size() > 5 && p.name.compare(p.name.size() - 5, 5, ".bias") == 0);
+            n_trainable += p.n;
+        }
+        for (llama_tensor & t : m.tensors) model_params.push_back({t.name, (float *) t.data, t.shape});
+    } else {
+        json_document cfg;
+        PEFT_TRY(cfg.parse(o.adapter_json.data(), o.adapter_json.size(), "adapter configuration"));
+        PEFT_TRY(adapters_attach(m, cfg.root(), o.seed, aset));
+        for (param_ref & p : adapter_set_params(aset)) {
+            named_f32 nf{p.name, p.value, p.shape};
+            if (p.value) state_params.push_back(nf);
+            if (p.trainable && p.grad) {
+                optim_param q;
+                q.name = p.name;
+                q.value = p.value;
+                q.grad = p.grad;
+                q.n = nf.numel();
+                q.lr_scale = p.lr_scale;
+                params.push_back(q);
+                n_trainable += q.n;
+            }
+            n_total += nf.numel();
+        }
+        for (auto & mod : aset.modules) mods.push_back(mod.get());
+        adapters_set_training(aset, true);
+    }
+    if (params.empty()) return make_error(PEFT_STATUS_CONFIG, "config", "nothing to train: the adapter has no trainable parameters");
+
+    // ---- schedule ----
+    const int64_t B = o.micro_batch_size, GA = o.gradient_accumulation_steps;
+    const int64_t n_micro_epoch = (train.n_rows + B - 1) / B;
+    const int64_t steps_per_epoch = (n_micro_epoch + GA - 1) / GA;
+    const int64_t total = o.max_steps > 0 ? o.max_steps : o.num_epochs * steps_per_epoch;
+    train_config tc;
+    tc.opt.lr = (float) o.learning_rate;
+    tc.opt.beta1 = (float) o.adam_beta1;
+    tc.opt.beta2 = (float) o.adam_beta2;
+    tc.opt.eps = (float) o.adam_epsilon;
+    tc.opt.weight_decay = (float) o.weight_decay;
+    if (!lr_schedule_from_name(o.lr_scheduler, &tc.schedule)) {
+        return make_mismatch(PEFT_STATUS_CONFIG, "config", "key 'lr_scheduler'", "constant, linear or cosine", o.lr_scheduler);
+    }
+    tc.total_steps = total;
+    tc.warmup_steps = o.warmup_steps > 0 ? o.warmup_steps : (int64_t) std::ceil(o.warmup_ratio * (double) total);
+    tc.max_grad_norm = (float) o.max_grad_norm;
+
+    adamw opt;
+    PEFT_TRY(opt.init(params, tc.opt));
+    llama_state s;
+    PEFT_TRY(llama_state_init(s, m, B, T, o.gradient_checkpointing));
+
+    // ---- state: fresh or resumed ----
+    trainer_state ts;
+    ts.total_steps = total;
+    ts.data_fingerprint = fingerprint(train);
+    rng gen(o.seed ^ 0x7261696e6572ull);   // the trainer's generator: epoch orders
+    auto start_epoch = [&](int64_t epoch) {
+        ts.epoch = epoch;
+        ts.micro_in_epoch = 0;
+        ts.epoch_order.resize((size_t) train.n_rows);
+        for (int64_t i = 0; i < train.n_rows; i++) ts.epoch_order[(size_t) i] = (int32_t) i;
+        for (size_t i = ts.epoch_order.size() - 1; i > 0; --i) {
+            const uint64_t r = ((uint64_t) gen.next_u32() << 32) | gen.next_u32();
+            std::swap(ts.epoch_order[i], ts.epoch_order[(size_t) (r % (i + 1))]);
+        }
+    };
+    std::vector<report_point> train_pts, eval_pts;
+    const std::string metrics_path = o.output_dir + "/metrics.jsonl";
+    bool resumed = false;
+    if (!o.resume_from_checkpoint.empty()) {
+        std::string dir = o.resume_from_checkpoint;
+        if (dir == "latest") {
+            auto list = checkpoint_list(o.output_dir);
+            if (list.empty()) {
+                status st = make_error(PEFT_STATUS_IO, o.output_dir, "resume_from_checkpoint: no checkpoint-N directory to resume from");
+                st.hint = "give the checkpoint directory itself, or train with save_steps > 0";
+                return st;
+            }
+            dir = list.back().second;
+        }
+        trainer_state loaded;
+        PEFT_TRY(trainer_state_load(dir + "/trainer_state.safetensors", loaded, opt, state_params));
+        if (o.full()) PEFT_TRY(load_named_f32(dir + "/model.safetensors", model_params));
+        if (loaded.data_fingerprint != ts.data_fingerprint) {
+            status st = make_error(PEFT_STATUS_CONFIG, dir, "the training rows differ from the ones this checkpoint was trained on");
+            st.hint = "resume with the same datasets, sequence_len, sample_packing, val_set_size and seed";
+            return st;
+        }
+        if (loaded.epoch_order.size() != (size_t) train.n_rows) {
+            return make_error(PEFT_STATUS_FORMAT, dir, "data.epoch_order does not match the number of training rows");
+        }
+        for (int32_t r : loaded.epoch_order) {
+            if (r < 0 || r >= train.n_rows) return make_error(PEFT_STATUS_FORMAT, dir, "data.epoch_order holds a row index out of range");
+        }
+        if (!gen.load(loaded.rng_state)) return make_error(PEFT_STATUS_FORMAT, dir, "metadata 'rng' is not a generator state");
+        const int64_t total_here = ts.total_steps;
+        ts = loaded;
+        ts.total_steps = total_here;
+        resumed = true;
+        out.start_step = ts.step;
+        info("resumed from " + dir + " at step " + std::to_string(ts.step));
+        // Keep the metrics history up to the checkpoint (later lines belong to the lost future).
+        std::ifstream mf(metrics_path);
+        std::string line, kept;
+        while (mf && std::getline(mf, line)) {
+            json_document d;
+            if (!d.parse(line.data(), line.size(), metrics_path).ok() || !d.root().is_object()) continue;
+            const json_value r = d.root();
+            const int64_t step = r.get("step").as_int(-1);
+            if (step < 0 || step > ts.step) continue;
+            kept += line + "\n";
+            if (r.get("loss").is_number()) train_pts.push_back({(double) step, r.get("loss").as_double()});
+            if (r.get("eval_loss").is_number()) eval_pts.push_back({(double) step, r.get("eval_loss").as_double()});
+        }
+        PEFT_TRY(write_file_atomic(metrics_path, kept));
+    } else {
+        start_epoch(0);
+        if (!checkpoint_list(o.output_dir).empty()) {
+            info("warning: " + o.output_dir + " already holds checkpoints of an earlier run; those with the same step are replaced");
+        }
+    }
+    metrics_log mlog;
+    PEFT_TRY(mlog.open(metrics_path, resumed));
+    PEFT_TRY(write_file_atomic(o.output_dir + "/train_config.json", config_to_json(o) + "\n"));
+
+    info(std::string(o.full() ? "full fine-tuning" : "adapter " + o.adapter) + " | trainable params: " + std::to_string(n_trainable) +
+         " || all params: " + std::to_string(n_total) + " || trainable%: " + fmt("%.4f", 100.0 * (double) n_trainable / (double) n_total));
+    info("data: " + std::to_string(n_samples) + " samples -> " + std::to_string(train.n_rows) + " training rows of " + std::to_string(T) +
+         " tokens, " + std::to_string(held.n_rows) + " held-out rows; " + std::to_string(steps_per_epoch) + " steps per epoch, " +
+         std::to_string(total) + " steps, " + std::to_string(threads_get()) + " threads");
+
+    // ---- helpers used by the loop ----
+    auto run_eval = [&](int64_t step) -> status {
+        if (held.n_rows == 0) return {};
+        if (!o.full()) adapters_set_training(aset, false);
+        eval_result er;
+        status st = evaluate_rows(m, s, held, er);
+        if (!o.full()) adapters_set_training(aset, true);
+        PEFT_TRY(st);
+        out.has_eval = true;
+        out.eval_loss = er.loss();
+        out.eval_perplexity = er.perplexity();
+        out.eval_tokens = er.n_tokens;
+        eval_pts.push_back({(double) step, er.loss()});
+        PEFT_TRY(mlog.write("{\"step\": " + std::to_string(step) + ", \"eval_loss\": " + f17(er.loss()) + ", \"eval_perplexity\": " +
+                            f17(er.perplexity()) + ", \"eval_tokens\": " + std::to_string(er.n_tokens) + "}"));
+        return {};
+    };
+    auto save_checkpoint = [&]() -> status {
+        const std::string dir = o.output_dir + "/checkpoint-" + std::to_string(ts.step);
+        ts.rng_state = gen.save();
+        atomic_dir ad;
+        PEFT_TRY(ad.begin(dir));
+        if (o.full()) PEFT_TRY(write_hf_model_dir(ad.path(), m, "f32", o.base_model, tok_path));
+        else PEFT_TRY(adapter_save(ad.path(), aset, o.base_model));
+        PEFT_TRY(trainer_state_save(ad.path() + "/trainer_state.safetensors", ts, opt, state_params));
+        PEFT_TRY(write_file_atomic(ad.path() + "/train_config.json", config_to_json(o) + "\n"));
+        PEFT_TRY(ad.commit());
+        out.last_checkpoint = dir;
+        checkpoint_prune(o.output_dir, o.save_total_limit);
+        return {};
+    };
+
+    progress_bar bar;
+    bar.start(o.progress, total, ts.step);
+    signal_guard sig;
+    std::vector<batch_buffers> bufs((size_t) GA);
+    for (batch_buffers & b : bufs) b.init(B, T);
+    std::vector<llama_batch> batches((size_t) GA);
+    std::vector<int64_t> rows((size_t) B);
+    const int64_t period = o.full() ? 0 : aset.method->hook_period();
+
+    if (!resumed && o.eval_steps > 0) {
+        status st = run_eval(0);
+        if (!st.ok()) return st;
+        if (out.has_eval) bar.message("eval at step 0: loss " + fmt("%.4f", out.eval_loss) + ", perplexity " + fmt("%.3f", out.eval_perplexity));
+    }
+    bool saved_now = false, evaluated_now = false;
+    while (ts.step < total) {
+        if (g_stop) break;
+        if (ts.micro_in_epoch >= n_micro_epoch) start_epoch(ts.epoch + 1);
+        const int64_t n_mb = std::min(GA, n_micro_epoch - ts.micro_in_epoch);
+        int64_t step_tokens = 0;
+        for (int64_t k = 0; k < n_mb; k++) {
+            const int64_t first = (ts.micro_in_epoch + k) * B;
+            const int64_t n = std::min(B, train.n_rows - first);
+            for (int64_t i = 0; i < n; i++) rows[(size_t) i] = ts.epoch_order[(size_t) (first + i)];
+            bufs[(size_t) k].fill(train, rows.data(), n);
+            batches[(size_t) k] = bufs[(size_t) k].batch();
+            step_tokens += bufs[(size_t) k].n_tokens();
+        }
+        const double t0 = now_s();
+        step_result r;
+        status st = train_step(m, s, opt, tc, batches.data(), n_mb, ts.step, r, mods.data(), (int64_t) mods.size());
+        if (!st.ok()) {
+            bar.finish();
+            st.message += "; training stopped at step " + std::to_string(ts.step + 1) + " of " + std::to_string(total) +
+                          (out.last_checkpoint.empty() ? "" : "; the last good checkpoint is " + out.last_checkpoint);
+            return st;
+        }
+        ts.micro_in_epoch += n_mb;
+        ts.step++;
+        if (period > 0 && ts.step % period == 0) {
+            step_info si;
+            si.step = ts.step;
+            si.total_steps = total;
+            si.lr = r.lr;
+            aset.method->on_step_end(si, mods.data(), (int64_t) mods.size());
+        }
+        const double dt = now_s() - t0;
+        const double tps = dt > 0 ? (double) step_tokens / dt : 0.0;
+        out.losses.push_back(r.loss);
+        out.grad_norms.push_back(r.grad_norm);
+        out.tokens += step_tokens;
+        out.steps_done = ts.step;
+        train_pts.push_back({(double) ts.step, (double) r.loss});
+        const bool log_step = ts.step % o.logging_steps == 0 || ts.step == total;
+        if (log_step) {
+            const double epoch_f = (double) ts.epoch + (double) ts.micro_in_epoch / (double) n_micro_epoch;
+            PEFT_TRY(mlog.write("{\"step\": " + std::to_string(ts.step) + ", \"epoch\": " + fmt("%.4f", epoch_f) + ", \"loss\": " + f9(r.loss) +
+                                ", \"lr\": " + f9(r.lr) + ", \"grad_norm\": " + f9(r.grad_norm) + ", \"tokens\": " + std::to_string(step_tokens) +
+                                ", \"tokens_per_s\": " + fmt("%.1f", tps) + ", \"elapsed_s\": " + fmt("%.3f", now_s() - t_begin) + "}"));
+        }
+        bar.update(ts.step, r.loss, r.lr, r.grad_norm, tps, log_step);
+        evaluated_now = false;
+        if (o.eval_steps > 0 && ts.step % o.eval_steps == 0) {
+            PEFT_TRY(run_eval(ts.step));
+            evaluated_now = out.has_eval;
+            if (evaluated_now) {
+                bar.message("eval at step " + std::to_string(ts.step) + ": loss " + fmt("%.4f", out.eval_loss) + ", perplexity " +
+                            fmt("%.3f", out.eval_perplexity));
+            }
+        }
+        saved_now = false;
+        if (o.save_steps > 0 && ts.step % o.save_steps == 0) {
+            status sst = save_checkpoint();
+            if (!sst.ok()) {
+                bar.finish();
+                sst.message = "saving checkpoint-" + std::to_string(ts.step) + " failed: " + sst.message;
+                if (sst.hint.empty()) sst.hint = "free disk space; earlier checkpoints in " + o.output_dir + " are intact";
+                return sst;
+            }
+            saved_now = true;
+        }
+    }
+    bar.finish();
+    out.total_steps = total;
+    out.steps_done = ts.step;
+
+    if (g_stop && ts.step < total) {
+        if (!saved_now) {
+            status sst = save_checkpoint();
+            if (!sst.ok()) {
+                sst.message = "interrupted, and saving checkpoint-" + std::to_string(ts.step) + " failed: " + sst.message;
+                return sst;
+            }
+        }
+        out.seconds = now_s() - t_begin;
+        status st = make_error(PEFT_STATUS_INTERRUPTED, o.output_dir,
+                               "interrupted at step " + std::to_string(ts.step) + " of " + std::to_string(total) + "; checkpoint saved to " +
+                                   out.last_checkpoint);
+        st.hint = "continue with: peft train CONFIG --resume_from_checkpoint " + out.last_checkpoint;
+        return st;
+    }
+
+    // ---- final evaluation and outputs ----
+    if (!evaluated_now && held.n_rows > 0) {
+        PEFT_TRY(run_eval(ts.step));
+        info("eval at step " + std::to_string(ts.step) + ": loss " + fmt("%.4f", out.eval_loss) + ", perplexity " + fmt("%.3f", out.eval_perplexity));
+    }
+    if (o.full()) {
+        PEFT_TRY(write_hf_model_dir(o.output_dir, m, o.save_dtype, o.base_model, tok_path));
+    } else {
+        PEFT_TRY(adapter_save(o.output_dir, aset, o.base_model));
+    }
+    out.seconds = now_s() - t_begin;
+
+    report_data rep;
+    rep.title = (o.full() ? std::string("Full fine-tuning") : "Adapter " + o.adapter) + " of " + o.base_model;
+    rep.train_loss = train_pts;
+    rep.eval_loss = eval_pts;
+    rep.results.push_back({"steps", std::to_string(ts.step) + " / " + std::to_string(total)});
+    if (!out.losses.empty()) rep.results.push_back({"final train loss", fmt("%.4f", out.losses.back())});
+    if (out.has_eval) {
+        rep.results.push_back({"final eval loss", fmt("%.4f", out.eval_loss)});
+        rep.results.push_back({"final eval perplexity", fmt("%.3f", out.eval_perplexity)});
+        rep.results.push_back({"eval tokens", std::to_string(out.eval_tokens)});
+    }
+    rep.results.push_back({"trainable parameters", std::to_string(n_trainable) + " of " + std::to_string(n_total)});
+    rep.results.push_back({"training rows", std::to_string(train.n_rows) + " x " + std::to_string(T) + " tokens"});
+    rep.results.push_back({"tokens trained (this run)", std::to_string(out.tokens)});
+    rep.results.push_back({"wall time (this run)", duration_text(out.seconds)});
+    if (out.seconds > 0) rep.results.push_back({"throughput", fmt("%.0f tokens/s", (double) out.tokens / out.seconds)});
+    rep.results.push_back({"threads", std::to_string(threads_get())});
+    rep.config_json = config_to_json(o);
+    PEFT_TRY(report_write(o.output_dir + "/report.html", rep));
+    info("done: " + std::to_string(ts.step) + " steps in " + duration_text(out.seconds) + "; " +
+         (o.full() ? "model" : "adapter") + " in " + o.output_dir + ", report " + o.output_dir + "/report.html");
+    return {};
+}
+
+} // namespace peft

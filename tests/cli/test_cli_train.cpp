@@ -1,0 +1,267 @@
+// test_cli_train.cpp: `peft train` and `peft eval` as a user runs them (the real binary):
+// a YAML config, the adapter reloaded by `peft eval` reproducing the logged eval loss exactly,
+// SIGINT writing a checkpoint that resumes to the same final adapter as an uninterrupted run,
+// a full disk while checkpointing (RLIMIT_FSIZE) leaving the previous checkpoint intact, and
+// clear errors with non-zero exits on bad input.
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <vector>
+
+#include "io/json.h"
+#include "io/safetensors.h"
+#include "testing.h"
+#include "train/test_trainer_util.h"
+
+using namespace peft;
+using namespace peft::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct child_result {
+    int         code = -1;   // exit status, or 128 + signal
+    std::string out;         // stdout + stderr
+};
+
+// Runs PEFT_BIN with args. fsize_limit > 0 caps the size of any file it writes (a full disk);
+// on_output, when set, sees the output so far and may signal the child (returns true once done).
+child_result spawn(const std::vector<std::string> & args, long fsize_limit = 0,
+                   bool (*on_output)(pid_t, const std::string &) = nullptr) {
+    child_result r;
+    int fds[2];
+    if (pipe(fds) != 0) return r;
+    const pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        close(fds[1]);
+        if (fsize_limit > 0) {
+            signal(SIGXFSZ, SIG_IGN);   // writes past the limit fail with EFBIG instead
+            struct rlimit rl = {(rlim_t) fsize_limit, (rlim_t) fsize_limit};
+            setrlimit(RLIMIT_FSIZE, &rl);
+        }
+        std::vector<char *> argv;
+        std::string bin = PEFT_BIN;
+        argv.push_back(bin.data());
+        std::vector<std::string> copy = args;
+        for (std::string & a : copy) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        execv(bin.c_str(), argv.data());
+        _exit(127);
+    }
+    close(fds[1]);
+    char buf[4096];
+    bool done = false;
+    ssize_t n;
+    while ((n = read(fds[0], buf, sizeof buf)) > 0) {
+        r.out.append(buf, (size_t) n);
+        if (on_output && !done) done = on_output(pid, r.out);
+    }
+    close(fds[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return r;
+}
+
+struct files {
+    std::string model, data, test_data;
+};
+
+const files & fixture() {
+    static files f = [] {
+        files x;
+        x.model = make_model_dir("cli_train_model");
+        x.data = make_data_file(x.model, "train.jsonl", 30, 11);
+        x.test_data = make_data_file(x.model, "test.jsonl", 5, 12);
+        return x;
+    }();
+    return f;
+}
+
+std::vector<std::string> lora_args(const std::string & out) {
+    const files & f = fixture();
+    return {"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", out, "--r", "4", "--target-modules",
+            "q_proj,v_proj,down_proj", "--learning-rate", "1e-2", "--micro_batch_size", "2", "--sequence_len", "32",
+            "--threads", "2", "--seed", "5", "--lr_scheduler", "constant"};
+}
+
+std::string last_eval_loss_text(const std::string & metrics) {
+    std::string last;
+    for (const std::string & l : read_lines(metrics)) {
+        const size_t p = l.find("\"eval_loss\": ");
+        if (p == std::string::npos) continue;
+        const size_t b = p + 13, e = l.find(',', b);
+        last = l.substr(b, e - b);
+    }
+    return last;
+}
+
+std::string json_number_text(const std::string & out, const std::string & key) {
+    const size_t p = out.find("\"" + key + "\": ");
+    if (p == std::string::npos) return "";
+    const size_t b = p + key.size() + 4;
+    return out.substr(b, out.find_first_of(",}", b) - b);
+}
+
+std::string file_bytes(const std::string & path) { return read_text(path); }
+
+} // namespace
+
+TEST(cli_train, help_shows_examples_and_keys) {
+    child_result r = spawn({"train", "--help"});
+    EXPECT_EQ(r.code, 0);
+    EXPECT_NE(r.out.find("examples"), std::string::npos);
+    EXPECT_NE(r.out.find("TinyLlama"), std::string::npos);
+    EXPECT_NE(r.out.find("lora_alpha"), std::string::npos);
+    r = spawn({"eval", "--help"});
+    EXPECT_EQ(r.code, 0);
+    EXPECT_NE(r.out.find("--adapter"), std::string::npos);
+    r = spawn({"--help"});
+    EXPECT_NE(r.out.find("train"), std::string::npos);
+    EXPECT_NE(r.out.find("eval"), std::string::npos);
+}
+
+TEST(cli_train, yaml_config_then_eval_reproduces_the_logged_eval_loss_exactly) {
+    const files & f = fixture();
+    const std::string out = temp_dir("cli_train_yaml");
+    const std::string cfg = out + "/lora.yaml";
+    std::ofstream(cfg) << "base_model: " << f.model << "\n"
+                       << "datasets:\n  - path: " << f.data << "\n"
+                       << "test_datasets:\n  - path: " << f.test_data << "\n"
+                       << "output_dir: " << out << "/run\n"
+                       << "adapter: lora\nr: 4\nlora_alpha: 16\ntarget_modules: all-linear\n"
+                       << "learning_rate: 5e-3\nmicro_batch_size: 2\ngradient_accumulation_steps: 2\nsequence_len: 32\n"
+                       << "max_steps: 6\neval_steps: 3\nthreads: 2\n";
+    child_result r = spawn({"train", cfg, "--max-steps", "8"});   // the flag overrides the file
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("step 8/8"), std::string::npos) << r.out;   // plain progress lines (not a TTY)
+    EXPECT_NE(r.out.find("trainable params"), std::string::npos) << r.out;
+    const std::string logged = last_eval_loss_text(out + "/run/metrics.jsonl");
+    ASSERT_FALSE(logged.empty());
+    r = spawn({"eval", "--model", f.model, "--adapter", out + "/run", "--data", f.test_data, "--json", "--sequence_len", "32",
+               "--batch", "2", "--threads", "2"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    json_document d;
+    ASSERT_TRUE(d.parse(r.out.data(), r.out.size(), "eval output").ok()) << r.out;
+    EXPECT_TRUE(d.root().get("tokens").is_integer());
+    EXPECT_EQ(json_number_text(r.out, "loss"), logged) << r.out;
+    EXPECT_NEAR(d.root().get("perplexity").as_double(), std::exp(d.root().get("loss").as_double()), 1e-9);
+    // the base model alone is worse on the held-out file
+    child_result base = spawn({"eval", "--model", f.model, "--data", f.test_data, "--json", "--sequence_len", "32", "--batch", "2"});
+    ASSERT_EQ(base.code, 0) << base.out;
+    json_document db;
+    ASSERT_TRUE(db.parse(base.out.data(), base.out.size(), "eval output").ok()) << base.out;
+    EXPECT_GT(db.root().get("loss").as_double(), d.root().get("loss").as_double());
+}
+
+static bool interrupt_after_a_few_steps(pid_t pid, const std::string & out) {
+    if (out.find("step 3/") == std::string::npos) return false;
+    kill(pid, SIGINT);
+    return true;
+}
+
+TEST(cli_train, sigint_writes_a_checkpoint_that_resumes_to_the_uninterrupted_result) {
+    const std::string out = temp_dir("cli_train_sigint"), straight = temp_dir("cli_train_sigint_straight");
+    std::vector<std::string> args = lora_args(out);
+    args.insert(args.end(), {"--max_steps", "1000000"});
+    child_result r = spawn(args, 0, interrupt_after_a_few_steps);
+    ASSERT_EQ(r.code, 130) << r.out;
+    EXPECT_NE(r.out.find("interrupted at step"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("--resume_from_checkpoint"), std::string::npos) << r.out;
+    // exactly one complete checkpoint, no temporary directory
+    std::vector<std::string> ckpts;
+    for (const auto & e : fs::directory_iterator(out)) {
+        const std::string n = e.path().filename().string();
+        EXPECT_EQ(n.find(".tmp"), std::string::npos) << n;
+        if (n.rfind("checkpoint-", 0) == 0) ckpts.push_back(n);
+    }
+    ASSERT_EQ(ckpts.size(), 1u) << r.out;
+    const int64_t k = std::stoll(ckpts[0].substr(11));
+    ASSERT_GE(k, 3);
+    // resume to k + 3 steps; an uninterrupted run of k + 3 steps gives the same adapter bytes
+    // (constant schedule: the lr does not depend on the total)
+    const std::string total = std::to_string(k + 3);
+    std::vector<std::string> resume = lora_args(out);
+    resume.insert(resume.end(), {"--max_steps", total, "--resume_from_checkpoint", "latest"});
+    r = spawn(resume);
+    ASSERT_EQ(r.code, 0) << r.out;
+    std::vector<std::string> full = lora_args(straight);
+    full.insert(full.end(), {"--max_steps", total});
+    r = spawn(full);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_TRUE(file_bytes(out + "/adapter_model.safetensors") == file_bytes(straight + "/adapter_model.safetensors"));
+    // the metrics history is continuous: one line per step 1..k+3
+    int n_steps = 0;
+    for (const std::string & l : read_lines(out + "/metrics.jsonl")) n_steps += l.find("\"loss\"") != std::string::npos;
+    EXPECT_EQ(n_steps, k + 3);
+}
+
+TEST(cli_train, disk_full_while_checkpointing_keeps_the_previous_checkpoint) {
+    const files & f = fixture();
+    const std::string out = temp_dir("cli_train_diskfull");
+    std::vector<std::string> args = {"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", out, "--adapter", "full",
+                                     "--micro_batch_size", "2", "--sequence_len", "32", "--save_steps", "2", "--threads", "2"};
+    std::vector<std::string> a = args;
+    a.insert(a.end(), {"--max_steps", "2"});
+    child_result r = spawn(a);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const std::string ck2 = file_bytes(out + "/checkpoint-2/trainer_state.safetensors");
+    ASSERT_FALSE(ck2.empty());
+    // model.safetensors (80 KB in f32) cannot be written under a 40 KB file-size limit
+    std::vector<std::string> b = args;
+    b.insert(b.end(), {"--max_steps", "4", "--resume_from_checkpoint", "latest"});
+    r = spawn(b, 40000);
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("saving checkpoint-4 failed"), std::string::npos) << r.out;
+    EXPECT_FALSE(fs::exists(out + "/checkpoint-4"));
+    EXPECT_FALSE(fs::exists(out + "/checkpoint-4.tmp"));
+    EXPECT_EQ(file_bytes(out + "/checkpoint-2/trainer_state.safetensors"), ck2);
+    safetensors_file sf;
+    EXPECT_TRUE(safetensors_open(out + "/checkpoint-2/model.safetensors", sf).ok());
+    // and the run continues from it once there is space again
+    r = spawn(b);
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_TRUE(fs::exists(out + "/checkpoint-4/model.safetensors"));
+}
+
+TEST(cli_train, bad_input_fails_clearly) {
+    const files & f = fixture();
+    const std::string out = temp_dir("cli_train_bad");
+    child_result r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--learning_rte", "1e-4"});
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("did you mean '--learning_rate'"), std::string::npos) << r.out;
+    r = spawn({"train", "--datasets", f.data});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("base_model is required"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("HINT"), std::string::npos) << r.out;
+    std::ofstream(out + "/c.yaml") << "base_model: " << f.model << "\ndatasets: " << f.data << "\nnum_epoch: 2\n";
+    r = spawn({"train", out + "/c.yaml"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("did you mean 'num_epochs'"), std::string::npos) << r.out;
+    r = spawn({"train", out + "/missing.yaml"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("missing.yaml"), std::string::npos) << r.out;
+    r = spawn({"train", "--base_model", "/nonexistent/model", "--datasets", f.data, "--output_dir", out + "/o"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("/nonexistent/model"), std::string::npos) << r.out;
+    r = spawn({"train", "--base_model", f.model, "--datasets", out + "/nope.jsonl", "--output_dir", out + "/o"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("nope.jsonl"), std::string::npos) << r.out;
+    r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", f.data + "/sub"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("output_dir"), std::string::npos) << r.out;
+    r = spawn({"eval", "--model", f.model});
+    EXPECT_NE(r.code, 0);
+    r = spawn({"eval", "--model", f.model, "--data", f.data, "--adapter", out + "/no_adapter"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("no_adapter"), std::string::npos) << r.out;
+}
