@@ -91,7 +91,7 @@ std::vector<std::string> lora_args(const std::string & out) {
     const files & f = fixture();
     return {"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", out, "--r", "4", "--target-modules",
             "q_proj,v_proj,down_proj", "--learning-rate", "1e-2", "--micro_batch_size", "2", "--sequence_len", "32",
-            "--threads", "2", "--seed", "5", "--lr_scheduler", "constant"};
+            "--threads", "1", "--seed", "5", "--lr_scheduler", "constant"};
 }
 
 std::string last_eval_loss_text(const std::string & metrics) {
@@ -140,7 +140,7 @@ TEST(cli_train, yaml_config_then_eval_reproduces_the_logged_eval_loss_exactly) {
                        << "output_dir: " << out << "/run\n"
                        << "adapter: lora\nr: 4\nlora_alpha: 16\ntarget_modules: all-linear\n"
                        << "learning_rate: 5e-3\nmicro_batch_size: 2\ngradient_accumulation_steps: 2\nsequence_len: 32\n"
-                       << "max_steps: 6\neval_steps: 3\nthreads: 2\n";
+                       << "max_steps: 6\neval_steps: 3\nthreads: 1\n";
     child_result r = spawn({"train", cfg, "--max-steps", "8"});   // the flag overrides the file
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find("step 8/8"), std::string::npos) << r.out;   // plain progress lines (not a TTY)
@@ -148,7 +148,7 @@ TEST(cli_train, yaml_config_then_eval_reproduces_the_logged_eval_loss_exactly) {
     const std::string logged = last_eval_loss_text(out + "/run/metrics.jsonl");
     ASSERT_FALSE(logged.empty());
     r = spawn({"eval", "--model", f.model, "--adapter", out + "/run", "--data", f.test_data, "--json", "--sequence_len", "32",
-               "--batch", "2", "--threads", "2"});
+               "--batch", "2", "--threads", "1"});
     ASSERT_EQ(r.code, 0) << r.out;
     json_document d;
     ASSERT_TRUE(d.parse(r.out.data(), r.out.size(), "eval output").ok()) << r.out;
@@ -156,7 +156,7 @@ TEST(cli_train, yaml_config_then_eval_reproduces_the_logged_eval_loss_exactly) {
     EXPECT_EQ(json_number_text(r.out, "loss"), logged) << r.out;
     EXPECT_NEAR(d.root().get("perplexity").as_double(), std::exp(d.root().get("loss").as_double()), 1e-9);
     // the base model alone is worse on the held-out file
-    child_result base = spawn({"eval", "--model", f.model, "--data", f.test_data, "--json", "--sequence_len", "32", "--batch", "2"});
+    child_result base = spawn({"eval", "--model", f.model, "--data", f.test_data, "--json", "--sequence_len", "32", "--batch", "2", "--threads", "1"});
     ASSERT_EQ(base.code, 0) << base.out;
     json_document db;
     ASSERT_TRUE(db.parse(base.out.data(), base.out.size(), "eval output").ok()) << base.out;
@@ -209,7 +209,7 @@ TEST(cli_train, disk_full_while_checkpointing_keeps_the_previous_checkpoint) {
     const files & f = fixture();
     const std::string out = temp_dir("cli_train_diskfull");
     std::vector<std::string> args = {"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", out, "--adapter", "full",
-                                     "--micro_batch_size", "2", "--sequence_len", "32", "--save_steps", "2", "--threads", "2"};
+                                     "--micro_batch_size", "2", "--sequence_len", "32", "--save_steps", "2", "--threads", "1"};
     std::vector<std::string> a = args;
     a.insert(a.end(), {"--max_steps", "2"});
     child_result r = spawn(a);
