@@ -33,7 +33,7 @@ struct child_result {
 // Runs PEFT_BIN with args. fsize_limit > 0 caps the size of any file it writes (a full disk);
 // on_output, when set, sees the output so far and may signal the child (returns true once done).
 child_result spawn(const std::vector<std::string> & args, long fsize_limit = 0,
-                   bool (*on_output)(pid_t, const std::string &) = nullptr) {
+                   bool (*on_output)(pid_t, const std::string &) = nullptr, bool passive_omp = false) {
     child_result r;
     int fds[2];
     if (pipe(fds) != 0) return r;
@@ -43,6 +43,8 @@ child_result spawn(const std::vector<std::string> & args, long fsize_limit = 0,
         dup2(fds[1], 2);
         close(fds[0]);
         close(fds[1]);
+        // Two spinning OpenMP threads on a loaded 2-core machine can take seconds per step.
+        if (passive_omp) setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
         if (fsize_limit > 0) {
             signal(SIGXFSZ, SIG_IGN);   // writes past the limit fail with EFBIG instead
             struct rlimit rl = {(rlim_t) fsize_limit, (rlim_t) fsize_limit};
@@ -161,6 +163,22 @@ TEST(cli_train, yaml_config_then_eval_reproduces_the_logged_eval_loss_exactly) {
     json_document db;
     ASSERT_TRUE(db.parse(base.out.data(), base.out.size(), "eval output").ok()) << base.out;
     EXPECT_GT(db.root().get("loss").as_double(), d.root().get("loss").as_double());
+}
+
+TEST(cli_train, two_threads_same_seed_same_losses_and_adapter_bit_for_bit) {
+    std::string metrics[2], adapter[2];
+    for (int i = 0; i < 2; ++i) {
+        const std::string out = temp_dir("cli_train_det" + std::to_string(i));
+        std::vector<std::string> args = lora_args(out);
+        args.insert(args.end(), {"--threads", "2", "--max_steps", "4", "--lora_dropout", "0.1", "--gradient_accumulation_steps", "2"});
+        child_result r = spawn(args, 0, nullptr, true);
+        ASSERT_EQ(r.code, 0) << r.out;
+        for (const std::string & l : read_lines(out + "/metrics.jsonl")) metrics[i] += json_number_text(l, "loss") + " " + json_number_text(l, "grad_norm") + "\n";
+        adapter[i] = file_bytes(out + "/adapter_model.safetensors");
+    }
+    EXPECT_EQ(metrics[0], metrics[1]);
+    EXPECT_FALSE(adapter[0].empty());
+    EXPECT_TRUE(adapter[0] == adapter[1]);
 }
 
 static bool interrupt_after_a_few_steps(pid_t pid, const std::string & out) {

@@ -32,8 +32,8 @@ train_options make_opts(const std::vector<std::pair<std::string, std::string>> &
         EXPECT_TRUE(config_set_flag(e, "progress", "false").ok());
     }
     if (!e.get("threads")) {
-        // One thread: on a loaded 2-core machine two OpenMP threads can crawl (spin barriers);
-        // the determinism test below uses two on purpose.
+        // One thread: on a loaded 2-core machine two spinning OpenMP threads can crawl; the
+        // two-thread determinism check runs `peft train` with a passive wait policy (test_cli_train).
         EXPECT_TRUE(config_set_flag(e, "threads", "1").ok());
     }
     train_options o;
@@ -129,7 +129,6 @@ TEST(trainer, same_seed_and_threads_give_the_same_losses_bit_for_bit) {
         flags.push_back({"max_steps", "3"});
         flags.push_back({"lora_dropout", "0.1"});
         flags.push_back({"gradient_accumulation_steps", "2"});
-        flags.push_back({"threads", "2"});   // reductions split across threads: still bit-exact
         train_summary s;
         status st = train_run(make_opts(flags), s);
         ASSERT_TRUE(st.ok()) << st.message;
