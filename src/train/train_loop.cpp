@@ -80,6 +80,7 @@ std::string f17(double v) { return fmt("%.17g", v); }            // round-trips 
 
 std::string duration_text(double s) {
     if (!std::isfinite(s) || s < 0) return "?";
+    if (s < 10) return fmt("%.1fs", s);
     const int64_t t = (int64_t) (s + 0.5);
     char b[32];
     if (t >= 3600) std::snprintf(b, sizeof b, "%lldh%02lldm", (long long) (t / 3600), (long long) (t % 3600 / 60));
