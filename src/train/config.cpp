@@ -154,9 +154,13 @@ bool parse_int(const std::string & s, int64_t & out) {
     return errno == 0 && end == s.c_str() + s.size();
 }
 
+// The shortest of %.15g..%.17g that reads back as v (0.9, not 0.90000000000000002).
 std::string number_text(double v) {
     char b[64];
-    std::snprintf(b, sizeof b, "%.17g", v);
+    for (int p = 15; p <= 17; ++p) {
+        std::snprintf(b, sizeof b, "%.*g", p, v);
+        if (std::strtod(b, nullptr) == v) break;
+    }
     return b;
 }
 
