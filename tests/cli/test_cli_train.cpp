@@ -277,6 +277,13 @@ TEST(cli_train, bad_input_fails_clearly) {
     r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", f.data + "/sub"});
     EXPECT_EQ(r.code, 1);
     EXPECT_NE(r.out.find("output_dir"), std::string::npos) << r.out;
+    // adapter configuration errors surface before training, with the adapter's hint
+    r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", out + "/o", "--target_modules", "foo_proj"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("q_proj, k_proj"), std::string::npos) << r.out;
+    r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", out + "/o", "--r", "100"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("rank 100"), std::string::npos) << r.out;
     r = spawn({"eval", "--model", f.model});
     EXPECT_NE(r.code, 0);
     r = spawn({"eval", "--model", f.model, "--data", f.data, "--adapter", out + "/no_adapter"});
