@@ -27,7 +27,10 @@ inline std::string make_model_dir(const std::string & name) {
     for (int b = 0; b < 256; ++b) {
         std::string c;
         utf8_append(c, byte_level_char((uint8_t) b));
-        vocab += (b ? "," : "") + json_quote(c) + ":" + std::to_string(b);
+        if (b) vocab += ',';   // appends one at a time: GCC 12 warns (-Wrestrict) on "," + string
+        vocab += json_quote(c);
+        vocab += ':';
+        vocab += std::to_string(b);
     }
     vocab += "}";
     std::ofstream(dir + "/tokenizer.json") << "{\"added_tokens\":[],"
