@@ -63,6 +63,11 @@ struct adapter_module {
     // Training mode switches stochastic parts (LoRA dropout) on; off = inference (eval,
     // generate), as torch's module.train()/eval().
     virtual void set_training(bool on) { (void) on; }
+    // State beyond the parameters that a resumed run needs to continue bit for bit (LoRA's
+    // dropout draw counter); opaque text saved in trainer checkpoints. set_state returns false
+    // on text it cannot read.
+    virtual std::string state() const { return {}; }
+    virtual bool set_state(const std::string & s) { return s.empty(); }
 };
 
 // One per model.

@@ -78,6 +78,12 @@ lora_module::lora_module(const target_info & ti, int64_t rank, float s, float p,
     dB.assign(B.size(), 0.0f);
 }
 
+bool lora_module::set_state(const std::string & s) {
+    if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) return false;
+    dropout_calls = std::stoull(s);
+    return true;
+}
+
 void lora_module::dropout_input(const float * x, int64_t N, float * xd) const {
     const int64_t n = N * t.in_features;
     const uint64_t key = dropout_key(dropout_seed, dropout_calls);

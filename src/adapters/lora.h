@@ -33,6 +33,8 @@ struct lora_module : adapter_module {
     void merge(float * W, int64_t OC, int64_t IC) const override;   // W += s B A in one GEMM
     void params(std::vector<param_ref> & out) override;
     void set_training(bool on) override { training = on; }
+    std::string state() const override { return std::to_string(dropout_calls); }
+    bool set_state(const std::string & s) override;
 
     // drop(x) [N,IC] exactly as the next backward (and any forward before it) applies it:
     // x * keep / (1 - p) with keep drawn from (dropout_seed, dropout_calls). For tests.

@@ -40,7 +40,9 @@ status trainer_state_save(const std::string & path, const trainer_state & st, co
         {"optimizer_step_count", std::to_string(opt.step_count)},
         {"rng", st.rng_state},
         {"data_fingerprint", st.data_fingerprint},
+        {"module_count", std::to_string(st.module_states.size())},
     };
+    for (size_t i = 0; i < st.module_states.size(); i++) meta.push_back({"module_state." + std::to_string(i), st.module_states[i]});
     return safetensors_write(path, ts, meta);
 }
 
@@ -85,6 +87,15 @@ status trainer_state_load(const std::string & path, trainer_state & st, adamw & 
     if (!r || !fp) return make_error(PEFT_STATUS_FORMAT, path, "metadata 'rng' or 'data_fingerprint' is missing");
     st.rng_state = *r;
     st.data_fingerprint = *fp;
+    int64_t n_modules = 0;
+    PEFT_TRY(meta_int(f, "module_count", n_modules));
+    if (n_modules > (int64_t) f.metadata.size()) return make_error(PEFT_STATUS_FORMAT, path, "metadata 'module_count' is larger than the metadata");
+    st.module_states.assign((size_t) n_modules, "");
+    for (int64_t i = 0; i < n_modules; i++) {
+        const std::string * ms = f.metadata_get("module_state." + std::to_string(i));
+        if (!ms) return make_error(PEFT_STATUS_FORMAT, path, "metadata 'module_state." + std::to_string(i) + "' is missing");
+        st.module_states[(size_t) i] = *ms;
+    }
     for (size_t i = 0; i < opt.params.size(); i++) {
         PEFT_TRY(read_into(f, "optimizer.m." + opt.params[i].name, opt.m[i], opt.params[i].n));
         PEFT_TRY(read_into(f, "optimizer.v." + opt.params[i].name, opt.v[i], opt.params[i].n));

@@ -27,6 +27,7 @@ struct trainer_state {
     std::vector<int32_t> epoch_order;   // row indices of the current epoch, in visiting order
     std::string rng_state;       // rng::save() of the trainer's generator
     std::string data_fingerprint;
+    std::vector<std::string> module_states;  // adapter_module::state() per module, in order
 };
 
 // An f32 tensor saved or restored by name.

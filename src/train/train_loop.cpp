@@ -419,6 +419,15 @@ status train_run(const train_options & o, train_summary & out) {
             if (r < 0 || r >= train.n_rows) return make_error(PEFT_STATUS_FORMAT, dir, "data.epoch_order holds a row index out of range");
         }
         if (!gen.load(loaded.rng_state)) return make_error(PEFT_STATUS_FORMAT, dir, "metadata 'rng' is not a generator state");
+        if (loaded.module_states.size() != aset.modules.size()) {
+            return make_mismatch(PEFT_STATUS_FORMAT, dir, "adapter module states", std::to_string(aset.modules.size()),
+                                 std::to_string(loaded.module_states.size()));
+        }
+        for (size_t i = 0; i < aset.modules.size(); i++) {
+            if (!aset.modules[i]->set_state(loaded.module_states[i])) {
+                return make_error(PEFT_STATUS_FORMAT, dir, "module_state." + std::to_string(i) + " cannot be read by " + aset.targets[i].path);
+            }
+        }
         const int64_t total_here = ts.total_steps;
         ts = loaded;
         ts.total_steps = total_here;
@@ -475,6 +484,8 @@ status train_run(const train_options & o, train_summary & out) {
     auto save_checkpoint = [&]() -> status {
         const std::string dir = o.output_dir + "/checkpoint-" + std::to_string(ts.step);
         ts.rng_state = gen.save();
+        ts.module_states.clear();
+        for (auto & mod : aset.modules) ts.module_states.push_back(mod->state());
         atomic_dir ad;
         PEFT_TRY(ad.begin(dir));
         if (o.full()) PEFT_TRY(write_hf_model_dir(ad.path(), m, "f32", o.base_model, tok_path));

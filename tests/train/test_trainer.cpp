@@ -155,9 +155,11 @@ TEST(trainer, gradient_checkpointing_gives_the_same_losses) {
 // 40 samples -> about 15 packed rows of 32; micro_batch 2, accumulation 3: 3 steps per epoch
 // (the last with fewer micro-batches), so the checkpoint at step 4 is inside the second epoch
 // and the resumed run crosses another boundary (a new order drawn by the restored generator).
+// Dropout is on, so the adapters' draw counters must be restored too.
 TEST(trainer, four_steps_then_resume_four_steps_equals_eight_straight_steps) {
     const std::string a = temp_dir("trainer_resume_a"), b = temp_dir("trainer_resume_b"), c = temp_dir("trainer_resume_c");
     auto base = lora_flags("");
+    base.push_back({"lora_dropout", "0.1"});
     base.push_back({"gradient_accumulation_steps", "3"});
     base.push_back({"max_steps", "8"});
     base.push_back({"max_grad_norm", "0.5"});
