@@ -205,7 +205,7 @@ int cmd_generate(int argc, char ** argv) {
                  "  peft generate --model ~/models/SmolLM2-135M --prompt \"Once upon a time\" --temperature 0.8 --top-p 0.95 --seed 1",
                  "peft generate"};
     std::string model_dir, adapter_dir, prompt, chat, system, tmpl = "auto", tok_path;
-    bool merge = false, ignore_eos = false;
+    bool merge = false, ignore_eos = false, show_prompt = false;
     int64_t max_new = 128, ctx = 0, top_k = 0;
     float temperature = 0.0f, top_p = 1.0f, rep = 1.0f;
     uint64_t seed = 0;
@@ -228,6 +228,7 @@ int cmd_generate(int argc, char ** argv) {
     app.add_option("--repetition-penalty", rep, "HF repetition penalty on seen tokens (1 = off)");
     app.add_option("--seed", seed, "sampling seed");
     app.add_flag("--ignore-eos", ignore_eos, "do not stop at end-of-sequence tokens");
+    app.add_flag("--show-prompt", show_prompt, "print the prompt as the model sees it (special tokens included) to stderr");
     app.add_option("--threads", threads, "threads (default: all cores)");
     try {
         app.parse(argc, argv);
@@ -270,6 +271,10 @@ int cmd_generate(int argc, char ** argv) {
     if (ids.empty()) {
         std::fprintf(stderr, "peft generate: the prompt encodes to no tokens\n");
         return 1;
+    }
+    if (show_prompt) {
+        const std::string text = tok->decode(ids, false);
+        std::fprintf(stderr, "peft generate: prompt (%zu tokens):\n%s\n---\n", ids.size(), text.c_str());
     }
 
     llama_model m;
@@ -336,8 +341,8 @@ int cmd_generate(int argc, char ** argv) {
 }
 
 // `peft bench --method generate`: decoding speed of the base model, the model with an adapter
-// applied unmerged, and a second copy with the adapter merged, measured in interleaved rounds
-// so the three see the same machine state. The adapter is --adapter DIR or a random LoRA of
+// applied unmerged, and a second copy with the adapter merged, decoding in lockstep so the
+// three see the same machine state. The adapter is --adapter DIR or a random LoRA of
 // rank lora_r on all seven projections (B drawn non-zero so merged and unmerged do differ from
 // the base and must agree with each other).
 int bench_generate(const std::string & model_dir, const std::string & shape, bool bf16, uint64_t seed, const std::string & adapter_dir,
@@ -369,6 +374,8 @@ int bench_generate(const std::string & model_dir, const std::string & shape, boo
     };
     llama_model mu, mm;   // unmerged (also the base, with its adapters detached) and merged
     adapter_set su, sm;
+    // mu first: the model allocated first decodes a few % slower here (page placement; seen with
+    // r = 1 too), so this order errs against the unmerged adapter
     status st = load(mu);
     if (st.ok()) st = load(mm);
     if (st.ok()) st = attach(mu, su);
@@ -380,45 +387,58 @@ int bench_generate(const std::string & model_dir, const std::string & shape, boo
         return fail("bench", make_error(PEFT_STATUS_ARGUMENT, "--seq", "the prompt must be shorter than the context (" +
                                         std::to_string(mu.hp.max_position) + ")"));
     }
-    llama_infer_state is;
-    st = llama_infer_init(is, mu, max_ctx);
-    if (!st.ok()) return fail("bench", st);
-
     rng r(seed + 3);
     std::vector<int32_t> prompt((size_t) prompt_tokens);
     for (int32_t & t : prompt) t = (int32_t) (r.next_u32() % (uint32_t) mu.hp.n_vocab);
-    sampler smp;
-    (void) sampler_init(smp, sampler_config{});   // greedy
     const std::vector<adapter_module *> attached = mu.adapters;
+    // The three run in lockstep, one decode step each in turn, so a change in machine load
+    // (other processes, frequency) hits all three alike; each step is timed on its own and the
+    // median step time is reported, which ignores the odd preempted step.
     struct phase {
-        const char * name;
-        llama_model * m;
-        bool adapters;
-        std::vector<double> decode_tps, prefill_tps;
-        std::vector<float> logits;
+        llama_model *       m;
+        bool                adapters;
+        llama_infer_state   is;
+        std::vector<float>  logits;
+        std::vector<double> step_s, prefill_s;
     };
-    phase phases[3] = {{"base", &mu, false, {}, {}, {}}, {"unmerged", &mu, true, {}, {}, {}}, {"merged", &mm, true, {}, {}, {}}};
-    std::vector<float> logits;
-    std::vector<int32_t> history;
+    phase phases[3] = {{&mu, false, {}, {}, {}, {}}, {&mu, true, {}, {}, {}, {}}, {&mm, true, {}, {}, {}, {}}};
+    for (phase & ph : phases) {
+        st = llama_infer_init(ph.is, *ph.m, max_ctx);
+        if (!st.ok()) return fail("bench", st);
+        ph.logits.resize((size_t) mu.hp.n_vocab);
+    }
+    auto select = [&](phase & ph) {
+        if (ph.m == &mu) mu.adapters = ph.adapters ? attached : std::vector<adapter_module *>();
+    };
     for (int64_t round = 0; round < rounds + 1; round++) {   // round 0 warms caches, untimed
         for (phase & ph : phases) {
-            if (ph.m == &mu) mu.adapters = ph.adapters ? attached : std::vector<adapter_module *>();
-            gen_stats gs;
-            st = generate(*ph.m, is, smp, prompt, gen_tokens, {}, nullptr, logits, history, gs);
+            select(ph);
+            llama_infer_reset(ph.is);
+            const double t0 = now_s();
+            st = llama_infer_eval(*ph.m, ph.is, prompt.data(), prompt_tokens, ph.logits.data());
             if (!st.ok()) return fail("bench", st);
-            if (round == 0) continue;
-            ph.decode_tps.push_back(gs.t_decode > 0 ? gs.n_decode / gs.t_decode : 0.0);
-            ph.prefill_tps.push_back(gs.t_prompt > 0 ? gs.n_prompt / gs.t_prompt : 0.0);
-            ph.logits = logits;
+            if (round > 0) ph.prefill_s.push_back(now_s() - t0);
+        }
+        for (int64_t i = 0; i + 1 < gen_tokens; i++) {
+            for (phase & ph : phases) {
+                select(ph);
+                const int32_t t = sample_argmax(ph.logits.data(), mu.hp.n_vocab);
+                const double t0 = now_s();
+                st = llama_infer_eval(*ph.m, ph.is, &t, 1, ph.logits.data());
+                if (!st.ok()) return fail("bench", st);
+                if (round > 0) ph.step_s.push_back(now_s() - t0);
+            }
         }
     }
     mu.adapters = attached;
     auto median = [](std::vector<double> v) {
+        if (v.empty()) return 0.0;
         std::sort(v.begin(), v.end());
         return v[v.size() / 2];
     };
-    // the last logits of unmerged and merged must agree (they ran the same greedy tokens unless
-    // they diverged; the rel. difference is reported, not judged)
+    auto tps = [&](const std::vector<double> & v, double per) { const double m = median(v); return m > 0 ? per / m : 0.0; };
+    // the last logits of unmerged and merged must agree (same greedy tokens unless a near tie
+    // diverged them; the relative difference is reported, not judged)
     double num = 0, den = 0;
     for (size_t i = 0; i < phases[1].logits.size(); i++) {
         const double d = (double) phases[1].logits[i] - phases[2].logits[i];
@@ -426,15 +446,17 @@ int bench_generate(const std::string & model_dir, const std::string & shape, boo
         den += (double) phases[2].logits[i] * phases[2].logits[i];
     }
     auto fmt = [](double v, int prec) { char b[64]; std::snprintf(b, sizeof b, "%.*f", prec, v); return std::string(b); };
-    const double tu = median(phases[1].decode_tps), tm = median(phases[2].decode_tps), tb = median(phases[0].decode_tps);
+    const double tb = tps(phases[0].step_s, 1.0), tu = tps(phases[1].step_s, 1.0), tm = tps(phases[2].step_s, 1.0);
     std::string adapter = adapter_dir.empty() ? "random lora r=" + std::to_string(lora_r) + " on 7 projections" : adapter_dir;
     std::printf("{\"model\": %s, \"method\": \"generate\", \"adapter\": %s, \"adapter_modules\": %zu, \"prompt_tokens\": %lld, "
-                "\"gen_tokens\": %lld, \"rounds\": %lld, \"threads\": %d, \"prefill_tokens_per_s\": %s, "
+                "\"gen_tokens\": %lld, \"rounds\": %lld, \"threads\": %d, \"base_prefill_tokens_per_s\": %s, "
+                "\"unmerged_prefill_tokens_per_s\": %s, \"merged_prefill_tokens_per_s\": %s, "
                 "\"base_decode_tokens_per_s\": %s, \"unmerged_decode_tokens_per_s\": %s, \"merged_decode_tokens_per_s\": %s, "
                 "\"unmerged_over_merged\": %s, \"unmerged_vs_merged_logits_rel_diff\": %s}\n",
                 json_quote(model_dir.empty() ? shape : model_dir).c_str(), json_quote(adapter).c_str(), su.modules.size(),
                 (long long) prompt_tokens, (long long) gen_tokens, (long long) rounds, threads_get(),
-                fmt(median(phases[2].prefill_tps), 2).c_str(), fmt(tb, 2).c_str(), fmt(tu, 2).c_str(), fmt(tm, 2).c_str(),
+                fmt(tps(phases[0].prefill_s, (double) prompt_tokens), 2).c_str(), fmt(tps(phases[1].prefill_s, (double) prompt_tokens), 2).c_str(),
+                fmt(tps(phases[2].prefill_s, (double) prompt_tokens), 2).c_str(), fmt(tb, 2).c_str(), fmt(tu, 2).c_str(), fmt(tm, 2).c_str(),
                 fmt(tm > 0 ? tu / tm : 0.0, 4).c_str(), fmt(den > 0 ? std::sqrt(num / den) : 0.0, 8).c_str());
     return 0;
 }

@@ -101,6 +101,21 @@ void embed_tokens(float * out, const linear_weight & wte, const int32_t * tokens
     }
 }
 
+// x[nb,OC] += proj(in). The base linear accumulates into x directly; an adapted projection
+// writes into scratch and is added here, serially for the few rows of a decode step, where a
+// parallel region would cost more than the add (and would be the only overhead the unmerged
+// adapter adds besides its two skinny products).
+void residual_proj(const llama_model & m, int64_t l, llama_proj pj, float * x, const float * in, int64_t nb, float * scratch) {
+    if (!m.adapter(l, pj)) {
+        llama_proj_forward(m, l, pj, x, in, nb, x, scratch);
+        return;
+    }
+    llama_proj_forward(m, l, pj, scratch, in, nb);
+    const int64_t n = nb * m.proj_weight(l, pj).OC;
+#pragma omp parallel for simd schedule(static) if (nb > 4)
+    for (int64_t i = 0; i < n; i++) x[i] += scratch[i];
+}
+
 // One chunk of nb rows at positions s.n_past.. through every layer; x holds the embeddings
 // on entry and the last residual stream on exit.
 void forward_chunk(const llama_model & m, llama_infer_state & s, int64_t nb) {
@@ -120,12 +135,12 @@ void forward_chunk(const llama_model & m, llama_infer_state & s, int64_t nb) {
         rope_forward(p.q, p.pos, m.inv_freq.data(), nb, hp.n_head, hp.head_dim);
         rope_forward(k_new, p.pos, m.inv_freq.data(), nb, hp.n_head_kv, hp.head_dim);
         attend_cache(p.att, p.q, kc, vc, p.scores, s.max_ctx, p0, nb, hp.n_head, hp.n_head_kv, hp.head_dim, p.n_threads);
-        llama_proj_forward(m, l, LLAMA_PROJ_O, p.x, p.att, nb, p.x, p.scratch);   // x += o(att)
+        residual_proj(m, l, LLAMA_PROJ_O, p.x, p.att, nb, p.scratch);      // x += o(att)
         rmsnorm_forward(p.xn, p.rstd, p.x, w.ffn_norm, nb, C, hp.rms_eps);
         llama_proj_forward(m, l, LLAMA_PROJ_GATE, p.gate, p.xn, nb);
         llama_proj_forward(m, l, LLAMA_PROJ_UP, p.up, p.xn, nb);
         swiglu_forward(p.h, p.gate, p.up, nb * F);
-        llama_proj_forward(m, l, LLAMA_PROJ_DOWN, p.x, p.h, nb, p.x, p.scratch);  // x += down(h)
+        residual_proj(m, l, LLAMA_PROJ_DOWN, p.x, p.h, nb, p.scratch);     // x += down(h)
     }
 }
 

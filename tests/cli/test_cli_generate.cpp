@@ -195,6 +195,12 @@ TEST(cli_generate, chat_uses_the_template_from_tokenizer_config) {
     run_result r = run_peft("generate --model " + dirs().model + " --chat hi --system \"be brief\" --max-new-tokens 4");
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_NE(r.err.find("chat template llama3"), std::string::npos) << r.err;
+    // the prompt ends where the assistant's reply starts (HF add_generation_prompt=True)
+    r = run_peft("generate --model " + dirs().model + " --chat \" hi \" --system sys --max-new-tokens 1 --show-prompt");
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.err.find("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nsys<|eot_id|><|start_header_id|>user"
+                         "<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n\n---"),
+              std::string::npos) << r.err;
     r = run_peft("generate --model " + dirs().model + " --chat hi --template plain --max-new-tokens 4");
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_NE(r.err.find("chat template plain"), std::string::npos) << r.err;
