@@ -219,6 +219,25 @@ TEST(cli_generate, adapter_unmerged_and_merged_generate_the_same_text) {
     EXPECT_NE(mg.err.find(", merged)"), std::string::npos) << mg.err;
 }
 
+TEST(cli_generate, a_full_context_ends_generation_cleanly) {
+    run_result r = run_peft("generate --model " + dirs().model + " --prompt \"the cat\" --ctx 12 --max-new-tokens 40 --ignore-eos");
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.err.find("generated 5 tokens"), std::string::npos) << r.err;   // 8 prompt tokens, 4 + 1 more positions
+    EXPECT_NE(r.err.find("context full"), std::string::npos) << r.err;
+}
+
+TEST(cli_generate, bench_generate_reports_the_three_speeds) {
+    const std::string fixture = peft::testing::source_path("tests/fixtures/llama_gqa");
+    run_result r = run_peft("bench --model " + fixture + " --method generate --seq 8 --gen-tokens 6 --rounds 1 --lora-r 4 --threads 1");
+    ASSERT_EQ(r.code, 0) << r.err;
+    json_document doc;
+    ASSERT_TRUE(doc.parse(r.out.data(), r.out.size(), "bench output").ok()) << r.out;
+    for (const char * k : {"base_decode_tokens_per_s", "unmerged_decode_tokens_per_s", "merged_decode_tokens_per_s", "unmerged_over_merged"}) {
+        EXPECT_GT(doc.root().get(k).as_double(), 0.0) << k;
+    }
+    EXPECT_LT(doc.root().get("unmerged_vs_merged_logits_rel_diff").as_double(), 1e-5);
+}
+
 TEST(cli_generate, bad_input_fails_with_a_clear_message) {
     const std::string m = "generate --model " + dirs().model;
     run_result r = run_peft(m + " --prompt hi --adapter /nonexistent/adapter");
