@@ -8,9 +8,11 @@
 #include <sys/resource.h>
 #include <vector>
 
+#include "adapters/adapter_set.h"
 #include "cli/commands.h"
 #include "core/rng.h"
 #include "core/threads.h"
+#include "io/json.h"
 #include "kernels/kernels.h"
 #include "model/llama.h"
 #include "train/trainer.h"
@@ -48,6 +50,7 @@ static double gemm_peak_gflops() {
 int cmd_bench(int argc, char ** argv) {
     CLI::App app{"Times training steps and prints one JSON line (tokens/s, ms/step, peak RSS, FLOPs).\n\n"
                  "example:\n  peft bench --shape small --method full --batch 4 --seq 256 --steps 10 --threads 2\n"
+                 "  peft bench --shape small --method lora --lora-r 16 --batch 4 --seq 256 --steps 10 --threads 2\n"
                  "  peft bench --model ~/models/TinyLlama-1.1B --method frozen --batch 1 --seq 512 --steps 3\n"
                  "  peft bench --shape small --method generate --seq 128 --gen-tokens 64 --lora-r 16 --threads 2",
                  "peft bench"};
@@ -60,13 +63,16 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--model", model_dir, "Hugging Face model directory (config.json + safetensors)");
     app.add_option("--shape", shape, "named shape with random weights: tiny, small, 1b")
         ->check(CLI::IsMember({"tiny", "small", "1b"}));
-    app.add_option("--method", method, "full (all weights trained, AdamW), frozen (input gradients only) or generate "
-                   "(decode tokens/s: base, adapter unmerged, adapter merged; --seq is the prompt length)")
-        ->check(CLI::IsMember({"full", "frozen", "generate"}));
+    app.add_option("--method", method, "full (all weights trained, AdamW), lora (LoRA of rank --lora-r on all 7 "
+                   "projections, AdamW on A/B), frozen (input gradients only) or generate (decode tokens/s: base, "
+                   "adapter unmerged, adapter merged; --seq is the prompt length)")
+        ->check(CLI::IsMember({"full", "lora", "frozen", "generate"}));
     std::string gen_adapter;
     int64_t gen_lora_r = 16, gen_tokens = 64, gen_rounds = 3;
     app.add_option("--adapter", gen_adapter, "generate: PEFT adapter directory (default: a random LoRA of rank --lora-r)");
-    app.add_option("--lora-r", gen_lora_r, "generate: rank of the random LoRA on all 7 projections")->check(CLI::Range((int64_t) 1, (int64_t) 4096));
+    float lora_alpha = 16.0f;
+    app.add_option("--lora-alpha", lora_alpha, "lora: lora_alpha");
+    app.add_option("--lora-r", gen_lora_r, "lora, generate: rank of the LoRA on all 7 projections")->check(CLI::Range((int64_t) 1, (int64_t) 4096));
     app.add_option("--gen-tokens", gen_tokens, "generate: tokens decoded per round")->check(CLI::Range((int64_t) 1, (int64_t) 1 << 20));
     app.add_option("--rounds", gen_rounds, "generate: timed rounds (median reported)")->check(CLI::Range((int64_t) 1, (int64_t) 1000));
     app.add_option("--batch", batch, "sequences per step")->check(CLI::Range((int64_t) 1, (int64_t) 4096));
@@ -119,7 +125,26 @@ int cmd_bench(int argc, char ** argv) {
     cfg.opt.lr = lr;
     cfg.schedule = PEFT_SCHEDULE_CONSTANT;
     cfg.max_grad_norm = 0.0f;  // as the PyTorch baseline: plain AdamW, no clipping
-    if (trainable && !opt.init(llama_optim_params(m), cfg.opt).ok()) {
+    // LoRA as PEFT's default init (B = 0) on q,k,v,o,gate,up,down, as the PyTorch baseline
+    adapter_set lora;
+    std::vector<adapter_module *> mods;
+    std::vector<optim_param> train_params;
+    if (method == "lora") {
+        const std::string cfg_text = "{\"r\": " + std::to_string(gen_lora_r) + ", \"lora_alpha\": " + std::to_string(lora_alpha) +
+                                     ", \"target_modules\": \"all-linear\"}";
+        json_document doc;
+        st = doc.parse(cfg_text.data(), cfg_text.size(), "bench LoRA config");
+        if (st.ok()) st = adapters_attach(m, doc.root(), seed + 1, lora);
+        if (!st.ok()) {
+            std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
+            return 1;
+        }
+        for (auto & mod : lora.modules) mods.push_back(mod.get());
+        train_params = adapter_optim_params(lora);
+    } else if (trainable) {
+        train_params = llama_optim_params(m);
+    }
+    if (!train_params.empty() && !opt.init(train_params, cfg.opt).ok()) {
         std::fprintf(stderr, "peft bench: cannot allocate optimizer state\n");
         return 1;
     }
@@ -137,9 +162,9 @@ int cmd_bench(int argc, char ** argv) {
         llama_batch b{tokens.data(), targets.data(), nullptr, nullptr, batch, seq};
         double t0 = now_s();
         float loss;
-        if (trainable) {
+        if (!train_params.empty()) {
             step_result res;
-            st = train_step(m, s, opt, cfg, &b, 1, i, res);
+            st = train_step(m, s, opt, cfg, &b, 1, i, res, mods.data(), (int64_t) mods.size());
             if (!st.ok()) {
                 std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
                 return 1;
@@ -160,7 +185,11 @@ int cmd_bench(int argc, char ** argv) {
     std::sort(sorted.begin(), sorted.end());
     const double median = sorted[sorted.size() / 2];
     const double tps = (double) N * (double) times.size() / sum;
-    const double fpt = llama_flops_per_token(m.hp, seq, trainable);
+    double fpt = llama_flops_per_token(m.hp, seq, trainable);
+    for (const target_info & t : lora.targets) {
+        // forward, input gradient and weight gradients of the two factors: 6 r (in + out)
+        fpt += 6.0 * (double) gen_lora_r * (double) (t.in_features + t.out_features);
+    }
     const double gflops = fpt * tps / 1e9;
 
     std::string line = "{";

@@ -335,18 +335,10 @@ status train_run(const train_options & o, train_summary & out) {
         for (param_ref & p : adapter_set_params(aset)) {
             named_f32 nf{p.name, p.value, p.shape};
             if (p.value) state_params.push_back(nf);
-            if (p.trainable && p.grad) {
-                optim_param q;
-                q.name = p.name;
-                q.value = p.value;
-                q.grad = p.grad;
-                q.n = nf.numel();
-                q.lr_scale = p.lr_scale;
-                params.push_back(q);
-                n_trainable += q.n;
-            }
             n_total += nf.numel();
         }
+        params = adapter_optim_params(aset);
+        for (const optim_param & q : params) n_trainable += q.n;
         for (auto & mod : aset.modules) mods.push_back(mod.get());
         adapters_set_training(aset, true);
     }

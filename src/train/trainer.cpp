@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "adapters/adapter.h"
+#include "adapters/adapter_set.h"
 #include "kernels/kernels.h"
 #include "train/data.h"
 
@@ -21,6 +22,22 @@ std::vector<optim_param> llama_optim_params(llama_model & m) {
         p.grad = t.grad;
         p.n = t.numel();
         ps.push_back(p);
+    }
+    return ps;
+}
+
+std::vector<optim_param> adapter_optim_params(adapter_set & s) {
+    std::vector<optim_param> ps;
+    for (const param_ref & p : adapter_set_params(s)) {
+        if (!p.trainable || !p.grad) continue;
+        optim_param q;
+        q.name = p.name;
+        q.value = p.value;
+        q.grad = p.grad;
+        q.n = 1;
+        for (int64_t d : p.shape) q.n *= d;
+        q.lr_scale = p.lr_scale;
+        ps.push_back(q);
     }
     return ps;
 }

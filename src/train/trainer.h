@@ -35,8 +35,13 @@ struct step_result {
     int64_t n_targets = 0;     // predicted tokens in the step
 };
 
+struct adapter_set;
+
 // The trainable f32 parameters of a fully fine-tuned model, in checkpoint order.
 std::vector<optim_param> llama_optim_params(llama_model & m);
+// The trainable tensors of an adapter set (frozen ones, e.g. LoRA-FA's A, left out), with
+// their lr multipliers (LoRA+).
+std::vector<optim_param> adapter_optim_params(adapter_set & s);
 
 // Zeroes the gradients of opt.params, runs forward+backward on each micro-batch (loss scaled by
 // 1/n_micro, as gradient accumulation in transformers), adds each module's regularize(1) once,

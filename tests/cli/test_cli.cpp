@@ -58,6 +58,24 @@ TEST(cli, bench_trains_the_fixture_model_and_prints_one_json_line) {
     EXPECT_LT(j.get("loss_final").as_double(), 0.8 * j.get("loss_first").as_double()) << r.out;
 }
 
+TEST(cli, bench_lora_trains_only_the_adapter_and_the_loss_falls) {
+    std::string model = peft::testing::source_path("tests/fixtures/llama_gqa");
+    run_result r = run_peft("bench --model " + model + " --method lora --lora-r 4 --lora-alpha 8 --batch 2 --seq 12 --steps 15 "
+                            "--warmup 0 --threads 2 --same-batch --lr 1e-2");
+    ASSERT_EQ(r.code, 0) << r.out;
+    peft::json_document doc;
+    ASSERT_TRUE(doc.parse(r.out.data(), r.out.size(), "bench output").ok()) << r.out;
+    peft::json_value j = doc.root();
+    EXPECT_LT(j.get("loss_final").as_double(), 0.9 * j.get("loss_first").as_double()) << r.out;
+    // LoRA FLOPs on top of the frozen base: 6 r (in + out) per target per token
+    run_result f = run_peft("bench --model " + model + " --method frozen --batch 2 --seq 12 --steps 1 --warmup 0 --threads 2");
+    peft::json_document fd;
+    ASSERT_TRUE(fd.parse(f.out.data(), f.out.size(), "bench output").ok()) << f.out;
+    const double per_layer = 32 * 2 + (32 + 16) * 2 + 32 * 2 + (32 + 48) * 3;   // sum of in + out of the 7 projections
+    EXPECT_DOUBLE_EQ(j.get("model_flops_per_token").as_double() - fd.root().get("model_flops_per_token").as_double(),
+                     6.0 * 4 * per_layer * 2);
+}
+
 TEST(cli, bench_is_deterministic_for_a_fixed_seed_and_thread_count) {
     std::string args = "bench --shape tiny --method full --batch 1 --seq 32 --steps 3 --warmup 0 --threads 2 --seed 5";
     run_result a = run_peft(args), b = run_peft(args);
