@@ -18,7 +18,8 @@ class gemm_transposes : public ::testing::TestWithParam<gemm_case> {};
 
 TEST_P(gemm_transposes, matches_ref_with_padding_alpha_beta) {
     const auto [ta, tb] = GetParam();
-    const int64_t M = 7, N = 5, K = 11, pad = 3;
+    for (int64_t M : {7, 1}) {   // M = 1 takes the sgemv path (decoding one token)
+    const int64_t N = 5, K = 11, pad = 3;
     // stored shapes: A [M,K] or [K,M]; B [K,N] or [N,K]; each row padded by `pad` floats
     const int64_t a_rows = ta ? K : M, a_cols = ta ? M : K, lda = a_cols + pad;
     const int64_t b_rows = tb ? N : K, b_cols = tb ? K : N, ldb = b_cols + pad;
@@ -39,6 +40,7 @@ TEST_P(gemm_transposes, matches_ref_with_padding_alpha_beta) {
         for (int64_t i = 0; i < M; i++) {
             for (int64_t j = N; j < ldc; j++) EXPECT_EQ(c_fast.data()[i * ldc + j], fill[i * ldc + j]);
         }
+    }
     }
 }
 
