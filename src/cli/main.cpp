@@ -25,7 +25,7 @@ const subcommand SUBCOMMANDS[] = {
 void print_usage() {
     std::printf("peft: parameter-efficient fine-tuning of Llama-family models on the CPU\n\n"
                 "usage: peft <command> [options]   (peft <command> --help for details)\n\ncommands:\n");
-    for (const subcommand & c : SUBCOMMANDS) std::printf("  %-10s %s\n", c.name, c.summary);
+    for (const subcommand & c : SUBCOMMANDS) std::printf("  %-16s %s\n", c.name, c.summary);
 }
 
 } // namespace
