@@ -14,6 +14,7 @@
 
 #include "core/status.h"
 #include "kernels/kernels.h"
+#include "kernels/vmath.h"
 
 namespace peft {
 
@@ -150,11 +151,12 @@ void attention_forward(float * out, float * lse, const float * q, const float * 
                     float m = -INFINITY;
                     #pragma omp simd reduction(max : m)
                     for (int64_t s = lo; s <= t0 + i; s++) m = row[s] > m ? row[s] : m;
+                    // exp and sum as separate loops: each vectorises on its own (the fused
+                    // serial float sum would not without reassociation)
+                    for (int64_t s = lo; s < t1; s++) row[s] = vmath::expf(row[s] - m);
                     float total = 0.0f;
-                    for (int64_t s = lo; s < t1; s++) {
-                        row[s] = std::exp(row[s] - m);
-                        total += row[s];
-                    }
+                    #pragma omp simd reduction(+ : total)
+                    for (int64_t s = lo; s < t1; s++) total += row[s];
                     sum[i] = total;
                     lse[(b * NH + h) * T + t0 + i] = m + std::log(total);
                 }
@@ -201,7 +203,7 @@ void attention_backward(float * dq, float * dk, float * dv, const float * dout, 
                     for (int64_t i = 0; i < nq; i++) {
                         float * row = p.data() + i * T;
                         const float l = lse[(b * NH + h) * T + t0 + i];
-                        for (int64_t s = lo; s < t1; s++) row[s] = std::exp(row[s] - l);
+                        for (int64_t s = lo; s < t1; s++) row[s] = vmath::expf(row[s] - l);
                         for (int64_t s = lo; s < t1; s++) ds[i * T + s] = 0.0f;
                     }
                     // dp = do v^T, then ds = p (dp - D) scale, in place

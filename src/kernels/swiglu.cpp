@@ -1,7 +1,6 @@
 // swiglu.cpp: the Llama MLP gate, out = silu(gate) * up (HF: act_fn(gate_proj(x)) * up_proj(x)).
-#include <cmath>
-
 #include "kernels/kernels.h"
+#include "kernels/vmath.h"
 
 namespace peft {
 
@@ -10,7 +9,7 @@ void swiglu_forward(float * out, const float * gate, const float * up, int64_t n
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float g = gate[i];
-        const float sig = 1.0f / (1.0f + std::exp(-g));
+        const float sig = vmath::sigmoid(g);  // inline, so the loop vectorises
         out[i] = g * sig * up[i];
     }
 }
@@ -21,7 +20,7 @@ void swiglu_backward(float * dgate, float * dup, const float * dout, const float
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float g = gate[i];
-        const float sig = 1.0f / (1.0f + std::exp(-g));
+        const float sig = vmath::sigmoid(g);  // inline, so the loop vectorises
         dgate[i] += dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
         dup[i] += dout[i] * g * sig;
     }

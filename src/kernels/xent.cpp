@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "kernels/vmath.h"
 
 namespace peft {
 
@@ -48,13 +49,13 @@ void xent_forward(float * losses, float * dlogits, const float * logits, const i
                 if (dx) {
                     #pragma omp simd reduction(+ : csum)
                     for (int64_t j = j0; j < j1; j++) {
-                        const float e = std::exp(x[j] - m);
+                        const float e = vmath::expf(x[j] - m);
                         dx[j] = e;
                         csum += e;
                     }
                 } else {
                     #pragma omp simd reduction(+ : csum)
-                    for (int64_t j = j0; j < j1; j++) csum += std::exp(x[j] - m);
+                    for (int64_t j = j0; j < j1; j++) csum += vmath::expf(x[j] - m);
                 }
                 sum += csum;
                 chunk_max[(size_t) c] = m;
