@@ -22,35 +22,44 @@ namespace {
 
 constexpr int64_t QB = 16;  // query rows per tile
 
+// One MR x NR register block of tile_madd: c[i:i+MR, j:j+NR] += A[i:i+MR, :] B[:, j:j+NR].
+template <int64_t MR, int64_t NR>
+inline void madd_block(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_cs, const float * b,
+                       int64_t b_rs, int64_t i, int64_t j, int64_t K) {
+    float acc[MR][NR];
+    for (int64_t r = 0; r < MR; r++) {
+        for (int64_t x = 0; x < NR; x++) acc[r][x] = c[(i + r) * ldc + j + x];
+    }
+    for (int64_t p = 0; p < K; p++) {
+        const float * bp = b + p * b_rs + j;
+        #pragma GCC unroll 4
+        for (int64_t r = 0; r < MR; r++) {
+            const float av = a[(i + r) * a_rs + p * a_cs];
+            #pragma omp simd
+            for (int64_t x = 0; x < NR; x++) acc[r][x] += av * bp[x];
+        }
+    }
+    for (int64_t r = 0; r < MR; r++) {
+        for (int64_t x = 0; x < NR; x++) c[(i + r) * ldc + j + x] = acc[r][x];
+    }
+}
+
 // c[M,N] (row stride ldc) += A[M,K] B[K,N], with A(i,p) = a[i*a_rs + p*a_cs] and row p of B
 // contiguous at b + p*b_rs. Every product in this file (q k^T, p v, do v^T, ds k, ds^T q, p^T do)
 // has this shape. A 4 x 32 register block makes each loaded row segment of B feed 4 FMAs, where
-// a plain axpy would reload and store its accumulator for every FMA.
+// a plain axpy would reload and store its accumulator for every FMA. Causal key ranges are
+// multiples of QB = 16 long, so half the score tiles end in 16 columns: those get a 4 x 16 block
+// rather than the axpy tail. Every element is summed over p in order from its initial value in
+// all three forms, so which form handles it does not change a bit.
 void tile_madd(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_cs, const float * b, int64_t b_rs,
                int64_t M, int64_t N, int64_t K) {
-    constexpr int64_t MR = 4, NR = 32;
+    constexpr int64_t MR = 4, NR = 32, NR2 = 16;
     int64_t i = 0;
     for (; i + MR <= M; i += MR) {
         int64_t j = 0;
-        for (; j + NR <= N; j += NR) {
-            float acc[MR][NR];
-            for (int64_t r = 0; r < MR; r++) {
-                for (int64_t x = 0; x < NR; x++) acc[r][x] = c[(i + r) * ldc + j + x];
-            }
-            for (int64_t p = 0; p < K; p++) {
-                const float * bp = b + p * b_rs + j;
-                #pragma GCC unroll 4
-                for (int64_t r = 0; r < MR; r++) {
-                    const float av = a[(i + r) * a_rs + p * a_cs];
-                    #pragma omp simd
-                    for (int64_t x = 0; x < NR; x++) acc[r][x] += av * bp[x];
-                }
-            }
-            for (int64_t r = 0; r < MR; r++) {
-                for (int64_t x = 0; x < NR; x++) c[(i + r) * ldc + j + x] = acc[r][x];
-            }
-        }
-        // column tail (fewer than NR columns left): axpy form
+        for (; j + NR <= N; j += NR) madd_block<MR, NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+        for (; j + NR2 <= N; j += NR2) madd_block<MR, NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+        // column tail (fewer than NR2 columns left): axpy form
         for (int64_t r = 0; r < MR && j < N; r++) {
             for (int64_t p = 0; p < K; p++) {
                 const float av = a[(i + r) * a_rs + p * a_cs];
@@ -69,6 +78,15 @@ void tile_madd(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_
             for (int64_t x = 0; x < N; x++) c[i * ldc + x] += av * bp[x];
         }
     }
+}
+
+// Per-thread scratch, grown on demand and kept (OpenMP reuses its threads): attention runs
+// twice per layer per step, and fresh std::vectors would allocate and zero (2 HS + 2 QB) T floats
+// per thread per call. Callers overwrite everything they read.
+float * thread_scratch(size_t n) {
+    thread_local std::vector<float> buf;
+    if (buf.size() < n) buf.resize(n);
+    return buf.data();
 }
 
 // kt[HS, T] = the T rows of one kv head laid out by dimension, so scores come out of tile_madd
@@ -128,8 +146,10 @@ void attention_forward(float * out, float * lse, const float * q, const float * 
     const float scale = 1.0f / std::sqrt((float) HS);
     #pragma omp parallel
     {
-        std::vector<float> kt((size_t) (HS * T)), sc((size_t) (QB * T)), qs((size_t) (QB * HS)),
-            acc((size_t) (QB * HS));
+        float * const kt = thread_scratch((size_t) (HS * T + QB * T + 2 * QB * HS));
+        float * const sc = kt + HS * T;
+        float * const qs = sc + QB * T;
+        float * const acc = qs + QB * HS;
         float sum[QB];
         int64_t cached = -1;  // (b, kv head) currently in kt: consecutive heads of a group reuse it
         #pragma omp for schedule(dynamic)
@@ -139,15 +159,15 @@ void attention_forward(float * out, float * lse, const float * q, const float * 
             const float * qh = q + (b * T * NH + h) * HS;
             const float * vb = v + (b * T * NKV + g) * HS;
             if (cached != b * NKV + g) {
-                transpose_head(kt.data(), k + (b * T * NKV + g) * HS, kv_stride, T, HS);
+                transpose_head(kt, k + (b * T * NKV + g) * HS, kv_stride, T, HS);
                 cached = b * NKV + g;
             }
             for (int64_t t0 = 0; t0 < T; t0 += QB) {
                 const int64_t t1 = t0 + QB < T ? t0 + QB : T, nq = t1 - t0;
-                const int64_t lo = tile_scores(sc.data(), qs.data(), qh, q_stride, kt.data(), seg_b, t0, t1, T, HS, scale);
+                const int64_t lo = tile_scores(sc, qs, qh, q_stride, kt, seg_b, t0, t1, T, HS, scale);
                 // softmax numerators in place; masked keys become exp(-inf) = 0
                 for (int64_t i = 0; i < nq; i++) {
-                    float * row = sc.data() + i * T;
+                    float * row = sc + i * T;
                     float m = -INFINITY;
                     #pragma omp simd reduction(max : m)
                     for (int64_t s = lo; s <= t0 + i; s++) m = row[s] > m ? row[s] : m;
@@ -162,7 +182,7 @@ void attention_forward(float * out, float * lse, const float * q, const float * 
                 }
                 // out tile = p v / sum
                 for (int64_t x = 0; x < nq * HS; x++) acc[x] = 0.0f;
-                tile_madd(acc.data(), HS, sc.data() + lo, T, 1, vb + lo * kv_stride, kv_stride, nq, HS, t1 - lo);
+                tile_madd(acc, HS, sc + lo, T, 1, vb + lo * kv_stride, kv_stride, nq, HS, t1 - lo);
                 for (int64_t i = 0; i < nq; i++) {
                     float * ot = out + ((b * T + t0 + i) * NH + h) * HS;
                     const float inv = 1.0f / sum[i];
@@ -184,30 +204,33 @@ void attention_backward(float * dq, float * dk, float * dv, const float * dout, 
     const float scale = 1.0f / std::sqrt((float) HS);
     #pragma omp parallel
     {
-        std::vector<float> kt((size_t) (HS * T)), vt((size_t) (HS * T)), p((size_t) (QB * T)),
-            ds((size_t) (QB * T)), qs((size_t) (QB * HS));
+        float * const kt = thread_scratch((size_t) (2 * HS * T + 2 * QB * T + QB * HS));
+        float * const vt = kt + HS * T;
+        float * const p = vt + HS * T;
+        float * const ds = p + QB * T;
+        float * const qs = ds + QB * T;
         #pragma omp for schedule(dynamic)
         for (int64_t item = 0; item < B * NKV; item++) {
             const int64_t b = item / NKV, g = item % NKV;
             const int32_t * seg_b = seg ? seg + b * T : nullptr;
             const int64_t kv_off = (b * T * NKV + g) * HS;
-            transpose_head(kt.data(), k + kv_off, kv_stride, T, HS);
-            transpose_head(vt.data(), v + kv_off, kv_stride, T, HS);
+            transpose_head(kt, k + kv_off, kv_stride, T, HS);
+            transpose_head(vt, v + kv_off, kv_stride, T, HS);
             for (int64_t h = g * group; h < (g + 1) * group; h++) {
                 const int64_t q_off = (b * T * NH + h) * HS;
                 for (int64_t t0 = 0; t0 < T; t0 += QB) {
                     const int64_t t1 = t0 + QB < T ? t0 + QB : T, nq = t1 - t0;
                     // recompute p from the saved log-sum-exp (forward: exp(sc - m) / sum)
-                    const int64_t lo = tile_scores(p.data(), qs.data(), q + q_off, q_stride, kt.data(), seg_b, t0, t1,
+                    const int64_t lo = tile_scores(p, qs, q + q_off, q_stride, kt, seg_b, t0, t1,
                                                    T, HS, scale);
                     for (int64_t i = 0; i < nq; i++) {
-                        float * row = p.data() + i * T;
+                        float * row = p + i * T;
                         const float l = lse[(b * NH + h) * T + t0 + i];
                         for (int64_t s = lo; s < t1; s++) row[s] = vmath::expf(row[s] - l);
                         for (int64_t s = lo; s < t1; s++) ds[i * T + s] = 0.0f;
                     }
                     // dp = do v^T, then ds = p (dp - D) scale, in place
-                    tile_madd(ds.data() + lo, T, dout + q_off + t0 * q_stride, q_stride, 1, vt.data() + lo, T, nq,
+                    tile_madd(ds + lo, T, dout + q_off + t0 * q_stride, q_stride, 1, vt + lo, T, nq,
                               t1 - lo, HS);
                     for (int64_t i = 0; i < nq; i++) {
                         const float * dot = dout + q_off + (t0 + i) * q_stride;
@@ -215,16 +238,16 @@ void attention_backward(float * dq, float * dk, float * dv, const float * dout, 
                         float D = 0.0f;
                         #pragma omp simd reduction(+ : D)
                         for (int64_t d = 0; d < HS; d++) D += dot[d] * ot[d];
-                        float * dsr = ds.data() + i * T;
-                        const float * pr = p.data() + i * T;
+                        float * dsr = ds + i * T;
+                        const float * pr = p + i * T;
                         for (int64_t s = lo; s < t1; s++) dsr[s] = pr[s] * (dsr[s] - D) * scale;
                     }
                     const int64_t nk = t1 - lo;
-                    tile_madd(dq + q_off + t0 * q_stride, q_stride, ds.data() + lo, T, 1, k + kv_off + lo * kv_stride,
+                    tile_madd(dq + q_off + t0 * q_stride, q_stride, ds + lo, T, 1, k + kv_off + lo * kv_stride,
                               kv_stride, nq, HS, nk);
-                    tile_madd(dk + kv_off + lo * kv_stride, kv_stride, ds.data() + lo, 1, T, q + q_off + t0 * q_stride,
+                    tile_madd(dk + kv_off + lo * kv_stride, kv_stride, ds + lo, 1, T, q + q_off + t0 * q_stride,
                               q_stride, nk, HS, nq);
-                    tile_madd(dv + kv_off + lo * kv_stride, kv_stride, p.data() + lo, 1, T,
+                    tile_madd(dv + kv_off + lo * kv_stride, kv_stride, p + lo, 1, T,
                               dout + q_off + t0 * q_stride, q_stride, nk, HS, nq);
                 }
             }
