@@ -32,7 +32,7 @@ inline void madd_block(float * c, int64_t ldc, const float * a, int64_t a_rs, in
     }
     for (int64_t p = 0; p < K; p++) {
         const float * bp = b + p * b_rs + j;
-        #pragma GCC unroll 4
+        #pragma GCC unroll 8
         for (int64_t r = 0; r < MR; r++) {
             const float av = a[(i + r) * a_rs + p * a_cs];
             #pragma omp simd
@@ -55,6 +55,24 @@ void tile_madd(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_
                int64_t M, int64_t N, int64_t K) {
     constexpr int64_t MR = 4, NR = 32, NR2 = 16;
     int64_t i = 0;
+#ifdef __AVX512F__
+    // 32 vector registers: an 8 x 32 block keeps 16 accumulators in flight (enough independent
+    // FMA chains to cover the FMA latency) and loads each row segment of B once per 8 rows.
+    // Every M here is a multiple of 8 except at the end of a sequence.
+    for (; i + 2 * MR <= M; i += 2 * MR) {
+        int64_t j = 0;
+        for (; j + NR <= N; j += NR) madd_block<2 * MR, NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+        for (; j + NR2 <= N; j += NR2) madd_block<2 * MR, NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+        for (int64_t r = 0; r < 2 * MR && j < N; r++) {
+            for (int64_t p = 0; p < K; p++) {
+                const float av = a[(i + r) * a_rs + p * a_cs];
+                const float * bp = b + p * b_rs;
+                #pragma omp simd
+                for (int64_t x = j; x < N; x++) c[(i + r) * ldc + x] += av * bp[x];
+            }
+        }
+    }
+#endif
     for (; i + MR <= M; i += MR) {
         int64_t j = 0;
         for (; j + NR <= N; j += NR) madd_block<MR, NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
@@ -90,10 +108,18 @@ float * thread_scratch(size_t n) {
 }
 
 // kt[HS, T] = the T rows of one kv head laid out by dimension, so scores come out of tile_madd
-// vectorised over keys.
+// vectorised over keys. Done in 16 x 16 blocks: row by row, every store of a key went to a
+// different cache line T floats apart, and the HS lines being filled did not stay in L1.
 void transpose_head(float * kt, const float * x, int64_t stride, int64_t T, int64_t HS) {
-    for (int64_t s = 0; s < T; s++) {
-        for (int64_t d = 0; d < HS; d++) kt[d * T + s] = x[s * stride + d];
+    constexpr int64_t TB = 16;
+    for (int64_t s0 = 0; s0 < T; s0 += TB) {
+        const int64_t s1 = s0 + TB < T ? s0 + TB : T;
+        for (int64_t d0 = 0; d0 < HS; d0 += TB) {
+            const int64_t d1 = d0 + TB < HS ? d0 + TB : HS;
+            for (int64_t d = d0; d < d1; d++) {
+                for (int64_t s = s0; s < s1; s++) kt[d * T + s] = x[s * stride + d];
+            }
+        }
     }
 }
 
