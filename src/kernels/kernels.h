@@ -9,7 +9,7 @@
 // Argument order (llm.c): outputs, saved stats, inputs, weights, then sizes.
 // Backward kernels ACCUMULATE (+=) into every gradient output; callers zero them. Two
 // exceptions, both in place by design: xent_forward overwrites dlogits (it may alias logits)
-// and rope_backward rotates its buffer in place.
+// and rope_backward rotates its buffer in place. Variants named `_set` overwrite instead.
 // Threading: kernels parallelise over rows with OpenMP; gemm calls BLAS and must be called
 // from serial code. Every reduction is combined in a fixed order, so results are bit-identical
 // for a fixed thread count.
@@ -75,6 +75,8 @@ void attention_forward_ref(float * out, const float * q, const float * k, const 
 // out[i] = silu(gate[i]) * up[i] over n = N*F elements
 void swiglu_forward(float * out, const float * gate, const float * up, int64_t n);
 void swiglu_backward(float * dgate, float * dup, const float * dout, const float * gate, const float * up, int64_t n);
+// Same, but dgate = ..., dup = ... (overwrites; for callers that would zero them first)
+void swiglu_backward_set(float * dgate, float * dup, const float * dout, const float * gate, const float * up, int64_t n);
 
 // ---- fused softmax + cross-entropy (xent.cpp) -----------------------------------------------
 // On a chunk of n rows of logits[n, V]: losses[i] = logsumexp(logits_i) - logits_i[target_i],

@@ -455,9 +455,7 @@ void layer_backward(const llama_model & m, int64_t l, const layer_grads & g, con
     // MLP: x_out = x_mid + h Wd^T, h = swiglu(xn2 Wg^T, xn2 Wu^T), xn2 = rmsnorm(x_mid)
     llama_proj_backward_input(m, l, LLAMA_PROJ_DOWN, p.dh, dres, a.h, N, 0.0f);
     if (g.w_down) linear_backward_weight(g.w_down, nullptr, dres, a.h, N, C, F);
-    std::memset(p.dgate, 0, (size_t) (N * F) * 4);
-    std::memset(p.dup, 0, (size_t) (N * F) * 4);
-    swiglu_backward(p.dgate, p.dup, p.dh, a.gate, a.up, N * F);
+    swiglu_backward_set(p.dgate, p.dup, p.dh, a.gate, a.up, N * F);
     llama_proj_backward_input(m, l, LLAMA_PROJ_GATE, p.dxn, p.dgate, a.xn2, N, 0.0f);
     llama_proj_backward_input(m, l, LLAMA_PROJ_UP, p.dxn, p.dup, a.xn2, N, 1.0f);
     if (g.w_gate) linear_backward_weight(g.w_gate, nullptr, p.dgate, a.xn2, N, F, C);
