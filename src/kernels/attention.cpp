@@ -44,58 +44,53 @@ inline void madd_block(float * c, int64_t ldc, const float * a, int64_t a_rs, in
     }
 }
 
-// c[M,N] (row stride ldc) += A[M,K] B[K,N], with A(i,p) = a[i*a_rs + p*a_cs] and row p of B
-// contiguous at b + p*b_rs. Every product in this file (q k^T, p v, do v^T, ds k, ds^T q, p^T do)
-// has this shape. A 4 x 32 register block makes each loaded row segment of B feed 4 FMAs, where
-// a plain axpy would reload and store its accumulator for every FMA. Causal key ranges are
-// multiples of QB = 16 long, so half the score tiles end in 16 columns: those get a 4 x 16 block
-// rather than the axpy tail. Every element is summed over p in order from its initial value in
-// all three forms, so which form handles it does not change a bit.
-void tile_madd(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_cs, const float * b, int64_t b_rs,
-               int64_t M, int64_t N, int64_t K) {
-    constexpr int64_t MR = 4, NR = 32, NR2 = 16;
-    int64_t i = 0;
-#ifdef __AVX512F__
-    // 32 vector registers: an 8 x 32 block keeps 16 accumulators in flight (enough independent
-    // FMA chains to cover the FMA latency) and loads each row segment of B once per 8 rows.
-    // Every M here is a multiple of 8 except at the end of a sequence.
-    for (; i + 2 * MR <= M; i += 2 * MR) {
-        int64_t j = 0;
-        for (; j + NR <= N; j += NR) madd_block<2 * MR, NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
-        for (; j + NR2 <= N; j += NR2) madd_block<2 * MR, NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
-        for (int64_t r = 0; r < 2 * MR && j < N; r++) {
-            for (int64_t p = 0; p < K; p++) {
-                const float av = a[(i + r) * a_rs + p * a_cs];
-                const float * bp = b + p * b_rs;
-                #pragma omp simd
-                for (int64_t x = j; x < N; x++) c[(i + r) * ldc + x] += av * bp[x];
-            }
-        }
-    }
-#endif
-    for (; i + MR <= M; i += MR) {
-        int64_t j = 0;
-        for (; j + NR <= N; j += NR) madd_block<MR, NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
-        for (; j + NR2 <= N; j += NR2) madd_block<MR, NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
-        // column tail (fewer than NR2 columns left): axpy form
-        for (int64_t r = 0; r < MR && j < N; r++) {
-            for (int64_t p = 0; p < K; p++) {
-                const float av = a[(i + r) * a_rs + p * a_cs];
-                const float * bp = b + p * b_rs;
-                #pragma omp simd
-                for (int64_t x = j; x < N; x++) c[(i + r) * ldc + x] += av * bp[x];
-            }
-        }
-    }
-    // row tail (fewer than MR rows left)
-    for (; i < M; i++) {
+// Rows [i0, i1), columns [j0, N) of the same product in axpy form, for the leftovers of the
+// register blocks.
+void madd_axpy(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_cs, const float * b, int64_t b_rs,
+               int64_t i0, int64_t i1, int64_t j0, int64_t N, int64_t K) {
+    for (int64_t i = i0; i < i1; i++) {
         for (int64_t p = 0; p < K; p++) {
             const float av = a[i * a_rs + p * a_cs];
             const float * bp = b + p * b_rs;
             #pragma omp simd
-            for (int64_t x = 0; x < N; x++) c[i * ldc + x] += av * bp[x];
+            for (int64_t x = j0; x < N; x++) c[i * ldc + x] += av * bp[x];
         }
     }
+}
+
+// c[M,N] (row stride ldc) += A[M,K] B[K,N], with A(i,p) = a[i*a_rs + p*a_cs] and row p of B
+// contiguous at b + p*b_rs. Every product in this file (q k^T, p v, do v^T, ds k, ds^T q, p^T do)
+// has this shape. Register blocks of MR rows x 32 columns make each loaded row segment of B feed
+// MR FMAs, where a plain axpy would reload and store its accumulator for every FMA. With AVX-512
+// (32 vector registers) MR = 8: 16 accumulators keep enough independent FMA chains in flight to
+// cover the FMA latency; otherwise MR = 4 (8 accumulators of 16 AVX2 registers). Causal key
+// ranges are multiples of QB = 16 long, so half the score tiles end in 16 columns: those get an
+// MR x 16 block rather than the axpy tail. Every element is summed over p in order from its
+// initial value in all forms, so which form handles it does not change a bit.
+void tile_madd(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_cs, const float * b, int64_t b_rs,
+               int64_t M, int64_t N, int64_t K) {
+#ifdef __AVX512F__
+    constexpr int64_t MR = 8;
+#else
+    constexpr int64_t MR = 4;
+#endif
+    constexpr int64_t NR = 32, NR2 = 16;
+    int64_t i = 0;
+    for (; i + MR <= M; i += MR) {
+        int64_t j = 0;
+        for (; j + NR <= N; j += NR) madd_block<MR, NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+        for (; j + NR2 <= N; j += NR2) madd_block<MR, NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+        if (j < N) madd_axpy(c, ldc, a, a_rs, a_cs, b, b_rs, i, i + MR, j, N, K);  // column tail
+    }
+    // row tail: a 4-row block once if it fits (8-row case), then axpy rows
+    if (MR > 4 && i + 4 <= M) {
+        int64_t j = 0;
+        for (; j + NR <= N; j += NR) madd_block<4, NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+        for (; j + NR2 <= N; j += NR2) madd_block<4, NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+        if (j < N) madd_axpy(c, ldc, a, a_rs, a_cs, b, b_rs, i, i + 4, j, N, K);
+        i += 4;
+    }
+    madd_axpy(c, ldc, a, a_rs, a_cs, b, b_rs, i, M, 0, N, K);
 }
 
 // Per-thread scratch, grown on demand and kept (OpenMP reuses its threads): attention runs
