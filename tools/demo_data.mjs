@@ -1,8 +1,11 @@
-// demo_data.mjs: turns the Jargon File (Debian jargon-text, public domain) into the demo
-// instruction set, and gives the pretraining corpus its copy of the Jargon File with the
-// held-out entries removed (so the held-out evaluation never sees text it was trained on).
-//   node tools/demo_data.mjs dataset JARGON_TXT OUT_DIR   -> OUT_DIR/{train,held_out}.jsonl + counts (JSON on stdout)
-//   node tools/demo_data.mjs corpus  JARGON_TXT OUT_TXT   -> the Jargon File minus held-out entries
+// demo_data.mjs: the demo instruction set, and the pretraining corpus's copy of the Jargon File.
+//   node tools/demo_data.mjs kjv     KJV_TXT OUT_DIR      -> the demo task (scripts/make_demo_data.sh):
+//        "Which book of the Bible is this verse from?" -> book, OUT_DIR/{train,held_out}.jsonl
+//   node tools/demo_data.mjs corpus  JARGON_TXT OUT_TXT   -> the Jargon File minus the 80 entries the
+//        first demo task ("Define the hacker term X.") held out; scripts/make_base_model.sh uses it,
+//        so the bundled base model's recipe stays reproducible
+//   node tools/demo_data.mjs dataset JARGON_TXT OUT_DIR   -> that first task's JSONL (no longer the demo:
+//        its held-out loss fell only ~11% under LoRA, the definitions being unpredictable content)
 // Deterministic: entries are ordered by sha256(term); the first HELD_OUT go to held_out.jsonl,
 // the next up to MAX_TRAIN to train.jsonl. Uses only node's standard library.
 // Not here: fetching/installing the text (scripts/make_demo_data.sh), training.
@@ -96,12 +99,63 @@ function sample(e) {
     return JSON.stringify({ instruction: `Define the hacker term "${e.term}".`, output: e.def });
 }
 
+// ---- the demo task: which book of the KJV Bible is this verse from? ----------------------
+// Input: `bible -l100000 Gen1:1-Rev22:21` output (chapter headings "Book N", verses "  N text").
+// Twenty books of distinct kinds (law, history, poetry, prophets, gospels, letters, apocalypse).
+// Per book, verses of KJV_MIN..KJV_MAX characters ordered by sha256("Book c:v"): the first
+// KJV_HELD are held out, the next KJV_TRAIN trained on (every book equally, so the prior alone
+// is worth nothing and the answer has to come from the verse's style, names and vocabulary).
+const KJV_BOOKS = ['Genesis', 'Exodus', 'Leviticus', 'Deuteronomy', 'Joshua', 'Judges', '1 Samuel', '1 Kings',
+                   'Job', 'Psalms', 'Proverbs', 'Isaiah', 'Jeremiah', 'Ezekiel',
+                   'Matthew', 'Luke', 'John', 'Acts', 'Romans', 'Revelation'];
+const KJV_HELD = 4;
+const KJV_TRAIN = 64;
+const KJV_MIN = 60, KJV_MAX = 200;
+
+function kjv_split(text) {
+    const books = new Map();  // book -> [{ref, verse}]
+    let book = null, chapter = 0;
+    for (const line of text.split('\n')) {
+        let m = /^(\S.*?) (\d+)$/.exec(line);
+        if (m) { book = m[1]; chapter = +m[2]; if (!books.has(book)) books.set(book, []); continue; }
+        m = /^ +(\d+) (.+)$/.exec(line);
+        if (!m || !book) continue;
+        const verse = m[2].trim();
+        if (verse.length < KJV_MIN || verse.length > KJV_MAX) continue;
+        books.get(book).push({ book, ref: `${book} ${chapter}:${m[1]}`, verse, key: sha(`${book} ${chapter}:${m[1]}`) });
+    }
+    const held = [], train = [];
+    for (const b of KJV_BOOKS) {
+        const vs = books.get(b);
+        if (!vs || vs.length < KJV_HELD + KJV_TRAIN) throw new Error(`book ${b}: too few verses`);
+        vs.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+        held.push(...vs.slice(0, KJV_HELD));
+        train.push(...vs.slice(KJV_HELD, KJV_HELD + KJV_TRAIN));
+    }
+    return { books: KJV_BOOKS.length, held, train };
+}
+
+function kjv_sample(e) {
+    return JSON.stringify({ instruction: `Which book of the Bible is this verse from?\n${e.verse}`, output: e.book });
+}
+
 const [mode, src, dst] = process.argv.slice(2);
 if (!mode || !src || !dst) {
-    console.error('usage: node tools/demo_data.mjs dataset|corpus JARGON_TXT OUT');
+    console.error('usage: node tools/demo_data.mjs kjv KJV_TXT OUT_DIR | corpus JARGON_TXT OUT_TXT');
     process.exit(2);
 }
 const text = readFileSync(src, 'utf8');
+if (mode === 'kjv') {
+    const k = kjv_split(text);
+    mkdirSync(dst, { recursive: true });
+    // Held-out and train both in Bible order (the trainer shuffles with its own seed).
+    writeFileSync(`${dst}/train.jsonl`, k.train.map(kjv_sample).join('\n') + '\n');
+    writeFileSync(`${dst}/held_out.jsonl`, k.held.map(kjv_sample).join('\n') + '\n');
+    const mean = (a) => Math.round(a.reduce((x, e) => x + e.verse.length, 0) / a.length);
+    console.log(JSON.stringify({ books: k.books, train: k.train.length, held_out: k.held.length,
+                                 mean_verse_chars_train: mean(k.train), mean_verse_chars_held_out: mean(k.held) }));
+    process.exit(0);
+}
 const s = split(text);
 if (mode === 'dataset') {
     mkdirSync(dst, { recursive: true });
