@@ -6,7 +6,8 @@
 # Env: BATCH (4), SEQ (256), STEPS (5), THREADS (2), PEFT (build/peft), TORCH_REF.
 # Needs: apt-get install python3-torch python3-numpy libopenblas0-openmp (dev machines only).
 # peft `frozen` (forward + input gradients, no adapter) is paired with torch `lora` r16, the
-# baseline's nearest mode; peft `full` with torch `full`.
+# baseline's nearest mode; peft `full` with torch `full`; peft `lora` with torch `lora` (both r16,
+# alpha 16, on q,k,v,o,gate,up,down, B = 0 at init). METHODS picks which (default: all three).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHAPE=${1:-tiny}
@@ -17,26 +18,29 @@ TORCH_REF=${TORCH_REF:-../shared/bench/torch_ref.py}
 TORCH_SHAPE=$SHAPE; [ "$SHAPE" = "1b" ] && TORCH_SHAPE=1b-shape
 OUT=$(mktemp -d)
 
-for method in full frozen; do
+METHODS=${METHODS:-full frozen lora}
+for method in $METHODS; do
   tmethod=$method; [ "$method" = "frozen" ] && tmethod=lora
   for r in $(seq "$ROUNDS"); do
-    "$PEFT" bench --shape "$SHAPE" --method "$method" --batch "$BATCH" --seq "$SEQ" --steps "$STEPS" \
-      --threads "$THREADS" >> "$OUT/peft_$method.jsonl"
+    "$PEFT" bench --shape "$SHAPE" --method "$method" --lora-r 16 --lora-alpha 16 --batch "$BATCH" --seq "$SEQ" \
+      --steps "$STEPS" --threads "$THREADS" --peak >> "$OUT/peft_$method.jsonl"
     /usr/bin/python3 "$TORCH_REF" --config "$TORCH_SHAPE" --method "$tmethod" --rank 16 --batch "$BATCH" \
       --seq "$SEQ" --steps "$STEPS" --threads "$THREADS" >> "$OUT/torch_$method.jsonl"
   done
 done
 
-/usr/bin/python3 - "$OUT" "$SHAPE" <<'PY'
+/usr/bin/python3 - "$OUT" "$SHAPE" "$METHODS" <<'PY'
 import json, statistics, sys
-out, shape = sys.argv[1], sys.argv[2]
+out, shape, methods = sys.argv[1], sys.argv[2], sys.argv[3].split()
 def med(path, key):
     return statistics.median(json.loads(l)[key] for l in open(path) if l.strip())
-print(f"| shape | peft method | torch method | peft tok/s | torch tok/s | speed ratio | peft RSS MiB | torch RSS MiB | RSS ratio |")
-print(f"|---|---|---|---|---|---|---|---|---|")
-for m, tm in (("full", "full"), ("frozen", "lora r16")):
+print(f"| shape | peft method | torch method | peft tok/s | torch tok/s | speed ratio | peft GFLOP/s / GEMM peak | peft RSS MiB | torch RSS MiB | RSS ratio |")
+print(f"|---|---|---|---|---|---|---|---|---|---|")
+for m in methods:
+    tm = {"full": "full", "frozen": "lora r16", "lora": "lora r16"}[m]
     p, t = f"{out}/peft_{m}.jsonl", f"{out}/torch_{m}.jsonl"
     pt, tt = med(p, "tokens_per_s"), med(t, "tokens_per_s")
     pr, tr = med(p, "peak_rss_mib"), med(t, "peak_rss_mib")
-    print(f"| {shape} | {m} | {tm} | {pt:.0f} | {tt:.0f} | {pt/tt:.2f}x | {pr:.0f} | {tr:.0f} | {pr/tr:.2f} |")
+    pf = med(p, "peak_fraction")
+    print(f"| {shape} | {m} | {tm} | {pt:.0f} | {tt:.0f} | {pt/tt:.2f}x | {pf:.2f} | {pr:.0f} | {tr:.0f} | {pr/tr:.2f} |")
 PY
