@@ -283,6 +283,20 @@ status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64
 
 // ---- forward -------------------------------------------------------------------------------
 
+void llama_embed(float * out, const linear_weight & wte, const int32_t * tokens, int64_t N) {
+    const int64_t C = wte.IC;
+    if (wte.type == PEFT_DTYPE_F32) {
+        embedding_forward(out, tokens, (const float *) wte.data, N, C);
+        return;
+    }
+    const size_t row_bytes = (size_t) C * dtype_size(wte.type);
+    // a parallel region costs more than converting the few rows of a decode step
+#pragma omp parallel for schedule(static) if (N >= 64)
+    for (int64_t n = 0; n < N; n++) {
+        convert_to_f32(wte.type, (const uint8_t *) wte.data + (size_t) tokens[n] * row_bytes, out + n * C, (size_t) C);
+    }
+}
+
 // y[N,OC] = proj(x) through the layer's adapter if it has one; with `residual`, y = residual +
 // proj(x) (scratch [N,OC] is used only for adapted residual projections).
 void llama_proj_forward(const llama_model & m, int64_t l, llama_proj p, float * y, const float * x, int64_t N,
@@ -358,18 +372,6 @@ void layer_forward(const llama_model & m, int64_t l, layer_acts & a, float * scr
     llama_proj_forward(m, l, LLAMA_PROJ_DOWN, x_out, a.h, N, a.x_mid, scratch);  // x_out = x_mid + down(h)
 }
 
-void embed_rows(float * out, const linear_weight & wte, const int32_t * tokens, int64_t N) {
-    const int64_t C = wte.IC;
-    if (wte.type == PEFT_DTYPE_F32) {
-        embedding_forward(out, tokens, (const float *) wte.data, N, C);
-        return;
-    }
-    const size_t row_bytes = (size_t) C * dtype_size(wte.type);
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        convert_to_f32(wte.type, (const uint8_t *) wte.data + (size_t) tokens[n] * row_bytes, out + n * C, (size_t) C);
-    }
-}
 
 } // namespace
 
@@ -381,7 +383,7 @@ float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch,
     std::vector<int32_t> pos_scratch;
     const int32_t * pos = positions(batch, pos_scratch);
 
-    embed_rows(p.resid[0], m.w.embed, batch.tokens, N);
+    llama_embed(p.resid[0], m.w.embed, batch.tokens, N);
     for (int64_t l = 0; l < L; l++) {
         layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
         layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, batch.seg, B, T);

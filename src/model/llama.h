@@ -131,6 +131,9 @@ float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch,
 // d_inputs_embeds [B*T, C] (optional) receives d loss / d(embedding output).
 void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch, float * d_inputs_embeds = nullptr);
 
+// out[N,C] = embedding rows of tokens, converted to f32 from the table's stored dtype.
+void llama_embed(float * out, const linear_weight & wte, const int32_t * tokens, int64_t N);
+
 // One projection of layer l, through its adapter when it has one: y[N,OC] = proj(x[N,IC]),
 // or y = residual + proj(x) when residual is not null (scratch [N,OC] is then needed for
 // adapted projections; residual may alias y).

@@ -89,18 +89,6 @@ void attend_cache(float * out, const float * q, const float * kc, const float * 
     }
 }
 
-void embed_tokens(float * out, const linear_weight & wte, const int32_t * tokens, int64_t n) {
-    const int64_t C = wte.IC;
-    if (wte.type == PEFT_DTYPE_F32) {
-        embedding_forward(out, tokens, (const float *) wte.data, n, C);
-        return;
-    }
-    const size_t row_bytes = (size_t) C * dtype_size(wte.type);
-    for (int64_t r = 0; r < n; r++) {
-        convert_to_f32(wte.type, (const uint8_t *) wte.data + (size_t) tokens[r] * row_bytes, out + r * C, (size_t) C);
-    }
-}
-
 // x[nb,OC] += proj(in). The base linear accumulates into x directly; an adapted projection
 // writes into scratch and is added here, serially for the few rows of a decode step, where a
 // parallel region would cost more than the add (and would be the only overhead the unmerged
@@ -220,7 +208,7 @@ status llama_infer_eval(const llama_model & m, llama_infer_state & s, const int3
     int64_t nb = 0;
     for (int64_t i0 = 0; i0 < n; i0 += nb) {
         nb = std::min(s.max_batch, n - i0);
-        embed_tokens(p.x, m.w.embed, tokens + i0, nb);
+        llama_embed(p.x, m.w.embed, tokens + i0, nb);
         forward_chunk(m, s, nb);
         s.n_past += nb;
     }
