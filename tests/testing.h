@@ -42,6 +42,13 @@ struct guarded {
     int64_t n;
 };
 
+// Writes dir/tokenizer.json: a byte-level BPE with the 256 byte tokens (ids 0..255), no merges,
+// and `specials` as special added tokens with ids 256, 257, ...; when bos_template, a
+// post-processor that prepends specials[0].
+void write_byte_tokenizer(const std::string & dir, const std::vector<std::string> & specials, bool bos_template);
+// The Llama 3 chat markers, in the order tests give them ids 256..260.
+extern const std::vector<std::string> LLAMA3_MARKERS;
+
 std::string source_path(const std::string & rel);   // PEFT_SOURCE_DIR + "/" + rel
 std::string temp_dir(const std::string & name);      // fresh empty directory under /tmp
 

@@ -48,29 +48,10 @@ run_result run_peft(const std::string & args) {
     return r;
 }
 
-const char * MARKERS[] = {"<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
 constexpr int64_t VOCAB = 256 + 5;
 
 void write_tokenizer(const std::string & dir) {
-    std::string vocab = "{";
-    for (int b = 0; b < 256; ++b) {
-        std::string c;
-        utf8_append(c, byte_level_char((uint8_t) b));
-        if (b) vocab += ",";
-        vocab += json_quote(c) + ":" + std::to_string(b);
-    }
-    vocab += "}";
-    std::string added = "[";
-    for (int i = 0; i < 5; ++i) {
-        if (i) added += ",";
-        added += "{\"id\":" + std::to_string(256 + i) + ",\"content\":" + json_quote(MARKERS[i]) + ",\"special\":true}";
-    }
-    added += "]";
-    std::ofstream(dir + "/tokenizer.json") << "{\"added_tokens\":" << added
-        << ",\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
-           "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<|begin_of_text|>\",\"type_id\":0}},"
-           "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\"special_tokens\":{\"<|begin_of_text|>\":{\"id\":\"<|begin_of_text|>\",\"ids\":[256],\"tokens\":[\"<|begin_of_text|>\"]}}},"
-           "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":" << vocab << ",\"merges\":[]}}";
+    peft::testing::write_byte_tokenizer(dir, peft::testing::LLAMA3_MARKERS, /*bos_template=*/true);
     std::ofstream(dir + "/tokenizer_config.json")
         << "{\"bos_token\":\"<|begin_of_text|>\",\"eos_token\":\"<|end_of_text|>\",\"chat_template\":"
         << json_quote("{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}{{ '<|eot_id|>' }}") << "}";

@@ -14,26 +14,11 @@ using namespace peft;
 
 namespace {
 
-const char * MARKERS[] = {"<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
 
 // A tokenizer directory: 256 byte tokens, no merges, the Llama 3 markers as special tokens.
 std::string make_tokenizer_dir(const std::string & name, const std::string & chat_template) {
     const std::string dir = peft::testing::temp_dir(name);
-    std::string vocab = "{";
-    for (int b = 0; b < 256; ++b) {
-        std::string c;
-        utf8_append(c, byte_level_char((uint8_t) b));
-        vocab += (b ? "," : "") + json_quote(c) + ":" + std::to_string(b);
-    }
-    vocab += "}";
-    std::string added = "[";
-    for (int i = 0; i < 5; ++i) added += std::string(i ? "," : "") + "{\"id\":" + std::to_string(256 + i) + ",\"content\":" + json_quote(MARKERS[i]) + ",\"special\":true}";
-    added += "]";
-    std::ofstream(dir + "/tokenizer.json") << "{\"added_tokens\":" << added
-        << ",\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
-           "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<|begin_of_text|>\",\"type_id\":0}},"
-           "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\"special_tokens\":{\"<|begin_of_text|>\":{\"id\":\"<|begin_of_text|>\",\"ids\":[256],\"tokens\":[\"<|begin_of_text|>\"]}}},"
-           "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":" << vocab << ",\"merges\":[]}}";
+    peft::testing::write_byte_tokenizer(dir, peft::testing::LLAMA3_MARKERS, /*bos_template=*/true);
     std::ofstream(dir + "/tokenizer_config.json") << "{\"bos_token\":\"<|begin_of_text|>\",\"eos_token\":\"<|end_of_text|>\",\"chat_template\":"
                                                   << json_quote(chat_template) << "}";
     return dir;
@@ -95,7 +80,7 @@ TEST(data, chat_llama3_masks_the_prompt) {
     EXPECT_EQ(labelled_text(*tok, ds.train, 0), "Hello!<|eot_id|>");
     // Unshifted labels: where labelled, labels == input_ids.
     for (size_t i = 0; i < ds.train.labels.size(); ++i) {
-        if (ds.train.labels[i] != -100) EXPECT_EQ(ds.train.labels[i], ds.train.input_ids[i]);
+        if (ds.train.labels[i] != -100) { EXPECT_EQ(ds.train.labels[i], ds.train.input_ids[i]); }
     }
 
     data_options all = no_shuffle(128);

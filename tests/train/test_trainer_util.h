@@ -23,19 +23,7 @@ inline std::string make_model_dir(const std::string & name) {
     const std::string src = source_path("tests/fixtures/llama_gqa");
     std::filesystem::copy_file(src + "/config.json", dir + "/config.json");
     std::filesystem::copy_file(src + "/model.safetensors", dir + "/model.safetensors");
-    std::string vocab = "{";
-    for (int b = 0; b < 256; ++b) {
-        std::string c;
-        utf8_append(c, byte_level_char((uint8_t) b));
-        if (b) vocab += ',';   // appends one at a time: GCC 12 warns (-Wrestrict) on "," + string
-        vocab += json_quote(c);
-        vocab += ':';
-        vocab += std::to_string(b);
-    }
-    vocab += "}";
-    std::ofstream(dir + "/tokenizer.json") << "{\"added_tokens\":[],"
-        "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
-        "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":" << vocab << ",\"merges\":[]}}";
+    write_byte_tokenizer(dir, {}, /*bos_template=*/false);
     return dir;
 }
 
