@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "io/json.h"
+#include "model/llama.h"
 #include "tokenizer/normalize.h"
 
 namespace peft::testing {
@@ -128,6 +129,18 @@ void write_byte_tokenizer(const std::string & dir, const std::vector<std::string
     std::ofstream(dir + "/tokenizer.json") << "{\"added_tokens\":" << added
         << ",\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true}," << post
         << "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":" << vocab << ",\"merges\":[]}}";
+}
+
+std::vector<float> forward_logits(llama_model & m, const std::vector<int32_t> & tok) {
+    const int64_t T = (int64_t) tok.size();
+    std::vector<int32_t> tgt((size_t) T);
+    llama_shift_labels(tgt.data(), tok.data(), 1, T);
+    llama_state s;
+    EXPECT_TRUE(llama_state_init(s, m, 1, T, false).ok());
+    std::vector<float> logits((size_t) (T * m.hp.n_vocab));
+    llama_batch b{tok.data(), tgt.data(), nullptr, nullptr, 1, T};
+    llama_forward(m, s, b, 0.0f, logits.data());
+    return logits;
 }
 
 std::string source_path(const std::string & rel) { return std::string(PEFT_SOURCE_DIR) + "/" + rel; }

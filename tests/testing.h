@@ -8,6 +8,10 @@
 
 #include <gtest/gtest.h>
 
+namespace peft {
+struct llama_model;
+}
+
 namespace peft::testing {
 
 // Fails (with the first 5 offending pairs printed) unless |a-b| <= atol + rtol*|b| everywhere.
@@ -48,6 +52,9 @@ struct guarded {
 void write_byte_tokenizer(const std::string & dir, const std::vector<std::string> & specials, bool bos_template);
 // The Llama 3 chat markers, in the order tests give them ids 256..260.
 extern const std::vector<std::string> LLAMA3_MARKERS;
+
+// Logits [T, V] of one row of tokens through llama_forward (no gradients).
+std::vector<float> forward_logits(llama_model & m, const std::vector<int32_t> & tokens);
 
 std::string source_path(const std::string & rel);   // PEFT_SOURCE_DIR + "/" + rel
 std::string temp_dir(const std::string & name);      // fresh empty directory under /tmp

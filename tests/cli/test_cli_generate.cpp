@@ -117,17 +117,6 @@ std::string make_adapter_dir(const std::string & name, const std::string & model
     return dir;
 }
 
-std::vector<float> logits_of(llama_model & m, const std::vector<int32_t> & tok) {
-    const int64_t T = (int64_t) tok.size();
-    std::vector<int32_t> tgt((size_t) T);
-    llama_shift_labels(tgt.data(), tok.data(), 1, T);
-    llama_state s;
-    EXPECT_TRUE(llama_state_init(s, m, 1, T, false).ok());
-    std::vector<float> logits((size_t) (T * m.hp.n_vocab));
-    llama_batch b{tok.data(), tgt.data(), nullptr, nullptr, 1, T};
-    llama_forward(m, s, b, 0.0f, logits.data());
-    return logits;
-}
 
 struct fixture_dirs {
     std::string model, adapter;
@@ -272,10 +261,10 @@ TEST(cli_merge, merged_checkpoint_matches_unmerged_and_copies_files) {
     adapter_set set;
     st = adapter_load(dirs().adapter, unmerged, set);
     ASSERT_TRUE(st.ok()) << st.message;
-    const std::vector<float> a = logits_of(merged, tok), b = logits_of(unmerged, tok);
+    const std::vector<float> a = peft::testing::forward_logits(merged, tok), b = peft::testing::forward_logits(unmerged, tok);
     EXPECT_LT(peft::testing::rel_error(a.data(), b.data(), (int64_t) a.size()), 1e-5);
     unmerged.adapters.clear();
-    const std::vector<float> base = logits_of(unmerged, tok);
+    const std::vector<float> base = peft::testing::forward_logits(unmerged, tok);
     EXPECT_GT(peft::testing::rel_error(base.data(), b.data(), (int64_t) a.size()), 1e-3);
 
     // an existing non-empty directory is refused without --force, replaced with it
@@ -291,7 +280,7 @@ TEST(cli_merge, merged_checkpoint_matches_unmerged_and_copies_files) {
     llama_model m16;
     st = llama_load(m16, out, false);
     ASSERT_TRUE(st.ok()) << st.message;
-    const std::vector<float> c = logits_of(m16, tok);
+    const std::vector<float> c = peft::testing::forward_logits(m16, tok);
     EXPECT_LT(peft::testing::rel_error(c.data(), b.data(), (int64_t) c.size()), 2e-2);   // bf16 rounding of the weights
 }
 

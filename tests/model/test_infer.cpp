@@ -24,18 +24,6 @@ std::vector<int32_t> test_tokens(int64_t T, int64_t V) {
     return t;
 }
 
-// logits [T, V] of one row of T tokens through llama_forward
-std::vector<float> full_logits(llama_model & m, const std::vector<int32_t> & tok) {
-    const int64_t T = (int64_t) tok.size();
-    std::vector<int32_t> tgt((size_t) T);
-    llama_shift_labels(tgt.data(), tok.data(), 1, T);
-    llama_state s;
-    EXPECT_TRUE(llama_state_init(s, m, 1, T, false).ok());
-    std::vector<float> logits((size_t) (T * m.hp.n_vocab));
-    llama_batch b{tok.data(), tgt.data(), nullptr, nullptr, 1, T};
-    llama_forward(m, s, b, 0.0f, logits.data());
-    return logits;
-}
 
 // Prefills the first k tokens (in chunks of max_batch), then feeds the rest one at a time;
 // every returned row must match the full forward's row at that position.
@@ -87,7 +75,7 @@ TEST(llama_infer, incremental_logits_equal_full_forward_on_fixtures) {
         load_fixture(m, name);
         // llama3_packed has original_max_position 16: go past it so the scaled frequencies matter
         const std::vector<int32_t> tok = test_tokens(40, m.hp.n_vocab);
-        const std::vector<float> want = full_logits(m, tok);
+        const std::vector<float> want = peft::testing::forward_logits(m, tok);
         expect_incremental_matches(m, tok, want, 1, 256, name);      // token by token from the start
         expect_incremental_matches(m, tok, want, 13, 256, name);     // one prefill, then decode
         expect_incremental_matches(m, tok, want, 29, 4, name);       // prefill in chunks of 4
@@ -99,11 +87,11 @@ TEST(llama_infer, adapter_unmerged_and_merged_match_full_forward) {
         llama_model m;
         load_fixture(m, name);
         const std::vector<int32_t> tok = test_tokens(24, m.hp.n_vocab);
-        const std::vector<float> base = full_logits(m, tok);
+        const std::vector<float> base = peft::testing::forward_logits(m, tok);
         adapter_set set;
         status st = attach_random_lora(m, set, 3);
         ASSERT_TRUE(st.ok()) << st.message;
-        const std::vector<float> adapted = full_logits(m, tok);
+        const std::vector<float> adapted = peft::testing::forward_logits(m, tok);
         ASSERT_GT(peft::testing::rel_error(adapted.data(), base.data(), (int64_t) base.size()), 1e-3) << "the adapter must matter";
         expect_incremental_matches(m, tok, adapted, 9, 256, name);   // unmerged
         st = adapters_merge(m, set);
