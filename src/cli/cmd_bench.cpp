@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "adapters/adapter_set.h"
+#include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "core/rng.h"
 #include "core/threads.h"
@@ -79,18 +80,14 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--seq", seq, "tokens per sequence")->check(CLI::Range((int64_t) 2, (int64_t) 1 << 20));
     app.add_option("--steps", steps, "timed steps")->check(CLI::Range((int64_t) 1, (int64_t) 1000000));
     app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::Range((int64_t) 0, (int64_t) 1000));
-    app.add_option("--threads", threads, "threads (default: all cores)");
+    app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(0, THREADS_MAX));
     app.add_option("--seed", seed, "seed for random weights and tokens");
     app.add_option("--dtype", storage, "storage of frozen random weights: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
     app.add_flag("--recompute", recompute, "recompute activations per layer in backward (less memory)");
     app.add_option("--lr", lr, "AdamW learning rate (full)");
     app.add_flag("--same-batch", same_batch, "train on one batch every step (the loss must fall: a smoke test)");
     app.add_flag("--peak", peak, "also measure the GEMM peak and report the achieved fraction");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError & e) {
-        return app.exit(e);
-    }
+    if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     if (model_dir.empty() == shape.empty()) {
         std::fprintf(stderr, "peft bench: give exactly one of --model DIR or --shape NAME\n");
         return 2;

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "adapters/adapter_set.h"
+#include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "core/threads.h"
 #include "model/llama.h"
@@ -17,12 +18,6 @@
 #include "train/trainer.h"
 
 namespace peft {
-
-static int eval_fail(const status & st) {
-    std::fprintf(stderr, "peft eval: %s\n", st.message.c_str());
-    if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
-    return 1;
-}
 
 int cmd_eval(int argc, char ** argv) {
     CLI::App app{"Loss (mean cross-entropy over every predicted token) and perplexity of a model, optionally with an\n"
@@ -34,7 +29,7 @@ int cmd_eval(int argc, char ** argv) {
                  "            --sequence_len 512 --batch 4",
                  "peft eval"};
     std::string model_dir, adapter_dir, data_path, tok_path, chat_template;
-    bool as_json = false, no_packing = false, train_on_inputs = false;
+    bool as_json = false, no_packing = false, train_on_inputs = false, skip_bad_lines = false;
     int64_t seq = 0, batch = 1;
     int threads = 0;
     app.add_option("--model", model_dir, "Hugging Face model directory")->required();
@@ -45,31 +40,28 @@ int cmd_eval(int argc, char ** argv) {
         ->check(CLI::Range((int64_t) 2, (int64_t) 1 << 20));
     app.add_option("--batch", batch, "rows per forward pass (use training's micro_batch_size to reproduce its eval loss)")
         ->check(CLI::Range((int64_t) 1, (int64_t) 4096));
-    app.add_option("--threads", threads, "threads (default: all cores)");
+    app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(0, THREADS_MAX));
     app.add_option("--tokenizer", tok_path, "tokenizer directory or file (default: --model)");
     app.add_option("--chat_template,--chat-template", chat_template, "llama3, chatml, llama2, alpaca or plain (default: auto)");
     app.add_flag("--no-packing,--no_packing", no_packing, "one sample per row (sample_packing: false)");
     app.add_flag("--train-on-inputs,--train_on_inputs", train_on_inputs, "count prompt tokens too (train_on_inputs: true)");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError & e) {
-        return app.exit(e);
-    }
+    app.add_flag("--skip-bad-lines,--skip_bad_lines", skip_bad_lines, "count and skip malformed data lines instead of stopping");
+    if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     threads_set(threads);
     llama_model m;
     status st = llama_load(m, model_dir, false);
-    if (!st.ok()) return eval_fail(st);
+    if (!st.ok()) return cli_fail("eval", st);
     adapter_set aset;
     if (!adapter_dir.empty()) {
         st = adapter_load(adapter_dir, m, aset);
-        if (!st.ok()) return eval_fail(st);
+        if (!st.ok()) return cli_fail("eval", st);
         adapters_set_training(aset, false);
     }
     std::unique_ptr<tokenizer> tok;
     st = tokenizer::load(tok_path.empty() ? model_dir : tok_path, tok);
     if (!st.ok()) {
         if (st.hint.empty()) st.hint = "pass --tokenizer DIR when the model directory has no tokenizer files";
-        return eval_fail(st);
+        return cli_fail("eval", st);
     }
     const int64_t T = seq > 0 ? seq : std::min<int64_t>(2048, m.hp.max_position);
     data_options dopt;
@@ -79,20 +71,23 @@ int cmd_eval(int argc, char ** argv) {
     dopt.chat_template = chat_template;
     dopt.shuffle = false;
     dopt.held_out_fraction = 0.0;
+    dopt.skip_bad_lines = skip_bad_lines;
+    dopt.vocab_size = m.hp.n_vocab;
     dataset d;
     st = dataset_load(data_path, *tok, dopt, d);
-    if (!st.ok()) return eval_fail(st);
+    if (!st.ok()) return cli_fail("eval", st);
     for (const std::string & w : d.warnings) std::fprintf(stderr, "peft eval: warning: %s\n", w.c_str());
     st = check_token_ids(d.train, m.hp.n_vocab, data_path);
-    if (!st.ok()) return eval_fail(st);
+    if (!st.ok()) return cli_fail("eval", st);
     // Always `batch` rows per pass, the last batch padded with empty rows, as the trainer does:
     // GEMM shapes (and so the float sums) depend on it.
     llama_state s;
     st = llama_state_init(s, m, batch, T, false);
-    if (!st.ok()) return eval_fail(st);
+    if (!st.ok()) return cli_fail("eval", st);
     eval_result er;
     st = evaluate_rows(m, s, d.train, er);
-    if (!st.ok()) return eval_fail(st);
+    if (!st.ok()) return cli_fail("eval", st);
+    if (er.n_tokens == 0) return cli_fail("eval", make_error(PEFT_STATUS_FORMAT, data_path, "no scored tokens: nothing to evaluate"));
     if (as_json) {
         std::printf("{\"loss\": %.17g, \"perplexity\": %.17g, \"tokens\": %lld, \"rows\": %lld, \"sequence_len\": %lld, \"batch\": %lld}\n",
                     er.loss(), er.perplexity(), (long long) er.n_tokens, (long long) d.train.n_rows, (long long) T, (long long) batch);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "adapters/adapter_set.h"
+#include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "core/rng.h"
 #include "core/threads.h"
@@ -32,12 +33,6 @@ namespace {
 
 double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-int fail(const char * cmd, const status & st) {
-    std::fprintf(stderr, "peft %s: %s\n", cmd, st.message.c_str());
-    if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
-    return 1;
 }
 
 // Length of the longest prefix of s that does not end inside a UTF-8 sequence, so a streamed
@@ -229,12 +224,8 @@ int cmd_generate(int argc, char ** argv) {
     app.add_option("--seed", seed, "sampling seed");
     app.add_flag("--ignore-eos", ignore_eos, "do not stop at end-of-sequence tokens");
     app.add_flag("--show-prompt", show_prompt, "print the prompt as the model sees it (special tokens included) to stderr");
-    app.add_option("--threads", threads, "threads (default: all cores)");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError & e) {
-        return app.exit(e);
-    }
+    app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(0, THREADS_MAX));
+    if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     if (prompt.empty() == chat.empty()) {
         std::fprintf(stderr, "peft generate: give exactly one of --prompt TEXT or --chat TEXT (non-empty)\n");
         return 2;
@@ -246,19 +237,19 @@ int cmd_generate(int argc, char ** argv) {
     threads_set(threads);
     sampler smp;
     status st = sampler_init(smp, sampler_config{temperature, top_k, top_p, rep, seed});
-    if (!st.ok()) return fail("generate", st);
+    if (!st.ok()) return cli_fail("generate", st);
 
     // tokenizer and prompt first: cheap, and most bad input shows up here
     std::unique_ptr<tokenizer> tok;
     st = tokenizer::load(tok_path.empty() ? model_dir : tok_path, tok);
-    if (!st.ok()) return fail("generate", st);
+    if (!st.ok()) return cli_fail("generate", st);
     std::vector<int32_t> ids;
     std::vector<int32_t> stops;
     if (!chat.empty()) {
         int32_t eot = -1;
         std::string used;
         st = chat_prompt(*tok, chat, system, tmpl, ids, eot, used);
-        if (!st.ok()) return fail("generate", st);
+        if (!st.ok()) return cli_fail("generate", st);
         std::fprintf(stderr, "peft generate: chat template %s\n", used.c_str());
         if (eot >= 0) stops.push_back(eot);
     } else {
@@ -279,7 +270,7 @@ int cmd_generate(int argc, char ** argv) {
 
     llama_model m;
     st = llama_load(m, model_dir, false);
-    if (!st.ok()) return fail("generate", st);
+    if (!st.ok()) return cli_fail("generate", st);
     if (tok->n_vocab() > m.hp.n_vocab) {
         // ids past the embedding table would be out of range; catch the mismatch by name
         for (int32_t id : ids) {
@@ -287,7 +278,7 @@ int cmd_generate(int argc, char ** argv) {
                 status e = make_mismatch(PEFT_STATUS_CONFIG, model_dir, "tokenizer vocabulary", "ids below vocab_size " +
                                          std::to_string(m.hp.n_vocab), "token id " + std::to_string(id));
                 e.hint = "the tokenizer does not belong to this model; pass the right one with --tokenizer";
-                return fail("generate", e);
+                return cli_fail("generate", e);
             }
         }
     }
@@ -302,7 +293,7 @@ int cmd_generate(int argc, char ** argv) {
     adapter_set set;
     if (!adapter_dir.empty()) {
         st = load_adapter(m, adapter_dir, merge, set);
-        if (!st.ok()) return fail("generate", st);
+        if (!st.ok()) return cli_fail("generate", st);
         std::fprintf(stderr, "peft generate: adapter %s (%zu modules, %s)\n", adapter_dir.c_str(), set.modules.size(),
                      merge ? "merged" : "unmerged");
     }
@@ -313,13 +304,13 @@ int cmd_generate(int argc, char ** argv) {
         status e = make_error(PEFT_STATUS_ARGUMENT, "--prompt", "the prompt is " + std::to_string(n_prompt) +
                               " tokens, which leaves no room in the context of " + std::to_string(limit) + " positions");
         e.hint = "shorten the prompt (max_position_embeddings in config.json, or --ctx, sets the context)";
-        return fail("generate", e);
+        return cli_fail("generate", e);
     }
     int64_t max_ctx = std::min(n_prompt + max_new, m.hp.max_position);
     if (ctx > 0) max_ctx = std::min(ctx, m.hp.max_position);
     llama_infer_state is;
     st = llama_infer_init(is, m, max_ctx);
-    if (!st.ok()) return fail("generate", st);
+    if (!st.ok()) return cli_fail("generate", st);
 
     text_stream ts{*tok, stdout, {}};
     std::vector<float> logits;
@@ -328,7 +319,7 @@ int cmd_generate(int argc, char ** argv) {
     std::vector<int32_t> last;
     st = generate(m, is, smp, ids, max_new, stops,
                   [&](const std::vector<int32_t> & gen) { ts.update(gen, false); last = gen; }, logits, history, gs);
-    if (!st.ok()) return fail("generate", st);
+    if (!st.ok()) return cli_fail("generate", st);
     ts.update(last, true);
     std::fputc('\n', stdout);
     std::fflush(stdout);
@@ -381,10 +372,10 @@ int bench_generate(const std::string & model_dir, const std::string & shape, boo
     if (st.ok()) st = attach(mu, su);
     if (st.ok()) st = attach(mm, sm);
     if (st.ok()) st = adapters_merge(mm, sm);
-    if (!st.ok()) return fail("bench", st);
+    if (!st.ok()) return cli_fail("bench", st);
     const int64_t max_ctx = std::min(prompt_tokens + gen_tokens, mu.hp.max_position);
     if (prompt_tokens < 1 || prompt_tokens >= max_ctx) {
-        return fail("bench", make_error(PEFT_STATUS_ARGUMENT, "--seq", "the prompt must be shorter than the context (" +
+        return cli_fail("bench", make_error(PEFT_STATUS_ARGUMENT, "--seq", "the prompt must be shorter than the context (" +
                                         std::to_string(mu.hp.max_position) + ")"));
     }
     rng r(seed + 3);
@@ -404,7 +395,7 @@ int bench_generate(const std::string & model_dir, const std::string & shape, boo
     phase phases[3] = {{&mu, false, {}, {}, {}, {}}, {&mu, true, {}, {}, {}, {}}, {&mm, true, {}, {}, {}, {}}};
     for (phase & ph : phases) {
         st = llama_infer_init(ph.is, *ph.m, max_ctx);
-        if (!st.ok()) return fail("bench", st);
+        if (!st.ok()) return cli_fail("bench", st);
         ph.logits.resize((size_t) mu.hp.n_vocab);
     }
     auto select = [&](phase & ph) {
@@ -416,7 +407,7 @@ int bench_generate(const std::string & model_dir, const std::string & shape, boo
             llama_infer_reset(ph.is);
             const double t0 = now_s();
             st = llama_infer_eval(*ph.m, ph.is, prompt.data(), prompt_tokens, ph.logits.data());
-            if (!st.ok()) return fail("bench", st);
+            if (!st.ok()) return cli_fail("bench", st);
             if (round > 0) ph.prefill_s.push_back(now_s() - t0);
         }
         for (int64_t i = 0; i + 1 < gen_tokens; i++) {
@@ -425,7 +416,7 @@ int bench_generate(const std::string & model_dir, const std::string & shape, boo
                 const int32_t t = sample_argmax(ph.logits.data(), mu.hp.n_vocab);
                 const double t0 = now_s();
                 st = llama_infer_eval(*ph.m, ph.is, &t, 1, ph.logits.data());
-                if (!st.ok()) return fail("bench", st);
+                if (!st.ok()) return cli_fail("bench", st);
                 if (round > 0) ph.step_s.push_back(now_s() - t0);
             }
         }

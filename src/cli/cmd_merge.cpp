@@ -14,9 +14,11 @@
 #include <vector>
 
 #include "adapters/adapter_set.h"
+#include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "core/threads.h"
 #include "io/atomic_file.h"
+#include "io/output_guard.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 
@@ -25,12 +27,6 @@ namespace fs = std::filesystem;
 namespace peft {
 
 namespace {
-
-int fail(const status & st) {
-    std::fprintf(stderr, "peft merge: %s\n", st.message.c_str());
-    if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
-    return 1;
-}
 
 // Files copied next to the weights when the base directory has them.
 const char * const COPIED[] = {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -66,20 +62,6 @@ std::string config_with_dtype(std::string cfg, dtype t) {
     return cfg;
 }
 
-// A leftover OUT.tmp of an interrupted run holds only files this command writes; anything else
-// means it is somebody's directory and is left alone.
-bool is_our_leftover(const fs::path & dir) {
-    std::error_code ec;
-    for (const fs::directory_entry & e : fs::directory_iterator(dir, ec)) {
-        const std::string n = e.path().filename().string();
-        bool ours = n == "model.safetensors" || n == "config.json" || n.rfind("model.safetensors.tmp.", 0) == 0 ||
-                    n.find(".tmp.") != std::string::npos;
-        for (const char * c : COPIED) ours = ours || n == c;
-        if (!ours) return false;
-    }
-    return !ec;
-}
-
 status copy_file_into(const std::string & src, const std::string & dst) {
     std::string text;
     if (!read_text(src, text)) return make_error(PEFT_STATUS_IO, src, "cannot read");
@@ -106,46 +88,46 @@ int cmd_merge(int argc, char ** argv) {
     app.add_option("--dtype", dtype_opt, "dtype of the written weights: bf16, f16 or f32 (default: each tensor's base dtype)")
         ->check(CLI::IsMember({"bf16", "f16", "f32"}));
     app.add_flag("--force", force, "replace a non-empty output directory");
-    app.add_option("--threads", threads, "threads (default: all cores)");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError & e) {
-        return app.exit(e);
-    }
+    app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(0, THREADS_MAX));
+    if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     threads_set(threads);
     while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
     const bool have_dtype = !dtype_opt.empty();
     const dtype want = dtype_opt == "bf16" ? PEFT_DTYPE_BF16 : dtype_opt == "f16" ? PEFT_DTYPE_F16 : PEFT_DTYPE_F32;
 
-    // refuse early, before minutes of loading and merging
+    // refuse early, before minutes of loading and merging; --force replaces only an earlier
+    // output of peft merge (output_guard.h), never a directory holding anything else
     std::error_code ec;
     const fs::path out(out_dir), tmp(out_dir + ".tmp");
+    const std::vector<input_path> inputs = {{"base model", model_dir}, {"adapter", adapter_dir}};
+    status st = output_check_overlap(out_dir, "--out", inputs);
+    if (st.ok()) st = output_check_overlap(tmp.string(), "--out's work directory", inputs);
+    if (!st.ok()) return cli_fail("merge", st);
     if (fs::exists(out, ec)) {
-        if (!fs::is_directory(out, ec)) return fail(make_error(PEFT_STATUS_IO, out_dir, "exists and is not a directory"));
+        if (!fs::is_directory(out, ec)) return cli_fail("merge", make_error(PEFT_STATUS_IO, out_dir, "exists and is not a directory"));
         if (!fs::is_empty(out, ec) && !force) {
-            status st = make_error(PEFT_STATUS_IO, out_dir, "output directory exists and is not empty");
-            st.hint = "pick another --out, or pass --force to replace it";
-            return fail(st);
+            st = make_error(PEFT_STATUS_IO, out_dir, "output directory exists and is not empty");
+            st.hint = "pick another --out, or pass --force to replace an earlier output of peft merge";
+            return cli_fail("merge", st);
         }
-    }
-    if (fs::weakly_canonical(out, ec) == fs::weakly_canonical(fs::path(model_dir), ec)) {
-        return fail(make_error(PEFT_STATUS_ARGUMENT, out_dir, "--out is the base model directory"));
+        st = output_check_replace(out_dir, "merge");
+        if (!st.ok()) return cli_fail("merge", st);
     }
     if (!fs::is_directory(adapter_dir, ec)) {
-        status st = make_error(PEFT_STATUS_IO, adapter_dir, "adapter directory not found");
+        st = make_error(PEFT_STATUS_IO, adapter_dir, "adapter directory not found");
         st.hint = "--adapter takes a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)";
-        return fail(st);
+        return cli_fail("merge", st);
     }
 
     llama_model m;
-    status st = llama_load(m, model_dir, false);
-    if (!st.ok()) return fail(st);
+    st = llama_load(m, model_dir, false);
+    if (!st.ok()) return cli_fail("merge", st);
     adapter_set set;
     st = adapter_load(adapter_dir, m, set);
-    if (!st.ok()) return fail(st);
+    if (!st.ok()) return cli_fail("merge", st);
     safetensors_model src;   // the base file again, for dtypes, raw bytes and extra tensors
     st = safetensors_open_model(model_dir, src);
-    if (!st.ok()) return fail(st);
+    if (!st.ok()) return cli_fail("merge", st);
 
     // Merged one tensor at a time with the module's own merge (what adapters_merge does for the
     // whole model at once): only one f32 copy exists at a time, so merging a bf16 model needs
@@ -187,7 +169,7 @@ int cmd_merge(int argc, char ** argv) {
         } else {
             f32.resize(n);
             st = read_f32(ti, f32.data());
-            if (!st.ok()) return fail(st);
+            if (!st.ok()) return cli_fail("merge", st);
             buffers.emplace_back(n * dtype_size(w.type));
             convert_from_f32(w.type, f32.data(), buffers.back().data(), n);
             w.data = buffers.back().data();
@@ -195,28 +177,32 @@ int cmd_merge(int argc, char ** argv) {
         outs.push_back(std::move(w));
     }
     if (merged.size() != set.targets.size() || set.targets.empty()) {
-        return fail(make_error(PEFT_STATUS_SHAPE, adapter_dir, "the adapter has no mergeable target modules"));
+        return cli_fail("merge", make_error(PEFT_STATUS_SHAPE, adapter_dir, "the adapter has no mergeable target modules"));
     }
     for (const auto & kv : merged) {
-        if (!src.find(kv.first)) return fail(make_error(PEFT_STATUS_SHAPE, model_dir, "merged tensor '" + kv.first + "' is not in the base checkpoint"));
+        if (!src.find(kv.first)) return cli_fail("merge", make_error(PEFT_STATUS_SHAPE, model_dir, "merged tensor '" + kv.first + "' is not in the base checkpoint"));
     }
 
     // build OUT.tmp
-    if (fs::exists(tmp, ec)) {
-        if (!fs::is_directory(tmp, ec) || !is_our_leftover(tmp)) {
-            status e = make_error(PEFT_STATUS_IO, tmp.string(), "exists and is not a leftover of peft merge");
-            e.hint = "remove or rename it; peft merge builds the output there before renaming it to --out";
-            return fail(e);
+    if (fs::exists(tmp, ec)) {   // a leftover of an interrupted merge, or somebody's directory
+        st = output_check_replace(tmp.string(), "merge");
+        if (!st.ok()) {
+            st.hint = "peft merge builds the output in " + tmp.string() + " before renaming it to --out; move that directory away";
+            return cli_fail("merge", st);
         }
         fs::remove_all(tmp, ec);
     }
     fs::create_directories(tmp, ec);
-    if (ec) return fail(make_error(PEFT_STATUS_IO, tmp.string(), "cannot create directory: " + ec.message()));
+    if (ec) return cli_fail("merge", make_error(PEFT_STATUS_IO, tmp.string(), "cannot create directory: " + ec.message()));
     auto abandon = [&](const status & e) {
         std::error_code ec2;
         fs::remove_all(tmp, ec2);
-        return fail(e);
+        return cli_fail("merge", e);
     };
+    std::vector<std::string> out_names = {"model.safetensors", "config.json"};
+    for (const char * f : COPIED) out_names.push_back(f);
+    st = output_mark(tmp.string(), "merge", out_names);   // first, so an interrupted tmp is recognised
+    if (!st.ok()) return abandon(st);
     st = safetensors_write((tmp / "model.safetensors").string(), outs, {{"format", "pt"}});
     if (!st.ok()) return abandon(st);
     std::string cfg;

@@ -7,17 +7,12 @@
 #include <fstream>
 #include <sstream>
 
+#include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "io/json.h"
 #include "tokenizer/tokenizer.h"
 
 namespace peft {
-
-static int tokenize_fail(const status & st) {
-    std::fprintf(stderr, "peft tokenize: %s\n", st.message.c_str());
-    if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
-    return 1;
-}
 
 // Printable form of a piece for the table: control bytes escaped.
 static std::string show_piece(const std::string & s) {
@@ -44,33 +39,30 @@ int cmd_tokenize(int argc, char ** argv) {
     int repeat = 3;
     app.add_option("--tokenizer", tok_path, "model directory or tokenizer.json / tokenizer.model / encoder.json")->required();
     auto * o_text = app.add_option("--text", text, "text to encode");
-    auto * o_file = app.add_option("--file", file, "file whose whole content is encoded");
+    auto * o_file = app.add_option("--file", file, "file whose whole content is encoded")->check(CLI::ExistingFile);
     o_text->excludes(o_file);
     app.add_flag("--json", as_json, "print one JSON object {ids, pieces, text} instead of a table");
     app.add_flag("--no-special", no_special, "do not add the post-processor's BOS/EOS");
     app.add_flag("--raw-special", raw_special, "encode special-token text such as <|eot_id|> as plain text");
     app.add_flag("--bench", bench, "time single-thread encoding of the input and print MB/s (JSON line)");
     app.add_option("--repeat", repeat, "--bench: timed passes (the first is cold: empty word cache)")->check(CLI::Range(1, 100));
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError & e) {
-        return app.exit(e);
-    }
+    if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     if (o_text->count() == 0 && o_file->count() == 0) {
         std::fprintf(stderr, "peft tokenize: give --text S or --file F\n");
         return 2;
     }
     if (o_file->count()) {
         std::ifstream f(file, std::ios::binary);
-        if (!f) return tokenize_fail(make_error(PEFT_STATUS_IO, file, "cannot open for reading"));
+        if (!f) return cli_fail("tokenize", make_error(PEFT_STATUS_IO, file, "cannot open for reading"));
         std::ostringstream ss;
         ss << f.rdbuf();
+        if (f.bad()) return cli_fail("tokenize", make_error(PEFT_STATUS_IO, file, "read error"));
         text = ss.str();
     }
     std::unique_ptr<tokenizer> tok;
     const auto t_load = std::chrono::steady_clock::now();
     const status st = tokenizer::load(tok_path, tok);
-    if (!st.ok()) return tokenize_fail(st);
+    if (!st.ok()) return cli_fail("tokenize", st);
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
 
     if (bench) {

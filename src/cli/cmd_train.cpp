@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 
+#include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "train/config.h"
 #include "train/train_loop.h"
@@ -48,12 +49,6 @@ static const char * TRAIN_USAGE =
     "\n"
     "keys:\n";
 
-static int train_fail(const status & st, int code = 1) {
-    std::fprintf(stderr, "peft train: %s\n", st.message.c_str());
-    if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
-    return code;
-}
-
 static bool is_bool_word(const char * s) {
     for (const char * w : {"true", "false", "1", "0", "yes", "no", "on", "off"}) {
         if (!std::strcmp(s, w)) return true;
@@ -92,7 +87,7 @@ int cmd_train(int argc, char ** argv) {
     }
     if (!config_path.empty()) {
         status st = config_load_file(config_path, entries);
-        if (!st.ok()) return train_fail(st);
+        if (!st.ok()) return cli_fail("train", st);
     }
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
@@ -118,7 +113,7 @@ int cmd_train(int argc, char ** argv) {
             value = argv[++i];
         }
         status st = config_set_flag(entries, name, value);
-        if (!st.ok()) return train_fail(st, 2);
+        if (!st.ok()) return cli_fail("train", st, EXIT_USAGE);
     }
     if (argc < 2) {
         std::fprintf(stderr, "%s%s", TRAIN_USAGE, config_help().c_str());
@@ -126,15 +121,15 @@ int cmd_train(int argc, char ** argv) {
     }
     train_options o;
     status st = config_build(entries, o);
-    if (!st.ok()) return train_fail(st);
+    if (!st.ok()) return cli_fail("train", st);
     if (print_config) {
         std::printf("%s\n", config_to_json(o).c_str());
         return 0;
     }
     train_summary sum;
     st = train_run(o, sum);
-    if (st.code == PEFT_STATUS_INTERRUPTED) return train_fail(st, 130);
-    if (!st.ok()) return train_fail(st);
+    if (st.code == PEFT_STATUS_INTERRUPTED) return cli_fail("train", st, EXIT_INTERRUPTED);
+    if (!st.ok()) return cli_fail("train", st);
     return 0;
 }
 

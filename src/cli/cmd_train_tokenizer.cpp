@@ -4,19 +4,16 @@
 // Not here: the training algorithm and the file contents (tokenizer/bpe_train.h).
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 
+#include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "io/json.h"
+#include "io/output_guard.h"
 #include "tokenizer/bpe_train.h"
 #include "tokenizer/tokenizer.h"
 
 namespace peft {
-
-static int train_tokenizer_fail(const status & st) {
-    std::fprintf(stderr, "peft train-tokenizer: %s\n", st.message.c_str());
-    if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
-    return 1;
-}
 
 int cmd_train_tokenizer(int argc, char ** argv) {
     CLI::App app{"Trains a byte-level BPE tokenizer (Llama 3 pre-tokenizer regex + ByteLevel, all 256 bytes in the\n"
@@ -36,25 +33,31 @@ int cmd_train_tokenizer(int argc, char ** argv) {
     app.add_option("--special-tokens", extra, "more special tokens, appended after the family's");
     app.add_option("--min-frequency", opt.min_frequency, "stop when the most frequent pair occurs fewer times")->check(CLI::Range(1, 1 << 30));
     app.add_option("--model-max-length", opt.model_max_length, "model_max_length in tokenizer_config.json")->check(CLI::Range(1, 1 << 30));
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError & e) {
-        return app.exit(e);
-    }
+    if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     status st = bpe_train_family_from_name(family, opt.family);
-    if (!st.ok()) return train_tokenizer_fail(st);
+    if (!st.ok()) return cli_fail("train-tokenizer", st);
     opt.extra_special = extra;
+    // --out may be a model directory: only tokenizer files this command wrote earlier are replaced
+    const std::vector<std::string> names = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"};
+    std::vector<input_path> in;
+    for (const std::string & f : inputs) in.push_back({"input file", f});
+    st = output_check_overlap(out_dir, "--out", in);
+    if (st.ok()) st = output_check_names(out_dir, "train-tokenizer", names);
+    if (!st.ok()) return cli_fail("train-tokenizer", st);
 
     bpe_train_result r;
     st = bpe_train_files(inputs, opt, r);
-    if (!st.ok()) return train_tokenizer_fail(st);
-    st = bpe_write_dir(out_dir, r, opt);
-    if (!st.ok()) return train_tokenizer_fail(st);
+    if (!st.ok()) return cli_fail("train-tokenizer", st);
+    std::error_code ec;
+    std::filesystem::create_directories(out_dir, ec);
+    st = output_mark(out_dir, "train-tokenizer", names);   // before writing: a crash leaves files a rerun may replace
+    if (st.ok()) st = bpe_write_dir(out_dir, r, opt);
+    if (!st.ok()) return cli_fail("train-tokenizer", st);
 
     // Reload through the real loader so a file it cannot read never leaves this command.
     std::unique_ptr<tokenizer> tok;
     st = tokenizer::load(out_dir, tok);
-    if (!st.ok()) return train_tokenizer_fail(st);
+    if (!st.ok()) return cli_fail("train-tokenizer", st);
 
     const double secs = r.seconds_count + r.seconds_merge;
     std::printf("{\"out\":%s,\"vocab_size\":%zu,\"merges\":%zu,\"special\":%d,\"bos_id\":%d,\"eos_id\":%d,\"pad_id\":%d,"

@@ -33,12 +33,12 @@ void print_usage() {
 int main(int argc, char ** argv) {
     if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
         print_usage();
-        return argc < 2 ? 1 : 0;
+        return argc < 2 ? 2 : 0;
     }
     for (const subcommand & c : SUBCOMMANDS) {
         if (!std::strcmp(argv[1], c.name)) return c.run(argc - 1, argv + 1);
     }
     std::fprintf(stderr, "peft: unknown command '%s'\n", argv[1]);
     print_usage();
-    return 1;
+    return 2;
 }

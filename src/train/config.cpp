@@ -89,6 +89,7 @@ const key_def KEYS[] = {
     {"gradient_checkpointing", K_BOOL, false, "false", "recompute activations in backward (less memory)"},
     {"resume_from_checkpoint", K_BOOL_OR_STRING, false, "none", "a checkpoint-N directory, or true/latest for the newest in output_dir"},
     {"progress", K_BOOL, false, "true", "progress bar (a TTY) or periodic lines on stderr"},
+    {"skip_bad_lines", K_BOOL, false, "false", "count and skip malformed data lines instead of stopping at the first"},
 };
 
 // Other spellings people bring from axolotl / transformers.
@@ -633,6 +634,7 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
             else PEFT_TRY(rd.get_string(key, v, o.resume_from_checkpoint));
         }
         else if (key == "progress") PEFT_TRY(rd.get_bool(key, v, o.progress));
+        else if (key == "skip_bad_lines") PEFT_TRY(rd.get_bool(key, v, o.skip_bad_lines));
         else return unknown_key("config", key);   // a table entry without a reader: keep them in sync
     }
     if (o.adapter.empty()) return make_error(PEFT_STATUS_CONFIG, "config", "key 'adapter' is empty (lora or full)");
@@ -712,6 +714,7 @@ std::string config_to_json(const train_options & o) {
     add("sequence_len", std::to_string(o.sequence_len));
     add("sample_packing", o.sample_packing ? "true" : "false");
     add("train_on_inputs", o.train_on_inputs ? "true" : "false");
+    if (o.skip_bad_lines) add("skip_bad_lines", "true");
     if (!o.chat_template.empty()) add("chat_template", str(o.chat_template));
     add("lr_scheduler", str(o.lr_scheduler));
     add("warmup_steps", std::to_string(o.warmup_steps));

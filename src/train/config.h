@@ -59,6 +59,7 @@ struct train_options {
     bool    gradient_checkpointing = false; // recompute activations in backward
     std::string resume_from_checkpoint;     // checkpoint dir, or "latest" (newest in output_dir)
     bool    progress = true;                // progress bar / lines on stderr
+    bool    skip_bad_lines = false;         // count and skip malformed data lines
 
     bool full() const { return adapter == "full"; }
 };

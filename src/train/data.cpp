@@ -4,6 +4,7 @@
 #include "train/data.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -109,18 +110,20 @@ status data_parse_line(const std::string & line, const std::string & where, cons
             return make_mismatch(PEFT_STATUS_FORMAT, where, "field \"labels\"", "an array as long as input_ids (" + std::to_string(ids.size()) + ")",
                                  labels.is_array() ? std::to_string(labels.size()) + " entries" : "not an array");
         }
-        const int64_t V = tok.n_vocab();
+        const int64_t V = opt.vocab_size > 0 ? opt.vocab_size : tok.n_vocab();
+        const std::string id_range = opt.vocab_size > 0 ? "an id below the model's vocab_size " + std::to_string(V)
+                                                        : "an id in [0, " + std::to_string(V) + ") (the tokenizer's size)";
         for (size_t i = 0; i < ids.size(); ++i) {
             const json_value v = ids.at(i);
             if (!v.is_integer() || v.as_int() < 0 || v.as_int() >= V) {
-                return make_mismatch(PEFT_STATUS_FORMAT, where, "input_ids[" + std::to_string(i) + "]", "an id in [0, " + std::to_string(V) + ")", v.dump());
+                return make_mismatch(PEFT_STATUS_FORMAT, where, "input_ids[" + std::to_string(i) + "]", id_range, v.dump());
             }
             out.input_ids.push_back((int32_t) v.as_int());
             int32_t lab = (int32_t) v.as_int();
             if (has_labels) {
                 const json_value l = labels.at(i);
                 if (!l.is_integer() || (l.as_int() != IGNORE && (l.as_int() < 0 || l.as_int() >= V))) {
-                    return make_mismatch(PEFT_STATUS_FORMAT, where, "labels[" + std::to_string(i) + "]", "-100 or an id in [0, " + std::to_string(V) + ")", l.dump());
+                    return make_mismatch(PEFT_STATUS_FORMAT, where, "labels[" + std::to_string(i) + "]", "-100 or " + id_range, l.dump());
                 }
                 lab = (int32_t) l.as_int();
             }
@@ -222,6 +225,12 @@ status dataset_load(const std::string & path, const tokenizer & tok, const data_
     if (!(opt.held_out_fraction >= 0.0 && opt.held_out_fraction < 1.0)) {
         return make_mismatch(PEFT_STATUS_CONFIG, path, "held_out_fraction", "in [0, 1)", std::to_string(opt.held_out_fraction));
     }
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) {
+        status st = make_error(PEFT_STATUS_IO, path, "is a directory, not a data file");
+        st.hint = "give a .jsonl file (one JSON object per line) or a .txt file";
+        return st;
+    }
     std::ifstream f(path, std::ios::binary);
     if (!f) return make_error(PEFT_STATUS_IO, path, "cannot open data file for reading");
     std::ostringstream ss;
@@ -267,7 +276,7 @@ status dataset_load(const std::string & path, const tokenizer & tok, const data_
             if (!st.ok()) {
                 if (!opt.skip_bad_lines) {
                     status e2 = st;
-                    if (e2.hint.empty()) e2.hint = "fix the line, or pass --skip-bad-lines to count and skip bad lines";
+                    if (e2.hint.empty()) e2.hint = "fix the line, or count and skip bad lines: skip_bad_lines: true (peft train) / --skip-bad-lines (peft eval)";
                     return e2;
                 }
                 ++out.n_skipped_lines;
@@ -279,15 +288,36 @@ status dataset_load(const std::string & path, const tokenizer & tok, const data_
         if (used_template) out.template_name = chat_template_name((chat_template_kind) tmpl);
         if (out.n_skipped_lines > 0) out.warnings.push_back(std::to_string(out.n_skipped_lines) + " bad lines skipped in " + path);
     }
-    // Samples with nothing to learn cannot contribute to the loss.
+    // Truncate first, then drop samples with nothing to learn: a sample whose every trained
+    // token lies past max_len (a long prompt) would add rows that score zero tokens.
+    int64_t n_lost = 0, keep_len = 0;   // samples emptied by truncation; the length that keeps them
+    for (data_sample & s : samples) {
+        if ((int64_t) s.input_ids.size() <= opt.max_len) continue;
+        ++out.n_truncated;
+        const auto first = std::find_if(s.labels.begin() + 1, s.labels.end(), [](int32_t l) { return l != IGNORE; });
+        const int64_t at = first - s.labels.begin();
+        if (first != s.labels.end() && at >= opt.max_len) {
+            ++n_lost;
+            keep_len = std::max(keep_len, at + 1);
+        }
+        s.input_ids.resize((size_t) opt.max_len);
+        s.labels.resize((size_t) opt.max_len);
+    }
     samples.erase(std::remove_if(samples.begin(), samples.end(), [](const data_sample & s) {
         return s.input_ids.size() < 2 || std::all_of(s.labels.begin() + 1, s.labels.end(), [](int32_t l) { return l == IGNORE; });
     }), samples.end());
+    const std::string lost = std::to_string(n_lost) + " samples lost every trained token to truncation at sequence_len " +
+                             std::to_string(opt.max_len);
     if (samples.empty()) {
-        status st = make_error(PEFT_STATUS_FORMAT, path, "empty data set: no sample with tokens to train on");
+        status st = make_error(PEFT_STATUS_FORMAT, path, "no scored tokens: no sample has a token to train on or score");
+        if (n_lost > 0) {
+            st.message += " (" + lost + ")";
+            st.hint = "sequence_len " + std::to_string(keep_len) + " or more keeps them";
+        }
         if (out.n_skipped_lines > 0) st.message += " (" + std::to_string(out.n_skipped_lines) + " bad lines skipped)";
         return st;
     }
+    if (n_lost > 0) out.warnings.push_back(lost + " and were dropped; sequence_len " + std::to_string(keep_len) + " or more keeps them");
     if (opt.shuffle) {
         // Fisher-Yates with the project's deterministic generator: same seed, same order everywhere.
         rng g(opt.seed);
@@ -304,8 +334,8 @@ status dataset_load(const std::string & path, const tokenizer & tok, const data_
     const std::vector<data_sample> held(samples.begin(), samples.begin() + (std::ptrdiff_t) n_held);
     const std::vector<data_sample> train(samples.begin() + (std::ptrdiff_t) n_held, samples.end());
     int32_t pad = tok.pad_id() >= 0 ? tok.pad_id() : tok.eos_id() >= 0 ? tok.eos_id() : 0;
-    data_build_rows(train, opt, pad, out.train, &out.n_truncated);
-    data_build_rows(held, opt, pad, out.held_out, &out.n_truncated);
+    data_build_rows(train, opt, pad, out.train, nullptr);   // samples are already truncated
+    data_build_rows(held, opt, pad, out.held_out, nullptr);
     out.n_samples = (int64_t) samples.size();
     out.n_held_out_samples = (int64_t) n_held;
     for (const data_rows * r : {&out.train, &out.held_out}) {

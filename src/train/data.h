@@ -42,6 +42,9 @@ struct data_options {
     uint64_t seed = 42;
     double held_out_fraction = 0.0;  // of samples, taken after shuffling; at least one when > 0
     bool skip_bad_lines = false;     // count and skip malformed lines instead of failing
+    int64_t vocab_size = 0;          // pre-tokenized ids must be below it: the model's vocab_size,
+                                     // which may exceed the tokenizer's size (padded vocabularies);
+                                     // 0 = the tokenizer's size
     int64_t max_bytes = (int64_t) 1 << 32;  // refuse larger input files
 };
 

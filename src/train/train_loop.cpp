@@ -27,6 +27,7 @@
 #include "core/threads.h"
 #include "io/atomic_file.h"
 #include "io/json.h"
+#include "io/output_guard.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
@@ -210,6 +211,30 @@ status check_output_dir(const std::string & dir) {
     return {};
 }
 
+// Every name peft train writes into output_dir (output_guard.h rule 2).
+std::vector<std::string> train_output_names() {
+    std::vector<std::string> n = {"adapter_config.json", "adapter_model.safetensors", "model.safetensors", "config.json",
+                                  "metrics.jsonl", "train_config.json", "report.html", "checkpoint-*"};
+    for (const char * t : TOKENIZER_FILES) n.push_back(t);
+    return n;
+}
+
+// output_dir must not overlap any input, nor hold files of the same names that another command
+// (or the user) made; then it is locked for this run and marked as peft train's.
+status claim_output_dir(const train_options & o, output_lock & lock) {
+    std::vector<input_path> inputs = {{"base model", o.base_model}, {"tokenizer", o.tokenizer}};
+    for (const dataset_spec & d : o.datasets) inputs.push_back({"data file", d.path});
+    for (const dataset_spec & d : o.test_datasets) inputs.push_back({"test data file", d.path});
+    const std::string & r = o.resume_from_checkpoint;
+    // a checkpoint of another run is an input; one inside output_dir is this command's own
+    if (!r.empty() && r != "latest" && !path_is_within(r, o.output_dir)) inputs.push_back({"checkpoint", r});
+    PEFT_TRY(output_check_overlap(o.output_dir, "output_dir", inputs));
+    PEFT_TRY(output_check_names(o.output_dir, "train", train_output_names()));
+    PEFT_TRY(check_output_dir(o.output_dir));
+    PEFT_TRY(lock.acquire(o.output_dir, "train"));
+    return output_mark(o.output_dir, "train", train_output_names());
+}
+
 } // namespace
 
 void train_request_stop() { g_stop = 1; }
@@ -252,7 +277,8 @@ status train_run(const train_options & o, train_summary & out) {
     const double t_begin = now_s();
 
     // ---- everything that can fail on bad input, before any long work ----
-    PEFT_TRY(check_output_dir(o.output_dir));
+    output_lock lock;
+    PEFT_TRY(claim_output_dir(o, lock));
     threads_set(o.threads);
 
     llama_model m;
@@ -287,6 +313,8 @@ status train_run(const train_options & o, train_summary & out) {
     dopt.shuffle = true;
     dopt.seed = o.seed;
     dopt.held_out_fraction = o.val_set_size;
+    dopt.skip_bad_lines = o.skip_bad_lines;
+    dopt.vocab_size = hp.n_vocab;
     data_rows train, held;
     train.T = held.T = T;
     int64_t n_samples = 0;
@@ -464,6 +492,7 @@ status train_run(const train_options & o, train_summary & out) {
         status st = evaluate_rows(m, s, held, er);
         if (!o.full()) adapters_set_training(aset, true);
         PEFT_TRY(st);
+        if (er.n_tokens == 0) return make_error(PEFT_STATUS_FORMAT, "held-out data", "no scored tokens: nothing to evaluate");
         out.has_eval = true;
         out.eval_loss = er.loss();
         out.eval_perplexity = er.perplexity();

@@ -78,6 +78,9 @@ status train_step(llama_model & m, llama_state & s, adamw & opt, const train_con
         loss += (double) l * scale;
         out.n_targets += s.n_valid;
     }
+    if (out.n_targets == 0) {   // the data loader drops such rows; an update from nothing is a bug
+        return make_error(PEFT_STATUS_FORMAT, "training step " + std::to_string(step + 1), "its rows hold no scored token (every label is masked)");
+    }
     // Regularisers (AdaLoRA's orthogonality) once per optimizer step with weight 1 = the loss
     // scale; the method applies its own coefficient.
     double reg = 0.0;

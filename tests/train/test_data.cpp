@@ -220,8 +220,8 @@ TEST(data, bad_input_names_file_and_line) {
         {"{\"foo\":1}\n", "no known fields"},
         {"[1,2]\n", "object"},
         {"{\"text\":\"bad \xff byte\"}\n", "UTF-8"},
-        {"", "empty"},
-        {"\n\n", "empty"},
+        {"", "no scored tokens"},
+        {"\n\n", "no scored tokens"},
     };
     for (const bad_case & c : cases) {
         const std::string path = write_file("bad.jsonl", c.body);

@@ -289,9 +289,9 @@ TEST(trainer, unwritable_output_dir_fails_before_training) {
 }
 
 TEST(trainer, bad_data_and_resume_inputs_are_clear_errors) {
-    const std::string out = temp_dir("trainer_bad");
+    const std::string dir = temp_dir("trainer_bad"), out = dir + "/out";
     // token ids beyond the model's vocabulary (64)
-    const std::string bad = out + "/big_ids.jsonl";
+    const std::string bad = dir + "/big_ids.jsonl";
     std::ofstream(bad) << "{\"input_ids\": [1, 2, 100, 4]}\n";
     auto flags = lora_flags(out);
     flags.push_back({"datasets", bad});

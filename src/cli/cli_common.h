@@ -1,0 +1,22 @@
+// cli_common.h: what every subcommand shares: exit codes, the error line + hint, and CLI11
+// parsing that maps every usage error to exit code 2 (README "Exit codes").
+#pragma once
+#include "core/status.h"
+
+namespace CLI { class App; }
+
+namespace peft {
+
+enum exit_code { EXIT_OK = 0, EXIT_ERROR = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
+
+// Prints "peft <command>: <message>" and "---> HINT: <hint>" on stderr; returns `code`.
+int cli_fail(const char * command, const status & st, int code = EXIT_ERROR);
+
+// Parses argv into app. Returns -1 to go on, else the exit code to return at once:
+// 0 after --help, EXIT_USAGE for an unknown flag, a missing or bad value.
+int cli_parse(CLI::App & app, int argc, char ** argv);
+
+// The valid range of every --threads option (0 = all cores).
+constexpr int THREADS_MAX = 1024;
+
+} // namespace peft
