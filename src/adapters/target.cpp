@@ -90,6 +90,21 @@ bool match_module(const module_match & m, const std::regex * re, const std::stri
     return false;
 }
 
+// The layer index of a module path under PEFT's layer regexes, or -1.
+int64_t layer_of(const std::string & path, const std::vector<std::regex> & layer_res) {
+    for (const std::regex & re : layer_res) {
+        std::smatch mt;
+        bool ok = false;
+        try {
+            ok = std::regex_match(path, mt, re);
+        } catch (const std::regex_error &) {
+            ok = false;
+        }
+        if (ok) return std::stoll(mt[1].str());
+    }
+    return -1;
+}
+
 } // namespace
 
 status target_rules_parse(const json_value & cfg, const std::string & where, target_rules & out) {
@@ -204,26 +219,39 @@ status target_select(const target_rules & r, const std::vector<std::string> & pa
         }
     }
 
+    // exclusions and layer indices that match nothing are typos; PEFT raises on the former
+    if (r.exclude.kind != module_match::NONE) {
+        bool any = false;
+        for (const std::string & p : paths) any = any || match_module(r.exclude, &exclude_re, p, nullptr);
+        if (!any) {
+            status st = make_error(PEFT_STATUS_CONFIG, where, "exclude_modules: " + module_match_json(r.exclude) + " matches no module of the model");
+            st.hint = "list module names (" + available_list() + ") or give a regex over paths such as model.layers.0.self_attn.q_proj" +
+                      (r.exclude.regex == "all-linear" ? "; \"all-linear\" is a target_modules value only" : "");
+            return st;
+        }
+    }
+    if (r.layers_set) {
+        std::vector<bool> seen;
+        for (const std::string & p : paths) {
+            const int64_t l = layer_of(p, layer_res);
+            if (l >= 0 && (size_t) l >= seen.size()) seen.resize((size_t) l + 1, false);
+            if (l >= 0) seen[(size_t) l] = true;
+        }
+        for (int64_t l : r.layers) {
+            if (l < 0 || (size_t) l >= seen.size() || !seen[(size_t) l]) {
+                return make_mismatch(PEFT_STATUS_CONFIG, where, "layers_to_transform: layer " + std::to_string(l),
+                                     "a layer of the model (0.." + std::to_string((int64_t) seen.size() - 1) + ")", "no such layer");
+            }
+        }
+    }
+
     for (size_t i = 0; i < paths.size(); i++) {
         const std::string & path = paths[i];
         if (match_module(r.exclude, &exclude_re, path, nullptr)) continue;
         bool exact = false;
         bool found = match_module(r.targets, &target_re, path, &exact);
         if (found && r.targets.kind == module_match::LIST && !exact && r.layers_set) {
-            int64_t layer = -1;
-            for (const std::regex & re : layer_res) {
-                std::smatch mt;
-                bool ok = false;
-                try {
-                    ok = std::regex_match(path, mt, re);
-                } catch (const std::regex_error &) {
-                    ok = false;
-                }
-                if (ok) {
-                    layer = std::stoll(mt[1].str());
-                    break;
-                }
-            }
+            const int64_t layer = layer_of(path, layer_res);
             found = false;
             for (int64_t l : r.layers) found = found || (layer >= 0 && l == layer);
         }

@@ -184,3 +184,21 @@ TEST(target, params_have_full_peft_names) {
     EXPECT_EQ(ps[1].shape, (std::vector<int64_t>{16, 4}));
     EXPECT_EQ(ps[3].name, "base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight");
 }
+
+TEST(target, exclusions_and_layers_that_match_nothing_are_errors) {
+    // a layer the model does not have would silently adapt fewer layers than asked
+    auto v = pick("{\"target_modules\":[\"q_proj\"],\"layers_to_transform\":[0, 99]}");
+    ASSERT_TRUE(is_error(v));
+    EXPECT_NE(v[0].find("layer 99"), std::string::npos) << v[0];
+    EXPECT_NE(v[0].find("0..1"), std::string::npos) << v[0];
+    EXPECT_TRUE(is_error(pick("{\"target_modules\":[\"q_proj\"],\"layers_to_transform\":-1}")));
+    EXPECT_EQ(pick("{\"target_modules\":[\"q_proj\"],\"layers_to_transform\":[1]}").size(), 1u);
+    // "all-linear" is a target_modules value; as an exclusion it is a regex matching nothing
+    std::string hint;
+    v = pick("{\"target_modules\":\"all-linear\",\"exclude_modules\":\"all-linear\"}", &hint);
+    ASSERT_TRUE(is_error(v));
+    EXPECT_NE(v[0].find("exclude_modules"), std::string::npos) << v[0];
+    EXPECT_NE(hint.find("target_modules value only"), std::string::npos) << hint;
+    EXPECT_TRUE(is_error(pick("{\"target_modules\":\"all-linear\",\"exclude_modules\":[\"qproj\"]}")));
+    EXPECT_EQ(pick("{\"target_modules\":\"all-linear\",\"exclude_modules\":[\"q_proj\"]}").size(), 12u);
+}
