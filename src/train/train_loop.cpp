@@ -16,6 +16,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -233,6 +234,44 @@ status claim_output_dir(const train_options & o, output_lock & lock) {
     PEFT_TRY(check_output_dir(o.output_dir));
     PEFT_TRY(lock.acquire(o.output_dir, "train"));
     return output_mark(o.output_dir, "train", train_output_names());
+}
+
+// The finished run must never be lost to a full disk or a vanished output_dir. When writing the
+// final weights there fails, they go to a rescue directory beside output_dir (same disk, but a
+// quota or a deleted directory may be the problem), then under $TMPDIR and /dev/shm (other
+// disks, or memory), each with a resumable checkpoint; the error says where they are.
+template <class write_fn, class checkpoint_fn>
+status save_final_or_rescue(const std::string & output_dir, write_fn write_final, checkpoint_fn save_checkpoint_in) {
+    status first = write_final(output_dir);
+    if (first.ok()) return {};
+    const std::string tag = "peft-rescue-" + std::to_string((long) getpid()) + "-" + std::to_string((long long) std::time(nullptr));
+    const char * tmpdir = std::getenv("TMPDIR");
+    fs::path out = fs::path(output_dir).lexically_normal();
+    if (!out.has_filename()) out = out.parent_path();
+    const std::vector<std::string> places = {out.string() + "." + tag, std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/" + tag,
+                                             "/dev/shm/" + tag};
+    std::string tried;
+    for (const std::string & dir : places) {
+        std::error_code ec;
+        if (!fs::create_directory(dir, ec)) {   // only a directory made now is ours to fill and remove
+            tried += "; " + dir + ": cannot create" + (ec ? ": " + ec.message() : std::string(" (exists)"));
+            continue;
+        }
+        status st = write_final(dir);
+        if (st.ok()) st = output_mark(dir, "train", train_output_names());
+        if (st.ok()) st = save_checkpoint_in(dir);
+        if (st.ok()) {
+            status e = make_error(PEFT_STATUS_IO, output_dir, "writing the final weights failed (" + first.message + "); they were saved to " +
+                                                                dir + " instead, with a resumable checkpoint");
+            e.hint = "free space or fix " + output_dir + ", then move the files from " + dir + " into it";
+            return e;
+        }
+        tried += "; " + dir + ": " + st.message;
+        fs::remove_all(dir, ec);   // ours, created just now: a partial rescue is no rescue
+    }
+    status e = make_error(PEFT_STATUS_IO, output_dir, "writing the final weights failed (" + first.message + "), and so did every rescue location" + tried);
+    e.hint = "free disk space; the newest checkpoint-N in output_dir (if save_steps > 0) is intact";
+    return e;
 }
 
 } // namespace
@@ -502,8 +541,9 @@ status train_run(const train_options & o, train_summary & out) {
                             f17(er.perplexity()) + ", \"eval_tokens\": " + std::to_string(er.n_tokens) + "}"));
         return {};
     };
-    auto save_checkpoint = [&]() -> status {
-        const std::string dir = o.output_dir + "/checkpoint-" + std::to_string(ts.step);
+    // checkpoint-N in `parent` (output_dir, or a rescue directory when output_dir fails)
+    auto save_checkpoint_in = [&](const std::string & parent) -> status {
+        const std::string dir = parent + "/checkpoint-" + std::to_string(ts.step);
         ts.rng_state = gen.save();
         ts.module_states.clear();
         for (auto & mod : aset.modules) ts.module_states.push_back(mod->state());
@@ -515,8 +555,13 @@ status train_run(const train_options & o, train_summary & out) {
         PEFT_TRY(write_file_atomic(ad.path() + "/train_config.json", config_to_json(o) + "\n"));
         PEFT_TRY(ad.commit());
         out.last_checkpoint = dir;
-        checkpoint_prune(o.output_dir, o.save_total_limit);
+        if (parent == o.output_dir) checkpoint_prune(o.output_dir, o.save_total_limit);
         return {};
+    };
+    auto save_checkpoint = [&]() { return save_checkpoint_in(o.output_dir); };
+    auto write_final = [&](const std::string & dir) -> status {
+        if (o.full()) return write_hf_model_dir(dir, m, o.save_dtype, o.base_model, tok_path);
+        return adapter_save(dir, aset, o.base_model);
     };
 
     progress_bar bar;
@@ -626,11 +671,7 @@ status train_run(const train_options & o, train_summary & out) {
         PEFT_TRY(run_eval(ts.step));
         info("eval at step " + std::to_string(ts.step) + ": loss " + fmt("%.4f", out.eval_loss) + ", perplexity " + fmt("%.3f", out.eval_perplexity));
     }
-    if (o.full()) {
-        PEFT_TRY(write_hf_model_dir(o.output_dir, m, o.save_dtype, o.base_model, tok_path));
-    } else {
-        PEFT_TRY(adapter_save(o.output_dir, aset, o.base_model));
-    }
+    PEFT_TRY(save_final_or_rescue(o.output_dir, write_final, save_checkpoint_in));
     out.seconds = now_s() - t_begin;
 
     report_data rep;
