@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
@@ -11,7 +12,10 @@
 #include <sstream>
 #include <unistd.h>
 
+#include "core/hash.h"
 #include "io/atomic_file.h"
+#include "io/mmap.h"
+#include "io/peft_format.h"
 #include "io/safetensors.h"
 #include "train/optim.h"
 
@@ -19,7 +23,79 @@ namespace peft {
 
 namespace fs = std::filesystem;
 
-static const char * STATE_FORMAT = "peft.cpp trainer_state v1";
+// v2: checksums of the state itself and of the other files of its directory.
+static const char * STATE_FORMAT = "peft.cpp trainer_state v2";
+static const char * STATE_NAME = "trainer_state.safetensors";
+static const char * CHECKSUM_KEY = "checksum";
+static const std::string FILE_KEY_PREFIX = "file.";
+
+// ---- checksums -------------------------------------------------------------------------------
+
+static std::string checksum_str(uint64_t h) { return "xxh64:" + xxh64_hex(h); }
+
+// A tensor as the state checksum sees it, from the writer's list or from the parsed file.
+struct hashed_tensor {
+    const std::string *          name;
+    const char *                 dtype;   // safetensors name: "F32", "I32"
+    const std::vector<int64_t> * shape;
+    const void *                 data;
+    uint64_t                     n_bytes;
+};
+
+// The state file's own checksum: its metadata (by key, without the checksum entry) and every
+// tensor's name, dtype, shape and bytes (by name). Covering exactly what the loader reads, in
+// an order of its own, keeps it independent of how the writer lays the file out. Strings and
+// arrays are length-prefixed so that no two different contents feed the same bytes.
+static std::string state_checksum(std::vector<std::pair<std::string, std::string>> meta, std::vector<hashed_tensor> ts) {
+    std::sort(meta.begin(), meta.end());
+    std::sort(ts.begin(), ts.end(), [](const hashed_tensor & a, const hashed_tensor & b) { return *a.name < *b.name; });
+    xxh64_stream h;
+    auto put_u64 = [&](uint64_t v) { h.update(&v, sizeof v); };
+    auto put_str = [&](const std::string & v) { put_u64(v.size()); h.update(v.data(), v.size()); };
+    for (const auto & kv : meta) {
+        if (kv.first == CHECKSUM_KEY) continue;
+        put_str(kv.first);
+        put_str(kv.second);
+    }
+    for (const hashed_tensor & t : ts) {
+        put_str(*t.name);
+        put_str(t.dtype);
+        put_u64(t.shape->size());
+        for (int64_t d : *t.shape) put_u64((uint64_t) d);
+        put_u64(t.n_bytes);
+        h.update(t.data, t.n_bytes);
+    }
+    return checksum_str(h.digest());
+}
+
+// Size and checksum of a whole file, read through a mapping (no copy of multi-GB files).
+static status file_checksum(const std::string & path, uint64_t & size, std::string & sum) {
+    mapped_file m;
+    PEFT_TRY(m.open(path));
+    size = m.size;
+    sum = checksum_str(xxh64(m.data, m.size));
+    return {};
+}
+
+// "file.<name>" entries for every regular file of dir but the state itself, sorted by name so
+// the same files give the same state file.
+static status file_manifest(const std::string & dir, std::vector<std::pair<std::string, std::string>> & meta) {
+    std::vector<std::string> names;
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (name != STATE_NAME && it->symlink_status(ec).type() == fs::file_type::regular) names.push_back(name);
+    }
+    if (ec) return make_error(PEFT_STATUS_IO, dir, "cannot list the checkpoint directory: " + ec.message());
+    std::sort(names.begin(), names.end());
+    for (const std::string & name : names) {
+        uint64_t size = 0;
+        std::string sum;
+        PEFT_TRY(file_checksum(dir + "/" + name, size, sum));
+        meta.push_back({FILE_KEY_PREFIX + name, std::to_string(size) + " " + sum});
+    }
+    return {};
+}
 
 status trainer_state_save(const std::string & path, const trainer_state & st, const adamw & opt,
                           const std::vector<named_f32> & params) {
@@ -43,6 +119,18 @@ status trainer_state_save(const std::string & path, const trainer_state & st, co
         {"module_count", std::to_string(st.module_states.size())},
     };
     for (size_t i = 0; i < st.module_states.size(); i++) meta.push_back({"module_state." + std::to_string(i), st.module_states[i]});
+    const fs::path parent = fs::path(path).parent_path();
+    PEFT_TRY(file_manifest(parent.empty() ? "." : parent.string(), meta));
+    std::vector<hashed_tensor> hashed;
+    for (const safetensors_tensor_to_write & t : ts) {
+        safetensors_dtype sd = safetensors_dtype_from_dtype(t.type);
+        const bool known = t.raw_dtype.empty() || safetensors_dtype_from_name(t.raw_dtype, &sd);
+        PEFT_ASSERT(known);
+        int64_t n = 1;
+        for (int64_t d : t.shape) n *= d;
+        hashed.push_back({&t.name, safetensors_dtype_name(sd), &t.shape, t.data, (uint64_t) n * safetensors_dtype_bits(sd) / 8});
+    }
+    meta.push_back({CHECKSUM_KEY, state_checksum(meta, hashed)});
     return safetensors_write(path, ts, meta);
 }
 
@@ -118,6 +206,98 @@ status load_named_f32(const std::string & path, const std::vector<named_f32> & p
     return {};
 }
 
+// ---- verification ----------------------------------------------------------------------------
+
+// The same hint for every kind of damage: what the user can do about it.
+static status damaged(status st) {
+    st.hint = "the checkpoint is damaged (disk error, an interrupted copy, or a file changed after it was written); "
+              "resume from an earlier checkpoint-N, or use resume_from_checkpoint: latest to take the newest intact one";
+    return st;
+}
+
+// One "file.<name>" entry: "<size> xxh64:<hex>".
+static status verify_listed_file(const std::string & dir, const std::string & state_path, const std::string & name,
+                                 const std::string & entry) {
+    // a name from the file is untrusted: it must not lead outside the directory
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+        return make_error(PEFT_STATUS_FORMAT, state_path, "metadata '" + FILE_KEY_PREFIX + name + "' does not name a file");
+    }
+    const size_t sp = entry.find(' ');
+    const std::string size_str = entry.substr(0, sp);
+    if (sp == std::string::npos || size_str.empty() || size_str.size() > 19 || size_str.find_first_not_of("0123456789") != std::string::npos) {
+        return make_mismatch(PEFT_STATUS_FORMAT, state_path, "metadata '" + FILE_KEY_PREFIX + name + "'", "\"<size> xxh64:<hex>\"", entry);
+    }
+    const uint64_t want_size = std::stoull(size_str);
+    const std::string want_sum = entry.substr(sp + 1);
+    const std::string path = dir + "/" + name;
+    std::error_code ec;
+    if (fs::symlink_status(path, ec).type() != fs::file_type::regular) {
+        return damaged(make_error(PEFT_STATUS_IO, path, "missing (the checkpoint lists it, " + size_str + " bytes)"));
+    }
+    // size first: a truncated file is named as such without reading it
+    const uint64_t size = fs::file_size(path, ec);
+    if (ec) return make_error(PEFT_STATUS_IO, path, "cannot read its size: " + ec.message());
+    if (size != want_size) {
+        return damaged(make_mismatch(PEFT_STATUS_FORMAT, path, "size mismatch (truncated or changed)", size_str + " bytes",
+                                     std::to_string(size) + " bytes"));
+    }
+    uint64_t got_size = 0;
+    std::string got_sum;
+    PEFT_TRY(file_checksum(path, got_size, got_sum));
+    if (got_sum != want_sum) return damaged(make_mismatch(PEFT_STATUS_FORMAT, path, "checksum mismatch", want_sum, got_sum));
+    return {};
+}
+
+status checkpoint_verify(const std::string & dir) {
+    const std::string path = dir + "/" + STATE_NAME;
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) return make_error(PEFT_STATUS_IO, dir, "not a checkpoint directory (it does not exist or is a file)");
+    if (!fs::exists(path, ec)) {
+        status st = make_error(PEFT_STATUS_IO, dir, std::string("incomplete checkpoint: no ") + STATE_NAME);
+        st.hint = "a checkpoint is complete once trainer_state.safetensors is written; resume from another checkpoint-N";
+        return st;
+    }
+    safetensors_file f;
+    status st = safetensors_open(path, f);
+    if (!st.ok()) return st.code == PEFT_STATUS_FORMAT ? damaged(st) : st;   // an unreadable file is not a damaged one
+    const std::string * fmt = f.metadata_get("format");
+    if (!fmt || *fmt != STATE_FORMAT) return make_mismatch(PEFT_STATUS_FORMAT, path, "metadata 'format'", STATE_FORMAT, fmt ? *fmt : "(none)");
+    const std::string * want = f.metadata_get(CHECKSUM_KEY);
+    if (!want) return damaged(make_error(PEFT_STATUS_FORMAT, path, "metadata 'checksum' is missing"));
+    std::vector<hashed_tensor> hashed;
+    for (const tensor_info & t : f.tensors) hashed.push_back({&t.name, safetensors_dtype_name(t.st_dtype), &t.shape, t.data, t.n_bytes});
+    const std::string got = state_checksum(f.metadata, hashed);
+    if (got != *want) return damaged(make_mismatch(PEFT_STATUS_FORMAT, path, "checksum mismatch", *want, got));
+    // the list itself is now trusted: the state checksum covers the metadata
+    for (const auto & kv : f.metadata) {
+        if (kv.first.rfind(FILE_KEY_PREFIX, 0) == 0) PEFT_TRY(verify_listed_file(dir, path, kv.first.substr(FILE_KEY_PREFIX.size()), kv.second));
+    }
+    return {};
+}
+
+status checkpoint_find_latest(const std::string & output_dir, std::string & dir, std::vector<std::string> & warnings) {
+    const auto list = checkpoint_list(output_dir);
+    if (list.empty()) {
+        status st = make_error(PEFT_STATUS_IO, output_dir, "resume_from_checkpoint: no checkpoint-N directory to resume from");
+        st.hint = "give the checkpoint directory itself, or train with save_steps > 0";
+        return st;
+    }
+    std::string reasons;
+    for (auto it = list.rbegin(); it != list.rend(); ++it) {
+        status st = checkpoint_verify(it->second);
+        if (st.ok()) {
+            dir = it->second;
+            return {};
+        }
+        warnings.push_back("skipping an unusable checkpoint: " + st.message);
+        reasons += (reasons.empty() ? "" : "; ") + st.message;
+    }
+    status st = make_error(PEFT_STATUS_FORMAT, output_dir, "resume_from_checkpoint: none of the " + std::to_string(list.size()) +
+                                                               " checkpoint-N directories is usable (" + reasons + ")");
+    st.hint = "resume from a checkpoint directory given by path once it is repaired, or train again without resume_from_checkpoint";
+    return st;
+}
+
 // ---- directories -------------------------------------------------------------------------
 
 static void fsync_dir(const std::string & dir) {
@@ -148,29 +328,28 @@ status atomic_dir::commit() {
     if (!open) return make_error(PEFT_STATUS_IO, dst, "commit without begin");
     std::error_code ec;
     fsync_dir(tmp);
-    // An existing directory cannot be renamed over: move it aside first, then drop it.
-    const std::string old = dst + ".old";
-    bool had_old = false;
-    if (fs::exists(dst, ec)) {
+    // An existing directory cannot be renamed over: swap the two atomically instead, so a crash
+    // at any point leaves a complete <dir> (old or new); the old one is then in <dir>.tmp, which
+    // is dropped below or by the stale-directory cleanup of the next run.
+    const bool had_old = fs::exists(dst, ec);
+    int rc = had_old ? ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dst.c_str(), RENAME_EXCHANGE) : ::rename(tmp.c_str(), dst.c_str());
+    if (rc != 0 && had_old && (errno == EINVAL || errno == ENOSYS)) {
+        // a file system without RENAME_EXCHANGE: move the old directory aside (a crash between
+        // the two renames leaves it as <dir>.old), then rename
+        const std::string old = dst + ".old";
         fs::remove_all(old, ec);
-        fs::rename(dst, old, ec);
-        if (ec) {
-            status st = make_error(PEFT_STATUS_IO, dst, "cannot move the previous directory aside: " + ec.message());
-            abort();
-            return st;
-        }
-        had_old = true;
+        rc = ::rename(dst.c_str(), old.c_str());
+        if (rc == 0 && (rc = ::rename(tmp.c_str(), dst.c_str())) == 0) ::rename(old.c_str(), tmp.c_str());
+        else if (rc != 0) ::rename(old.c_str(), dst.c_str());
     }
-    fs::rename(tmp, dst, ec);
-    if (ec) {
-        status st = make_error(PEFT_STATUS_IO, dst, "cannot rename " + tmp + " into place: " + ec.message());
-        if (had_old) fs::rename(old, dst, ec);
+    if (rc != 0) {
+        status st = make_error(PEFT_STATUS_IO, dst, "cannot rename " + tmp + " into place: " + std::strerror(errno));
         abort();
         return st;
     }
     open = false;
     fsync_dir(fs::path(dst).parent_path().empty() ? "." : fs::path(dst).parent_path().string());
-    if (had_old) fs::remove_all(old, ec);
+    if (had_old) fs::remove_all(tmp, ec);
     return {};
 }
 
@@ -193,6 +372,53 @@ std::vector<std::pair<int64_t, std::string>> checkpoint_list(const std::string &
     }
     std::sort(out.begin(), out.end());
     return out;
+}
+
+// "<prefix><digits><suffix>" with at most 18 digits (an int64 step, as checkpoint_list reads it).
+static bool is_numbered(const std::string & name, const std::string & prefix, const std::string & suffix) {
+    if (name.size() <= prefix.size() + suffix.size() || name.rfind(prefix, 0) != 0 || !name.ends_with(suffix)) return false;
+    const std::string num = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+    return num.size() <= 18 && num.find_first_not_of("0123456789") == std::string::npos;
+}
+
+// The files save_checkpoint (train_loop.cpp) writes: the adapter directory or the HF model
+// directory with the tokenizer files write_hf_model_dir copies, then the trainer state and
+// config. A name missing here only makes the cleanup leave a directory in place.
+static const char * CHECKPOINT_FILES[] = {PEFT_WEIGHTS_NAME, PEFT_CONFIG_NAME, "model.safetensors", "config.json",
+                                          "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                                          "vocab.json", "merges.txt", "generation_config.json", STATE_NAME, "train_config.json"};
+
+// A checkpoint file, or the temporary "<file>.tmp.<pid>" of an atomic_file cut short by a crash.
+static bool is_checkpoint_file(const std::string & name) {
+    for (const char * f : CHECKPOINT_FILES) {
+        if (name == f || is_numbered(name, std::string(f) + ".tmp.", "")) return true;
+    }
+    return false;
+}
+
+std::vector<std::string> checkpoint_remove_stale(const std::string & output_dir) {
+    std::vector<fs::path> candidates;   // listed first: no removal while output_dir is being read
+    std::error_code ec;
+    for (fs::directory_iterator it(output_dir, ec), end; !ec && it != end; it.increment(ec)) {
+        if (is_numbered(it->path().filename().string(), "checkpoint-", ".tmp") && it->symlink_status(ec).type() == fs::file_type::directory) {
+            candidates.push_back(it->path());
+        }
+    }
+    std::vector<std::string> removed;
+    for (const fs::path & dir : candidates) {
+        std::vector<fs::path> files;
+        bool only_ours = true;
+        std::error_code dec;
+        for (fs::directory_iterator f(dir, dec), end; !dec && f != end; f.increment(dec)) {
+            files.push_back(f->path());
+            only_ours = only_ours && f->symlink_status(dec).type() == fs::file_type::regular && is_checkpoint_file(f->path().filename().string());
+        }
+        if (dec || !only_ours) continue;
+        // file by file, then the now empty directory: never a recursive removal
+        for (const fs::path & f : files) fs::remove(f, dec);
+        if (fs::remove(dir, dec)) removed.push_back(dir.string());
+    }
+    return removed;
 }
 
 void checkpoint_prune(const std::string & output_dir, int64_t keep) {

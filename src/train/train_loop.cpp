@@ -317,7 +317,8 @@ status train_run(const train_options & o, train_summary & out) {
 
     // ---- everything that can fail on bad input, before any long work ----
     output_lock lock;
-    PEFT_TRY(claim_output_dir(o, lock));
+    PEFT_TRY(claim_output_dir(o, lock));   // from here on no other run writes into output_dir
+    for (const std::string & d : checkpoint_remove_stale(o.output_dir)) info("removed " + d + ", left by an interrupted checkpoint save");
     threads_set(o.threads);
 
     llama_model m;
@@ -455,13 +456,12 @@ status train_run(const train_options & o, train_summary & out) {
     if (!o.resume_from_checkpoint.empty()) {
         std::string dir = o.resume_from_checkpoint;
         if (dir == "latest") {
-            auto list = checkpoint_list(o.output_dir);
-            if (list.empty()) {
-                status st = make_error(PEFT_STATUS_IO, o.output_dir, "resume_from_checkpoint: no checkpoint-N directory to resume from");
-                st.hint = "give the checkpoint directory itself, or train with save_steps > 0";
-                return st;
-            }
-            dir = list.back().second;
+            std::vector<std::string> warnings;
+            status st = checkpoint_find_latest(o.output_dir, dir, warnings);
+            for (const std::string & w : warnings) info("warning: " + w);
+            PEFT_TRY(st);
+        } else {
+            PEFT_TRY(checkpoint_verify(dir));
         }
         trainer_state loaded;
         PEFT_TRY(trainer_state_load(dir + "/trainer_state.safetensors", loaded, opt, state_params));
@@ -551,8 +551,8 @@ status train_run(const train_options & o, train_summary & out) {
         PEFT_TRY(ad.begin(dir));
         if (o.full()) PEFT_TRY(write_hf_model_dir(ad.path(), m, "f32", o.base_model, tok_path));
         else PEFT_TRY(adapter_save(ad.path(), aset, o.base_model));
-        PEFT_TRY(trainer_state_save(ad.path() + "/trainer_state.safetensors", ts, opt, state_params));
         PEFT_TRY(write_file_atomic(ad.path() + "/train_config.json", config_to_json(o) + "\n"));
+        PEFT_TRY(trainer_state_save(ad.path() + "/trainer_state.safetensors", ts, opt, state_params));   // last: checksums the rest
         PEFT_TRY(ad.commit());
         out.last_checkpoint = dir;
         if (parent == o.output_dir) checkpoint_prune(o.output_dir, o.save_total_limit);

@@ -1,9 +1,12 @@
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/arena.h"
 #include "core/checked.h"
 #include "core/dtype.h"
+#include "core/hash.h"
 #include "core/rng.h"
 #include "core/status.h"
 #include "testing.h"
@@ -104,4 +107,28 @@ TEST(status, messages) {
     EXPECT_FALSE(st.ok());
     EXPECT_EQ(st.message, "model.safetensors: tensor lm_head.weight shape: expected [64, 32], got [32, 64]");
     EXPECT_STREQ(status_code_name(PEFT_STATUS_IO), "io error");
+}
+
+// Digests of the reference xxHash library (libxxhash 0.8, XXH64) for bytes 0, 1, 2, ... (mod 256):
+// every code path (short input, 4/8-byte tails, whole stripes, a seed).
+TEST(hash, xxh64_matches_the_reference_library) {
+    std::vector<uint8_t> d(1000);
+    for (size_t i = 0; i < d.size(); i++) d[i] = (uint8_t) i;
+    EXPECT_EQ(xxh64_hex(xxh64(d.data(), 0)), "ef46db3751d8e999");
+    EXPECT_EQ(xxh64_hex(xxh64(d.data(), 3)), "e5c7bb4533bc65dd");
+    EXPECT_EQ(xxh64_hex(xxh64(d.data(), 37)), "d93fa2dfee5c24c9");
+    EXPECT_EQ(xxh64_hex(xxh64(d.data(), 1000)), "6ef436b00eba4078");
+    EXPECT_EQ(xxh64_hex(xxh64(d.data(), 1000, 42)), "4e0da20a99a1e783");
+    const char * text = "Nobody inspects the spammish repetition";
+    EXPECT_EQ(xxh64(text, std::strlen(text)), 0xfbcea83c8a378bf1ull);
+}
+
+TEST(hash, xxh64_stream_equals_one_shot_for_any_split) {
+    std::vector<uint8_t> d(300);
+    for (size_t i = 0; i < d.size(); i++) d[i] = (uint8_t) (i * 131 + 7);
+    for (size_t chunk : {1, 5, 31, 32, 33, 100}) {
+        xxh64_stream s(9);
+        for (size_t i = 0; i < d.size(); i += chunk) s.update(d.data() + i, std::min(chunk, d.size() - i));
+        EXPECT_EQ(s.digest(), xxh64(d.data(), d.size(), 9)) << "chunk " << chunk;
+    }
 }

@@ -2,7 +2,9 @@
 // model: LoRA and full fine-tuning lower the loss and write their outputs; runs are
 // deterministic; 4 steps + resume 4 steps == 8 straight steps bit for bit (losses, adapter,
 // optimizer, data order across epochs); NaN guard naming the tensor; bad output directories;
-// atomic checkpoint directories; the report.
+// atomic checkpoint directories; checkpoint checksums (damage refused naming the file,
+// `latest` skipping damaged checkpoints, stale checkpoint-N.tmp removed); the report.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -358,4 +360,166 @@ TEST(trainer, report_svg_has_axes_labels_and_escapes_text) {
     const std::string html = report_html(d);
     EXPECT_NE(html.find("t &amp; t"), std::string::npos);
     EXPECT_NE(html.find("&quot;a&quot;: 1"), std::string::npos);
+}
+
+// ---- checkpoint integrity ----------------------------------------------------------------
+
+namespace {
+
+// One LoRA run of 6 steps with checkpoint-2, -4 and -6, shared by the tests below (which copy
+// what they damage).
+struct checkpointed_run {
+    std::string dir;
+    train_summary summary;
+};
+
+std::vector<std::pair<std::string, std::string>> checkpointed_flags(const std::string & out) {
+    auto f = lora_flags(out);
+    f.push_back({"max_steps", "6"});
+    f.push_back({"save_steps", "2"});
+    return f;
+}
+
+const checkpointed_run & run_with_checkpoints() {
+    static checkpointed_run r = [] {
+        checkpointed_run c;
+        c.dir = temp_dir("trainer_ckpt_run");
+        status st = train_run(make_opts(checkpointed_flags(c.dir)), c.summary);
+        EXPECT_TRUE(st.ok()) << st.message;
+        return c;
+    }();
+    return r;
+}
+
+std::string copy_of(const std::string & src, const std::string & name) {
+    const std::string dst = temp_dir(name);
+    fs::copy(src, dst, fs::copy_options::recursive);
+    return dst;
+}
+
+// Flips the lowest bit of the byte `from_end` bytes before the end of the file (tensor data).
+void flip_bit(const std::string & path, uint64_t from_end) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-(std::streamoff) from_end, std::ios::end);
+    const char c = (char) (f.get() ^ 1);
+    f.seekp(-(std::streamoff) from_end, std::ios::end);
+    f.put(c);
+}
+
+// Resumes from `ckpt` into a fresh directory; the status of the refusal (or success).
+status resume_from(const std::string & ckpt, train_summary & s) {
+    auto flags = checkpointed_flags(temp_dir("trainer_ckpt_resume"));
+    flags.push_back({"resume_from_checkpoint", ckpt});
+    return train_run(make_opts(flags), s);
+}
+
+} // namespace
+
+TEST(trainer, damaged_checkpoint_is_refused_naming_the_file) {
+    const std::string ckpt = run_with_checkpoints().dir + "/checkpoint-2";
+    ASSERT_TRUE(checkpoint_verify(ckpt).ok());
+    struct damage {
+        const char * file, * expect;
+        void (*apply)(const std::string & path);
+    };
+    const damage cases[] = {
+        {"adapter_model.safetensors", "checksum mismatch: expected xxh64:", [](const std::string & p) { flip_bit(p, 5); }},
+        {"trainer_state.safetensors", "checksum mismatch: expected xxh64:", [](const std::string & p) { flip_bit(p, 5); }},
+        {"adapter_model.safetensors", "size mismatch", [](const std::string & p) { fs::resize_file(p, fs::file_size(p) - 4); }},
+        {"train_config.json", "missing", [](const std::string & p) { fs::remove(p); }},
+        // one bit turns metadata "step":"2" into "step":"3": a valid header, so only the checksum sees it
+        {"trainer_state.safetensors", "checksum mismatch", [](const std::string & p) {
+             std::string bytes = read_text(p);
+             const size_t at = bytes.find("\"step\":\"2\"");
+             ASSERT_NE(at, std::string::npos);
+             bytes[at + 8] = '3';
+             std::ofstream(p, std::ios::binary) << bytes;
+         }},
+    };
+    for (const damage & d : cases) {
+        const std::string copy = copy_of(ckpt, "trainer_ckpt_damaged");
+        d.apply(copy + "/" + d.file);
+        train_summary s;
+        status st = resume_from(copy, s);
+        ASSERT_FALSE(st.ok()) << d.file << " / " << d.expect;
+        EXPECT_NE(st.message.find(copy + "/" + d.file), std::string::npos) << st.message;
+        EXPECT_NE(st.message.find(d.expect), std::string::npos) << st.message;
+        EXPECT_NE(st.hint.find("latest"), std::string::npos) << st.hint;
+        EXPECT_TRUE(s.losses.empty());
+    }
+}
+
+// checkpoint-6 empty, checkpoint-4 with a flipped bit: `latest` warns about both and continues
+// from checkpoint-2, bit for bit as the uninterrupted run; a stale checkpoint-N.tmp goes.
+TEST(trainer, latest_skips_damaged_checkpoints_and_resumes_bit_exactly) {
+    const checkpointed_run & run = run_with_checkpoints();
+    const std::string out = copy_of(run.dir, "trainer_ckpt_latest");
+    for (const auto & e : fs::directory_iterator(out + "/checkpoint-6")) fs::remove(e.path());
+    flip_bit(out + "/checkpoint-4/adapter_model.safetensors", 5);
+    fs::create_directories(out + "/checkpoint-8.tmp");
+    std::ofstream(out + "/checkpoint-8.tmp/adapter_model.safetensors") << "half";
+
+    std::string dir;
+    std::vector<std::string> warnings;
+    status st = checkpoint_find_latest(out, dir, warnings);
+    ASSERT_TRUE(st.ok()) << st.message;
+    EXPECT_EQ(dir, out + "/checkpoint-2");
+    ASSERT_EQ(warnings.size(), 2u);
+    EXPECT_NE(warnings[0].find("checkpoint-6"), std::string::npos) << warnings[0];
+    EXPECT_NE(warnings[0].find("incomplete"), std::string::npos) << warnings[0];
+    EXPECT_NE(warnings[1].find("checkpoint-4/adapter_model.safetensors: checksum mismatch"), std::string::npos) << warnings[1];
+
+    auto flags = checkpointed_flags(out);
+    flags.push_back({"resume_from_checkpoint", "latest"});
+    train_summary s;
+    st = train_run(make_opts(flags), s);
+    ASSERT_TRUE(st.ok()) << st.message;
+    EXPECT_FALSE(fs::exists(out + "/checkpoint-8.tmp"));
+    EXPECT_EQ(s.start_step, 2);
+    ASSERT_EQ(s.losses.size(), 4u);
+    for (size_t i = 0; i < 4; ++i) EXPECT_EQ(s.losses[i], run.summary.losses[i + 2]) << "step " << i + 3;
+    auto ta = tensor_bytes(run.dir + "/adapter_model.safetensors"), tb = tensor_bytes(out + "/adapter_model.safetensors");
+    ASSERT_EQ(ta.size(), tb.size());
+    for (size_t i = 0; i < ta.size(); ++i) EXPECT_TRUE(ta[i].second == tb[i].second) << ta[i].first;
+    // the checkpoints it wrote again verify
+    for (int n : {4, 6}) EXPECT_TRUE(checkpoint_verify(out + "/checkpoint-" + std::to_string(n)).ok()) << n;
+
+    // nothing usable: an error naming each checkpoint found
+    const std::string none = temp_dir("trainer_ckpt_none");
+    for (int n : {1, 3}) fs::create_directories(none + "/checkpoint-" + std::to_string(n));
+    warnings.clear();
+    st = checkpoint_find_latest(none, dir, warnings);
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(warnings.size(), 2u);
+    for (const char * name : {"checkpoint-1", "checkpoint-3"}) EXPECT_NE(st.message.find(name), std::string::npos) << st.message;
+}
+
+TEST(trainer, stale_checkpoint_tmp_dirs_are_removed_and_nothing_else) {
+    const std::string out = temp_dir("trainer_ckpt_stale");
+    auto put = [&](const std::string & rel) {
+        fs::create_directories(fs::path(out + "/" + rel).parent_path());
+        std::ofstream(out + "/" + rel) << "x";
+    };
+    put("checkpoint-3.tmp/adapter_model.safetensors");            // a crash during a save: removed
+    put("checkpoint-3.tmp/trainer_state.safetensors.tmp.4242");
+    fs::create_directories(out + "/checkpoint-5.tmp");             // empty: removed
+    put("checkpoint-7.tmp/notes.md");                              // a file no checkpoint writes: kept
+    put("checkpoint-8.tmp/sub/config.json");                       // a subdirectory: kept
+    put("checkpoint-x.tmp/config.json");                           // not checkpoint-N.tmp: kept
+    put("checkpoint-9.tmp.bak/config.json");
+    put("my_data/train_config.json");
+    put("checkpoint-2/adapter_model.safetensors");
+    fs::create_directories(out + "/target");
+    fs::create_directory_symlink(out + "/target", out + "/checkpoint-6.tmp");   // a link: kept, target too
+    std::ofstream(out + "/target/config.json") << "x";
+
+    std::vector<std::string> removed = checkpoint_remove_stale(out);
+    std::sort(removed.begin(), removed.end());
+    EXPECT_EQ(removed, (std::vector<std::string>{out + "/checkpoint-3.tmp", out + "/checkpoint-5.tmp"}));
+    for (const char * kept : {"checkpoint-7.tmp/notes.md", "checkpoint-8.tmp/sub/config.json", "checkpoint-x.tmp/config.json",
+                              "checkpoint-9.tmp.bak/config.json", "my_data/train_config.json", "checkpoint-2/adapter_model.safetensors",
+                              "target/config.json"}) {
+        EXPECT_TRUE(fs::exists(out + "/" + kept)) << kept;
+    }
+    EXPECT_TRUE(fs::is_symlink(out + "/checkpoint-6.tmp"));
 }
