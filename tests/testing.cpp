@@ -1,9 +1,12 @@
 #include "testing.h"
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "io/json.h"
@@ -144,6 +147,48 @@ std::vector<float> forward_logits(llama_model & m, const std::vector<int32_t> & 
 }
 
 std::string source_path(const std::string & rel) { return std::string(PEFT_SOURCE_DIR) + "/" + rel; }
+
+child_result spawn_peft(const std::vector<std::string> & args, const spawn_options & o) {
+    child_result r;
+    int fds[2];
+    if (pipe(fds) != 0) return r;
+    const pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        close(fds[1]);
+        if (o.passive_omp) setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+        for (const auto & kv : o.env) setenv(kv.first.c_str(), kv.second.c_str(), 1);
+        if (o.fsize_limit > 0) {
+            signal(SIGXFSZ, SIG_IGN);   // writes past the limit fail with EFBIG instead
+            struct rlimit rl = {(rlim_t) o.fsize_limit, (rlim_t) o.fsize_limit};
+            setrlimit(RLIMIT_FSIZE, &rl);
+        }
+        std::vector<char *> argv;
+        std::string bin = PEFT_BIN;
+        argv.push_back(bin.data());
+        std::vector<std::string> copy = args;
+        for (std::string & a : copy) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        execv(bin.c_str(), argv.data());
+        _exit(127);
+    }
+    r.pid = pid;
+    close(fds[1]);
+    char buf[4096];
+    bool done = false;
+    ssize_t n;
+    while ((n = read(fds[0], buf, sizeof buf)) > 0) {
+        r.out.append(buf, (size_t) n);
+        if (o.on_output && !done) done = o.on_output(pid, r.out);
+    }
+    close(fds[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return r;
+}
 
 std::string temp_dir(const std::string & name) {
     std::string dir = "/tmp/peft_test_" + std::to_string(getpid()) + "_" + name;

@@ -56,6 +56,21 @@ extern const std::vector<std::string> LLAMA3_MARKERS;
 // Logits [T, V] of one row of tokens through llama_forward (no gradients).
 std::vector<float> forward_logits(llama_model & m, const std::vector<int32_t> & tokens);
 
+// The `peft` binary run as a user runs it, in a child process.
+struct child_result {
+    int         code = -1;   // exit status, or 128 + signal
+    std::string out;         // stdout + stderr
+    int         pid = 0;
+};
+struct spawn_options {
+    long fsize_limit = 0;        // > 0: RLIMIT_FSIZE, so writes past it fail (a full disk)
+    bool passive_omp = false;    // OMP_WAIT_POLICY=PASSIVE (spinning threads crawl on a loaded box)
+    std::vector<std::pair<std::string, std::string>> env;   // more environment variables
+    // sees the output so far; may signal the child; returns true once it has done its part
+    std::function<bool(int pid, const std::string & out)> on_output;
+};
+child_result spawn_peft(const std::vector<std::string> & args, const spawn_options & o = {});
+
 std::string source_path(const std::string & rel);   // PEFT_SOURCE_DIR + "/" + rel
 std::string temp_dir(const std::string & name);      // fresh empty directory under /tmp
 

@@ -6,10 +6,15 @@
 
 namespace peft {
 
-int cli_fail(const char * command, const status & st, int code) {
+int exit_code_of(const status & st) {
+    if (st.code == PEFT_STATUS_ARGUMENT || st.code == PEFT_STATUS_CONFIG) return EXIT_USAGE;
+    return st.code == PEFT_STATUS_INTERRUPTED ? EXIT_INTERRUPTED : EXIT_ERROR;
+}
+
+int cli_fail(const char * command, const status & st) {
     std::fprintf(stderr, "peft %s: %s\n", command, st.message.c_str());
     if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
-    return code;
+    return exit_code_of(st);
 }
 
 int cli_parse(CLI::App & app, int argc, char ** argv) {

@@ -9,8 +9,11 @@ namespace peft {
 
 enum exit_code { EXIT_OK = 0, EXIT_ERROR = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
 
-// Prints "peft <command>: <message>" and "---> HINT: <hint>" on stderr; returns `code`.
-int cli_fail(const char * command, const status & st, int code = EXIT_ERROR);
+// EXIT_USAGE for a wrong command line or configuration (PEFT_STATUS_ARGUMENT, PEFT_STATUS_CONFIG),
+// EXIT_INTERRUPTED for PEFT_STATUS_INTERRUPTED, else EXIT_ERROR.
+int exit_code_of(const status & st);
+// Prints "peft <command>: <message>" and "---> HINT: <hint>" on stderr; returns exit_code_of(st).
+int cli_fail(const char * command, const status & st);
 
 // Parses argv into app. Returns -1 to go on, else the exit code to return at once:
 // 0 after --help, EXIT_USAGE for an unknown flag, a missing or bad value.

@@ -113,7 +113,7 @@ int cmd_train(int argc, char ** argv) {
             value = argv[++i];
         }
         status st = config_set_flag(entries, name, value);
-        if (!st.ok()) return cli_fail("train", st, EXIT_USAGE);
+        if (!st.ok()) return cli_fail("train", st);
     }
     if (argc < 2) {
         std::fprintf(stderr, "%s%s", TRAIN_USAGE, config_help().c_str());
@@ -128,7 +128,6 @@ int cmd_train(int argc, char ** argv) {
     }
     train_summary sum;
     st = train_run(o, sum);
-    if (st.code == PEFT_STATUS_INTERRUPTED) return cli_fail("train", st, EXIT_INTERRUPTED);
     if (!st.ok()) return cli_fail("train", st);
     return 0;
 }

@@ -25,53 +25,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct child_result {
-    int         code = -1;   // exit status, or 128 + signal
-    std::string out;         // stdout + stderr
-};
-
-// Runs PEFT_BIN with args. fsize_limit > 0 caps the size of any file it writes (a full disk);
-// on_output, when set, sees the output so far and may signal the child (returns true once done).
 child_result spawn(const std::vector<std::string> & args, long fsize_limit = 0,
                    bool (*on_output)(pid_t, const std::string &) = nullptr, bool passive_omp = false) {
-    child_result r;
-    int fds[2];
-    if (pipe(fds) != 0) return r;
-    const pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        dup2(fds[1], 2);
-        close(fds[0]);
-        close(fds[1]);
-        // Two spinning OpenMP threads on a loaded 2-core machine can take seconds per step.
-        if (passive_omp) setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-        if (fsize_limit > 0) {
-            signal(SIGXFSZ, SIG_IGN);   // writes past the limit fail with EFBIG instead
-            struct rlimit rl = {(rlim_t) fsize_limit, (rlim_t) fsize_limit};
-            setrlimit(RLIMIT_FSIZE, &rl);
-        }
-        std::vector<char *> argv;
-        std::string bin = PEFT_BIN;
-        argv.push_back(bin.data());
-        std::vector<std::string> copy = args;
-        for (std::string & a : copy) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        execv(bin.c_str(), argv.data());
-        _exit(127);
-    }
-    close(fds[1]);
-    char buf[4096];
-    bool done = false;
-    ssize_t n;
-    while ((n = read(fds[0], buf, sizeof buf)) > 0) {
-        r.out.append(buf, (size_t) n);
-        if (on_output && !done) done = on_output(pid, r.out);
-    }
-    close(fds[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    return r;
+    spawn_options o;
+    o.fsize_limit = fsize_limit;
+    o.passive_omp = passive_omp;
+    if (on_output) o.on_output = on_output;
+    return spawn_peft(args, o);
 }
 
 struct files {
@@ -258,12 +218,12 @@ TEST(cli_train, bad_input_fails_clearly) {
     EXPECT_EQ(r.code, 2);
     EXPECT_NE(r.out.find("did you mean '--learning_rate'"), std::string::npos) << r.out;
     r = spawn({"train", "--datasets", f.data});
-    EXPECT_EQ(r.code, 1);
+    EXPECT_EQ(r.code, 2);   // a configuration error is a usage error
     EXPECT_NE(r.out.find("base_model is required"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("HINT"), std::string::npos) << r.out;
     std::ofstream(out + "/c.yaml") << "base_model: " << f.model << "\ndatasets: " << f.data << "\nnum_epoch: 2\n";
     r = spawn({"train", out + "/c.yaml"});
-    EXPECT_EQ(r.code, 1);
+    EXPECT_EQ(r.code, 2);   // a configuration error is a usage error
     EXPECT_NE(r.out.find("did you mean 'num_epochs'"), std::string::npos) << r.out;
     r = spawn({"train", out + "/missing.yaml"});
     EXPECT_EQ(r.code, 1);
@@ -275,14 +235,14 @@ TEST(cli_train, bad_input_fails_clearly) {
     EXPECT_EQ(r.code, 1);
     EXPECT_NE(r.out.find("nope.jsonl"), std::string::npos) << r.out;
     r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", f.data + "/sub"});
-    EXPECT_EQ(r.code, 1);
+    EXPECT_EQ(r.code, 2);   // a configuration error is a usage error
     EXPECT_NE(r.out.find("output_dir"), std::string::npos) << r.out;
     // adapter configuration errors surface before training, with the adapter's hint
     r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", out + "/o", "--target_modules", "foo_proj"});
-    EXPECT_EQ(r.code, 1);
+    EXPECT_EQ(r.code, 2);   // a configuration error is a usage error
     EXPECT_NE(r.out.find("q_proj, k_proj"), std::string::npos) << r.out;
     r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", out + "/o", "--r", "100"});
-    EXPECT_EQ(r.code, 1);
+    EXPECT_EQ(r.code, 2);   // a configuration error is a usage error
     EXPECT_NE(r.out.find("rank 100"), std::string::npos) << r.out;
     r = spawn({"eval", "--model", f.model});
     EXPECT_NE(r.code, 0);
