@@ -36,7 +36,7 @@ struct fixture_files {
 std::vector<std::string> train_args(const fixture_files & f, const std::string & out) {
     return {"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", out, "--r", "4", "--target-modules",
             "q_proj,v_proj", "--learning-rate", "1e-2", "--micro_batch_size", "2", "--sequence_len", "32",
-            "--threads", "1", "--seed", "5", "--lr_scheduler", "constant", "--progress", "false"};
+            "--threads", "1", "--seed", "5", "--lr_scheduler", "constant"};
 }
 
 const fixture_files & fixture() {
@@ -220,3 +220,166 @@ TEST(reliability, hints_name_only_options_that_exist) {
 }
 
 } // namespace
+
+namespace {
+
+bool metrics_all_json(const std::string & path, int * n_lines) {
+    int n = 0;
+    for (const std::string & l : read_lines(path)) {
+        peft::json_document d;
+        if (!d.parse(l.data(), l.size(), path).ok()) return false;
+        ++n;
+    }
+    if (n_lines) *n_lines = n;
+    return true;
+}
+
+std::vector<std::string> long_train_args(const std::string & out, const char * steps) {
+    std::vector<std::string> a = train_args(fixture(), out);
+    a.insert(a.end(), {"--max_steps", steps, "--logging_steps", "1", "--save_steps", "1"});
+    return a;
+}
+
+} // namespace
+
+TEST(reliability, a_second_run_on_the_same_output_dir_is_refused_naming_the_first) {
+    const std::string out = temp_dir("concurrent") + "/o";
+    child_result second;
+    int first_pid = 0;
+    spawn_options o;
+    o.passive_omp = true;
+    // the first run prints "step 1/..." once it holds the lock; the second starts right then
+    o.on_output = [&](int pid, const std::string & text) {
+        if (text.find("step 1/") == std::string::npos) return false;
+        first_pid = pid;
+        second = spawn_peft(long_train_args(out, "3"));
+        return true;
+    };
+    const child_result first = spawn_peft(long_train_args(out, "40"), o);
+    EXPECT_EQ(first.code, 0) << first.out;
+    EXPECT_EQ(second.code, 1) << second.out;
+    EXPECT_NE(second.out.find("in use by another peft train (PID " + std::to_string(first_pid) + ")"), std::string::npos) << second.out;
+    int lines = 0;
+    EXPECT_TRUE(metrics_all_json(out + "/metrics.jsonl", &lines));
+    EXPECT_EQ(lines, 40);
+}
+
+// kill -9 at random moments of a run that checkpoints every step; after each kill every
+// checkpoint on disk verifies, and resuming from the latest reaches the uninterrupted result.
+TEST(reliability, kill_9_at_random_points_of_training_and_saving_always_resumes_bit_exactly) {
+    const std::string dir = temp_dir("kill9");
+    const child_result straight = spawn_peft(long_train_args(dir + "/straight", "12"));
+    ASSERT_EQ(straight.code, 0) << straight.out;
+    const std::string want = read_text(dir + "/straight/adapter_model.safetensors");
+    std::mt19937 gen(1234);
+    for (int round = 0; round < 4; ++round) {
+        const std::string out = dir + "/k" + std::to_string(round);
+        // each round: killed after a random number of output bytes (steps and saves interleave)
+        std::uniform_int_distribution<int> after_step(1, 10);
+        const std::string mark = "step " + std::to_string(after_step(gen)) + "/";
+        std::uniform_int_distribution<int> delay_us(0, 20000);
+        const int us = delay_us(gen);
+        spawn_options o;
+        o.passive_omp = true;
+        o.on_output = [&](int pid, const std::string & text) {
+            if (text.find(mark) == std::string::npos) return false;
+            usleep((useconds_t) us);
+            kill(pid, SIGKILL);
+            return true;
+        };
+        const child_result killed = spawn_peft(long_train_args(out, "12"), o);
+        ASSERT_EQ(killed.code, 128 + SIGKILL) << killed.out;
+        auto resume = long_train_args(out, "12");
+        resume.insert(resume.end(), {"--resume_from_checkpoint", "latest"});
+        const child_result r = spawn_peft(resume);
+        ASSERT_EQ(r.code, 0) << mark << " +" << us << "us\n" << r.out;
+        EXPECT_TRUE(read_text(out + "/adapter_model.safetensors") == want) << "round " << round << ": " << mark << " +" << us << "us";
+        EXPECT_TRUE(metrics_all_json(out + "/metrics.jsonl", nullptr));
+    }
+}
+
+// kill -9 at random moments of merge: --out is absent or complete; the rerun takes over the
+// leftover work directory (its own) and finishes.
+TEST(reliability, kill_9_during_merge_leaves_no_partial_output_and_the_rerun_finishes) {
+    const fixture_files & f = fixture();
+    const std::string dir = temp_dir("kill9_merge");
+    std::mt19937 gen(99);
+    for (int round = 0; round < 6; ++round) {
+        const std::string out = dir + "/m" + std::to_string(round);
+        const std::vector<std::string> args = {"merge", "--model", f.model, "--adapter", f.adapter, "--out", out, "--threads", "1"};
+        const pid_t pid = fork();
+        if (pid == 0) {
+            execl(PEFT_BIN, PEFT_BIN, "merge", "--model", f.model.c_str(), "--adapter", f.adapter.c_str(), "--out", out.c_str(), "--threads", "1",
+                  (char *) nullptr);
+            _exit(127);
+        }
+        std::uniform_int_distribution<int> delay_us(0, 60000);
+        usleep((useconds_t) delay_us(gen));
+        kill(pid, SIGKILL);
+        int st = 0;
+        waitpid(pid, &st, 0);
+        if (fs::exists(out)) {   // renamed into place: then it is whole
+            EXPECT_TRUE(fs::exists(out + "/model.safetensors") && fs::exists(out + "/config.json")) << out;
+            continue;
+        }
+        const child_result r = spawn_peft(args);
+        EXPECT_EQ(r.code, 0) << r.out;
+        EXPECT_TRUE(fs::exists(out + "/model.safetensors")) << r.out;
+        EXPECT_FALSE(fs::exists(out + ".tmp")) << r.out;
+    }
+}
+
+// A full disk at each write of a run (metrics, config, checkpoints, final adapter): the output
+// directory sits on a tmpfs of growing size, so every write in turn is the one that fails. With
+// no permission to mount, a per-process file-size limit stands in (each file in turn too large).
+// Whatever fails: a non-zero exit naming a path, no half-written file left, every checkpoint on
+// disk verifies, and when only the final write failed the weights are rescued where it says.
+TEST(reliability, a_full_disk_at_any_write_loses_nothing_and_says_where_things_are) {
+    const std::string dir = temp_dir("disk_full"), mnt = dir + "/mnt", rescue_tmp = dir + "/tmp";
+    fs::create_directories(mnt);
+    fs::create_directories(rescue_tmp);
+    const bool tmpfs = ::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4k") == 0;
+    if (tmpfs) ::umount(mnt.c_str());
+    int failures = 0, rescued = 0, finished = 0;
+    for (int k = 1; k <= 24; ++k) {
+        const std::string out = mnt + "/o";
+        long fsize = 0;
+        if (tmpfs) {
+            const std::string opt = "size=" + std::to_string(4 * k) + "k";
+            ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", 0, opt.c_str()), 0);
+        } else {
+            fs::remove_all(out);
+            fsize = 512L * k;
+        }
+        auto args = long_train_args(out, "3");
+        if (k % 2) args.insert(args.end(), {"--save_steps", "0"});   // odd k: only the final write holds the weights
+        spawn_options o;
+        o.fsize_limit = fsize;
+        o.env = {{"TMPDIR", rescue_tmp}};
+        const child_result r = spawn_peft(args, o);
+        if (r.code == 0) {
+            ++finished;
+            EXPECT_TRUE(fs::exists(out + "/adapter_model.safetensors")) << r.out;
+        } else {
+            ++failures;
+            EXPECT_EQ(r.code, 1) << r.out;
+            EXPECT_NE(r.out.find(out), std::string::npos) << "the error names no path under output_dir:\n" << r.out;
+            for (const auto & e : fs::recursive_directory_iterator(out)) {
+                EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << "left behind: " << e.path() << "\n" << r.out;
+            }
+            const size_t at = r.out.find("they were saved to ");
+            if (at != std::string::npos) {
+                ++rescued;
+                const std::string where = r.out.substr(at + 19, r.out.find(' ', at + 19) - at - 19);
+                EXPECT_TRUE(fs::exists(where + "/adapter_model.safetensors")) << where;
+                EXPECT_TRUE(fs::exists(where + "/checkpoint-3/trainer_state.safetensors")) << where;
+                fs::remove_all(where);
+            }
+        }
+        if (tmpfs) ASSERT_EQ(::umount(mnt.c_str()), 0);
+    }
+    std::printf("%s: %d runs failed (%d rescued), %d finished\n", tmpfs ? "tmpfs" : "RLIMIT_FSIZE", failures, rescued, finished);
+    EXPECT_GT(failures, 0);
+    EXPECT_GT(finished, 0) << "no size was large enough: the sweep does not reach a successful run";
+    if (tmpfs) EXPECT_GT(rescued, 0) << "no size failed exactly at the final write";
+}
