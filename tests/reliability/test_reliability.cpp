@@ -217,6 +217,26 @@ TEST(reliability, hints_name_only_options_that_exist) {
         }
     }
     EXPECT_GT(hints, 5);
+    // and every hint written in the sources, reached by a test or not
+    int flags = 0;
+    for (const auto & e : fs::recursive_directory_iterator(source_path("src"))) {
+        if (e.path().extension() != ".cpp") continue;
+        for (const std::string & line : read_lines(e.path().string())) {
+            if (line.find("hint") == std::string::npos) continue;
+            for (size_t q = line.find("--"); q != std::string::npos; q = line.find("--", q + 2)) {
+                size_t end = q + 2;
+                while (end < line.size() && (std::islower((unsigned char) line[end]) || line[end] == '-' || line[end] == '_')) end++;
+                const std::string flag = line.substr(q, end - q);
+                if (flag.size() <= 3 || flag.find("->") != std::string::npos) continue;
+                ++flags;
+                std::string alt = flag.substr(2);
+                std::replace(alt.begin(), alt.end(), '-', '_');
+                EXPECT_TRUE(helps.find(flag) != std::string::npos || helps.find(alt) != std::string::npos)
+                    << e.path().filename() << ": a hint names " << flag << ", which no command accepts";
+            }
+        }
+    }
+    EXPECT_GT(flags, 10);
 }
 
 } // namespace
