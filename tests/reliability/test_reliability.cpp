@@ -157,19 +157,37 @@ const hostile_case HOSTILE[] = {
 
 void PrintTo(const hostile_case & c, std::ostream * os) { *os << c.name; }
 
+// The case's setup and command lines with every {NAME} replaced; t is its fresh directory.
+std::pair<std::string, std::vector<std::string>> prepare(const hostile_case & c, const std::string & t) {
+    const fixture_files & f = fixture();
+    const std::string cmd = expand(c.args, {{"{TRAIN}", TRAIN}});
+    const std::map<std::string, std::string> vars = {
+        {"{MODELNAME}", fs::path(f.model).filename().string()}, {"{MODEL}", f.model}, {"{DATA}", f.data}, {"{ADAPTER}", f.adapter},
+        {"{LONG}", f.long_prompts}, {"{BADLINE}", f.bad_line}, {"{ROOT}", f.root}, {"{T}", t}};
+    return {expand(c.setup, vars), split_args(expand(cmd, vars))};
+}
+
+// The --flags named in a line of text.
+std::vector<std::string> flags_in(const std::string & line) {
+    std::vector<std::string> out;
+    for (size_t q = line.find("--"); q != std::string::npos; q = line.find("--", q + 2)) {
+        size_t e = q + 2;
+        while (e < line.size() && (std::islower((unsigned char) line[e]) || line[e] == '-' || line[e] == '_')) e++;
+        if (e - q > 3) out.push_back(line.substr(q, e - q));
+    }
+    return out;
+}
+
 class hostile : public ::testing::TestWithParam<hostile_case> {};
 
 TEST_P(hostile, fails_clearly_and_leaves_every_input_as_it_was) {
     const hostile_case & c = GetParam();
     const fixture_files & f = fixture();
     const std::string t = temp_dir(std::string("hostile_") + c.name);
-    std::map<std::string, std::string> vars = {{"{TRAIN}", TRAIN}};
-    std::string cmd = expand(c.args, vars);
-    vars = {{"{MODELNAME}", fs::path(f.model).filename().string()}, {"{MODEL}", f.model}, {"{DATA}", f.data}, {"{ADAPTER}", f.adapter},
-            {"{LONG}", f.long_prompts}, {"{BADLINE}", f.bad_line}, {"{ROOT}", f.root}, {"{T}", t}};
-    if (*c.setup) ASSERT_EQ(std::system(expand(c.setup, vars).c_str()), 0) << c.setup;
+    const auto [setup, args] = prepare(c, t);
+    if (!setup.empty()) ASSERT_EQ(std::system(setup.c_str()), 0) << setup;
     const auto before_model = snapshot(f.model), before_root = snapshot(f.root), before_t = snapshot(t);
-    const child_result r = spawn_peft(split_args(expand(cmd, vars)));
+    const child_result r = spawn_peft(args);
     EXPECT_EQ(r.code, c.code) << r.out;
     EXPECT_NE(r.out.find(c.message), std::string::npos) << "want \"" << c.message << "\" in:\n" << r.out;
     EXPECT_EQ(r.out.find("Segmentation"), std::string::npos) << r.out;
@@ -187,33 +205,24 @@ INSTANTIATE_TEST_SUITE_P(reliability, hostile, ::testing::ValuesIn(HOSTILE),
 // Every HINT line of every case names only options that exist: each --flag in a hint must be
 // accepted by some command's --help.
 TEST(reliability, hints_name_only_options_that_exist) {
-    const fixture_files & f = fixture();
     std::string helps;
     for (const char * c : {"train", "eval", "generate", "merge", "tokenize", "train-tokenizer", "bench"}) {
         helps += spawn_peft({c, "--help"}).out;
     }
+    auto accepted = [&](const std::string & flag) {   // peft train takes dashes and underscores alike
+        std::string key = flag.substr(2);
+        std::replace(key.begin(), key.end(), '-', '_');
+        return helps.find(flag) != std::string::npos || helps.find(key) != std::string::npos;
+    };
     int hints = 0;
     for (const hostile_case & c : HOSTILE) {
-        const std::string t = temp_dir("hint");
-        std::map<std::string, std::string> vars = {{"{TRAIN}", TRAIN}};
-        std::string cmd = expand(c.args, vars);
-        vars = {{"{MODELNAME}", fs::path(f.model).filename().string()}, {"{MODEL}", f.model}, {"{DATA}", f.data},
-                {"{ADAPTER}", f.adapter}, {"{LONG}", f.long_prompts}, {"{BADLINE}", f.bad_line}, {"{ROOT}", f.root}, {"{T}", t}};
-        if (*c.setup && std::system(expand(c.setup, vars).c_str()) != 0) continue;
-        const std::string out = spawn_peft(split_args(expand(cmd, vars))).out;
+        const auto [setup, args] = prepare(c, temp_dir("hint"));
+        if (!setup.empty() && std::system(setup.c_str()) != 0) continue;
+        const std::string out = spawn_peft(args).out;
         for (size_t p = out.find("HINT:"); p != std::string::npos; p = out.find("HINT:", p + 1)) {
             ++hints;
             const std::string line = out.substr(p, out.find('\n', p) - p);
-            for (size_t q = line.find("--"); q != std::string::npos; q = line.find("--", q + 2)) {
-                size_t e = q + 2;
-                while (e < line.size() && (std::isalnum((unsigned char) line[e]) || line[e] == '-' || line[e] == '_')) e++;
-                const std::string flag = line.substr(q, e - q);
-                if (flag.size() <= 2) continue;
-                std::string alt = flag;   // peft train accepts dashes and underscores alike
-                std::replace(alt.begin() + 2, alt.end(), '-', '_');
-                EXPECT_TRUE(helps.find(flag) != std::string::npos || helps.find(alt.substr(2)) != std::string::npos)
-                    << c.name << ": hint names " << flag << ": " << line;
-            }
+            for (const std::string & flag : flags_in(line)) EXPECT_TRUE(accepted(flag)) << c.name << ": hint names " << flag << ": " << line;
         }
     }
     EXPECT_GT(hints, 5);
@@ -223,16 +232,9 @@ TEST(reliability, hints_name_only_options_that_exist) {
         if (e.path().extension() != ".cpp") continue;
         for (const std::string & line : read_lines(e.path().string())) {
             if (line.find("hint") == std::string::npos) continue;
-            for (size_t q = line.find("--"); q != std::string::npos; q = line.find("--", q + 2)) {
-                size_t end = q + 2;
-                while (end < line.size() && (std::islower((unsigned char) line[end]) || line[end] == '-' || line[end] == '_')) end++;
-                const std::string flag = line.substr(q, end - q);
-                if (flag.size() <= 3 || flag.find("->") != std::string::npos) continue;
+            for (const std::string & flag : flags_in(line)) {
                 ++flags;
-                std::string alt = flag.substr(2);
-                std::replace(alt.begin(), alt.end(), '-', '_');
-                EXPECT_TRUE(helps.find(flag) != std::string::npos || helps.find(alt) != std::string::npos)
-                    << e.path().filename() << ": a hint names " << flag << ", which no command accepts";
+                EXPECT_TRUE(accepted(flag)) << e.path().filename() << ": a hint names " << flag << ", which no command accepts";
             }
         }
     }
