@@ -10,7 +10,6 @@
 #include <fstream>
 #include <map>
 #include <sstream>
-#include <unistd.h>
 #include <vector>
 
 #include "adapters/adapter_set.h"
@@ -183,55 +182,33 @@ int cmd_merge(int argc, char ** argv) {
         if (!src.find(kv.first)) return cli_fail("merge", make_error(PEFT_STATUS_SHAPE, model_dir, "merged tensor '" + kv.first + "' is not in the base checkpoint"));
     }
 
-    // build OUT.tmp
+    // build OUT.tmp, then swap it into place (atomic_dir): OUT is at every moment absent, the
+    // old output or the new one
     if (fs::exists(tmp, ec)) {   // a leftover of an interrupted merge, or somebody's directory
         st = output_check_replace(tmp.string(), "merge");
         if (!st.ok()) {
             st.hint = "peft merge builds the output in " + tmp.string() + " before renaming it to --out; move that directory away";
             return cli_fail("merge", st);
         }
-        fs::remove_all(tmp, ec);
     }
-    fs::create_directories(tmp, ec);
-    if (ec) return cli_fail("merge", make_error(PEFT_STATUS_IO, tmp.string(), "cannot create directory: " + ec.message()));
-    auto abandon = [&](const status & e) {
-        std::error_code ec2;
-        fs::remove_all(tmp, ec2);
-        return cli_fail("merge", e);
-    };
+    atomic_dir ad;
     std::vector<std::string> out_names = {"model.safetensors", "config.json"};
     for (const char * f : COPIED) out_names.push_back(f);
-    st = output_mark(tmp.string(), "merge", out_names);   // first, so an interrupted tmp is recognised
-    if (!st.ok()) return abandon(st);
-    st = safetensors_write((tmp / "model.safetensors").string(), outs, {{"format", "pt"}});
-    if (!st.ok()) return abandon(st);
+    st = ad.begin(out_dir);
+    if (st.ok()) st = output_mark(ad.path(), "merge", out_names);   // first, so an interrupted tmp is recognised
+    if (st.ok()) st = safetensors_write(ad.path() + "/model.safetensors", outs, {{"format", "pt"}});
     std::string cfg;
-    if (!read_text(model_dir + "/config.json", cfg)) return abandon(make_error(PEFT_STATUS_IO, model_dir + "/config.json", "cannot read"));
-    st = write_file_atomic((tmp / "config.json").string(), have_dtype ? config_with_dtype(cfg, want) : cfg);
-    if (!st.ok()) return abandon(st);
+    if (st.ok() && !read_text(model_dir + "/config.json", cfg)) st = make_error(PEFT_STATUS_IO, model_dir + "/config.json", "cannot read");
+    if (st.ok()) st = write_file_atomic(ad.path() + "/config.json", have_dtype ? config_with_dtype(cfg, want) : cfg);
     int copied = 0;
     for (const char * f : COPIED) {
         const std::string p = model_dir + "/" + f;
-        if (!fs::is_regular_file(p, ec)) continue;
-        st = copy_file_into(p, (tmp / f).string());
-        if (!st.ok()) return abandon(st);
+        if (!st.ok() || !fs::is_regular_file(p, ec)) continue;
+        st = copy_file_into(p, ad.path() + "/" + f);
         copied++;
     }
-
-    // swap into place: an existing (empty, or --force) OUT is moved aside first
-    fs::path old;
-    if (fs::exists(out, ec)) {
-        old = fs::path(out_dir + ".old." + std::to_string(getpid()));
-        fs::rename(out, old, ec);
-        if (ec) return abandon(make_error(PEFT_STATUS_IO, out_dir, "cannot move the existing directory aside: " + ec.message()));
-    }
-    fs::rename(tmp, out, ec);
-    if (ec) {
-        std::error_code ec2;
-        if (!old.empty()) fs::rename(old, out, ec2);
-        return abandon(make_error(PEFT_STATUS_IO, out_dir, "cannot rename " + tmp.string() + " into place: " + ec.message()));
-    }
-    if (!old.empty()) fs::remove_all(old, ec);
+    if (st.ok()) st = ad.commit();
+    if (!st.ok()) return cli_fail("merge", st);
 
     uintmax_t bytes = fs::file_size(out / "model.safetensors", ec);
     std::fprintf(stderr, "peft merge: merged %zu modules of %s into %s (%zu tensors, %s, %.1f MiB; config.json + %d files copied)\n",

@@ -34,6 +34,25 @@ private:
     status      failed;  // first failure, sticky
 };
 
+// A directory that appears complete or not at all: files go into path() ("<dir>.tmp"), then
+// commit() renames it over <dir> (an old <dir> is replaced). Destroying it uncommitted, or any
+// failure, removes the temporary directory.
+struct atomic_dir {
+    atomic_dir() = default;
+    ~atomic_dir();
+    atomic_dir(const atomic_dir &) = delete;
+    atomic_dir & operator=(const atomic_dir &) = delete;
+
+    status begin(const std::string & dir);
+    const std::string & path() const { return tmp; }
+    status commit();
+    void   abort();
+
+private:
+    std::string dst, tmp;
+    bool        open = false;
+};
+
 // Writes `bytes` to `path` atomically (see above).
 status write_file_atomic(const std::string & path, const std::string & bytes);
 

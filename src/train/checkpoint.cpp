@@ -300,65 +300,6 @@ status checkpoint_find_latest(const std::string & output_dir, std::string & dir,
 
 // ---- directories -------------------------------------------------------------------------
 
-static void fsync_dir(const std::string & dir) {
-    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-    if (fd >= 0) {
-        (void) ::fsync(fd);
-        ::close(fd);
-    }
-}
-
-atomic_dir::~atomic_dir() { abort(); }
-
-status atomic_dir::begin(const std::string & dir) {
-    abort();
-    dst = dir;
-    while (!dst.empty() && dst.back() == '/') dst.pop_back();
-    tmp = dst + ".tmp";
-    std::error_code ec;
-    fs::remove_all(tmp, ec);   // a leftover of a crashed save
-    if (!fs::create_directories(tmp, ec) || ec) {
-        return make_error(PEFT_STATUS_IO, tmp, "cannot create directory: " + (ec ? ec.message() : std::string("already exists")));
-    }
-    open = true;
-    return {};
-}
-
-status atomic_dir::commit() {
-    if (!open) return make_error(PEFT_STATUS_IO, dst, "commit without begin");
-    std::error_code ec;
-    fsync_dir(tmp);
-    // An existing directory cannot be renamed over: swap the two atomically instead, so a crash
-    // at any point leaves a complete <dir> (old or new); the old one is then in <dir>.tmp, which
-    // is dropped below or by the stale-directory cleanup of the next run.
-    const bool had_old = fs::exists(dst, ec);
-    int rc = had_old ? ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dst.c_str(), RENAME_EXCHANGE) : ::rename(tmp.c_str(), dst.c_str());
-    if (rc != 0 && had_old && (errno == EINVAL || errno == ENOSYS)) {
-        // a file system without RENAME_EXCHANGE: move the old directory aside (a crash between
-        // the two renames leaves it as <dir>.old), then rename
-        const std::string old = dst + ".old";
-        fs::remove_all(old, ec);
-        rc = ::rename(dst.c_str(), old.c_str());
-        if (rc == 0 && (rc = ::rename(tmp.c_str(), dst.c_str())) == 0) ::rename(old.c_str(), tmp.c_str());
-        else if (rc != 0) ::rename(old.c_str(), dst.c_str());
-    }
-    if (rc != 0) {
-        status st = make_error(PEFT_STATUS_IO, dst, "cannot rename " + tmp + " into place: " + std::strerror(errno));
-        abort();
-        return st;
-    }
-    open = false;
-    fsync_dir(fs::path(dst).parent_path().empty() ? "." : fs::path(dst).parent_path().string());
-    if (had_old) fs::remove_all(tmp, ec);
-    return {};
-}
-
-void atomic_dir::abort() {
-    if (!open) return;
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    open = false;
-}
 
 std::vector<std::pair<int64_t, std::string>> checkpoint_list(const std::string & output_dir) {
     std::vector<std::pair<int64_t, std::string>> out;

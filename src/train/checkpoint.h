@@ -9,14 +9,15 @@
 // Integrity: trainer_state is written last and its metadata records the size and XXH64 of every
 // other file of the directory ("file.<name>") and a checksum of its own metadata and tensors
 // ("checksum"), so a truncated, bit-flipped or missing file is refused before resuming.
-// Directories are written into "<dir>.tmp" and renamed into place, so a crash or a full disk
-// leaves the previous checkpoint intact. Not here: the loop (train_loop.h).
+// Directories are written with atomic_dir (io/atomic_file.h), so a crash or a full disk leaves
+// the previous checkpoint intact. Not here: the loop (train_loop.h).
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "core/status.h"
+#include "io/atomic_file.h"
 
 namespace peft {
 
@@ -53,24 +54,6 @@ status trainer_state_load(const std::string & path, trainer_state & st, adamw & 
 // f32 tensors by name from any safetensors file into `params` (full fine-tuning resume).
 status load_named_f32(const std::string & path, const std::vector<named_f32> & params);
 
-// A directory that appears complete or not at all: files go into path() ("<dir>.tmp"), then
-// commit() renames it over <dir> (an old <dir> is replaced). Destroying it uncommitted, or any
-// failure, removes the temporary directory.
-struct atomic_dir {
-    atomic_dir() = default;
-    ~atomic_dir();
-    atomic_dir(const atomic_dir &) = delete;
-    atomic_dir & operator=(const atomic_dir &) = delete;
-
-    status begin(const std::string & dir);
-    const std::string & path() const { return tmp; }
-    status commit();
-    void   abort();
-
-private:
-    std::string dst, tmp;
-    bool        open = false;
-};
 
 // "checkpoint-N" directories of output_dir, sorted by N ascending.
 std::vector<std::pair<int64_t, std::string>> checkpoint_list(const std::string & output_dir);
