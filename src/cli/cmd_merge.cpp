@@ -20,6 +20,7 @@
 #include "io/output_guard.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
+#include "tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -27,9 +28,6 @@ namespace peft {
 
 namespace {
 
-// Files copied next to the weights when the base directory has them.
-const char * const COPIED[] = {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                               "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json"};
 
 bool read_text(const std::string & path, std::string & out) {
     std::ifstream f(path, std::ios::binary);
@@ -193,7 +191,7 @@ int cmd_merge(int argc, char ** argv) {
     }
     atomic_dir ad;
     std::vector<std::string> out_names = {"model.safetensors", "config.json"};
-    for (const char * f : COPIED) out_names.push_back(f);
+    for (const std::string & f : hf_companion_files()) out_names.push_back(f);
     st = ad.begin(out_dir);
     if (st.ok()) st = output_mark(ad.path(), "merge", out_names);   // first, so an interrupted tmp is recognised
     if (st.ok()) st = safetensors_write(ad.path() + "/model.safetensors", outs, {{"format", "pt"}});
@@ -201,7 +199,7 @@ int cmd_merge(int argc, char ** argv) {
     if (st.ok() && !read_text(model_dir + "/config.json", cfg)) st = make_error(PEFT_STATUS_IO, model_dir + "/config.json", "cannot read");
     if (st.ok()) st = write_file_atomic(ad.path() + "/config.json", have_dtype ? config_with_dtype(cfg, want) : cfg);
     int copied = 0;
-    for (const char * f : COPIED) {
+    for (const std::string & f : hf_companion_files()) {
         const std::string p = model_dir + "/" + f;
         if (!st.ok() || !fs::is_regular_file(p, ec)) continue;
         st = copy_file_into(p, ad.path() + "/" + f);

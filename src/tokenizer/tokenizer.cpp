@@ -747,4 +747,10 @@ status tokenizer::load(const std::string & path, std::unique_ptr<tokenizer> & ou
     return status::success();
 }
 
+const std::vector<std::string> & hf_companion_files() {
+    static const std::vector<std::string> files = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                                                   "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json"};
+    return files;
+}
+
 } // namespace peft

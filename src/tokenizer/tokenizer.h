@@ -69,4 +69,8 @@ private:
     std::unique_ptr<tokenizer_impl> p;
 };
 
+// Files of a Hugging Face model directory that travel with its weights when a new model
+// directory is written (peft merge, full fine-tuning): tokenizer files and generation defaults.
+const std::vector<std::string> & hf_companion_files();
+
 } // namespace peft

@@ -17,6 +17,7 @@
 #include "io/mmap.h"
 #include "io/peft_format.h"
 #include "io/safetensors.h"
+#include "tokenizer/tokenizer.h"
 #include "train/optim.h"
 
 namespace peft {
@@ -325,14 +326,15 @@ static bool is_numbered(const std::string & name, const std::string & prefix, co
 // The files save_checkpoint (train_loop.cpp) writes: the adapter directory or the HF model
 // directory with the tokenizer files write_hf_model_dir copies, then the trainer state and
 // config. A name missing here only makes the cleanup leave a directory in place.
-static const char * CHECKPOINT_FILES[] = {PEFT_WEIGHTS_NAME, PEFT_CONFIG_NAME, "model.safetensors", "config.json",
-                                          "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                                          "vocab.json", "merges.txt", "generation_config.json", STATE_NAME, "train_config.json"};
+static const char * CHECKPOINT_FILES[] = {PEFT_WEIGHTS_NAME, PEFT_CONFIG_NAME, "model.safetensors", "config.json", STATE_NAME,
+                                          "train_config.json"};
 
 // A checkpoint file, or the temporary "<file>.tmp.<pid>" of an atomic_file cut short by a crash.
 static bool is_checkpoint_file(const std::string & name) {
-    for (const char * f : CHECKPOINT_FILES) {
-        if (name == f || is_numbered(name, std::string(f) + ".tmp.", "")) return true;
+    std::vector<std::string> files(std::begin(CHECKPOINT_FILES), std::end(CHECKPOINT_FILES));
+    files.insert(files.end(), hf_companion_files().begin(), hf_companion_files().end());
+    for (const std::string & f : files) {
+        if (name == f || is_numbered(name, f + ".tmp.", "")) return true;
     }
     return false;
 }

@@ -119,8 +119,6 @@ void append_rows(data_rows & dst, const data_rows & src) {
     dst.segment_ids.insert(dst.segment_ids.end(), src.segment_ids.begin(), src.segment_ids.end());
 }
 
-const char * TOKENIZER_FILES[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                                  "vocab.json", "merges.txt", "generation_config.json"};
 
 // Appends JSON lines to output_dir/metrics.jsonl, flushing each (a crash loses nothing logged).
 struct metrics_log {
@@ -216,7 +214,7 @@ status check_output_dir(const std::string & dir) {
 std::vector<std::string> train_output_names() {
     std::vector<std::string> n = {"adapter_config.json", "adapter_model.safetensors", "model.safetensors", "config.json",
                                   "metrics.jsonl", "train_config.json", "report.html", "checkpoint-*"};
-    for (const char * t : TOKENIZER_FILES) n.push_back(t);
+    for (const std::string & t : hf_companion_files()) n.push_back(t);
     return n;
 }
 
@@ -303,7 +301,7 @@ status write_hf_model_dir(const std::string & dir, const llama_model & m, const 
     PEFT_TRY(copy_file_atomic(config_dir + "/config.json", dir + "/config.json"));
     std::error_code ec;
     const std::string tdir = fs::is_directory(tokenizer_dir, ec) ? tokenizer_dir : fs::path(tokenizer_dir).parent_path().string();
-    for (const char * name : TOKENIZER_FILES) {
+    for (const std::string & name : hf_companion_files()) {
         const std::string src = tdir + "/" + name;
         if (fs::is_regular_file(src, ec)) PEFT_TRY(copy_file_atomic(src, dir + "/" + name));
     }
