@@ -152,3 +152,25 @@ TEST(llama_load, non_float_tensor_dtype) {
     write_text(dir + "/model.safetensors", bytes);
     expect_load_error(dir, {"model.norm.weight", "I32"});
 }
+
+TEST(llama_load, bias_flags_follow_transformers) {
+    auto bias_names = [](const std::string & extra) {
+        const std::string base = "{\"vocab_size\": 64, \"hidden_size\": 32, \"num_hidden_layers\": 1, \"num_attention_heads\": 4, "
+                                 "\"intermediate_size\": 48";
+        llama_hparams hp;
+        status st = llama_hparams_parse(base + extra + "}", "config.json", hp);
+        EXPECT_TRUE(st.ok()) << st.message;
+        std::string names;
+        for (const llama_tensor_spec & s : llama_tensor_specs(hp)) {
+            if (s.name.size() > 5 && s.name.compare(s.name.size() - 5, 5, ".bias") == 0) names += s.name.substr(15) + " ";
+        }
+        return names;
+    };
+    EXPECT_EQ(bias_names(", \"model_type\": \"llama\""), "");
+    EXPECT_EQ(bias_names(", \"model_type\": \"llama\", \"attention_bias\": true"),
+              "self_attn.q_proj.bias self_attn.k_proj.bias self_attn.v_proj.bias self_attn.o_proj.bias ");
+    EXPECT_EQ(bias_names(", \"model_type\": \"mistral\", \"mlp_bias\": true"), "mlp.gate_proj.bias mlp.up_proj.bias mlp.down_proj.bias ");
+    // Qwen2Attention hard-codes q/k/v biases and reads neither flag
+    EXPECT_EQ(bias_names(", \"model_type\": \"qwen2\", \"attention_bias\": false, \"mlp_bias\": true"),
+              "self_attn.q_proj.bias self_attn.k_proj.bias self_attn.v_proj.bias ");
+}
