@@ -26,6 +26,14 @@ static bool ends_with(const std::string & s, const std::string & suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// "model.layers.N.self_attn.o_proj.bias" and the like: the bias of one of the seven projections.
+static bool is_proj_bias(const std::string & name) {
+    for (int p = 0; p < LLAMA_PROJ_COUNT; p++) {
+        if (ends_with(name, std::string(".") + llama_proj_name((llama_proj) p) + ".bias")) return true;
+    }
+    return false;
+}
+
 // A bias that config.json asks for is missing, or one it does not ask for is present: the
 // usual cause is a config whose bias flags do not match the weights.
 static std::string bias_hint(const llama_hparams & hp, const std::string & name, bool missing) {
@@ -63,10 +71,10 @@ static status check_extra_tensor(const llama_hparams & hp, const tensor_info & t
     status st = make_error(PEFT_STATUS_SHAPE, t.file, tensor_label(t.name) + " (" + t.describe() +
                                                           ") is not a parameter of the model config.json describes");
     const std::string layers = "model.layers.";
-    if (ends_with(t.name, ".bias") && t.name.rfind(layers, 0) == 0) {
-        st.hint = bias_hint(hp, t.name, false);
-    } else if (t.name.rfind(layers, 0) == 0 && std::atoll(t.name.c_str() + layers.size()) >= hp.n_layer) {
+    if (t.name.rfind(layers, 0) == 0 && std::atoll(t.name.c_str() + layers.size()) >= hp.n_layer) {
         st.hint = "config.json says num_hidden_layers=" + std::to_string(hp.n_layer) + " but the checkpoint has more layers";
+    } else if (is_proj_bias(t.name)) {
+        st.hint = bias_hint(hp, t.name, false);
     } else {
         st.hint = "peft.cpp loads Llama, Mistral and Qwen2 decoders; is config.json from another model, or is this "
                   "checkpoint of an architecture with extra modules?";
