@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "io/json.h"
+#include "io/safetensors.h"
 #include "model/llama.h"
 #include "tokenizer/normalize.h"
 
@@ -144,6 +145,29 @@ std::vector<float> forward_logits(llama_model & m, const std::vector<int32_t> & 
     llama_batch b{tok.data(), tgt.data(), nullptr, nullptr, 1, T};
     llama_forward(m, s, b, 0.0f, logits.data());
     return logits;
+}
+
+void rewrite_safetensors(const std::string & path, const std::function<void(std::vector<test_tensor> &)> & edit, dtype type) {
+    std::vector<test_tensor> tensors;
+    {
+        safetensors_file f;   // closed (unmapped) before the file is replaced
+        status st = safetensors_open(path, f);
+        ASSERT_TRUE(st.ok()) << st.message;
+        for (const tensor_info & t : f.tensors) {
+            tensors.push_back({t.name, t.shape, std::vector<float>((size_t) t.n_elements)});
+            ASSERT_TRUE(read_f32(t, tensors.back().values.data()).ok()) << t.name;
+        }
+    }
+    edit(tensors);
+    std::vector<std::vector<uint8_t>> stored;
+    std::vector<safetensors_tensor_to_write> out;
+    for (const test_tensor & t : tensors) {
+        stored.emplace_back(t.values.size() * dtype_size(type));
+        convert_from_f32(type, t.values.data(), stored.back().data(), t.values.size());
+        out.push_back({t.name, type, t.shape, stored.back().data(), ""});
+    }
+    status st = safetensors_write(path, out, {{"format", "pt"}});
+    ASSERT_TRUE(st.ok()) << st.message;
 }
 
 std::string source_path(const std::string & rel) { return std::string(PEFT_SOURCE_DIR) + "/" + rel; }

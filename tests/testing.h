@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include "core/dtype.h"
+
 namespace peft {
 struct llama_model;
 }
@@ -70,6 +72,17 @@ struct spawn_options {
     std::function<bool(int pid, const std::string & out)> on_output;
 };
 child_result spawn_peft(const std::vector<std::string> & args, const spawn_options & o = {});
+// One tensor of a test checkpoint, as f32 values whatever its stored dtype.
+struct test_tensor {
+    std::string          name;
+    std::vector<int64_t> shape;
+    std::vector<float>   values;
+};
+// Reads every tensor of the safetensors file at `path` (float dtypes) as f32, lets `edit`
+// change, add or remove entries, and writes the file back with every tensor stored as `type`
+// and metadata {"format": "pt"}.
+void rewrite_safetensors(const std::string & path, const std::function<void(std::vector<test_tensor> &)> & edit,
+                         dtype type = PEFT_DTYPE_F32);
 
 std::string source_path(const std::string & rel);   // PEFT_SOURCE_DIR + "/" + rel
 std::string temp_dir(const std::string & name);      // fresh empty directory under /tmp

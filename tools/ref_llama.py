@@ -13,7 +13,10 @@ attention, no dropout.
   h = embed_tokens[input_ids]                      ("inputs_embeds")
   for each layer:
     a = RMSNorm(h; input_layernorm)
-    q = a Wq^T (+ bq), k = a Wk^T (+ bk), v = a Wv^T (+ bv)   (bias: qwen2 only)
+    q = a Wq^T (+ bq), k = a Wk^T (+ bk), v = a Wv^T (+ bv)   (biases: qwen2
+                                                   always; llama with
+                                                   attention_bias, which also
+                                                   gives o_proj a bias)
     q, k = RoPE(q, k; position_ids)                HF rotate_half convention
     k, v = repeat_kv(k, v)                         GQA: kv head j serves query
                                                    heads j*G .. j*G+G-1
@@ -21,7 +24,8 @@ attention, no dropout.
                                                    index AND same segment id
     h = h + (softmax(s) v) Wo^T
     m = RMSNorm(h; post_attention_layernorm)
-    h = h + down(silu(gate(m)) * up(m))
+    h = h + down(silu(gate(m)) * up(m))            (+ gate/up/down biases
+                                                   with llama mlp_bias)
   logits = RMSNorm(h; norm) W_lm^T                 W_lm = embed_tokens when
                                                    tie_word_embeddings
   RMSNorm(x; w) = w * (x * rsqrt(mean(x^2, -1) + eps))
@@ -85,6 +89,8 @@ _BASE = dict(
     rope_scaling=None,
     tie_word_embeddings=False,
     max_position_embeddings=128,
+    attention_bias=False,      # llama only (transformers LlamaConfig)
+    mlp_bias=False,
 )
 
 
@@ -119,6 +125,11 @@ CASES = {
                                   "original_max_position_embeddings": 16}),
         batch="packed",
     ),
+    "llama_bias": dict(
+        seed=4567,
+        config=_cfg(model_type="llama", attention_bias=True, mlp_bias=True),
+        batch="prompt_masked",
+    ),
 }
 
 # Training trajectory settings (transformers Trainer-style full fine-tuning).
@@ -132,7 +143,7 @@ MAX_GRAD_NORM = 1.0
 
 INIT_STD = 0.02        # HF initializer_range for Linear / Embedding weights
 NORM_JITTER = 0.1      # norm weights 1 + 0.1*N(0,1): non-trivial norm grads
-BIAS_STD = 0.1         # qwen2 q/k/v biases: large enough to matter
+BIAS_STD = 0.1         # every bias: large enough to matter
 
 
 def hf_config_json(cfg):
@@ -166,8 +177,8 @@ def hf_config_json(cfg):
         d["sliding_window"] = None
         d["max_window_layers"] = cfg["num_hidden_layers"]
     else:
-        d["attention_bias"] = False
-        d["mlp_bias"] = False
+        d["attention_bias"] = cfg["attention_bias"]
+        d["mlp_bias"] = cfg["mlp_bias"]
         d["pretraining_tp"] = 1
     return d
 
@@ -248,18 +259,29 @@ def param_specs(cfg):
     V, C, I = cfg["vocab_size"], cfg["hidden_size"], cfg["intermediate_size"]
     H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = C // H
-    bias = cfg["model_type"] == "qwen2"
+    # transformers: Qwen2Attention hard-codes q/k/v biases (o_proj none, MLP
+    # none); LlamaAttention gives all four projections a bias with
+    # attention_bias, LlamaMLP all three with mlp_bias.
+    qwen = cfg["model_type"] == "qwen2"
+    qkv_bias = qwen or cfg["attention_bias"]
+    o_bias = not qwen and cfg["attention_bias"]
+    mlp_bias = not qwen and cfg["mlp_bias"]
     specs = [("model.embed_tokens.weight", (V, C), "w")]
+
+    def proj(name, out, inp, bias):
+        specs.append((name + ".weight", (out, inp), "w"))
+        if bias:
+            specs.append((name + ".bias", (out,), "b"))
+
     for l in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{l}."
-        for proj, out in (("q", H * hd), ("k", KV * hd), ("v", KV * hd)):
-            specs.append((p + f"self_attn.{proj}_proj.weight", (out, C), "w"))
-            if bias:
-                specs.append((p + f"self_attn.{proj}_proj.bias", (out,), "b"))
-        specs.append((p + "self_attn.o_proj.weight", (C, H * hd), "w"))
-        specs.append((p + "mlp.gate_proj.weight", (I, C), "w"))
-        specs.append((p + "mlp.up_proj.weight", (I, C), "w"))
-        specs.append((p + "mlp.down_proj.weight", (C, I), "w"))
+        proj(p + "self_attn.q_proj", H * hd, C, qkv_bias)
+        proj(p + "self_attn.k_proj", KV * hd, C, qkv_bias)
+        proj(p + "self_attn.v_proj", KV * hd, C, qkv_bias)
+        proj(p + "self_attn.o_proj", C, H * hd, o_bias)
+        proj(p + "mlp.gate_proj", I, C, mlp_bias)
+        proj(p + "mlp.up_proj", I, C, mlp_bias)
+        proj(p + "mlp.down_proj", C, I, mlp_bias)
         specs.append((p + "input_layernorm.weight", (C,), "n"))
         specs.append((p + "post_attention_layernorm.weight", (C,), "n"))
     specs.append(("model.norm.weight", (C,), "n"))
@@ -558,6 +580,11 @@ def check_case(name, cfg, params, batch, ref32):
             sens["no llama3 scaling"] = forward(p, cfg, batch, rope_scaling=False)[0]
         if int(batch["segment_ids"].max()) > 0:
             sens["no segment mask"] = forward(p, cfg, batch, segments=False)[0]
+        # a loader that reads q/k/v biases only (what peft.cpp once did)
+        qkv_only = {n: t for n, t in p.items()
+                    if not (n.endswith(".bias") and (".o_proj." in n or ".mlp." in n))}
+        if len(qkv_only) < len(p):
+            sens["no o/mlp biases"] = forward(qkv_only, cfg, batch)[0]
     for k, v in sens.items():
         print(f"    sensitivity {k:18s} logits normwise rel {rel(v, base)[0]:.3e}")
     return worst

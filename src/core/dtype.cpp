@@ -1,5 +1,7 @@
 #include "core/dtype.h"
 
+#include <algorithm>
+
 #include "core/status.h"
 
 namespace peft {
@@ -91,6 +93,45 @@ void convert_from_f32(dtype t, const float * src, void * dst, size_t n) {
         } break;
         default: PEFT_ASSERT(false);
     }
+}
+
+// Inf and NaN are exactly the values whose exponent bits are all ones, in each format. Testing
+// the stored bits needs no conversion, and the branch-free loops vectorise (memcpy loads are
+// fine for unaligned data).
+static bool any_nonfinite(dtype t, const uint8_t * p, size_t n) {
+    int bad = 0;
+    if (t == PEFT_DTYPE_F32) {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            std::memcpy(&u, p + 4 * i, 4);
+            bad |= (u & 0x7f800000u) == 0x7f800000u;
+        }
+    } else {
+        PEFT_ASSERT(t == PEFT_DTYPE_F16 || t == PEFT_DTYPE_BF16);
+        const uint16_t exp = t == PEFT_DTYPE_F16 ? 0x7c00 : 0x7f80;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            std::memcpy(&h, p + 2 * i, 2);
+            bad |= (h & exp) == exp;
+        }
+    }
+    return bad != 0;
+}
+
+int64_t dtype_first_nonfinite(dtype t, const void * src, size_t n) {
+    // whole blocks at full speed; the element-by-element search runs only in a bad block
+    constexpr size_t BLOCK = 4096;
+    const uint8_t * p = (const uint8_t *) src;
+    const size_t esize = dtype_size(t);
+    for (size_t b0 = 0; b0 < n; b0 += BLOCK) {
+        const size_t len = std::min(BLOCK, n - b0);
+        const uint8_t * block = p + b0 * esize;
+        if (!any_nonfinite(t, block, len)) continue;
+        for (size_t i = 0;; i++) {
+            if (any_nonfinite(t, block + i * esize, 1)) return (int64_t) (b0 + i);
+        }
+    }
+    return -1;
 }
 
 } // namespace peft

@@ -41,4 +41,8 @@ void convert_to_f32(dtype t, const void * src, float * dst, size_t n);
 // Converts n f32 values into type t at dst.
 void convert_from_f32(dtype t, const float * src, void * dst, size_t n);
 
+// Index of the first Inf or NaN among the n elements of type t at src (any alignment), or -1.
+// Serial and vectorised: callers parallelise over tensors.
+int64_t dtype_first_nonfinite(dtype t, const void * src, size_t n);
+
 } // namespace peft

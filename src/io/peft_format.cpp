@@ -294,7 +294,8 @@ status adapter_load(const std::string & dir, llama_model & m, adapter_set & out)
             e.hint = "the adapter was made for another base model (or its config's r / rank_pattern do not match the tensors)";
             return fail(e);
         }
-        st = tensor_require_float(*t);
+        // NaN/Inf would reach generate's text and merge's output unnoticed
+        st = tensor_require_finite(*t);
         if (!st.ok()) return fail(st);
         st = read_f32(*t, p.value);
         if (!st.ok()) return fail(st);

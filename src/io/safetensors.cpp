@@ -6,6 +6,7 @@
 #include "io/safetensors.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <sys/stat.h>
@@ -91,7 +92,7 @@ static std::string printable(const std::string & s, size_t max_len = 200) {
     return r;
 }
 
-static std::string tensor_label(const std::string & name) { return "tensor '" + printable(name) + "'"; }
+std::string tensor_label(const std::string & name) { return "tensor '" + printable(name) + "'"; }
 
 static std::string shape_str(const std::vector<int64_t> & shape) {
     std::string r = "[";
@@ -116,6 +117,25 @@ status tensor_require_float(const tensor_info & t) {
     if (t.is_float) return {};
     return make_mismatch(PEFT_STATUS_SHAPE, t.file, tensor_label(t.name) + ": dtype", "F32, F16 or BF16",
                          std::string(safetensors_dtype_name(t.st_dtype)) + " (unsupported as a float tensor)");
+}
+
+status tensor_require_finite(const tensor_info & t) {
+    PEFT_TRY(tensor_require_float(t));
+    const int64_t bad = dtype_first_nonfinite(t.type, t.data, (size_t) t.n_elements);
+    if (bad < 0) return {};
+    float v = 0.0f;
+    PEFT_TRY(read_f32_range(t, (uint64_t) bad, 1, &v));
+    std::vector<int64_t> index(t.shape.size());   // row-major coordinates of element `bad`
+    int64_t rest = bad;
+    for (size_t d = index.size(); d-- > 0;) {
+        index[d] = rest % t.shape[d];
+        rest /= t.shape[d];
+    }
+    status st = make_error(PEFT_STATUS_NUMERIC, t.file,
+                           tensor_label(t.name) + " (" + t.describe() + ") holds " + (std::isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf") +
+                               " at element " + std::to_string(bad) + " (index " + shape_str(index) + "); the first non-finite value");
+    st.hint = "the file is damaged or holds the weights of a diverged training run; re-download it or use an earlier checkpoint";
+    return st;
 }
 
 status read_f32_range(const tensor_info & t, uint64_t first, uint64_t count, float * dst) {

@@ -81,6 +81,11 @@ struct tensor_info {
 
 // Fails (PEFT_STATUS_SHAPE) unless t is F32/F16/BF16, naming the tensor and its dtype.
 status tensor_require_float(const tensor_info & t);
+// Fails (PEFT_STATUS_NUMERIC) if t holds a NaN or Inf, naming the tensor and the first bad
+// element; also fails unless t is F32/F16/BF16. One read of the stored bytes, no conversion.
+status tensor_require_finite(const tensor_info & t);
+// "tensor 'NAME'" for messages; control bytes escaped and length capped (names are untrusted).
+std::string tensor_label(const std::string & name);
 // Converts the whole tensor to f32 (dst holds n_elements floats); works for unaligned data.
 status read_f32(const tensor_info & t, float * dst);
 // Converts elements [first, first + count) to f32.

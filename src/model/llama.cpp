@@ -14,26 +14,43 @@ namespace peft {
 
 // ---- tensor table ------------------------------------------------------------------------
 
+bool llama_proj_has_bias(const llama_hparams & hp, llama_proj p) {
+    switch (p) {
+        case LLAMA_PROJ_Q: case LLAMA_PROJ_K: case LLAMA_PROJ_V: return hp.qkv_bias;
+        case LLAMA_PROJ_O: return hp.o_bias;
+        default: return hp.mlp_bias;
+    }
+}
+
+// [OC, IC] of projection p.
+static std::vector<int64_t> proj_shape(const llama_hparams & hp, llama_proj p) {
+    const int64_t C = hp.n_embd, QD = hp.q_dim(), KVD = hp.kv_dim(), F = hp.n_ff;
+    switch (p) {
+        case LLAMA_PROJ_Q: return {QD, C};
+        case LLAMA_PROJ_K: case LLAMA_PROJ_V: return {KVD, C};
+        case LLAMA_PROJ_O: return {C, QD};
+        case LLAMA_PROJ_GATE: case LLAMA_PROJ_UP: return {F, C};
+        default: return {C, F};
+    }
+}
+
+// Per layer in HF named_parameters() order: input_layernorm, q/k/v/o (each weight, then its
+// bias if any), post_attention_layernorm, gate/up/down. llama_bind_weights walks the same order.
 std::vector<llama_tensor_spec> llama_tensor_specs(const llama_hparams & hp) {
-    const int64_t C = hp.n_embd, QD = hp.q_dim(), KVD = hp.kv_dim(), F = hp.n_ff, V = hp.n_vocab;
+    const int64_t C = hp.n_embd, V = hp.n_vocab;
     std::vector<llama_tensor_spec> t;
     t.push_back({"model.embed_tokens.weight", {V, C}, true});
     for (int64_t l = 0; l < hp.n_layer; l++) {
-        std::string p = "model.layers." + std::to_string(l) + ".";
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        auto proj = [&](llama_proj j) {
+            const std::vector<int64_t> shape = proj_shape(hp, j);
+            t.push_back({p + llama_proj_name(j) + ".weight", shape, true});
+            if (llama_proj_has_bias(hp, j)) t.push_back({p + llama_proj_name(j) + ".bias", {shape[0]}, false});
+        };
         t.push_back({p + "input_layernorm.weight", {C}, false});
-        t.push_back({p + "self_attn.q_proj.weight", {QD, C}, true});
-        t.push_back({p + "self_attn.k_proj.weight", {KVD, C}, true});
-        t.push_back({p + "self_attn.v_proj.weight", {KVD, C}, true});
-        if (hp.qkv_bias) {
-            t.push_back({p + "self_attn.q_proj.bias", {QD}, false});
-            t.push_back({p + "self_attn.k_proj.bias", {KVD}, false});
-            t.push_back({p + "self_attn.v_proj.bias", {KVD}, false});
-        }
-        t.push_back({p + "self_attn.o_proj.weight", {C, QD}, true});
+        for (llama_proj j : {LLAMA_PROJ_Q, LLAMA_PROJ_K, LLAMA_PROJ_V, LLAMA_PROJ_O}) proj(j);
         t.push_back({p + "post_attention_layernorm.weight", {C}, false});
-        t.push_back({p + "mlp.gate_proj.weight", {F, C}, true});
-        t.push_back({p + "mlp.up_proj.weight", {F, C}, true});
-        t.push_back({p + "mlp.down_proj.weight", {C, F}, true});
+        for (llama_proj j : {LLAMA_PROJ_GATE, LLAMA_PROJ_UP, LLAMA_PROJ_DOWN}) proj(j);
     }
     t.push_back({"model.norm.weight", {C}, false});
     if (!hp.tie_embeddings) t.push_back({"lm_head.weight", {V, C}, true});
@@ -61,10 +78,7 @@ linear_weight & llama_model::proj_weight(int64_t layer, llama_proj p) {
     return *table[p];
 }
 
-const float * llama_model::proj_bias(int64_t layer, llama_proj p) const {
-    const llama_layer_weights & L = w.layers[(size_t) layer];
-    return p == LLAMA_PROJ_Q ? L.bq : p == LLAMA_PROJ_K ? L.bk : p == LLAMA_PROJ_V ? L.bv : nullptr;
-}
+const float * llama_model::proj_bias(int64_t layer, llama_proj p) const { return w.layers[(size_t) layer].bias[p]; }
 
 // Points the named weight structs at the tensors of m.tensors (which must follow
 // llama_tensor_specs order) and computes the rope table.
@@ -85,21 +99,16 @@ void llama_bind_weights(llama_model & m) {
     };
     m.w.layers.assign((size_t) hp.n_layer, {});
     lin(m.w.embed);
-    for (llama_layer_weights & L : m.w.layers) {
+    for (int64_t l = 0; l < hp.n_layer; l++) {
+        llama_layer_weights & L = m.w.layers[(size_t) l];
+        auto proj = [&](llama_proj j) {
+            lin(m.proj_weight(l, j));
+            if (llama_proj_has_bias(hp, j)) vec(L.bias[j]);
+        };
         vec(L.attn_norm);
-        lin(L.wq);
-        lin(L.wk);
-        lin(L.wv);
-        if (hp.qkv_bias) {
-            vec(L.bq);
-            vec(L.bk);
-            vec(L.bv);
-        }
-        lin(L.wo);
+        for (llama_proj j : {LLAMA_PROJ_Q, LLAMA_PROJ_K, LLAMA_PROJ_V, LLAMA_PROJ_O}) proj(j);
         vec(L.ffn_norm);
-        lin(L.w_gate);
-        lin(L.w_up);
-        lin(L.w_down);
+        for (llama_proj j : {LLAMA_PROJ_GATE, LLAMA_PROJ_UP, LLAMA_PROJ_DOWN}) proj(j);
     }
     vec(m.w.final_norm);
     if (hp.tie_embeddings) {
@@ -420,30 +429,33 @@ float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch,
 namespace {
 
 struct layer_grads {
-    float * attn_norm, * wq, * wk, * wv, * bq, * bk, * bv, * wo, * ffn_norm, * w_gate, * w_up, * w_down;
+    float * attn_norm = nullptr, * ffn_norm = nullptr;
+    float * w[LLAMA_PROJ_COUNT] = {};   // d weight [OC, IC] per projection; null when frozen
+    float * b[LLAMA_PROJ_COUNT] = {};   // d bias [OC]; null when frozen or without a bias
 };
 
 layer_grads find_layer_grads(llama_model & m, int64_t l) {
-    layer_grads g{};
+    layer_grads g;
     if (!m.trainable) return g;
-    std::string p = "model.layers." + std::to_string(l) + ".";
-    auto G = [&](const char * suffix) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    auto G = [&](const std::string & suffix) {
         llama_tensor * t = m.find(p + suffix);
         return t ? t->grad : nullptr;
     };
     g.attn_norm = G("input_layernorm.weight");
-    g.wq = G("self_attn.q_proj.weight");
-    g.wk = G("self_attn.k_proj.weight");
-    g.wv = G("self_attn.v_proj.weight");
-    g.bq = G("self_attn.q_proj.bias");
-    g.bk = G("self_attn.k_proj.bias");
-    g.bv = G("self_attn.v_proj.bias");
-    g.wo = G("self_attn.o_proj.weight");
     g.ffn_norm = G("post_attention_layernorm.weight");
-    g.w_gate = G("mlp.gate_proj.weight");
-    g.w_up = G("mlp.up_proj.weight");
-    g.w_down = G("mlp.down_proj.weight");
+    for (int j = 0; j < LLAMA_PROJ_COUNT; j++) {
+        g.w[j] = G(std::string(llama_proj_name((llama_proj) j)) + ".weight");
+        g.b[j] = G(std::string(llama_proj_name((llama_proj) j)) + ".bias");
+    }
     return g;
+}
+
+// Weight and bias gradients of projection j of layer l (when trainable): y = x W^T + b.
+void proj_backward_weight(const llama_model & m, const layer_grads & g, int64_t l, llama_proj j, const float * dy,
+                          const float * x, int64_t N) {
+    const linear_weight & w = m.proj_weight(l, j);
+    linear_backward_weight(g.w[j], g.b[j], dy, x, N, w.OC, w.IC);
 }
 
 // dres holds d(x_out) on entry and d(x_in) on exit.
@@ -454,19 +466,20 @@ void layer_backward(const llama_model & m, int64_t l, const layer_grads & g, con
     const int64_t N = B * T, C = hp.n_embd, F = hp.n_ff, QD = hp.q_dim(), KVD = hp.kv_dim();
     float * dres = p.dres;
 
-    // MLP: x_out = x_mid + h Wd^T, h = swiglu(xn2 Wg^T, xn2 Wu^T), xn2 = rmsnorm(x_mid)
+    // MLP: x_out = x_mid + down(h), h = swiglu(gate(xn2), up(xn2)), xn2 = rmsnorm(x_mid), where
+    // each projection is x W^T (+ b)
     llama_proj_backward_input(m, l, LLAMA_PROJ_DOWN, p.dh, dres, a.h, N, 0.0f);
-    if (g.w_down) linear_backward_weight(g.w_down, nullptr, dres, a.h, N, C, F);
+    proj_backward_weight(m, g, l, LLAMA_PROJ_DOWN, dres, a.h, N);
     swiglu_backward_set(p.dgate, p.dup, p.dh, a.gate, a.up, N * F);
     llama_proj_backward_input(m, l, LLAMA_PROJ_GATE, p.dxn, p.dgate, a.xn2, N, 0.0f);
     llama_proj_backward_input(m, l, LLAMA_PROJ_UP, p.dxn, p.dup, a.xn2, N, 1.0f);
-    if (g.w_gate) linear_backward_weight(g.w_gate, nullptr, p.dgate, a.xn2, N, F, C);
-    if (g.w_up) linear_backward_weight(g.w_up, nullptr, p.dup, a.xn2, N, F, C);
+    proj_backward_weight(m, g, l, LLAMA_PROJ_GATE, p.dgate, a.xn2, N);
+    proj_backward_weight(m, g, l, LLAMA_PROJ_UP, p.dup, a.xn2, N);
     rmsnorm_backward(dres, g.ffn_norm, p.dxn, a.x_mid, w.ffn_norm, a.rstd2, N, C);  // dres = d x_mid
 
-    // attention: x_mid = x_in + att Wo^T
+    // attention: x_mid = x_in + o(att)
     llama_proj_backward_input(m, l, LLAMA_PROJ_O, p.datt, dres, a.att, N, 0.0f);
-    if (g.wo) linear_backward_weight(g.wo, nullptr, dres, a.att, N, C, QD);
+    proj_backward_weight(m, g, l, LLAMA_PROJ_O, dres, a.att, N);
     std::memset(p.dq, 0, (size_t) (N * QD) * 4);
     std::memset(p.dk, 0, (size_t) (N * KVD) * 4);
     std::memset(p.dv, 0, (size_t) (N * KVD) * 4);
@@ -476,9 +489,9 @@ void layer_backward(const llama_model & m, int64_t l, const layer_grads & g, con
     llama_proj_backward_input(m, l, LLAMA_PROJ_Q, p.dxn, p.dq, a.xn1, N, 0.0f);
     llama_proj_backward_input(m, l, LLAMA_PROJ_K, p.dxn, p.dk, a.xn1, N, 1.0f);
     llama_proj_backward_input(m, l, LLAMA_PROJ_V, p.dxn, p.dv, a.xn1, N, 1.0f);
-    if (g.wq) linear_backward_weight(g.wq, g.bq, p.dq, a.xn1, N, QD, C);
-    if (g.wk) linear_backward_weight(g.wk, g.bk, p.dk, a.xn1, N, KVD, C);
-    if (g.wv) linear_backward_weight(g.wv, g.bv, p.dv, a.xn1, N, KVD, C);
+    proj_backward_weight(m, g, l, LLAMA_PROJ_Q, p.dq, a.xn1, N);
+    proj_backward_weight(m, g, l, LLAMA_PROJ_K, p.dk, a.xn1, N);
+    proj_backward_weight(m, g, l, LLAMA_PROJ_V, p.dv, a.xn1, N);
     rmsnorm_backward(dres, g.attn_norm, p.dxn, x_in, w.attn_norm, a.rstd1, N, C);  // dres = d x_in
 }
 

@@ -30,12 +30,15 @@ enum llama_proj {
 };
 const char * llama_proj_name(llama_proj p);   // "self_attn.q_proj", ..., "mlp.down_proj"
 
+// Whether projection p has a bias under hp (llama_hparams: qkv_bias, o_bias, mlp_bias).
+bool llama_proj_has_bias(const llama_hparams & hp, llama_proj p);
+
 struct llama_layer_weights {
     float *       attn_norm = nullptr;           // [C]
     linear_weight wq, wk, wv, wo;                 // [QD,C] [KVD,C] [KVD,C] [C,QD]
-    float *       bq = nullptr, * bk = nullptr, * bv = nullptr;  // qwen2 biases [QD] [KVD] [KVD]
     float *       ffn_norm = nullptr;            // [C]
     linear_weight w_gate, w_up, w_down;           // [F,C] [F,C] [C,F]
+    float *       bias[LLAMA_PROJ_COUNT] = {};   // [OC] of each projection; null when it has none
 };
 
 struct llama_weights {
@@ -80,7 +83,7 @@ struct llama_model {
     const linear_weight & proj_weight(int64_t layer, llama_proj p) const {
         return const_cast<llama_model *>(this)->proj_weight(layer, p);
     }
-    const float *   proj_bias(int64_t layer, llama_proj p) const;   // qwen2 q/k/v, else null
+    const float *   proj_bias(int64_t layer, llama_proj p) const;   // [OC], or null without a bias
 };
 
 // The HF tensor table of a model: names, shapes, and whether a tensor is a big matrix.

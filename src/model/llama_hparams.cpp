@@ -60,7 +60,6 @@ static status hparams_from_json(json_value root, const std::string & where, llam
         st.hint = "peft.cpp trains Llama-family decoders (Llama 2/3, TinyLlama, SmolLM, Mistral, Qwen2/2.5)";
         return st;
     }
-    hp.qkv_bias = hp.arch == "qwen2";
 
     status st;
     read_int(root, "vocab_size", hp.n_vocab, where, st, true);
@@ -74,7 +73,13 @@ static status hparams_from_json(json_value root, const std::string & where, llam
     read_float(root, "rms_norm_eps", hp.rms_eps, where, st);
     read_float(root, "rope_theta", hp.rope.theta, where, st);
     read_bool(root, "tie_word_embeddings", hp.tie_embeddings, where, st);
-    read_bool(root, "attention_bias", hp.qkv_bias, where, st);
+    if (hp.arch == "qwen2") {
+        hp.qkv_bias = true;   // Qwen2Attention hard-codes these and reads no bias flag
+    } else {
+        read_bool(root, "attention_bias", hp.o_bias, where, st);
+        hp.qkv_bias = hp.o_bias;
+        read_bool(root, "mlp_bias", hp.mlp_bias, where, st);
+    }
     read_int(root, "bos_token_id", hp.bos_id, where, st, false);
     read_int(root, "eos_token_id", hp.eos_id, where, st, false);  // a list (Llama 3.1) is rejected by read_int
     if (!st.ok() && root.get("eos_token_id").is_array()) {

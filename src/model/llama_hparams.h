@@ -22,7 +22,12 @@ struct llama_hparams {
     float   rms_eps = 1e-6f;      // rms_norm_eps
     rope_config rope;             // rope_theta, rope_scaling (llama3)
     bool    tie_embeddings = false;  // tie_word_embeddings
-    bool    qkv_bias = false;     // qwen2 (and attention_bias: true)
+    // Which projections carry a bias, as transformers builds them: Qwen2 always has q/k/v
+    // biases and nothing else; Llama/Mistral follow attention_bias (q/k/v/o) and mlp_bias
+    // (gate/up/down).
+    bool    qkv_bias = false;
+    bool    o_bias = false;
+    bool    mlp_bias = false;
     int64_t bos_id = -1, eos_id = -1;
 
     int64_t q_dim() const { return n_head * head_dim; }

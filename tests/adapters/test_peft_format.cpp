@@ -350,3 +350,26 @@ TEST(peft_format, resave_of_a_python_written_adapter_is_byte_identical) {
     EXPECT_TRUE(read_text(dir + "/adapter_model.safetensors") == read_text(src + "/adapter_model.safetensors"))
         << "adapter_model.safetensors bytes differ from the Python writer's";
 }
+
+TEST(peft_format, non_finite_adapter_tensor_is_refused_naming_it) {
+    auto m = tiny_model(2);
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, "{\"r\":4,\"target_modules\":\"all-linear\"}", s).ok());
+    const std::string dir = peft::testing::temp_dir("nan_adapter");
+    ASSERT_TRUE(adapter_save(dir, s, "").ok());
+    const std::string key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight";   // [16, 4]
+    peft::testing::rewrite_safetensors(dir + "/" + PEFT_WEIGHTS_NAME, [&](std::vector<peft::testing::test_tensor> & ts) {
+        for (auto & t : ts) {
+            if (t.name == key) t.values[6] = INFINITY;
+        }
+    }, PEFT_DTYPE_BF16);
+    auto fresh = tiny_model(2);
+    adapter_set o;
+    status st = adapter_load(dir, *fresh, o);
+    EXPECT_EQ(st.code, PEFT_STATUS_NUMERIC);
+    for (const std::string & needle : {std::string(PEFT_WEIGHTS_NAME), "'" + key + "'", std::string("+Inf at element 6"),
+                                       std::string("[1, 2]")}) {
+        EXPECT_NE(st.message.find(needle), std::string::npos) << st.message << "\nmissing: " << needle;
+    }
+    EXPECT_TRUE(fresh->adapters.empty()) << "a failed load must leave the model unadapted";
+}

@@ -1,8 +1,10 @@
 // test_cli_generate.cpp: golden runs of `peft generate` and `peft merge` on a tiny random Llama
 // written to a temp directory with a synthetic byte-level tokenizer (256 byte tokens + the
 // Llama 3 markers): determinism, chat templates, adapter unmerged == merged, the merged
-// checkpoint's logits, dtype conversion, the atomic output directory, and bad input.
+// checkpoint's logits, dtype conversion, the atomic output directory, and bad input (NaN
+// weights in the model or the adapter included).
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -299,4 +301,43 @@ TEST(cli_merge, bad_input_fails_with_a_clear_message) {
     EXPECT_NE(r.code, 0);
     r = run_peft("merge --model " + dirs().model + " --adapter " + dirs().adapter);   // no --out
     EXPECT_NE(r.code, 0);
+}
+
+namespace {
+
+// A copy of directory `src` whose safetensors file `file` has NaN at element 10 of tensor `name`.
+std::string copy_with_nan(const std::string & src, const std::string & file, const std::string & name, const std::string & tag) {
+    const std::string dir = peft::testing::temp_dir(tag);
+    for (const fs::directory_entry & e : fs::directory_iterator(src)) fs::copy_file(e.path(), dir + "/" + e.path().filename().string());
+    peft::testing::rewrite_safetensors(dir + "/" + file, [&](std::vector<peft::testing::test_tensor> & ts) {
+        for (peft::testing::test_tensor & t : ts) {
+            if (t.name == name) t.values[10] = NAN;
+        }
+    });
+    return dir;
+}
+
+} // namespace
+
+TEST(cli_merge, non_finite_weights_stop_merge_and_generate) {
+    const std::string out = peft::testing::temp_dir("gen_merge_nan") + "/out";
+    const std::string weight = "model.layers.1.mlp.up_proj.weight";
+    const std::string model = copy_with_nan(dirs().model, "model.safetensors", weight, "gen_nan_model");
+    run_result r = run_peft("merge --model " + model + " --adapter " + dirs().adapter + " --out " + out);
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.err.find("'" + weight + "' (F32 [48, 32]) holds NaN at element 10"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(out));
+    r = run_peft("generate --model " + model + " --prompt hi --max-new-tokens 4");
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.err.find("'" + weight + "'"), std::string::npos) << r.err;
+
+    const std::string key = "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight";
+    const std::string adapter = copy_with_nan(dirs().adapter, "adapter_model.safetensors", key, "gen_nan_adapter");
+    r = run_peft("merge --model " + dirs().model + " --adapter " + adapter + " --out " + out);
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.err.find("adapter_model.safetensors: tensor '" + key + "'"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(out));
+    r = run_peft("generate --model " + dirs().model + " --adapter " + adapter + " --prompt hi --max-new-tokens 4");
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.err.find("'" + key + "'"), std::string::npos) << r.err;
 }

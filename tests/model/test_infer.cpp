@@ -1,6 +1,6 @@
 // test_infer.cpp: the KV-cached inference path (model/llama_infer) against the training forward
 // (llama_forward with logits_out) on the committed fixtures: GQA, qwen2 biases + tied embeddings,
-// Llama 3 rope scaling; prefill in one piece, in chunks and token by token; with a LoRA applied
+// Llama 3 rope scaling, biases on all seven projections (attention_bias + mlp_bias); prefill in one piece, in chunks and token by token; with a LoRA applied
 // unmerged and merged; and its errors (context overflow, bad token ids, oversized context).
 // Also the sampler (model/sample): greedy, seeded sampling, top-k/top-p, repetition penalty.
 #include <cmath>
@@ -70,7 +70,7 @@ status attach_random_lora(llama_model & m, adapter_set & set, uint64_t seed) {
 } // namespace
 
 TEST(llama_infer, incremental_logits_equal_full_forward_on_fixtures) {
-    for (const char * name : {"llama_gqa", "qwen2_tied", "llama3_packed"}) {
+    for (const char * name : {"llama_gqa", "qwen2_tied", "llama3_packed", "llama_bias"}) {
         llama_model m;
         load_fixture(m, name);
         // llama3_packed has original_max_position 16: go past it so the scaled frequencies matter
@@ -83,7 +83,7 @@ TEST(llama_infer, incremental_logits_equal_full_forward_on_fixtures) {
 }
 
 TEST(llama_infer, adapter_unmerged_and_merged_match_full_forward) {
-    for (const char * name : {"llama_gqa", "qwen2_tied"}) {
+    for (const char * name : {"llama_gqa", "qwen2_tied", "llama_bias"}) {
         llama_model m;
         load_fixture(m, name);
         const std::vector<int32_t> tok = test_tokens(24, m.hp.n_vocab);

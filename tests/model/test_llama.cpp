@@ -67,7 +67,7 @@ void load_fixture(const std::string & dir, fixture & f) {
     return peft::testing::check_close(got, want.data(), (int64_t) want.size(), 0.0, tol * std::max(maxref, 1e-30), what.c_str());
 }
 
-const char * FIXTURES[] = {"llama_gqa", "qwen2_tied", "llama3_packed"};
+const char * FIXTURES[] = {"llama_gqa", "qwen2_tied", "llama3_packed", "llama_bias"};
 
 class llama_fixture : public ::testing::TestWithParam<const char *> {};
 
@@ -140,6 +140,8 @@ TEST_P(llama_fixture, adamw_trajectory_with_warmup_cosine_and_clipping_matches_p
         cfg.max_grad_norm = run == 0 ? 1.0f : 0.0f;
         adamw opt;
         ASSERT_TRUE(opt.init(llama_optim_params(m), cfg.opt).ok());
+        std::vector<std::vector<float>> initial;
+        for (llama_tensor & t : m.tensors) initial.emplace_back((const float *) t.data, (const float *) t.data + t.numel());
         llama_batch b = f.batch();
         std::vector<float> want_loss = f.f32(run == 0 ? "traj.loss" : "traj_const.loss");
         std::vector<float> want_lr, want_norm;
@@ -158,9 +160,22 @@ TEST_P(llama_fixture, adamw_trajectory_with_warmup_cosine_and_clipping_matches_p
             }
         }
         if (run == 0) {
-            for (llama_tensor & t : m.tensors) {
+            // Final weights are compared against the size of each tensor's update, not its
+            // value: Adam moves every element by about lr per step however small its gradient,
+            // and m/sqrt(v) turns float-order noise in a near-zero gradient (qwen2 k_proj.bias:
+            // a constant added to every key barely changes softmax) into a visible change of
+            // the step. PyTorch's own f32 run drifts from float64 by <= 1e-3 of max|update|
+            // (tests/fixtures/README.md, --check), so two f32 implementations agree within
+            // ~2e-3 of it; 1e-2 leaves margin, while a wrong gradient or optimizer step moves
+            // the update by O(1).
+            for (size_t i = 0; i < m.tensors.size(); i++) {
+                const llama_tensor & t = m.tensors[i];
                 std::vector<float> want = f.f32("final." + t.name);
-                EXPECT_TRUE(peft::testing::check_close((const float *) t.data, want.data(), t.numel(), 0.0, 1e-5,
+                double max_update = 0;
+                for (size_t j = 0; j < want.size(); j++) {
+                    max_update = std::max(max_update, (double) std::fabs(want[j] - initial[i][j]));
+                }
+                EXPECT_TRUE(peft::testing::check_close((const float *) t.data, want.data(), t.numel(), 0.0, 1e-2 * max_update,
                                                        ("final." + t.name).c_str()));
             }
         }

@@ -56,7 +56,8 @@ run_out run(llama_model & m, bool recompute) {
 
 TEST(llama_adapter_hook, identity_adapters_change_nothing_and_all_are_reached) {
     llama_model m;
-    status st = llama_load(m, peft::testing::source_path("tests/fixtures/qwen2_tied"), false);  // has q/k/v biases
+    // biases on all seven projections: the hook must hand each module its bias
+    status st = llama_load(m, peft::testing::source_path("tests/fixtures/llama_bias"), false);
     ASSERT_TRUE(st.ok()) << st.message;
     run_out plain = run(m, false);
 

@@ -1,9 +1,10 @@
 // test_trainer.cpp: the training loop in process (train/train_loop.h) on the tiny llama_gqa
 // model: LoRA and full fine-tuning lower the loss and write their outputs; runs are
 // deterministic; 4 steps + resume 4 steps == 8 straight steps bit for bit (losses, adapter,
-// optimizer, data order across epochs); NaN guard naming the tensor; bad output directories;
-// atomic checkpoint directories; checkpoint checksums (damage refused naming the file,
-// `latest` skipping damaged checkpoints, stale checkpoint-N.tmp removed); the report.
+// optimizer, data order across epochs); NaN weights refused at load and the step's NaN guard,
+// both naming the tensor; bad output directories; atomic checkpoint directories; checkpoint
+// checksums (damage refused naming the file, `latest` skipping damaged checkpoints, stale
+// checkpoint-N.tmp removed); the report.
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "train/config.h"
 #include "train/report.h"
 #include "train/train_loop.h"
+#include "train/trainer.h"
 
 using namespace peft;
 using namespace peft::testing;
@@ -251,7 +253,7 @@ TEST(trainer, random_init_pretraining_and_bf16_output) {
     EXPECT_EQ(sf.tensors[0].st_dtype, SAFETENSORS_DTYPE_BF16);
 }
 
-TEST(trainer, nan_loss_stops_with_an_error_naming_the_tensor) {
+TEST(trainer, nan_weight_in_the_checkpoint_stops_before_training_naming_the_tensor) {
     // a copy of the model whose final norm holds a NaN
     const std::string dir = make_model_dir("trainer_nan_model");
     safetensors_file sf;
@@ -273,8 +275,31 @@ TEST(trainer, nan_loss_stops_with_an_error_naming_the_tensor) {
     ASSERT_FALSE(st.ok());
     EXPECT_EQ(st.code, PEFT_STATUS_NUMERIC);
     EXPECT_NE(st.message.find("model.norm.weight"), std::string::npos) << st.message;
-    EXPECT_NE(st.message.find("step 1"), std::string::npos) << st.message;
+    EXPECT_NE(st.message.find("NaN at element 3"), std::string::npos) << st.message;
+    EXPECT_TRUE(s.losses.empty());
     EXPECT_FALSE(fs::exists(out + "/model.safetensors"));
+}
+
+TEST(trainer, nan_loss_stops_the_step_with_an_error_naming_the_tensor) {
+    // a weight that turned NaN during training (a file with one is refused at load)
+    llama_model m;
+    ASSERT_TRUE(llama_load(m, fixture().model, /*trainable=*/true).ok());
+    ((float *) m.find("model.norm.weight")->data)[3] = NAN;
+    const int64_t T = 8;
+    std::vector<int32_t> tok(T), tgt(T);
+    for (int64_t i = 0; i < T; i++) tok[(size_t) i] = (int32_t) (i + 3);
+    llama_shift_labels(tgt.data(), tok.data(), 1, T);
+    llama_batch b{tok.data(), tgt.data(), nullptr, nullptr, 1, T};
+    llama_state s;
+    ASSERT_TRUE(llama_state_init(s, m, 1, T, false).ok());
+    adamw opt;
+    ASSERT_TRUE(opt.init(llama_optim_params(m), adamw_config()).ok());
+    step_result r;
+    status st = train_step(m, s, opt, train_config(), &b, 1, 0, r);
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(st.code, PEFT_STATUS_NUMERIC);
+    EXPECT_NE(st.message.find("model.norm.weight"), std::string::npos) << st.message;
+    EXPECT_NE(st.message.find("step 1"), std::string::npos) << st.message;
 }
 
 TEST(trainer, unwritable_output_dir_fails_before_training) {
