@@ -11,6 +11,10 @@ PACKAGES=(
   libcli11-dev libfmt-dev
   libgtest-dev libbenchmark-dev
 )
+# Only for the libFuzzer build (tests/fuzz/README.md); CI replays the corpora with g++ instead.
+if [ "${PEFT_SETUP_FUZZ:-0}" = 1 ]; then
+  PACKAGES+=(clang-14 libclang-rt-14-dev libomp-14-dev)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

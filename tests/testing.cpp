@@ -9,10 +9,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "byte_tokenizer.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
-#include "tokenizer/normalize.h"
 
 namespace peft::testing {
 
@@ -107,32 +107,7 @@ const std::vector<std::string> LLAMA3_MARKERS = {"<|begin_of_text|>", "<|end_of_
                                                   "<|end_header_id|>", "<|eot_id|>"};
 
 void write_byte_tokenizer(const std::string & dir, const std::vector<std::string> & specials, bool bos_template) {
-    std::string vocab = "{";
-    for (int b = 0; b < 256; ++b) {
-        std::string c;
-        utf8_append(c, byte_level_char((uint8_t) b));
-        if (b) vocab += ',';   // one append at a time: GCC 12 warns (-Wrestrict) on "," + string
-        vocab += json_quote(c);
-        vocab += ':';
-        vocab += std::to_string(b);
-    }
-    vocab += '}';
-    std::string added = "[";
-    for (size_t i = 0; i < specials.size(); ++i) {
-        if (i) added += ',';
-        added += "{\"id\":" + std::to_string(256 + i) + ",\"content\":" + json_quote(specials[i]) + ",\"special\":true}";
-    }
-    added += ']';
-    std::string post;
-    if (bos_template && !specials.empty()) {
-        const std::string b = json_quote(specials[0]);
-        post = "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":" + b +
-               ",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\"special_tokens\":{" + b + ":{\"id\":" + b +
-               ",\"ids\":[256],\"tokens\":[" + b + "]}}},";
-    }
-    std::ofstream(dir + "/tokenizer.json") << "{\"added_tokens\":" << added
-        << ",\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true}," << post
-        << "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":" << vocab << ",\"merges\":[]}}";
+    std::ofstream(dir + "/tokenizer.json") << byte_tokenizer_json(specials, bos_template);
 }
 
 std::vector<float> forward_logits(llama_model & m, const std::vector<int32_t> & tok) {

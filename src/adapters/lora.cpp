@@ -8,6 +8,7 @@
 #include "adapters/lora.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 
@@ -79,8 +80,12 @@ lora_module::lora_module(const target_info & ti, int64_t rank, float s, float p,
 }
 
 bool lora_module::set_state(const std::string & s) {
-    if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) return false;
-    dropout_calls = std::stoull(s);
+    // from_chars, not stoull: the text comes from a checkpoint file, and a number above 2^64
+    // must be a refusal, not an exception thrown through the loader
+    uint64_t v = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return false;
+    dropout_calls = v;
     return true;
 }
 

@@ -24,10 +24,13 @@ std::string available_list() {
 }
 
 // Compiles a user regex; std::regex reports bad patterns by throwing, which must not cross
-// module boundaries (ARCHITECTURE §9).
+// module boundaries (ARCHITECTURE §9). __polynomial (libstdc++) matches breadth-first in
+// polynomial time: the default backtracking matcher takes exponential time on patterns like
+// "a.+++++b" (found by fuzz_adapter_config), a hang from one line of adapter_config.json.
+// The price is that back-references are refused, which module patterns do not need.
 status compile_regex(const std::string & pattern, const std::string & where, const std::string & field, std::regex & out) {
     try {
-        out = std::regex(pattern, std::regex::ECMAScript);
+        out = std::regex(pattern, std::regex::ECMAScript | std::regex_constants::__polynomial);
     } catch (const std::regex_error & e) {
         return make_error(PEFT_STATUS_CONFIG, where, field + ": invalid regular expression \"" + pattern + "\": " + e.what());
     }
@@ -100,7 +103,8 @@ int64_t layer_of(const std::string & path, const std::vector<std::regex> & layer
         } catch (const std::regex_error &) {
             ok = false;
         }
-        if (ok) return std::stoll(mt[1].str());
+        // the (\d+) is the last group: a layers_pattern may hold groups of its own
+        if (ok && mt[mt.size() - 1].length() <= 18) return std::stoll(mt[mt.size() - 1].str());
     }
     return -1;
 }

@@ -222,6 +222,23 @@ status adapter_save(const std::string & dir, adapter_set & s, const std::string 
 
 // ---- load ------------------------------------------------------------------------------------
 
+status adapter_config_normalize(const json_value & root, const std::string & where, json_document & cfg) {
+    if (!root.is_object()) return make_mismatch(PEFT_STATUS_FORMAT, where, "top level", "a JSON object", root.dump());
+    json_value pt = root.get("peft_type");
+    if (!pt.is_string()) {
+        // PEFT's only required key (MIN_EXPECTED_CONFIG_KEYS)
+        return make_mismatch(PEFT_STATUS_FORMAT, where, "peft_type", "a string such as \"LORA\"",
+                             pt.valid() ? pt.dump() : "missing");
+    }
+    // The initialisation is irrelevant once the tensors are loaded (an "eva" or "olora" adapter
+    // saved as LoRA is plain LoRA on disk), so configure the method with the default init.
+    json_document init_doc;
+    const char * init_text = "{\"init_lora_weights\":true}";
+    PEFT_TRY(init_doc.parse(init_text, std::strlen(init_text), "init override"));
+    const std::string normalized = json_dump_python(root, 0, {{"init_lora_weights", init_doc.root().get("init_lora_weights")}});
+    return cfg.parse(normalized.data(), normalized.size(), where);
+}
+
 status adapter_load(const std::string & dir, llama_model & m, adapter_set & out) {
     const std::filesystem::path d(dir);
     const std::string cfg_path = (d / PEFT_CONFIG_NAME).string();
@@ -242,24 +259,9 @@ status adapter_load(const std::string & dir, llama_model & m, adapter_set & out)
         }
         return st;
     }
-    json_document doc;
+    json_document doc, cfg;
     PEFT_TRY(doc.parse_file(cfg_path, (size_t) 64 << 20));
-    json_value root = doc.root();
-    if (!root.is_object()) return make_mismatch(PEFT_STATUS_FORMAT, cfg_path, "top level", "a JSON object", root.dump());
-    json_value pt = root.get("peft_type");
-    if (!pt.is_string()) {
-        // PEFT's only required key (MIN_EXPECTED_CONFIG_KEYS)
-        return make_mismatch(PEFT_STATUS_FORMAT, cfg_path, "peft_type", "a string such as \"LORA\"",
-                             pt.valid() ? pt.dump() : "missing");
-    }
-    // The initialisation is irrelevant once the tensors are loaded (an "eva" or "olora" adapter
-    // saved as LoRA is plain LoRA on disk), so configure the method with the default init.
-    json_document init_doc;
-    const char * init_text = "{\"init_lora_weights\":true}";
-    PEFT_TRY(init_doc.parse(init_text, std::strlen(init_text), "init override"));
-    const std::string normalized = json_dump_python(root, 0, {{"init_lora_weights", init_doc.root().get("init_lora_weights")}});
-    json_document cfg;
-    PEFT_TRY(cfg.parse(normalized.data(), normalized.size(), cfg_path));
+    PEFT_TRY(adapter_config_normalize(doc.root(), cfg_path, cfg));
 
     adapter_set set;
     status st = adapters_attach(m, cfg.root(), 0, set);

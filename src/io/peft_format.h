@@ -26,4 +26,10 @@ std::string json_python_quote(const std::string & s);
 std::string json_dump_python(const json_value & v, int indent = 2,
                              const std::vector<std::pair<std::string, json_value>> & overrides = {});
 
+// What adapter_load checks in adapter_config.json before attaching (`root` parsed from the file;
+// separate so that it is fuzzed from memory): an object with a string peft_type. `cfg` gets the
+// config as adapters_attach reads it, with the default init_lora_weights (the saved tensors
+// replace any initialisation).
+status adapter_config_normalize(const json_value & root, const std::string & where, json_document & cfg);
+
 } // namespace peft

@@ -1,14 +1,16 @@
 #include "model/llama_hparams.h"
 
+#include <cmath>
+
 #include "io/json.h"
 
 namespace peft {
 
 namespace {
 
-// Reads an optional positive integer field; records an error in `st` if present but invalid.
-bool read_int(json_value obj, const char * key, int64_t & out, const std::string & where, status & st, bool required) {
-    json_value v = obj.get(key);
+// Reads a non-negative integer field (value v of `key`); records an error in `st` if present but
+// invalid, or if missing and required.
+bool read_int_value(json_value v, const char * key, int64_t & out, const std::string & where, status & st, bool required) {
     if (!v.valid() || v.is_null()) {
         if (required && st.ok()) st = make_error(PEFT_STATUS_CONFIG, where, std::string("missing field \"") + key + "\"");
         return false;
@@ -19,6 +21,10 @@ bool read_int(json_value obj, const char * key, int64_t & out, const std::string
     }
     out = v.as_int();
     return true;
+}
+
+bool read_int(json_value obj, const char * key, int64_t & out, const std::string & where, status & st, bool required) {
+    return read_int_value(obj.get(key), key, out, where, st, required);
 }
 
 bool read_float(json_value obj, const char * key, float & out, const std::string & where, status & st) {
@@ -81,11 +87,9 @@ static status hparams_from_json(json_value root, const std::string & where, llam
         read_bool(root, "mlp_bias", hp.mlp_bias, where, st);
     }
     read_int(root, "bos_token_id", hp.bos_id, where, st, false);
-    read_int(root, "eos_token_id", hp.eos_id, where, st, false);  // a list (Llama 3.1) is rejected by read_int
-    if (!st.ok() && root.get("eos_token_id").is_array()) {
-        st = {};
-        hp.eos_id = root.get("eos_token_id").at(0).as_int(-1);
-    }
+    // Llama 3.1 lists several end tokens: the first one ends generation
+    const json_value eos = root.get("eos_token_id");
+    read_int_value(eos.is_array() ? eos.at(0) : eos, "eos_token_id", hp.eos_id, where, st, false);
     PEFT_TRY(st);
 
     json_value act = root.get("hidden_act");
@@ -126,8 +130,9 @@ status llama_hparams_validate(const llama_hparams & hp, const std::string & wher
         return bad("num_key_value_heads", "a divisor of num_attention_heads (" + std::to_string(hp.n_head) + ")", hp.n_head_kv);
     }
     if (hp.head_dim <= 0 || hp.head_dim % 2 != 0 || hp.head_dim > 1024) return bad("head_dim", "an even number in 2..1024", hp.head_dim);
-    if (!(hp.rms_eps > 0.0f)) return make_error(PEFT_STATUS_CONFIG, where, "rms_norm_eps must be positive");
-    if (!(hp.rope.theta > 0.0f)) return make_error(PEFT_STATUS_CONFIG, where, "rope_theta must be positive");
+    // finite too: a double beyond the float range (1e300) reads as inf
+    if (!(hp.rms_eps > 0.0f && std::isfinite(hp.rms_eps))) return make_error(PEFT_STATUS_CONFIG, where, "rms_norm_eps must be positive and finite");
+    if (!(hp.rope.theta > 0.0f && std::isfinite(hp.rope.theta))) return make_error(PEFT_STATUS_CONFIG, where, "rope_theta must be positive and finite");
     if (hp.rope.llama3 && !(hp.rope.factor > 0.0f && hp.rope.high_freq_factor > hp.rope.low_freq_factor &&
                             hp.rope.original_max_position > 0)) {
         return make_error(PEFT_STATUS_CONFIG, where, "rope_scaling (llama3): need factor > 0, high_freq_factor > low_freq_factor, "

@@ -385,6 +385,8 @@ status parse_pretok(const json_value & n, const std::string & where, std::vector
         pretok_step st;
         st.kind = PEFT_PRETOK_METASPACE;
         st.replacement = n.get("replacement").as_string("\xE2\x96\x81");
+        // HF's replacement is one char; splitting on "" would never advance
+        if (st.replacement.empty()) return make_error(PEFT_STATUS_FORMAT, where, "pre_tokenizer Metaspace: empty replacement");
         st.scheme = parse_scheme(n);
         st.split = n.get("split").as_bool(true);
         out.push_back(std::move(st));
@@ -422,11 +424,14 @@ status parse_decoder(const json_value & n, const std::string & where, std::vecto
     } else if (type == "Strip") {
         d.kind = PEFT_DECODER_STRIP;
         d.a = n.get("content").as_string(" ");
+        // HF's content is one char; stripping "" would loop `start` times for nothing
+        if (d.a.empty()) return make_error(PEFT_STATUS_FORMAT, where, "decoder Strip: empty content");
         d.start = (int) n.get("start").as_int(0);
         d.stop = (int) n.get("stop").as_int(0);
     } else if (type == "Metaspace") {
         d.kind = PEFT_DECODER_METASPACE;
         d.a = n.get("replacement").as_string("\xE2\x96\x81");
+        if (d.a.empty()) return make_error(PEFT_STATUS_FORMAT, where, "decoder Metaspace: empty replacement");
         d.prepend = parse_scheme(n) != PEFT_PREPEND_NEVER;
     } else {
         return make_error(PEFT_STATUS_FORMAT, where, "decoder type \"" + type + "\" is not supported (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, Sequence are)");
@@ -462,15 +467,18 @@ status parse_post(const json_value & n, const std::string & where, tokenizer_imp
         if (!sp.is_object()) return make_error(PEFT_STATUS_FORMAT, where, "post_processor.single[" + std::to_string(i) + "]: expected Sequence or SpecialToken");
         const std::string name = sp.get("id").as_string();
         const json_value entry = specials.get(name);
-        std::vector<int32_t> ids;
+        std::vector<int64_t> ids;
         if (entry.get("ids").is_array()) {
-            for (size_t k = 0; k < entry.get("ids").size(); ++k) ids.push_back((int32_t) entry.get("ids").at(k).as_int(-1));
+            for (size_t k = 0; k < entry.get("ids").size(); ++k) ids.push_back(entry.get("ids").at(k).as_int(-1));
         } else {
             ids.push_back(m.find(name));
         }
-        for (int32_t id : ids) {
-            if (id < 0) return make_error(PEFT_STATUS_FORMAT, where, "post_processor: special token \"" + name + "\" has no id");
-            (seen_seq ? m.suffix : m.prefix).push_back(id);
+        for (int64_t id : ids) {
+            // the template's ids go straight into encode()'s output: they must be vocabulary ids
+            if (id < 0 || id >= (int64_t) m.id_to_token.size()) {
+                return make_error(PEFT_STATUS_FORMAT, where, "post_processor: special token \"" + name + "\" has no id in the vocabulary");
+            }
+            (seen_seq ? m.suffix : m.prefix).push_back((int32_t) id);
         }
     }
     return status::success();

@@ -163,6 +163,11 @@ static status read_into(const safetensors_file & f, const std::string & name, fl
 status trainer_state_load(const std::string & path, trainer_state & st, adamw & opt, const std::vector<named_f32> & params) {
     safetensors_file f;
     PEFT_TRY(safetensors_open(path, f));
+    return trainer_state_read(f, st, opt, params);
+}
+
+status trainer_state_read(const safetensors_file & f, trainer_state & st, adamw & opt, const std::vector<named_f32> & params) {
+    const std::string & path = f.path;
     const std::string * fmt = f.metadata_get("format");
     if (!fmt || *fmt != STATE_FORMAT) return make_mismatch(PEFT_STATUS_FORMAT, path, "metadata 'format'", STATE_FORMAT, fmt ? *fmt : "(none)");
     int64_t count = 0;

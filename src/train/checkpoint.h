@@ -22,6 +22,7 @@
 namespace peft {
 
 struct adamw;
+struct safetensors_file;
 
 struct trainer_state {
     int64_t step = 0;            // optimizer steps done
@@ -50,6 +51,9 @@ status trainer_state_save(const std::string & path, const trainer_state & st, co
 // parameters) and params (each must be present with the same size). Errors name the tensor.
 // Checksums are not checked here (hashing GBs twice is wasteful): call checkpoint_verify first.
 status trainer_state_load(const std::string & path, trainer_state & st, adamw & opt,
+                          const std::vector<named_f32> & params);
+// The same from a parsed file (the fuzzable part: metadata and tensor checks).
+status trainer_state_read(const safetensors_file & f, trainer_state & st, adamw & opt,
                           const std::vector<named_f32> & params);
 // f32 tensors by name from any safetensors file into `params` (full fine-tuning resume).
 status load_named_f32(const std::string & path, const std::vector<named_f32> & params);

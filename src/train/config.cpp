@@ -178,8 +178,15 @@ std::string yaml_plain_scalar_json(const std::string & s) {
     return json_quote(s);
 }
 
+// The JSON text may be at most as large as a config file. yaml-cpp shares aliased nodes, so
+// a few lines of nested aliases (`b: [*a, *a, ...]`) expand to exponentially large JSON.
+const size_t CONFIG_MAX_BYTES = (size_t) 1 << 20;   // a config with a rank_pattern for every module of a 70B model is ~100 KiB
+
 status yaml_to_json(const YAML::Node & n, const std::string & where, int depth, std::string & out) {
     if (depth > 64) return make_error(PEFT_STATUS_FORMAT, where, "nesting deeper than 64");
+    if (out.size() > CONFIG_MAX_BYTES) {
+        return make_error(PEFT_STATUS_FORMAT, where, "the config expands to more than 1 MiB (nested YAML aliases?)");
+    }
     switch (n.Type()) {
     case YAML::NodeType::Null:
     case YAML::NodeType::Undefined: out += "null"; return {};
@@ -310,7 +317,7 @@ status config_parse_text(const std::string & text, const std::string & where, co
         json = text;
     }
     json_document doc;
-    PEFT_TRY(doc.parse(json.data(), json.size(), where, (size_t) 16 << 20));
+    PEFT_TRY(doc.parse(json.data(), json.size(), where, CONFIG_MAX_BYTES));
     const json_value r = doc.root();
     if (!r.is_object()) return make_error(PEFT_STATUS_FORMAT, where, "the config must be a JSON object");
     for (size_t i = 0; i < r.size(); ++i) {
@@ -328,12 +335,12 @@ status config_load_file(const std::string & path, config_entries & out) {
     ss << f.rdbuf();
     if (f.bad()) return make_error(PEFT_STATUS_IO, path, "read error");
     std::string text = ss.str();
-    if (text.size() > ((size_t) 16 << 20)) return make_error(PEFT_STATUS_FORMAT, path, "config file larger than 16 MiB");
+    if (text.size() > CONFIG_MAX_BYTES) return make_error(PEFT_STATUS_FORMAT, path, "config file larger than 1 MiB");
     const bool json_ext = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
     if (json_ext) {
         // Parse as JSON even if it does not start with '{' so that the error is a JSON one.
         json_document doc;
-        PEFT_TRY(doc.parse(text.data(), text.size(), path, (size_t) 16 << 20));
+        PEFT_TRY(doc.parse(text.data(), text.size(), path, CONFIG_MAX_BYTES));
         if (!doc.root().is_object()) return make_error(PEFT_STATUS_FORMAT, path, "the config must be a JSON object");
     }
     return config_parse_text(text, path, out);
@@ -457,11 +464,13 @@ struct reader {
     }
     status get_int(const std::string & key, const json_value & v, int64_t lo, int64_t hi, int64_t & out) const {
         if (!v.is_number() || v.as_double() != std::floor(v.as_double())) return type_error(key, K_INT, v);
-        const double d = v.as_double();
-        if (d < (double) lo || d > (double) hi) {
+        // as_int, not a cast of the double: 2^63 compares equal to (double) INT64_MAX, and
+        // converting it to int64 is undefined; as_int gives the fallback for what int64 cannot hold
+        const int64_t x = v.as_int(INT64_MIN);
+        if (x == INT64_MIN || x < lo || x > hi) {
             return range_error(key, "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]", v);
         }
-        out = v.is_integer() ? v.as_int() : (int64_t) d;
+        out = x;
         return {};
     }
     status get_float(const std::string & key, const json_value & v, double lo, double hi, bool lo_open, bool hi_open, double & out) const {

@@ -121,6 +121,21 @@ TEST(llama_load, missing_and_invalid_fields) {
     expect_load_error(dir, {"vocab_size", "integer"});
 }
 
+// Regression: a Llama 3.1 style eos_token_id list used to clear the error of any field read
+// before it, so a wrongly typed rms_norm_eps was silently replaced by the default.
+TEST(llama_load, eos_list_keeps_other_field_errors) {
+    const std::string base = "{\"model_type\": \"llama\", \"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, "
+                             "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"eos_token_id\": [7, 9]";
+    llama_hparams hp;
+    ASSERT_TRUE(llama_hparams_parse(base + "}", "config.json", hp).ok());
+    EXPECT_EQ(hp.eos_id, 7);
+    status st = llama_hparams_parse(base + ", \"rms_norm_eps\": \"1e-5\"}", "config.json", hp);
+    EXPECT_FALSE(st.ok());
+    EXPECT_NE(st.message.find("rms_norm_eps"), std::string::npos) << st.message;
+    st = llama_hparams_parse(base + ", \"bos_token_id\": -1}", "config.json", hp);
+    EXPECT_NE(st.message.find("bos_token_id"), std::string::npos) << st.message;
+}
+
 TEST(llama_load, shape_mismatch_between_config_and_weights) {
     std::string dir = fixture_copy("shape");
     edit_config(dir, "\"intermediate_size\": 48", "\"intermediate_size\": 64");
