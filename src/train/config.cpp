@@ -178,14 +178,15 @@ std::string yaml_plain_scalar_json(const std::string & s) {
     return json_quote(s);
 }
 
-// The JSON text may be at most as large as a config file. yaml-cpp shares aliased nodes, so
-// a few lines of nested aliases (`b: [*a, *a, ...]`) expand to exponentially large JSON.
-const size_t CONFIG_MAX_BYTES = (size_t) 1 << 20;   // a config with a rank_pattern for every module of a 70B model is ~100 KiB
+const size_t CONFIG_MAX_BYTES = (size_t) 16 << 20;
+// yaml-cpp shares aliased nodes, so a few lines of nested aliases (`b: [*a, *a, ...]`) expand to
+// exponentially large JSON. Real configs are a few KB; 1 MiB also keeps such a file quick to refuse.
+const size_t YAML_MAX_JSON_BYTES = (size_t) 1 << 20;
 
 status yaml_to_json(const YAML::Node & n, const std::string & where, int depth, std::string & out) {
     if (depth > 64) return make_error(PEFT_STATUS_FORMAT, where, "nesting deeper than 64");
-    if (out.size() > CONFIG_MAX_BYTES) {
-        return make_error(PEFT_STATUS_FORMAT, where, "the config expands to more than 1 MiB (nested YAML aliases?)");
+    if (out.size() > YAML_MAX_JSON_BYTES) {
+        return make_error(PEFT_STATUS_FORMAT, where, "the YAML config expands to more than 1 MiB of values (nested aliases?)");
     }
     switch (n.Type()) {
     case YAML::NodeType::Null:
@@ -335,7 +336,7 @@ status config_load_file(const std::string & path, config_entries & out) {
     ss << f.rdbuf();
     if (f.bad()) return make_error(PEFT_STATUS_IO, path, "read error");
     std::string text = ss.str();
-    if (text.size() > CONFIG_MAX_BYTES) return make_error(PEFT_STATUS_FORMAT, path, "config file larger than 1 MiB");
+    if (text.size() > CONFIG_MAX_BYTES) return make_error(PEFT_STATUS_FORMAT, path, "config file larger than 16 MiB");
     const bool json_ext = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
     if (json_ext) {
         // Parse as JSON even if it does not start with '{' so that the error is a JSON one.
