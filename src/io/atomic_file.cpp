@@ -149,8 +149,7 @@ status atomic_dir::commit() {
     if (rc != 0 && had_old && (errno == EINVAL || errno == ENOSYS)) {
         // a file system without RENAME_EXCHANGE: move the old directory aside (a crash between
         // the two renames leaves it as <dir>.old), then rename
-        const std::string old = dst + ".old";
-        fs::remove_all(old, ec);
+        const std::string old = dst + ".old." + std::to_string((long) getpid());   // never somebody's <dir>.old
         rc = ::rename(dst.c_str(), old.c_str());
         if (rc == 0 && (rc = ::rename(tmp.c_str(), dst.c_str())) == 0) ::rename(old.c_str(), tmp.c_str());
         else if (rc != 0) ::rename(old.c_str(), dst.c_str());

@@ -35,8 +35,9 @@ private:
 };
 
 // A directory that appears complete or not at all: files go into path() ("<dir>.tmp"), then
-// commit() renames it over <dir> (an old <dir> is replaced). Destroying it uncommitted, or any
-// failure, removes the temporary directory.
+// commit() swaps it with <dir> atomically (an old <dir> is replaced). Destroying it uncommitted,
+// or any failure, removes the temporary directory. begin() removes a leftover "<dir>.tmp": the
+// caller makes sure it is its own (output_guard.h).
 struct atomic_dir {
     atomic_dir() = default;
     ~atomic_dir();
