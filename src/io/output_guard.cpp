@@ -43,7 +43,10 @@ bool name_matches(const std::string & pattern, const std::string & name) {
     return pattern == name;
 }
 
-bool is_bookkeeping(const std::string & name) { return name == OUTPUT_MARKER || name == OUTPUT_LOCK; }
+// The marker (or its temporary, left by a crash while it was written) and the lock.
+bool is_bookkeeping(const std::string & name) {
+    return name == OUTPUT_LOCK || name == OUTPUT_MARKER || name.rfind(std::string(OUTPUT_MARKER) + ".tmp.", 0) == 0;
+}
 
 // The marker of dir: name pattern -> command (empty when there is none).
 status marker_read(const std::string & dir, std::map<std::string, std::string> & out) {
