@@ -18,25 +18,22 @@ std::string module_path(int64_t layer, llama_proj p) {
     return "model.layers." + std::to_string(layer) + "." + llama_proj_name(p);
 }
 
+llama_proj proj_of(const llama_model & m, const target_info & t) {
+    for (int q = 0; q < LLAMA_PROJ_COUNT; q++) {
+        if (&m.proj_weight(t.layer, (llama_proj) q) == t.base) return (llama_proj) q;
+    }
+    PEFT_ASSERT(false);
+    return LLAMA_PROJ_COUNT;
+}
+
 void set_hook(llama_model & m, adapter_set & s) {
     m.adapters.assign((size_t) (m.hp.n_layer * LLAMA_PROJ_COUNT), nullptr);
     for (size_t i = 0; i < s.modules.size(); i++) {
         const target_info & t = s.targets[i];
-        int64_t p = -1;
-        for (int q = 0; q < LLAMA_PROJ_COUNT; q++) {
-            if (&m.proj_weight(t.layer, (llama_proj) q) == t.base) p = q;
-        }
-        PEFT_ASSERT(p >= 0);
-        m.adapters[(size_t) (t.layer * LLAMA_PROJ_COUNT + p)] = s.modules[i].get();
+        m.adapters[(size_t) (t.layer * LLAMA_PROJ_COUNT + proj_of(m, t))] = s.modules[i].get();
     }
 }
 
-// f32 copies of merged weights, owned by the model: chained in front of m.source so that the
-// mapping they replace (and anything else the model kept alive) lives exactly as long.
-struct merged_weights {
-    std::shared_ptr<void>           previous;
-    std::vector<std::vector<float>> buffers;
-};
 
 } // namespace
 
@@ -109,29 +106,15 @@ std::vector<param_ref> adapter_set_params(adapter_set & s) {
 
 status adapters_merge(llama_model & m, adapter_set & s) {
     if (m.adapters.empty()) return make_error(PEFT_STATUS_CONFIG, "merge", "the adapter set is not attached to this model");
-    auto holder = std::make_shared<merged_weights>();
-    holder->previous = m.source;
+    std::vector<float> buf;
     for (size_t i = 0; i < s.modules.size(); i++) {
-        target_info & t = s.targets[i];
-        linear_weight & w = *t.base;
-        // always a private f32 copy: the stored weight may be bf16 or a read-only mapping
-        std::vector<float> buf((size_t) (w.OC * w.IC));
-        linear_weight_rows_f32(buf.data(), w, 0, w.OC);
-        s.modules[i]->merge(buf.data(), w.OC, w.IC);
-        holder->buffers.push_back(std::move(buf));
+        const target_info & t = s.targets[i];
+        // an f32 result whatever the base's dtype: unmerge subtracts from it exactly
+        buf.resize((size_t) (t.base->OC * t.base->IC));
+        linear_weight_rows_f32(buf.data(), *t.base, 0, t.base->OC);
+        s.modules[i]->merge(buf.data(), t.base->OC, t.base->IC);
+        llama_replace_weight(m, t.layer, proj_of(m, t), buf.data(), PEFT_DTYPE_F32);
     }
-    for (size_t i = 0; i < s.modules.size(); i++) {
-        target_info & t = s.targets[i];
-        float * data = holder->buffers[i].data();
-        t.base->type = PEFT_DTYPE_F32;
-        t.base->data = data;
-        // keep the tensor table (what checkpoint writers read) pointing at the merged weight
-        if (llama_tensor * lt = m.find(t.path + ".weight")) {
-            lt->type = PEFT_DTYPE_F32;
-            lt->data = data;
-        }
-    }
-    m.source = holder;
     m.adapters.clear();
     return {};
 }

@@ -80,6 +80,27 @@ linear_weight & llama_model::proj_weight(int64_t layer, llama_proj p) {
 
 const float * llama_model::proj_bias(int64_t layer, llama_proj p) const { return w.layers[(size_t) layer].bias[p]; }
 
+void llama_replace_weight(llama_model & m, int64_t layer, llama_proj p, const float * W, dtype type) {
+    PEFT_ASSERT(!m.trainable);
+    linear_weight & w = m.proj_weight(layer, p);
+    const size_t n = (size_t) (w.OC * w.IC);
+    std::vector<uint8_t> * buf = nullptr;   // a weight replaced before (merge, unmerge, merge) reuses its buffer
+    for (std::vector<uint8_t> & b : m.replaced_weights) {
+        if (b.data() == w.data) buf = &b;
+    }
+    if (!buf) buf = &m.replaced_weights.emplace_back();
+    buf->resize(n * dtype_size(type));
+    void * data = buf->data();   // stays put when the outer vector grows (a moved vector keeps its buffer)
+    convert_from_f32(type, W, data, n);
+    w.type = type;
+    w.data = data;
+    const std::string name = "model.layers." + std::to_string(layer) + "." + llama_proj_name(p) + ".weight";
+    llama_tensor * t = m.find(name);
+    PEFT_ASSERT(t);
+    t->type = type;
+    t->data = data;
+}
+
 // Points the named weight structs at the tensors of m.tensors (which must follow
 // llama_tensor_specs order) and computes the rope table.
 void llama_bind_weights(llama_model & m) {

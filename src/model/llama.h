@@ -84,7 +84,16 @@ struct llama_model {
         return const_cast<llama_model *>(this)->proj_weight(layer, p);
     }
     const float *   proj_bias(int64_t layer, llama_proj p) const;   // [OC], or null without a bias
+
+    // Frozen projection weights this model holds itself instead of the checkpoint's bytes:
+    // merged weights, PiSSA-family residuals (llama_replace_weight).
+    std::vector<std::vector<uint8_t>> replaced_weights;
 };
+
+// Replaces the frozen weight of one projection by W (f32 [OC, IC]), stored in `type` (the base's
+// own dtype keeps a bf16 model bf16: PiSSA's residual; f32 for merge). The tensor table follows,
+// so checkpoint and model writers see the new weight. Frozen models only.
+void llama_replace_weight(llama_model & m, int64_t layer, llama_proj p, const float * W, dtype type);
 
 // The HF tensor table of a model: names, shapes, and whether a tensor is a big matrix.
 struct llama_tensor_spec {
