@@ -29,14 +29,23 @@ struct param_ref {
     float                lr_scale = 1.0f;  // LoRA+: B gets loraplus_lr_ratio
 };
 
-// The base linear a module adapts. `base` may be rewritten by init strategies (PiSSA's
-// residual); it then points at storage the method owns.
+struct target_info;
+
+// Model-owned replacement of a target's frozen weight, in the base's own dtype, for inits that
+// turn the base into a residual (PiSSA, MiLoRA, OLoRA). Implemented over the model by attach.cpp.
+struct base_writer {
+    virtual ~base_writer() = default;
+    virtual void replace(const target_info & t, const float * W /*[OC,IC]*/) = 0;
+};
+
+// The base linear a module adapts. Init strategies may replace `base` through `writer`.
 struct target_info {
     std::string     path;            // HF module path, "model.layers.3.self_attn.q_proj"
     int64_t         layer = 0;
     int64_t         in_features = 0, out_features = 0;
     linear_weight * base = nullptr;  // frozen W [OC, IC]
     const float *   bias = nullptr;  // [OC] or null (qwen2 q/k/v)
+    base_writer *   writer = nullptr;
 };
 
 struct step_info {
@@ -58,6 +67,10 @@ struct adapter_module {
     // W [OC, IC] f32 += delta (default); DoRA overrides (it rescales rows)
     virtual void merge(float * W, int64_t OC, int64_t IC) const;
     virtual void params(std::vector<param_ref> & out) = 0;
+    // The tensors written to adapter_model.safetensors (suffix names, f32). Default: the params
+    // marked saved. A module whose file form differs from its training form (a PiSSA-family
+    // residual, converted to a LoRA on the original base) points them at buffers of its own.
+    virtual void exported(std::vector<param_ref> & out);
     // optional extra loss (AdaLoRA orthogonality): adds its own grads, returns its loss
     virtual float regularize(float weight) { (void) weight; return 0.0f; }
     // Training mode switches stochastic parts (LoRA dropout) on; off = inference (eval,
@@ -81,7 +94,13 @@ struct adapter_method {
     // Validates one selected target before create() (e.g. LoRA's rank against the layer
     // shape), so bad configurations fail with a message instead of an assert.
     virtual status check(const target_info & t) const { (void) t; return {}; }
-    virtual std::unique_ptr<adapter_module> create(const target_info & t, rng & r) = 0;
+    // One module for a checked target. May fail on numerical work (an SVD init); t.writer, when
+    // set, is valid during this call only.
+    virtual status create(const target_info & t, rng & r, std::unique_ptr<adapter_module> & out) = 0;
+    // Non-null when the saved adapter applies to the residual base its init made (PiSSA with
+    // save_residual_model): the init's name, which the trainer records in the residual model it
+    // writes beside the adapter, and which loading requires of the base.
+    virtual const char * residual_init() const { return nullptr; }
     virtual void shared_params(std::vector<param_ref> & out) { (void) out; }   // VeRA A/B
     virtual int64_t hook_period() const { return 0; }                         // 0 = no hook
     virtual void on_step_end(const step_info & s, adapter_module * const * mods, int64_t n_mods) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "adapters/adapter.h"
+#include "core/option.h"
 
 namespace peft {
 
@@ -24,6 +25,9 @@ struct adapter_set {
 // Registry: "lora" (later "vera", "adalora", ...). Unknown name -> error listing the known ones.
 status adapter_method_create(const std::string & name, std::unique_ptr<adapter_method> & out);
 std::vector<std::string> adapter_method_names();
+// The configuration keys of every registered method and of target selection, one row each
+// (peft train's flags, --help and validation come from here).
+const std::vector<option_def> & adapter_method_options();
 
 // Creates the method named by cfg["peft_type"] or cfg["adapter"] (default "lora"), configures it
 // with cfg (PEFT keys: r, lora_alpha, target_modules, exclude_modules, layers_to_transform,
@@ -35,6 +39,9 @@ status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, a
 // Every tensor of the set (shared ones first, then per module in target order), with full
 // PEFT names: "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".
 std::vector<param_ref> adapter_set_params(adapter_set & s);
+// What adapter_save writes: each module's exported() tensors (and the saved shared ones), named
+// as above.
+std::vector<param_ref> adapter_set_exported(adapter_set & s);
 
 // Merges every module into its base weight: the base of each target becomes an f32 copy owned
 // by `m` (frozen bf16 weights are converted first), and m.adapters is cleared.

@@ -75,7 +75,19 @@ status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, a
     // layer order, then projection order: the rng stream (and so every init) depends only on
     // the seed and the selection
     rng r(seed);
-    for (const target_info & t : set.targets) set.modules.push_back(set.method->create(t, r));
+    struct model_writer : base_writer {
+        llama_model & m;
+        explicit model_writer(llama_model & mm) : m(mm) {}
+        void replace(const target_info & t, const float * W) override { llama_replace_weight(m, t.layer, proj_of(m, t), W, t.base->type); }
+    } writer(m);
+    for (target_info & t : set.targets) {
+        t.writer = &writer;
+        std::unique_ptr<adapter_module> mod;
+        const status st = set.method->create(t, r, mod);
+        t.writer = nullptr;
+        if (!st.ok()) return st;   // a replaced base stays replaced: callers drop the model on failure
+        set.modules.push_back(std::move(mod));
+    }
     for (auto & mod : set.modules) mod->set_training(true);
 
     out = std::move(set);
@@ -83,19 +95,24 @@ status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, a
     return {};
 }
 
-std::vector<param_ref> adapter_set_params(adapter_set & s) {
+namespace {
+
+// Shared tensors first (PEFT: base_model.vera_A), then each module's with its full PEFT name.
+std::vector<param_ref> set_tensors(adapter_set & s, bool file_form) {
     std::vector<param_ref> out;
     if (s.method) {
         std::vector<param_ref> shared;
         s.method->shared_params(shared);
         for (param_ref & p : shared) {
-            p.name = "base_model." + p.name;   // PEFT: base_model.vera_A
+            if (file_form && !p.saved) continue;
+            p.name = "base_model." + p.name;
             out.push_back(p);
         }
     }
     for (size_t i = 0; i < s.modules.size(); i++) {
         std::vector<param_ref> mine;
-        s.modules[i]->params(mine);
+        if (file_form) s.modules[i]->exported(mine);
+        else s.modules[i]->params(mine);
         for (param_ref & p : mine) {
             p.name = "base_model.model." + s.targets[i].path + "." + p.name;
             out.push_back(p);
@@ -103,6 +120,11 @@ std::vector<param_ref> adapter_set_params(adapter_set & s) {
     }
     return out;
 }
+
+} // namespace
+
+std::vector<param_ref> adapter_set_params(adapter_set & s) { return set_tensors(s, false); }
+std::vector<param_ref> adapter_set_exported(adapter_set & s) { return set_tensors(s, true); }
 
 status adapters_merge(llama_model & m, adapter_set & s) {
     if (m.adapters.empty()) return make_error(PEFT_STATUS_CONFIG, "merge", "the adapter set is not attached to this model");

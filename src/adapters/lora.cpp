@@ -177,6 +177,36 @@ void lora_module::params(std::vector<param_ref> & out) {
     out.push_back(b);
 }
 
+void lora_module::exported(std::vector<param_ref> & out) {
+    if (A0.empty()) {
+        adapter_module::exported(out);
+        return;
+    }
+    // The change from the original W is s (B A - B0 A0) = s [B | -B0] [A ; A0]: a rank-2R LoRA
+    // on the unmodified base (METHODS §3 (5)); the method doubles alpha so that s stays.
+    const int64_t IC = t.in_features, OC = t.out_features;
+    file_A.resize((size_t) (2 * R * IC));
+    std::copy(A.begin(), A.end(), file_A.begin());
+    std::copy(A0.begin(), A0.end(), file_A.begin() + (std::ptrdiff_t) A.size());
+    file_B.resize((size_t) (OC * 2 * R));
+    for (int64_t o = 0; o < OC; o++) {
+        for (int64_t k = 0; k < R; k++) {
+            file_B[(size_t) (o * 2 * R + k)] = B[(size_t) (o * R + k)];
+            file_B[(size_t) (o * 2 * R + R + k)] = -B0[(size_t) (o * R + k)];
+        }
+    }
+    param_ref a;
+    a.name = "lora_A.weight";
+    a.value = file_A.data();
+    a.shape = {2 * R, IC};
+    out.push_back(a);
+    param_ref b;
+    b.name = "lora_B.weight";
+    b.value = file_B.data();
+    b.shape = {OC, 2 * R};
+    out.push_back(b);
+}
+
 // ---- method --------------------------------------------------------------------------------
 
 namespace {
@@ -234,6 +264,35 @@ status parse_pattern(const json_value & v, const char * field, bool integer, std
 
 std::string raw_or_null(const json_value & v) { return v.valid() ? v.dump() : "null"; }
 
+bool is_svd_init(lora_init i) { return i == LORA_INIT_PISSA || i == LORA_INIT_MILORA || i == LORA_INIT_OLORA; }
+
+// init_lora_weights: true, false, "gaussian", "pissa", "pissa_niter_N", "milora", "olora"
+status parse_init(const json_value & v, lora_init & init, int64_t & niter) {
+    niter = -1;
+    const std::string s = v.as_string();
+    const std::string prefix = "pissa_niter_";
+    if (v.is_bool()) init = v.as_bool() ? LORA_INIT_DEFAULT : LORA_INIT_RANDOM;
+    else if (s == "gaussian") init = LORA_INIT_GAUSSIAN;
+    else if (s == "pissa") init = LORA_INIT_PISSA;
+    else if (s == "milora") init = LORA_INIT_MILORA;
+    else if (s == "olora") init = LORA_INIT_OLORA;
+    else if (v.is_string() && s.rfind(prefix, 0) == 0) {
+        int64_t n = -1;
+        const auto [end, ec] = std::from_chars(s.data() + prefix.size(), s.data() + s.size(), n);
+        if (ec != std::errc() || end != s.data() + s.size() || n < 0 || n > 1000) {
+            return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "init_lora_weights", "pissa_niter_N with N in [0, 1000]", v.dump());
+        }
+        init = LORA_INIT_PISSA;
+        niter = n;
+    } else {
+        status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "init_lora_weights",
+                                  "true, false, \"gaussian\", \"pissa\", \"pissa_niter_N\", \"milora\" or \"olora\"", v.dump());
+        st.hint = "other PEFT initialisations (eva, loftq, corda, ...) are not implemented yet";
+        return st;
+    }
+    return {};
+}
+
 } // namespace
 
 status lora_method::configure(const json_value & cfg) {
@@ -279,15 +338,14 @@ status lora_method::configure(const json_value & cfg) {
     }
     v = cfg.get("init_lora_weights");
     if (v.valid() && !v.is_null()) {
-        if (v.is_bool()) {
-            init = v.as_bool() ? LORA_INIT_DEFAULT : LORA_INIT_RANDOM;
-        } else if (v.is_string() && v.as_string() == "gaussian") {
-            init = LORA_INIT_GAUSSIAN;
-        } else {
-            status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "init_lora_weights", "true, false or \"gaussian\"", v.dump());
-            st.hint = "other PEFT initialisations (pissa, olora, eva, loftq, corda, ...) are not implemented yet";
-            return st;
-        }
+        PEFT_TRY(parse_init(v, init, pissa_niter));
+        init_text = v.dump();
+        init_name = v.is_string() ? v.as_string() : init_text;
+    }
+    v = cfg.get("save_residual_model");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "save_residual_model", "true or false", v.dump());
+        save_residual_model = v.as_bool();
     }
     std::vector<std::string> texts;
     std::vector<double> rv;
@@ -296,6 +354,14 @@ status lora_method::configure(const json_value & cfg) {
     for (double x : rv) rank_values.push_back((int64_t) x);
     PEFT_TRY(parse_pattern(cfg.get("alpha_pattern"), "alpha_pattern", false, alpha_keys, alpha_values, alpha_texts));
 
+    if (is_svd_init(init) && !save_residual_model && use_rslora && (!rank_keys.empty() || !alpha_keys.empty())) {
+        // PEFT refuses this too: the rank-2r file cannot keep every module's scale
+        status st = make_error(PEFT_STATUS_CONFIG, WHERE, "init_lora_weights " + init_text +
+                                                              " with use_rslora and rank_pattern/alpha_pattern cannot be saved as a plain LoRA");
+        st.hint = "set save_residual_model: true (writes the residual model and the rank-r adapter), or drop the patterns";
+        return st;
+    }
+    if (!is_svd_init(init)) save_residual_model = false;   // there is no residual to save
     target_rules rules;
     PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
     targets_json = module_match_json(rules.targets);
@@ -341,12 +407,46 @@ status lora_method::check(const target_info & t) const {
     return {};
 }
 
-std::unique_ptr<adapter_module> lora_method::create(const target_info & t, rng & rg) {
-    PEFT_ASSERT(scratch);   // configure() first
-    PEFT_ASSERT(check(t).ok());
-    return std::make_unique<lora_module>(t, rank_for(t.path), (float) scaling_for(t.path), (float) lora_dropout, lora_fa,
-                                         (float) loraplus_lr_ratio, init, rg, scratch);
+// A [R,IC], B [OC,R] of an SVD-family init of W [OC,IC] (METHODS §3, §4, §6).
+static status svd_factors(lora_init init, int64_t niter, uint64_t seed, const float * W, int64_t OC, int64_t IC, int64_t R,
+                          float s, float * A, float * B) {
+    (void) init; (void) niter; (void) seed; (void) W; (void) OC; (void) IC; (void) R; (void) s; (void) A; (void) B;
+    return make_error(PEFT_STATUS_CONFIG, WHERE, "SVD-family inits are not built yet");
 }
+
+status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adapter_module> & out) {
+    PEFT_ASSERT(scratch);   // configure() first
+    PEFT_TRY(check(t));
+    const int64_t R = rank_for(t.path);
+    const float s = (float) scaling_for(t.path);
+    target_info own = t;
+    own.writer = nullptr;   // valid during create() only
+    auto mod = std::make_unique<lora_module>(own, R, s, (float) lora_dropout, lora_fa, (float) loraplus_lr_ratio,
+                                             is_svd_init(init) ? LORA_INIT_DEFAULT : init, rg, scratch);
+    if (is_svd_init(init)) {
+        if (!t.writer) return make_error(PEFT_STATUS_CONFIG, t.path, "init_lora_weights " + init_text + " needs the model to write the residual base into");
+        const int64_t OC = t.out_features, IC = t.in_features;
+        std::vector<float> W((size_t) (OC * IC));
+        linear_weight_rows_f32(W.data(), *t.base, 0, OC);
+        const uint64_t seed = ((uint64_t) rg.next_u32() << 32) | rg.next_u32();   // randomized SVD's sketch
+        status st = svd_factors(init, pissa_niter, seed, W.data(), OC, IC, R, s, mod->A.data(), mod->B.data());
+        if (!st.ok()) {
+            st.message = t.path + ": " + st.message;
+            return st;
+        }
+        // W_res = W - s B A, in the base's own dtype (a bf16 model stays bf16, as PEFT casts back)
+        gemm(false, false, OC, IC, R, -s, mod->B.data(), R, mod->A.data(), IC, 1.0f, W.data(), IC);
+        t.writer->replace(t, W.data());
+        if (!save_residual_model) {
+            mod->A0 = mod->A;
+            mod->B0 = mod->B;
+        }
+    }
+    out = std::move(mod);
+    return {};
+}
+
+const char * lora_method::residual_init() const { return save_residual_model ? init_name.c_str() : nullptr; }
 
 // Every key PEFT 0.18 writes for a LoraConfig, at its default unless we set it; compact here,
 // io/peft_format.cpp sorts and indents it as json.dumps does and fills base_model_name_or_path.
@@ -361,12 +461,22 @@ std::string lora_method::config_json() const {
         }
         return s + "}";
     };
-    std::vector<std::string> rank_texts;
-    for (int64_t x : rank_values) rank_texts.push_back(std::to_string(x));
-    const char * init_text = init == LORA_INIT_DEFAULT ? "true" : init == LORA_INIT_RANDOM ? "false" : "\"gaussian\"";
+    // An SVD-family adapter saved as a plain LoRA on the original base (lora_module::exported):
+    // rank 2r, and alpha (and the patterns) doubled so that every scale stays, as PEFT converts
+    const bool converted = is_svd_init(init) && !save_residual_model;
+    const int64_t rank_mult = converted ? 2 : 1;
+    const double alpha_mult = !converted ? 1.0 : use_rslora ? std::sqrt(2.0) : 2.0;
+    std::vector<std::string> rank_texts, alpha_out = alpha_texts;
+    for (int64_t x : rank_values) rank_texts.push_back(std::to_string(x * rank_mult));
+    if (converted) {
+        for (size_t i = 0; i < alpha_values.size(); i++) alpha_out[i] = json_python_float(alpha_values[i] * alpha_mult);
+    }
+    const double alpha = lora_alpha * alpha_mult;
+    const bool alpha_int = alpha_is_int && alpha_mult == std::floor(alpha_mult);
+    const std::string init_out = converted ? "true" : init_text;
     std::string s = "{";
     s += "\"alora_invocation_tokens\":null";
-    s += ",\"alpha_pattern\":" + pattern(alpha_keys, alpha_texts);
+    s += ",\"alpha_pattern\":" + pattern(alpha_keys, alpha_out);
     s += ",\"arrow_config\":null";
     s += ",\"auto_mapping\":null";
     s += ",\"base_model_name_or_path\":null";
@@ -377,12 +487,12 @@ std::string lora_method::config_json() const {
     s += ",\"exclude_modules\":" + exclude_json;
     s += ",\"fan_in_fan_out\":false";
     s += ",\"inference_mode\":true";
-    s += std::string(",\"init_lora_weights\":") + init_text;
+    s += ",\"init_lora_weights\":" + init_out;
     s += ",\"layer_replication\":null";
     s += ",\"layers_pattern\":" + layers_pattern_json;
     s += ",\"layers_to_transform\":" + layers_json;
     s += ",\"loftq_config\":{}";
-    s += ",\"lora_alpha\":" + (alpha_is_int ? std::to_string((int64_t) lora_alpha) : json_python_float(lora_alpha));
+    s += ",\"lora_alpha\":" + (alpha_int ? std::to_string((int64_t) alpha) : json_python_float(alpha));
     s += ",\"lora_bias\":false";
     s += ",\"lora_dropout\":" + json_python_float(lora_dropout);
     s += ",\"megatron_config\":null";
@@ -392,7 +502,7 @@ std::string lora_method::config_json() const {
     // a real PEFT release string: PEFT parses this field as a version when loading
     s += ",\"peft_version\":\"0.18.1\"";
     s += ",\"qalora_group_size\":16";
-    s += ",\"r\":" + std::to_string(r);
+    s += ",\"r\":" + std::to_string(r * rank_mult);
     s += ",\"rank_pattern\":" + pattern(rank_keys, rank_texts);
     s += ",\"revision\":null";
     s += ",\"target_modules\":" + targets_json;
@@ -407,5 +517,22 @@ std::string lora_method::config_json() const {
 }
 
 std::unique_ptr<adapter_method> lora_method_make() { return std::make_unique<lora_method>(); }
+
+// PEFT LoraConfig keys that `peft train` takes (configure() reads and checks them).
+const std::vector<option_def> & lora_method_options() {
+    static const std::vector<option_def> keys = {
+        {"r", OPT_INT, "8", "LoRA rank"},
+        {"lora_alpha", OPT_FLOAT, "8", "LoRA scaling numerator (scale = alpha/r, or alpha/sqrt(r) with use_rslora)"},
+        {"lora_dropout", OPT_FLOAT, "0", "dropout on the adapter input"},
+        {"use_rslora", OPT_BOOL, "false", "scale alpha/sqrt(r)"},
+        {"init_lora_weights", OPT_BOOL_OR_STRING, "true", "true (Kaiming A, zero B), gaussian, false, pissa, pissa_niter_N, milora, olora"},
+        {"save_residual_model", OPT_BOOL, "false", "pissa/milora/olora: write the residual model + rank-r adapter, not a rank-2r LoRA"},
+        {"lora_fa", OPT_BOOL, "false", "LoRA-FA: lora_A stays frozen at its init"},
+        {"loraplus_lr_ratio", OPT_FLOAT, "none", "LoRA+: lora_B learns this many times faster"},
+        {"rank_pattern", OPT_OBJECT, "{}", "per-module rank overrides {regex: r}"},
+        {"alpha_pattern", OPT_OBJECT, "{}", "per-module alpha overrides {regex: alpha}"},
+    };
+    return keys;
+}
 
 } // namespace peft

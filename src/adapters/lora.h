@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "adapters/adapter.h"
+#include "core/option.h"
 
 namespace peft {
 
@@ -18,6 +19,10 @@ enum lora_init {
     LORA_INIT_DEFAULT = 0,   // true: A Kaiming-uniform (a = sqrt 5, bound 1/sqrt(IC)), B = 0
     LORA_INIT_GAUSSIAN,      // "gaussian": A ~ N(0, (1/R)^2), B = 0
     LORA_INIT_RANDOM,        // false: nn.Linear's init for both (B bound 1/sqrt(R)); not an identity
+    // SVD family (METHODS §3, §4, §6): A, B from W's decomposition, the base becomes the residual
+    LORA_INIT_PISSA,         // "pissa" (exact SVD) or "pissa_niter_N" (randomized, N iterations)
+    LORA_INIT_MILORA,        // "milora": the R smallest singular triplets
+    LORA_INIT_OLORA,         // "olora": thin QR
     LORA_INIT_COUNT,
 };
 
@@ -32,6 +37,7 @@ struct lora_module : adapter_module {
     void delta_weight(float * dW) const override;
     void merge(float * W, int64_t OC, int64_t IC) const override;   // W += s B A in one GEMM
     void params(std::vector<param_ref> & out) override;
+    void exported(std::vector<param_ref> & out) override;
     void set_training(bool on) override { training = on; }
     std::string state() const override { return std::to_string(dropout_calls); }
     bool set_state(const std::string & s) override;
@@ -49,6 +55,10 @@ struct lora_module : adapter_module {
     float              b_lr_scale = 1.0f;    // LoRA+: loraplus_lr_ratio
     bool               training = true;
     std::vector<float> A, B;                 // [R,IC], [OC,R]
+    // SVD-family inits saved as a plain LoRA on the original base: the initial factors, and the
+    // rank-2R file form [A; A0], [B | -B0] built by exported()
+    std::vector<float> A0, B0;               // [R,IC], [OC,R]; empty otherwise
+    std::vector<float> file_A, file_B;       // [2R,IC], [OC,2R]
     std::vector<float> dA, dB;               // same shapes; dA empty with freeze_a
     std::vector<float> xa;                   // [N,R] drop(x) A^T of the last forward (backward needs it)
     int64_t            xa_rows = 0;          // N of that forward
@@ -66,7 +76,8 @@ struct lora_method : adapter_method {
     status configure(const json_value & cfg) override;
     std::string config_json() const override;
     status check(const target_info & t) const override;
-    std::unique_ptr<adapter_module> create(const target_info & t, rng & r) override;
+    status create(const target_info & t, rng & r, std::unique_ptr<adapter_module> & out) override;
+    const char * residual_init() const override;
 
     // rank and alpha for a module path after rank_pattern / alpha_pattern
     int64_t rank_for(const std::string & path) const;
@@ -80,6 +91,10 @@ struct lora_method : adapter_method {
     double      lora_dropout = 0.0;
     bool        use_rslora = false;
     lora_init   init = LORA_INIT_DEFAULT;
+    int64_t     pissa_niter = -1;          // "pissa_niter_N": N; -1 = exact SVD
+    std::string init_text = "true";        // init_lora_weights as JSON text
+    std::string init_name = "true";        // the same without quotes ("pissa_niter_4")
+    bool        save_residual_model = false;   // true: the file is the R-rank adapter of the residual base
     bool        lora_fa = false;           // ours: "lora_fa": true freezes A (METHODS §16)
     double      loraplus_lr_ratio = 1.0;   // optimizer-side in PEFT; accepted here for LoRA+
     std::vector<std::string> rank_keys;    // rank_pattern, document order
@@ -98,5 +113,6 @@ private:
 };
 
 std::unique_ptr<adapter_method> lora_method_make();
+const std::vector<option_def> & lora_method_options();
 
 } // namespace peft

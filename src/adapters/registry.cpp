@@ -5,6 +5,7 @@
 
 #include "adapters/adapter_set.h"
 #include "adapters/lora.h"
+#include "adapters/target.h"
 
 namespace peft {
 
@@ -19,10 +20,11 @@ struct method_entry {
     adapter_method_kind kind;
     const char *        name;   // lower case; PEFT's peft_type ("LORA") matches case-insensitively
     std::unique_ptr<adapter_method> (*make)();
+    const std::vector<option_def> & (*options)();   // the keys configure() reads
 };
 
 const method_entry METHODS[] = {
-    {PEFT_METHOD_LORA, "lora", lora_method_make},
+    {PEFT_METHOD_LORA, "lora", lora_method_make, lora_method_options},
 };
 static_assert(sizeof(METHODS) / sizeof(METHODS[0]) == PEFT_METHOD_COUNT, "one registry row per adapter method");
 
@@ -33,6 +35,21 @@ std::string lower(const std::string & s) {
 }
 
 } // namespace
+
+const std::vector<option_def> & adapter_method_options() {
+    static const std::vector<option_def> keys = [] {
+        std::vector<option_def> k = target_options();
+        for (const method_entry & e : METHODS) {
+            for (const option_def & d : e.options()) {
+                bool seen = false;   // methods share keys (r, lora_alpha ...): one row each
+                for (const option_def & x : k) seen = seen || std::string(x.name) == d.name;
+                if (!seen) k.push_back(d);
+            }
+        }
+        return k;
+    }();
+    return keys;
+}
 
 std::vector<std::string> adapter_method_names() {
     std::vector<std::string> names;

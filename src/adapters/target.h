@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/option.h"
 #include "core/status.h"
 
 namespace peft {
@@ -61,5 +62,8 @@ status target_pattern_find(const std::vector<std::string> & keys, const std::str
 
 // The JSON text (compact) a module_match is saved as: null, a list or the regex string.
 std::string module_match_json(const module_match & m);
+
+// The selection keys every adapter method takes (PEFT: on each method's config class).
+const std::vector<option_def> & target_options();
 
 } // namespace peft

@@ -201,10 +201,9 @@ status adapter_save(const std::string & dir, adapter_set & s, const std::string 
     PEFT_TRY(extra.parse(extra_text.data(), extra_text.size(), "base_model_name_or_path"));
     const std::string config = json_dump_python(cfg.root(), 2, {{"base_model_name_or_path", extra.root().get("base_model_name_or_path")}});
 
-    std::vector<param_ref> params = adapter_set_params(s);
+    std::vector<param_ref> params = adapter_set_exported(s);
     std::vector<safetensors_tensor_to_write> tensors;
     for (const param_ref & p : params) {
-        if (!p.saved) continue;
         safetensors_tensor_to_write t;
         t.name = p.name;
         t.type = PEFT_DTYPE_F32;
@@ -239,6 +238,21 @@ status adapter_config_normalize(const json_value & root, const std::string & whe
     return cfg.parse(normalized.data(), normalized.size(), where);
 }
 
+// An adapter whose init turned the base into a residual (PiSSA, MiLoRA, OLoRA ... saved with
+// save_residual_model) is only right on that residual base: loading it onto the original model
+// would run silently wrong, so the base must say it is that residual (config.json
+// "peft_residual_init"). Adapters saved as plain LoRA say init_lora_weights: true.
+static status check_residual_base(const json_value & root, const std::string & where, const llama_model & m) {
+    const json_value init = root.get("init_lora_weights");
+    const std::string name = init.is_string() ? init.as_string() : "";
+    const bool residual = name == "pissa" || name.rfind("pissa_niter_", 0) == 0 || name == "milora" || name == "olora" || name == "corda";
+    if (!residual || m.hp.residual_init == name) return {};
+    status st = make_error(PEFT_STATUS_CONFIG, where, "init_lora_weights \"" + name + "\": this adapter applies to the residual base its init made, and the model " +
+                                                          (m.hp.residual_init.empty() ? std::string("is not one") : "is the residual of \"" + m.hp.residual_init + "\""));
+    st.hint = "load it with the residual model saved beside it (residual_model/ in the training output_dir), or train with save_residual_model: false for a plain LoRA on the original model";
+    return st;
+}
+
 status adapter_load(const std::string & dir, llama_model & m, adapter_set & out) {
     const std::filesystem::path d(dir);
     const std::string cfg_path = (d / PEFT_CONFIG_NAME).string();
@@ -261,6 +275,7 @@ status adapter_load(const std::string & dir, llama_model & m, adapter_set & out)
     }
     json_document doc, cfg;
     PEFT_TRY(doc.parse_file(cfg_path, (size_t) 64 << 20));
+    PEFT_TRY(check_residual_base(doc.root(), cfg_path, m));
     PEFT_TRY(adapter_config_normalize(doc.root(), cfg_path, cfg));
 
     adapter_set set;

@@ -86,6 +86,11 @@ static status hparams_from_json(json_value root, const std::string & where, llam
         hp.qkv_bias = hp.o_bias;
         read_bool(root, "mlp_bias", hp.mlp_bias, where, st);
     }
+    const json_value res = root.get("peft_residual_init");
+    if (res.valid() && !res.is_null()) {
+        if (!res.is_string()) return make_mismatch(PEFT_STATUS_CONFIG, where, "field \"peft_residual_init\"", "an init name", res.dump());
+        hp.residual_init = res.as_string();
+    }
     read_int(root, "bos_token_id", hp.bos_id, where, st, false);
     // Llama 3.1 lists several end tokens: the first one ends generation
     const json_value eos = root.get("eos_token_id");

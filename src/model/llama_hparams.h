@@ -29,6 +29,9 @@ struct llama_hparams {
     bool    o_bias = false;
     bool    mlp_bias = false;
     int64_t bos_id = -1, eos_id = -1;
+    // "peft_residual_init" in config.json: this model is the residual base that a PiSSA-family
+    // init ("pissa", "olora", ...) left, written beside an adapter saved with save_residual_model
+    std::string residual_init;
 
     int64_t q_dim() const { return n_head * head_dim; }
     int64_t kv_dim() const { return n_head_kv * head_dim; }

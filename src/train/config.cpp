@@ -13,6 +13,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "adapters/adapter_set.h"
+#include "core/option.h"
 #include "io/json.h"
 #include "train/optim.h"
 
@@ -20,76 +22,54 @@ namespace peft {
 
 namespace {
 
-enum key_kind {
-    K_STRING,
-    K_INT,
-    K_FLOAT,
-    K_BOOL,
-    K_TARGETS,     // PEFT target_modules: a list of names, or one string (regex / "all-linear")
-    K_INT_LIST,    // a list of ints or one int (layers_to_transform)
-    K_OBJECT,      // a JSON object (rank_pattern, alpha_pattern, adapter_args)
-    K_DATASETS,    // a list of {path, type} (or of paths, or one path)
-    K_BOOL_OR_STRING,  // init_lora_weights: true/false or an init name; resume: true or a path
-};
 
+// A trainer key, or (adapter = true) a key of the registered adapter methods, passed through to
+// adapters_attach and checked there.
 struct key_def {
-    const char * name;
-    key_kind     kind;
-    bool         adapter;   // passed through to adapters_attach
-    const char * def;       // default, as shown by --help
-    const char * help;
+    option_def opt;
+    bool       adapter;
 };
 
-const key_def KEYS[] = {
-    {"base_model", K_STRING, false, "(required)", "Hugging Face model directory (config.json + *.safetensors)"},
-    {"tokenizer_config", K_STRING, false, "base_model", "tokenizer directory or file"},
-    {"random_init", K_BOOL, false, "false", "adapter: full only: start from random weights (pretraining from config.json)"},
-    {"datasets", K_DATASETS, false, "(required)", "list of {path, type}: JSONL (text / alpaca / messages / input_ids) or .txt"},
-    {"test_datasets", K_DATASETS, false, "[]", "held-out files evaluated as they are (not shuffled)"},
-    {"output_dir", K_STRING, false, "output", "where the adapter (or model), checkpoints, metrics and report go"},
-    {"adapter", K_STRING, false, "lora", "lora, or full (every weight trained)"},
-    {"r", K_INT, true, "8", "LoRA rank"},
-    {"lora_alpha", K_FLOAT, true, "8", "LoRA scaling numerator (scale = alpha/r, or alpha/sqrt(r) with use_rslora)"},
-    {"lora_dropout", K_FLOAT, true, "0", "dropout on the adapter input"},
-    {"target_modules", K_TARGETS, true, "q_proj,v_proj", "list of module names (exact or suffix), a regex string, or all-linear"},
-    {"exclude_modules", K_TARGETS, true, "none", "modules never adapted (same forms as target_modules)"},
-    {"layers_to_transform", K_INT_LIST, true, "all", "layer indices to adapt"},
-    {"use_rslora", K_BOOL, true, "false", "scale alpha/sqrt(r)"},
-    {"init_lora_weights", K_BOOL_OR_STRING, true, "true", "true (Kaiming A, zero B), gaussian, false"},
-    {"lora_fa", K_BOOL, true, "false", "LoRA-FA: lora_A stays frozen at its init"},
-    {"loraplus_lr_ratio", K_FLOAT, true, "none", "LoRA+: lora_B learns this many times faster"},
-    {"rank_pattern", K_OBJECT, true, "{}", "per-module rank overrides {regex: r}"},
-    {"alpha_pattern", K_OBJECT, true, "{}", "per-module alpha overrides {regex: alpha}"},
-    {"adapter_args", K_OBJECT, false, "{}", "extra keys passed to the adapter method as they are"},
-    {"learning_rate", K_FLOAT, false, "2e-4", "peak learning rate"},
-    {"num_epochs", K_INT, false, "1", "passes over the training rows"},
-    {"max_steps", K_INT, false, "0", "optimizer steps; > 0 overrides num_epochs"},
-    {"micro_batch_size", K_INT, false, "1", "rows per forward/backward"},
-    {"gradient_accumulation_steps", K_INT, false, "1", "micro-batches per optimizer step"},
-    {"sequence_len", K_INT, false, "min(2048, max_position_embeddings)", "tokens per row"},
-    {"sample_packing", K_BOOL, false, "true", "pack several samples per row (attention stays within a sample)"},
-    {"train_on_inputs", K_BOOL, false, "false", "also train on prompt tokens"},
-    {"chat_template", K_STRING, false, "auto", "llama3, chatml, llama2, alpaca or plain"},
-    {"lr_scheduler", K_STRING, false, "cosine", "constant, linear or cosine (after warmup)"},
-    {"warmup_steps", K_INT, false, "0", "linear warmup steps"},
-    {"warmup_ratio", K_FLOAT, false, "0", "warmup as a fraction of all steps (when warmup_steps is 0)"},
-    {"weight_decay", K_FLOAT, false, "0", "AdamW decoupled weight decay"},
-    {"adam_beta1", K_FLOAT, false, "0.9", "AdamW beta1"},
-    {"adam_beta2", K_FLOAT, false, "0.999", "AdamW beta2"},
-    {"adam_epsilon", K_FLOAT, false, "1e-8", "AdamW epsilon"},
-    {"max_grad_norm", K_FLOAT, false, "1.0", "global gradient-norm clip; 0 disables"},
-    {"seed", K_INT, false, "42", "seed of adapter init, shuffling and dropout"},
-    {"val_set_size", K_FLOAT, false, "0", "fraction of samples held out for evaluation"},
-    {"eval_steps", K_INT, false, "0", "evaluate every N steps (0: at the end only)"},
-    {"save_steps", K_INT, false, "0", "checkpoint every N steps (0: none besides the final output)"},
-    {"save_total_limit", K_INT, false, "0", "keep at most N checkpoints (0: all)"},
-    {"logging_steps", K_INT, false, "1", "metrics line every N steps"},
-    {"save_dtype", K_STRING, false, "f32", "adapter: full: dtype of the final model.safetensors (f32, bf16, f16)"},
-    {"threads", K_INT, false, "all cores", "compute threads"},
-    {"gradient_checkpointing", K_BOOL, false, "false", "recompute activations in backward (less memory)"},
-    {"resume_from_checkpoint", K_BOOL_OR_STRING, false, "none", "a checkpoint-N directory, or true/latest for the newest in output_dir"},
-    {"progress", K_BOOL, false, "true", "progress bar (a TTY) or periodic lines on stderr"},
-    {"skip_bad_lines", K_BOOL, false, "false", "count and skip malformed data lines instead of stopping at the first"},
+
+// The trainer's own keys; the adapter methods' come from adapter_method_options().
+const option_def TRAINER_KEYS[] = {
+    {"base_model", OPT_STRING, "(required)", "Hugging Face model directory (config.json + *.safetensors)"},
+    {"tokenizer_config", OPT_STRING, "base_model", "tokenizer directory or file"},
+    {"random_init", OPT_BOOL, "false", "adapter: full only: start from random weights (pretraining from config.json)"},
+    {"datasets", OPT_DATASETS, "(required)", "list of {path, type}: JSONL (text / alpaca / messages / input_ids) or .txt"},
+    {"test_datasets", OPT_DATASETS, "[]", "held-out files evaluated as they are (not shuffled)"},
+    {"output_dir", OPT_STRING, "output", "where the adapter (or model), checkpoints, metrics and report go"},
+    {"adapter", OPT_STRING, "lora", "lora, or full (every weight trained)"},
+    {"adapter_args", OPT_OBJECT, "{}", "extra keys passed to the adapter method as they are"},
+    {"learning_rate", OPT_FLOAT, "2e-4", "peak learning rate"},
+    {"num_epochs", OPT_INT, "1", "passes over the training rows"},
+    {"max_steps", OPT_INT, "0", "optimizer steps; > 0 overrides num_epochs"},
+    {"micro_batch_size", OPT_INT, "1", "rows per forward/backward"},
+    {"gradient_accumulation_steps", OPT_INT, "1", "micro-batches per optimizer step"},
+    {"sequence_len", OPT_INT, "min(2048, max_position_embeddings)", "tokens per row"},
+    {"sample_packing", OPT_BOOL, "true", "pack several samples per row (attention stays within a sample)"},
+    {"train_on_inputs", OPT_BOOL, "false", "also train on prompt tokens"},
+    {"chat_template", OPT_STRING, "auto", "llama3, chatml, llama2, alpaca or plain"},
+    {"lr_scheduler", OPT_STRING, "cosine", "constant, linear or cosine (after warmup)"},
+    {"warmup_steps", OPT_INT, "0", "linear warmup steps"},
+    {"warmup_ratio", OPT_FLOAT, "0", "warmup as a fraction of all steps (when warmup_steps is 0)"},
+    {"weight_decay", OPT_FLOAT, "0", "AdamW decoupled weight decay"},
+    {"adam_beta1", OPT_FLOAT, "0.9", "AdamW beta1"},
+    {"adam_beta2", OPT_FLOAT, "0.999", "AdamW beta2"},
+    {"adam_epsilon", OPT_FLOAT, "1e-8", "AdamW epsilon"},
+    {"max_grad_norm", OPT_FLOAT, "1.0", "global gradient-norm clip; 0 disables"},
+    {"seed", OPT_INT, "42", "seed of adapter init, shuffling and dropout"},
+    {"val_set_size", OPT_FLOAT, "0", "fraction of samples held out for evaluation"},
+    {"eval_steps", OPT_INT, "0", "evaluate every N steps (0: at the end only)"},
+    {"save_steps", OPT_INT, "0", "checkpoint every N steps (0: none besides the final output)"},
+    {"save_total_limit", OPT_INT, "0", "keep at most N checkpoints (0: all)"},
+    {"logging_steps", OPT_INT, "1", "metrics line every N steps"},
+    {"save_dtype", OPT_STRING, "f32", "adapter: full: dtype of the final model.safetensors (f32, bf16, f16)"},
+    {"threads", OPT_INT, "all cores", "compute threads"},
+    {"gradient_checkpointing", OPT_BOOL, "false", "recompute activations in backward (less memory)"},
+    {"resume_from_checkpoint", OPT_BOOL_OR_STRING, "none", "a checkpoint-N directory, or true/latest for the newest in output_dir"},
+    {"progress", OPT_BOOL, "true", "progress bar (a TTY) or periodic lines on stderr"},
+    {"skip_bad_lines", OPT_BOOL, "false", "count and skip malformed data lines instead of stopping at the first"},
 };
 
 // Other spellings people bring from axolotl / transformers.
@@ -103,9 +83,20 @@ const std::pair<const char *, const char *> ALIASES[] = {
     {"max_seq_length", "sequence_len"},
 };
 
+// Every key: the trainer's, then the adapter methods' (one list, built once).
+const std::vector<key_def> & all_keys() {
+    static const std::vector<key_def> keys = [] {
+        std::vector<key_def> k;
+        for (const option_def & d : TRAINER_KEYS) k.push_back({d, false});
+        for (const option_def & d : adapter_method_options()) k.push_back({d, true});
+        return k;
+    }();
+    return keys;
+}
+
 const key_def * find_key(const std::string & name) {
-    for (const key_def & k : KEYS) {
-        if (name == k.name) return &k;
+    for (const key_def & k : all_keys()) {
+        if (name == k.opt.name) return &k;
     }
     return nullptr;
 }
@@ -224,17 +215,17 @@ status yaml_to_json(const YAML::Node & n, const std::string & where, int depth, 
     return {};
 }
 
-std::string kind_name(key_kind k) {
+std::string kind_name(option_kind k) {
     switch (k) {
-    case K_STRING: return "a string";
-    case K_INT: return "an integer";
-    case K_FLOAT: return "a number";
-    case K_BOOL: return "true or false";
-    case K_TARGETS: return "a list of module names or one string";
-    case K_INT_LIST: return "a list of integers";
-    case K_OBJECT: return "an object";
-    case K_DATASETS: return "a list of {path, type}";
-    case K_BOOL_OR_STRING: return "true, false or a string";
+    case OPT_STRING: return "a string";
+    case OPT_INT: return "an integer";
+    case OPT_FLOAT: return "a number";
+    case OPT_BOOL: return "true or false";
+    case OPT_TARGETS: return "a list of module names or one string";
+    case OPT_INT_LIST: return "a list of integers";
+    case OPT_OBJECT: return "an object";
+    case OPT_DATASETS: return "a list of {path, type}";
+    case OPT_BOOL_OR_STRING: return "true, false or a string";
     }
     return "?";
 }
@@ -268,11 +259,11 @@ std::string config_suggest(const std::string & key) {
     if (k == "batch_size") return "micro_batch_size";
     std::string best;
     size_t best_d = (size_t) -1;
-    for (const key_def & d : KEYS) {
-        const size_t e = edit_distance(k, d.name);
+    for (const key_def & d : all_keys()) {
+        const size_t e = edit_distance(k, d.opt.name);
         if (e < best_d) {
             best_d = e;
-            best = d.name;
+            best = d.opt.name;
         }
     }
     for (const auto & a : ALIASES) {
@@ -285,8 +276,8 @@ std::string config_suggest(const std::string & key) {
     // Close enough to be a typo; or the key is a prefix/extension of a known one (lr -> ...).
     const size_t limit = std::max<size_t>(2, k.size() / 3);
     if (best_d <= limit) return best;
-    for (const key_def & d : KEYS) {
-        const std::string n = d.name;
+    for (const key_def & d : all_keys()) {
+        const std::string n = d.opt.name;
         if (k.size() >= 3 && (n.find(k) != std::string::npos || k.find(n) != std::string::npos)) return n;
     }
     return "";
@@ -349,7 +340,7 @@ status config_load_file(const std::string & path, config_entries & out) {
 
 bool config_flag_is_bool(const std::string & name) {
     const key_def * k = find_key(canonical(name));
-    return k && k->kind == K_BOOL;
+    return k && k->opt.kind == OPT_BOOL;
 }
 
 status config_set_flag(config_entries & e, const std::string & name, const std::string & value) {
@@ -383,30 +374,30 @@ status config_set_flag(config_entries & e, const std::string & name, const std::
     };
     const bool json_like = !value.empty() && (value[0] == '[' || value[0] == '{');
     std::string json;
-    switch (k->kind) {
-    case K_STRING: json = json_quote(value); break;
-    case K_INT: {
+    switch (k->opt.kind) {
+    case OPT_STRING: json = json_quote(value); break;
+    case OPT_INT: {
         int64_t i;
         if (!parse_int(value, i)) return make_mismatch(PEFT_STATUS_ARGUMENT, where, "value", "an integer", "'" + value + "'");
         json = std::to_string(i);
         break;
     }
-    case K_FLOAT: {
+    case OPT_FLOAT: {
         double d;
         if (!parse_double(value, d)) return make_mismatch(PEFT_STATUS_ARGUMENT, where, "value", "a number", "'" + value + "'");
         json = number_text(d);
         break;
     }
-    case K_BOOL:
+    case OPT_BOOL:
         if (value == "true" || value == "1" || value == "yes" || value == "on") json = "true";
         else if (value == "false" || value == "0" || value == "no" || value == "off") json = "false";
         else return make_mismatch(PEFT_STATUS_ARGUMENT, where, "value", "true or false", "'" + value + "'");
         break;
-    case K_BOOL_OR_STRING:
+    case OPT_BOOL_OR_STRING:
         if (value == "true" || value == "false") json = value;
         else json = json_quote(value);
         break;
-    case K_TARGETS:
+    case OPT_TARGETS:
         if (json_like) json = value;
         else if (value == "all-linear") json = json_quote(value);
         else {
@@ -415,7 +406,7 @@ status config_set_flag(config_entries & e, const std::string & name, const std::
             json += "]";
         }
         break;
-    case K_INT_LIST:
+    case OPT_INT_LIST:
         if (json_like) json = value;
         else {
             json = "[";
@@ -427,11 +418,11 @@ status config_set_flag(config_entries & e, const std::string & name, const std::
             json += "]";
         }
         break;
-    case K_OBJECT:
+    case OPT_OBJECT:
         if (value.empty() || value[0] != '{') return make_mismatch(PEFT_STATUS_ARGUMENT, where, "value", "a JSON object", "'" + value + "'");
         json = value;
         break;
-    case K_DATASETS:
+    case OPT_DATASETS:
         if (json_like) json = value;
         else {
             json = "[";
@@ -457,14 +448,14 @@ namespace {
 struct reader {
     std::string where;  // "config"
 
-    status type_error(const std::string & key, key_kind kind, const json_value & v) const {
+    status type_error(const std::string & key, option_kind kind, const json_value & v) const {
         return make_mismatch(PEFT_STATUS_CONFIG, where, "key '" + key + "'", kind_name(kind), v.dump());
     }
     status range_error(const std::string & key, const std::string & expected, const json_value & v) const {
         return make_mismatch(PEFT_STATUS_CONFIG, where, "key '" + key + "'", expected, v.dump());
     }
     status get_int(const std::string & key, const json_value & v, int64_t lo, int64_t hi, int64_t & out) const {
-        if (!v.is_number() || v.as_double() != std::floor(v.as_double())) return type_error(key, K_INT, v);
+        if (!v.is_number() || v.as_double() != std::floor(v.as_double())) return type_error(key, OPT_INT, v);
         // as_int, not a cast of the double: 2^63 compares equal to (double) INT64_MAX, and
         // converting it to int64 is undefined; as_int gives the fallback for what int64 cannot hold
         const int64_t x = v.as_int(INT64_MIN);
@@ -475,7 +466,7 @@ struct reader {
         return {};
     }
     status get_float(const std::string & key, const json_value & v, double lo, double hi, bool lo_open, bool hi_open, double & out) const {
-        if (!v.is_number()) return type_error(key, K_FLOAT, v);
+        if (!v.is_number()) return type_error(key, OPT_FLOAT, v);
         const double d = v.as_double();
         const bool ok = std::isfinite(d) && (lo_open ? d > lo : d >= lo) && (hi_open ? d < hi : d <= hi);
         if (!ok) {
@@ -486,14 +477,14 @@ struct reader {
         return {};
     }
     status get_bool(const std::string & key, const json_value & v, bool & out) const {
-        if (!v.is_bool()) return type_error(key, K_BOOL, v);
+        if (!v.is_bool()) return type_error(key, OPT_BOOL, v);
         out = v.as_bool();
         return {};
     }
     status get_string(const std::string & key, const json_value & v, std::string & out) const {
         if (v.is_string()) out = v.as_string();
         else if (v.is_number()) out = v.dump();   // output_dir: 123 in YAML
-        else return type_error(key, K_STRING, v);
+        else return type_error(key, OPT_STRING, v);
         return {};
     }
     status get_datasets(const std::string & key, const json_value & v, std::vector<dataset_spec> & out) const {
@@ -537,7 +528,7 @@ struct reader {
             return {};
         };
         if (v.is_string() || v.is_object()) return one(v, 0);
-        if (!v.is_array()) return type_error(key, K_DATASETS, v);
+        if (!v.is_array()) return type_error(key, OPT_DATASETS, v);
         for (size_t i = 0; i < v.size(); ++i) PEFT_TRY(one(v.at(i), i));
         return {};
     }
@@ -562,29 +553,29 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
         if (k->adapter) {
             // Type checks here; meaning and ranges are the adapter method's (configure()).
             bool ok = true;
-            switch (k->kind) {
-            case K_INT: {
+            switch (k->opt.kind) {
+            case OPT_INT: {
                 int64_t tmp;
                 PEFT_TRY(rd.get_int(key, v, 1, (int64_t) 1 << 20, tmp));
                 break;
             }
-            case K_FLOAT: ok = v.is_number(); break;
-            case K_BOOL: ok = v.is_bool(); break;
-            case K_BOOL_OR_STRING: ok = v.is_bool() || v.is_string(); break;
-            case K_TARGETS: {
+            case OPT_FLOAT: ok = v.is_number(); break;
+            case OPT_BOOL: ok = v.is_bool(); break;
+            case OPT_BOOL_OR_STRING: ok = v.is_bool() || v.is_string(); break;
+            case OPT_TARGETS: {
                 ok = v.is_string() || v.is_array();
                 for (size_t i = 0; ok && v.is_array() && i < v.size(); ++i) ok = v.at(i).is_string();
                 break;
             }
-            case K_INT_LIST: {
+            case OPT_INT_LIST: {
                 ok = v.is_integer() || v.is_array();
                 for (size_t i = 0; ok && v.is_array() && i < v.size(); ++i) ok = v.at(i).is_integer();
                 break;
             }
-            case K_OBJECT: ok = v.is_object(); break;
+            case OPT_OBJECT: ok = v.is_object(); break;
             default: break;
             }
-            if (!ok) return rd.type_error(key, k->kind, v);
+            if (!ok) return rd.type_error(key, k->opt.kind, v);
             adapter_members += (adapter_members.empty() ? "" : ",") + json_quote(key) + ":" + v.dump();
             continue;
         }
@@ -599,7 +590,7 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
         else if (key == "output_dir") PEFT_TRY(rd.get_string(key, v, o.output_dir));
         else if (key == "adapter") PEFT_TRY(rd.get_string(key, v, o.adapter));
         else if (key == "adapter_args") {
-            if (!v.is_object()) return rd.type_error(key, K_OBJECT, v);
+            if (!v.is_object()) return rd.type_error(key, OPT_OBJECT, v);
             for (size_t j = 0; j < v.size(); ++j) {
                 adapter_args += (adapter_args.empty() ? "" : ",") + json_quote(v.key_at(j)) + ":" + v.value_at(j).dump();
             }
@@ -683,9 +674,16 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
 
 std::string config_help() {
     std::string s;
-    for (const key_def & k : KEYS) {
+    bool adapter_heading = false;
+    for (const key_def & k : all_keys()) {
+        if (k.adapter && !adapter_heading) {
+            s += "adapter keys (of the methods: ";
+            for (const std::string & n : adapter_method_names()) s += n + (n == adapter_method_names().back() ? "" : ", ");
+            s += "):\n";
+            adapter_heading = true;
+        }
         char line[512];
-        std::snprintf(line, sizeof line, "  %-28s %s (default %s)\n", k.name, k.help, k.def);
+        std::snprintf(line, sizeof line, "  %-28s %s (default %s)\n", k.opt.name, k.opt.help, k.opt.def);
         s += line;
     }
     s += "  aliases:";

@@ -29,6 +29,7 @@
 #include "io/atomic_file.h"
 #include "io/json.h"
 #include "io/output_guard.h"
+#include "io/peft_format.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
@@ -213,7 +214,7 @@ status check_output_dir(const std::string & dir) {
 // Every name peft train writes into output_dir (output_guard.h rule 2).
 std::vector<std::string> train_output_names() {
     std::vector<std::string> n = {"adapter_config.json", "adapter_model.safetensors", "model.safetensors", "config.json",
-                                  "metrics.jsonl", "train_config.json", "report.html", "checkpoint-*"};
+                                  "metrics.jsonl", "train_config.json", "report.html", "checkpoint-*", "residual_model"};
     for (const std::string & t : hf_companion_files()) n.push_back(t);
     return n;
 }
@@ -277,28 +278,47 @@ status save_final_or_rescue(const std::string & output_dir, write_fn write_final
 void train_request_stop() { g_stop = 1; }
 
 status write_hf_model_dir(const std::string & dir, const llama_model & m, const std::string & dtype_name, const std::string & config_dir,
-                          const std::string & tokenizer_dir) {
+                          const std::string & tokenizer_dir, const std::string & residual_init) {
     dtype out_t = PEFT_DTYPE_F32;
+    const bool keep = dtype_name == "keep";
     if (dtype_name == "bf16") out_t = PEFT_DTYPE_BF16;
     else if (dtype_name == "f16") out_t = PEFT_DTYPE_F16;
-    else if (dtype_name != "f32") return make_mismatch(PEFT_STATUS_CONFIG, dir, "save_dtype", "f32, bf16 or f16", dtype_name);
+    else if (dtype_name != "f32" && !keep) return make_mismatch(PEFT_STATUS_CONFIG, dir, "save_dtype", "f32, bf16 or f16", dtype_name);
     std::vector<safetensors_tensor_to_write> ts;
-    std::vector<std::vector<uint16_t>> converted;
+    std::vector<std::vector<uint8_t>> converted;
     converted.reserve(m.tensors.size());
+    std::vector<float> f32;
     for (const llama_tensor & t : m.tensors) {
+        const dtype want = keep ? t.type : out_t;
+        if (want == t.type) {
+            ts.push_back({t.name, t.type, t.shape, t.data, ""});
+            continue;
+        }
+        const size_t n = (size_t) t.numel();
+        const float * src = (const float *) t.data;
         if (t.type != PEFT_DTYPE_F32) {
-            return make_error(PEFT_STATUS_SHAPE, dir, "tensor '" + t.name + "' is not f32 (only trainable models are written here)");
+            f32.resize(n);
+            convert_to_f32(t.type, t.data, f32.data(), n);
+            src = f32.data();
         }
-        if (out_t == PEFT_DTYPE_F32) {
-            ts.push_back({t.name, PEFT_DTYPE_F32, t.shape, t.data, ""});
-        } else {
-            converted.emplace_back((size_t) t.numel());
-            convert_from_f32(out_t, (const float *) t.data, converted.back().data(), (size_t) t.numel());
-            ts.push_back({t.name, out_t, t.shape, converted.back().data(), ""});
-        }
+        converted.emplace_back(n * dtype_size(want));
+        convert_from_f32(want, src, converted.back().data(), n);
+        ts.push_back({t.name, want, t.shape, converted.back().data(), ""});
     }
     PEFT_TRY(safetensors_write(dir + "/model.safetensors", ts, {{"format", "pt"}}));
-    PEFT_TRY(copy_file_atomic(config_dir + "/config.json", dir + "/config.json"));
+    if (residual_init.empty()) {
+        PEFT_TRY(copy_file_atomic(config_dir + "/config.json", dir + "/config.json"));
+    } else {
+        // transformers keeps unknown config keys as attributes; peft.cpp's loader reads this one
+        // to accept the adapter saved beside it (io/peft_format.cpp check_residual_base)
+        json_document cfg;
+        PEFT_TRY(cfg.parse_file(config_dir + "/config.json"));
+        json_document extra;
+        const std::string extra_text = "{\"peft_residual_init\":" + json_quote(residual_init) + "}";
+        PEFT_TRY(extra.parse(extra_text.data(), extra_text.size(), "peft_residual_init"));
+        PEFT_TRY(write_file_atomic(dir + "/config.json",
+                                   json_dump_python(cfg.root(), 2, {{"peft_residual_init", extra.root().get("peft_residual_init")}}) + "\n"));
+    }
     std::error_code ec;
     const std::string tdir = fs::is_directory(tokenizer_dir, ec) ? tokenizer_dir : fs::path(tokenizer_dir).parent_path().string();
     for (const std::string & name : hf_companion_files()) {
@@ -559,7 +579,15 @@ status train_run(const train_options & o, train_summary & out) {
     auto save_checkpoint = [&]() { return save_checkpoint_in(o.output_dir); };
     auto write_final = [&](const std::string & dir) -> status {
         if (o.full()) return write_hf_model_dir(dir, m, o.save_dtype, o.base_model, tok_path);
-        return adapter_save(dir, aset, o.base_model);
+        PEFT_TRY(adapter_save(dir, aset, o.base_model));
+        // an adapter of the residual base (save_residual_model) travels with that base
+        const char * res = aset.method->residual_init();
+        if (!res) return {};
+        const std::string rdir = dir + "/residual_model";
+        std::error_code ec;
+        fs::create_directories(rdir, ec);
+        if (ec) return make_error(PEFT_STATUS_IO, rdir, "cannot create: " + ec.message());
+        return write_hf_model_dir(rdir, m, "keep", o.base_model, tok_path, res);
     };
 
     progress_bar bar;

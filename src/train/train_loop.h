@@ -35,11 +35,13 @@ status train_run(const train_options & o, train_summary & out);
 // Asks a running train_run to stop after the current step, as SIGINT does (tests, embedders).
 void train_request_stop();
 
-// Writes a full model as a Hugging Face directory: model.safetensors (f32 master weights
-// converted to `dtype_name`: f32, bf16 or f16), config.json copied from config_dir, and the
-// tokenizer files found in tokenizer_dir.
+// Writes a full model as a Hugging Face directory: model.safetensors (every tensor converted to
+// `dtype_name`: f32, bf16 or f16, or "keep" for each one's current dtype), config.json from
+// config_dir (with "peft_residual_init" added when residual_init is set: the residual base of
+// a PiSSA-family adapter), and the tokenizer files found in tokenizer_dir.
 struct llama_model;
 status write_hf_model_dir(const std::string & dir, const llama_model & m, const std::string & dtype_name,
-                          const std::string & config_dir, const std::string & tokenizer_dir);
+                          const std::string & config_dir, const std::string & tokenizer_dir,
+                          const std::string & residual_init = "");
 
 } // namespace peft

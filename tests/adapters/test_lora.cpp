@@ -38,7 +38,8 @@ struct module_fixture {
         target_info t{"model.layers.0.self_attn.q_proj", 0, IC, OC, &w, bias.data()};
         EXPECT_TRUE(method.check(t).ok());
         rng r(seed);
-        mod = method.create(t, r);
+        st = method.create(t, r, mod);
+        EXPECT_TRUE(st.ok()) << st.message;
         lm = dynamic_cast<lora_module *>(mod.get());
     }
 };

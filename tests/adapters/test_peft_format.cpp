@@ -155,7 +155,7 @@ TEST(peft_format, loads_a_directory_written_by_peft) {
   "exclude_modules": null,
   "fan_in_fan_out": false,
   "inference_mode": true,
-  "init_lora_weights": "olora",
+  "init_lora_weights": "gaussian",
   "layer_replication": null,
   "layers_pattern": null,
   "layers_to_transform": null,
@@ -244,6 +244,30 @@ TEST(peft_format, loads_a_directory_written_by_peft) {
     st = adapter_load(dir, *m, s2);
     ASSERT_TRUE(st.ok()) << st.message;
     EXPECT_EQ(snapshot(adapter_set_params(s2)), snapshot(ps));
+}
+
+// An adapter saved with a residual-making init (PiSSA, MiLoRA, OLoRA: its config keeps the init
+// name) is only right on the residual base; on the original model it would run silently wrong.
+TEST(peft_format, residual_form_adapter_needs_its_residual_base) {
+    auto m = tiny_model(2);
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, "{\"r\":4,\"target_modules\":[\"q_proj\"]}", s).ok());
+    const std::string dir = peft::testing::temp_dir("residual_form");
+    ASSERT_TRUE(adapter_save(dir, s, "").ok());
+    m->adapters.clear();
+    std::string cfg = read_text(dir + "/adapter_config.json");
+    const size_t at = cfg.find("\"init_lora_weights\": true");
+    ASSERT_NE(at, std::string::npos);
+    cfg.replace(at, 25, "\"init_lora_weights\": \"pissa_niter_4\"");
+    write_text(dir + "/adapter_config.json", cfg);
+    adapter_set s2;
+    status st = adapter_load(dir, *m, s2);
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.message.find("residual base"), std::string::npos) << st.message;
+    EXPECT_NE(st.hint.find("save_residual_model: false"), std::string::npos) << st.hint;
+    m->hp.residual_init = "pissa_niter_4";   // the residual model written beside such an adapter
+    st = adapter_load(dir, *m, s2);
+    EXPECT_TRUE(st.ok()) << st.message;
 }
 
 TEST(peft_format, adapter_for_another_base_is_refused) {
