@@ -33,6 +33,17 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
                 (blasint) ldc);
 }
 
+// The same contract in double, for the fp64 linear algebra of linalg.cpp (Gram matrices,
+// eigenvector back-substitution). No sgemv shortcut: these are never single-row hot paths.
+void gemm_f64(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
+              const double * A, int64_t lda, const double * B, int64_t ldb, double beta, double * C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    PEFT_ASSERT(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX);
+    cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                (blasint) M, (blasint) N, (blasint) K, alpha, A, (blasint) lda, B, (blasint) ldb, beta, C,
+                (blasint) ldc);
+}
+
 void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
               const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc) {
     for (int64_t i = 0; i < M; i++) {

@@ -18,6 +18,8 @@
 
 namespace peft {
 
+struct status;
+
 // ---- GEMM (gemm.cpp) ------------------------------------------------------------------
 // C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C; op(X) = X or X^T (row-major storage,
 // lda/ldb/ldc are row strides of the stored matrices).
@@ -25,6 +27,9 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
           const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc);
 void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
               const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc);
+// The same in double (fp64 Gram matrices and back-substitution in linalg.cpp).
+void gemm_f64(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
+              const double * A, int64_t lda, const double * B, int64_t ldb, double beta, double * C, int64_t ldc);
 
 // ---- embedding (embedding.cpp) ----------------------------------------------------------
 // out[N,C] = wte[tokens[n], :]; wte is f32 [V,C]. Callers with bf16 tables convert rows.
@@ -92,5 +97,40 @@ void xent_forward_ref(float * losses, const float * logits, const int32_t * targ
 double sum_squares(const float * x, int64_t n);
 // true if every element is finite
 bool all_finite(const float * x, int64_t n);
+
+// ---- dense linear algebra (linalg.cpp) --------------------------------------------------------
+// The one place LAPACK is called. Every function validates its sizes and inputs and returns a
+// status instead of aborting: PEFT_STATUS_SHAPE for bad sizes (r < 1, r > k, ...),
+// PEFT_STATUS_NUMERIC for non-finite input or a LAPACK failure (no convergence, not SPD).
+// `status` is declared in core/status.h; callers include it (kept out of this header).
+// W is a linear weight [OC,IC] (row-major, PyTorch orientation); k = min(OC, IC).
+// SVDs are W = U diag(S) Vh with S descending; singular vectors carry LAPACK's signs.
+
+// Thin SVD in fp32 (LAPACK sgesdd, as torch.linalg.svd(full_matrices=False) on CPU):
+// U [OC,k], S [k], Vh [k,IC].
+status svd_thin(float * U, float * S, float * Vh, const float * W, int64_t OC, int64_t IC);
+
+// Randomized top-R SVD, torch.svd_lowrank(W, q=R, niter) with no oversampling (Halko et al.
+// 2009, Alg. 4.4): Omega [IC,R] ~ N(0,1) from rng(seed), Q = orth(W Omega), niter rounds of
+// Q = orth(W^T Q), Q = orth(W Q), then the SVD of Q^T W [R,IC]. U [OC,R], S [R], Vh [R,IC].
+status svd_lowrank(float * U, float * S, float * Vh, const float * W, int64_t OC, int64_t IC, int64_t R,
+                   int niter, uint64_t seed);
+
+// The R smallest singular triplets, without a full SVD (MiLoRA): eigenvectors of the k x k
+// Gram matrix in fp64, the other side recovered as W v / ||W v||. U [OC,R], S [R] (descending,
+// so S equals the tail S_full[k-R..k-1]), Vh [R,IC]. Accuracy: see linalg.cpp.
+status svd_smallest(float * U, float * S, float * Vh, const float * W, int64_t OC, int64_t IC, int64_t R);
+
+// Thin QR in fp32 (geqrf + orgqr): Q [OC,k] orthonormal columns, Rm [k,IC] upper trapezoidal,
+// W = Q Rm. Signs as LAPACK and torch.linalg.qr: diag(Rm) may be negative (not normalised).
+status qr_thin(float * Q, float * Rm, const float * W, int64_t OC, int64_t IC);
+
+// Eigenpairs lo..lo+count-1 (0-based, ascending order) of a symmetric X [n,n] in fp64 (dsyevr;
+// only the upper triangle of X is read): evals [count], evecs [n,count] (columns; may be null).
+status eigh_range(double * evals, double * evecs, const double * X, int64_t n, int64_t lo, int64_t count);
+
+// Solves X Y = Bm for a symmetric positive definite X [n,n] in fp64 (dposv, Cholesky):
+// Y [n,nrhs]. Not positive definite -> PEFT_STATUS_NUMERIC.
+status spd_solve(double * Y, const double * X, const double * Bm, int64_t n, int64_t nrhs);
 
 } // namespace peft
