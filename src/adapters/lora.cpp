@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "adapters/svd_init.h"
 #include "adapters/target.h"
 #include "core/rng.h"
 #include "io/json.h"
@@ -186,15 +187,8 @@ void lora_module::exported(std::vector<param_ref> & out) {
     // on the unmodified base (METHODS §3 (5)); the method doubles alpha so that s stays.
     const int64_t IC = t.in_features, OC = t.out_features;
     file_A.resize((size_t) (2 * R * IC));
-    std::copy(A.begin(), A.end(), file_A.begin());
-    std::copy(A0.begin(), A0.end(), file_A.begin() + (std::ptrdiff_t) A.size());
     file_B.resize((size_t) (OC * 2 * R));
-    for (int64_t o = 0; o < OC; o++) {
-        for (int64_t k = 0; k < R; k++) {
-            file_B[(size_t) (o * 2 * R + k)] = B[(size_t) (o * R + k)];
-            file_B[(size_t) (o * 2 * R + R + k)] = -B0[(size_t) (o * R + k)];
-        }
-    }
+    svd_init_convert(file_A.data(), file_B.data(), A.data(), B.data(), A0.data(), B0.data(), OC, IC, R);
     param_ref a;
     a.name = "lora_A.weight";
     a.value = file_A.data();
@@ -407,13 +401,6 @@ status lora_method::check(const target_info & t) const {
     return {};
 }
 
-// A [R,IC], B [OC,R] of an SVD-family init of W [OC,IC] (METHODS §3, §4, §6).
-static status svd_factors(lora_init init, int64_t niter, uint64_t seed, const float * W, int64_t OC, int64_t IC, int64_t R,
-                          float s, float * A, float * B) {
-    (void) init; (void) niter; (void) seed; (void) W; (void) OC; (void) IC; (void) R; (void) s; (void) A; (void) B;
-    return make_error(PEFT_STATUS_CONFIG, WHERE, "SVD-family inits are not built yet");
-}
-
 status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adapter_module> & out) {
     PEFT_ASSERT(scratch);   // configure() first
     PEFT_TRY(check(t));
@@ -426,16 +413,19 @@ status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
     if (is_svd_init(init)) {
         if (!t.writer) return make_error(PEFT_STATUS_CONFIG, t.path, "init_lora_weights " + init_text + " needs the model to write the residual base into");
         const int64_t OC = t.out_features, IC = t.in_features;
-        std::vector<float> W((size_t) (OC * IC));
+        std::vector<float> W((size_t) (OC * IC));   // W, then W_res = W - s B A in place
         linear_weight_rows_f32(W.data(), *t.base, 0, OC);
         const uint64_t seed = ((uint64_t) rg.next_u32() << 32) | rg.next_u32();   // randomized SVD's sketch
-        status st = svd_factors(init, pissa_niter, seed, W.data(), OC, IC, R, s, mod->A.data(), mod->B.data());
+        float * A = mod->A.data(), * B = mod->B.data(), * Wr = W.data();
+        status st = init == LORA_INIT_MILORA ? milora_init(A, B, Wr, Wr, OC, IC, R, s)
+                  : init == LORA_INIT_OLORA  ? olora_init(A, B, Wr, Wr, OC, IC, R, s)
+                  : pissa_niter < 0          ? pissa_init(A, B, Wr, Wr, OC, IC, R, s)
+                                             : pissa_niter_init(A, B, Wr, Wr, OC, IC, R, s, (int) pissa_niter, seed);
         if (!st.ok()) {
             st.message = t.path + ": " + st.message;
             return st;
         }
-        // W_res = W - s B A, in the base's own dtype (a bf16 model stays bf16, as PEFT casts back)
-        gemm(false, false, OC, IC, R, -s, mod->B.data(), R, mod->A.data(), IC, 1.0f, W.data(), IC);
+        // in the base's own dtype: a bf16 model stays bf16, as PEFT casts the residual back
         t.writer->replace(t, W.data());
         if (!save_residual_model) {
             mod->A0 = mod->A;
@@ -465,6 +455,7 @@ std::string lora_method::config_json() const {
     // rank 2r, and alpha (and the patterns) doubled so that every scale stays, as PEFT converts
     const bool converted = is_svd_init(init) && !save_residual_model;
     const int64_t rank_mult = converted ? 2 : 1;
+    // svd_init_convert_alpha's rule, in double as PEFT writes lora_alpha * math.sqrt(2)
     const double alpha_mult = !converted ? 1.0 : use_rslora ? std::sqrt(2.0) : 2.0;
     std::vector<std::string> rank_texts, alpha_out = alpha_texts;
     for (int64_t x : rank_values) rank_texts.push_back(std::to_string(x * rank_mult));

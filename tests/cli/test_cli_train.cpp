@@ -125,6 +125,42 @@ TEST(cli_train, yaml_config_then_eval_reproduces_the_logged_eval_loss_exactly) {
     EXPECT_GT(db.root().get("loss").as_double(), d.root().get("loss").as_double());
 }
 
+// PiSSA end to end: the default file is a plain LoRA on the original model (eval reproduces the
+// logged eval loss to float rounding: rank 2r on W instead of rank r on W_res); with
+// save_residual_model the residual model is written beside the rank-r adapter, and that adapter
+// is refused on the original model.
+TEST(cli_train, pissa_trains_and_saves_both_forms) {
+    const files & f = fixture();
+    const std::string out = temp_dir("cli_train_pissa");
+    auto eval_loss = [&](const std::string & model, const std::string & adapter) {
+        child_result r = spawn({"eval", "--model", model, "--adapter", adapter, "--data", f.test_data, "--json", "--sequence_len", "32",
+                                "--batch", "2", "--threads", "1"});
+        EXPECT_EQ(r.code, 0) << r.out;
+        json_document d;
+        return d.parse(r.out.data(), r.out.size(), "eval").ok() ? d.root().get("loss").as_double() : -1.0;
+    };
+    for (const char * residual : {"false", "true"}) {
+        const std::string run = out + "/run_" + residual;
+        child_result r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--test_datasets", f.test_data, "--output_dir", run,
+                                "--r", "4", "--lora_alpha", "4", "--target_modules", "all-linear", "--init_lora_weights", "pissa_niter_2",
+                                "--save_residual_model", residual, "--learning_rate", "2e-3", "--micro_batch_size", "2", "--sequence_len", "32",
+                                "--max_steps", "4", "--threads", "1"});
+        ASSERT_EQ(r.code, 0) << r.out;
+        const double logged = std::stod(last_eval_loss_text(run + "/metrics.jsonl"));
+        if (std::string(residual) == "false") {
+            EXPECT_FALSE(std::filesystem::exists(run + "/residual_model"));
+            EXPECT_NEAR(eval_loss(f.model, run), logged, 1e-4 * logged);
+        } else {
+            EXPECT_TRUE(std::filesystem::exists(run + "/residual_model/model.safetensors"));
+            EXPECT_NE(read_text(run + "/residual_model/config.json").find("\"peft_residual_init\": \"pissa_niter_2\""), std::string::npos);
+            EXPECT_NEAR(eval_loss(run + "/residual_model", run), logged, 1e-6 * logged);
+            r = spawn({"eval", "--model", f.model, "--adapter", run, "--data", f.test_data});
+            EXPECT_EQ(r.code, 2) << r.out;
+            EXPECT_NE(r.out.find("residual base"), std::string::npos) << r.out;
+        }
+    }
+}
+
 TEST(cli_train, two_threads_same_seed_same_losses_and_adapter_bit_for_bit) {
     std::string metrics[2], adapter[2];
     for (int i = 0; i < 2; ++i) {
