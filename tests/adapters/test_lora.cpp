@@ -469,7 +469,7 @@ TEST(lora, config_errors) {
     auto m = tiny_model();
     adapter_set s;
     const char * bad[] = {"{\"lora_dropout\":1.5}", "{\"lora_alpha\":\"x\"}", "{\"use_dora\":true}",
-                          "{\"init_lora_weights\":\"pissa\"}", "{\"bias\":\"all\"}", "{\"modules_to_save\":[\"lm_head\"]}",
+                          "{\"init_lora_weights\":\"eva\"}", "{\"bias\":\"all\"}", "{\"modules_to_save\":[\"lm_head\"]}",
                           "{\"use_rslora\":1}", "{\"peft_type\":\"NOPE\"}", "{\"rank_pattern\":{\"q_proj\":0}}",
                           "{\"alpha_pattern\":{\"(\":2}}", "[1,2]"};
     for (const char * c : bad) {
