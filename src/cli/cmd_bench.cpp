@@ -67,7 +67,15 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--method", method, "full (all weights trained, AdamW), lora (LoRA of rank --lora-r on all 7 "
                    "projections, AdamW on A/B), frozen (input gradients only) or generate (decode tokens/s: base, "
                    "adapter unmerged, adapter merged; --seq is the prompt length)")
-        ->check(CLI::IsMember({"full", "lora", "frozen", "generate"}));
+        ->check([](const std::string & v) {
+            // or a LoRA initialisation (init_lora_weights): LoRA with that init, e.g. pissa_niter_4
+            const bool init = v == "pissa" || v == "milora" || v == "olora" || v.rfind("pissa_niter_", 0) == 0;
+            return v == "full" || v == "lora" || v == "frozen" || v == "generate" || init
+                       ? std::string()
+                       : "--method: full, lora, frozen, generate, or a LoRA init (pissa, pissa_niter_N, milora, olora), not " + v;
+        });
+    bool init_only = false;
+    app.add_flag("--init-only", init_only, "lora or a LoRA init: time attaching the adapter (the init) and print init_s");
     std::string gen_adapter;
     int64_t gen_lora_r = 16, gen_tokens = 64, gen_rounds = 3;
     app.add_option("--adapter", gen_adapter, "generate: PEFT adapter directory (default: a random LoRA of rank --lora-r)");
@@ -126,15 +134,30 @@ int cmd_bench(int argc, char ** argv) {
     adapter_set lora;
     std::vector<adapter_module *> mods;
     std::vector<optim_param> train_params;
-    if (method == "lora") {
+    const bool is_lora = method != "full" && method != "frozen";
+    if (init_only && !is_lora) {
+        std::fprintf(stderr, "peft bench: --init-only times a LoRA init: give --method lora or an init such as pissa_niter_4\n");
+        return 2;
+    }
+    if (is_lora) {
+        const std::string init = method == "lora" ? "true" : "\"" + method + "\"";
         const std::string cfg_text = "{\"r\": " + std::to_string(gen_lora_r) + ", \"lora_alpha\": " + std::to_string(lora_alpha) +
-                                     ", \"target_modules\": \"all-linear\"}";
+                                     ", \"target_modules\": \"all-linear\", \"init_lora_weights\": " + init + "}";
         json_document doc;
         st = doc.parse(cfg_text.data(), cfg_text.size(), "bench LoRA config");
+        const double t0 = now_s();
         if (st.ok()) st = adapters_attach(m, doc.root(), seed + 1, lora);
+        const double init_s = now_s() - t0;
         if (!st.ok()) {
             std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
             return 1;
+        }
+        if (init_only) {
+            std::printf("{\"model\": \"%s\", \"method\": \"%s\", \"lora_r\": %lld, \"modules\": %zu, \"threads\": %d, \"init_s\": %.3f, "
+                        "\"peak_rss_mib\": %.1f}\n",
+                        (model_dir.empty() ? shape : model_dir).c_str(), method.c_str(), (long long) gen_lora_r, lora.modules.size(),
+                        threads_get(), init_s, peak_rss_mib());
+            return 0;
         }
         for (auto & mod : lora.modules) mods.push_back(mod.get());
         train_params = adapter_optim_params(lora);
