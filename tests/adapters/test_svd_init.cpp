@@ -7,6 +7,7 @@
 
 #include "adapters/svd_init.h"
 #include "core/rng.h"
+#include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "testing.h"
 
@@ -238,6 +239,70 @@ TEST(svd_init, bad_arguments_return_status) {
     auto bad = kw.w;
     bad[3] = INFINITY;
     EXPECT_EQ(pissa_init(A.data(), B.data(), W_res.data(), bad.data(), OC, IC, R, 1.0f).code, PEFT_STATUS_NUMERIC);
+}
+
+// ---- against PyTorch (tests/fixtures/svd_init, made by tools/ref_pissa.py) --------------------
+
+std::vector<float> fixture_tensor(const safetensors_file & f, const std::string & name) {
+    const tensor_info * t = f.find(name);
+    EXPECT_NE(t, nullptr) << name;
+    if (!t) return {};
+    std::vector<float> v((size_t) t->n_elements);
+    EXPECT_TRUE(read_f32(*t, v.data()).ok());
+    return v;
+}
+
+// B A [OC,IC] in f32 (sign-invariant: flipping a singular pair flips a row of A and a column of B)
+std::vector<float> product(const std::vector<float> & B, const std::vector<float> & A, int64_t oc, int64_t ic, int64_t r) {
+    std::vector<float> out((size_t) (oc * ic));
+    gemm_ref(false, false, oc, ic, r, 1.0f, B.data(), r, A.data(), ic, 0.0f, out.data(), ic);
+    return out;
+}
+
+std::vector<float> abs_values(std::vector<float> v) {
+    for (float & x : v) x = std::fabs(x);
+    return v;
+}
+
+TEST(svd_init, matches_pytorch_fixture) {
+    safetensors_file f;
+    ASSERT_TRUE(safetensors_open(peft::testing::source_path("tests/fixtures/svd_init/reference.safetensors"), f).ok());
+    for (const char * c : {"tall", "wide"}) {
+        const std::string p = std::string(c) + ".";
+        const tensor_info * wt = f.find(p + "W");
+        ASSERT_NE(wt, nullptr);
+        const int64_t oc = wt->shape[0], ic = wt->shape[1];
+        const auto W = fixture_tensor(f, p + "W");
+        const int64_t r = (int64_t) fixture_tensor(f, p + "r")[0];
+        const float s = fixture_tensor(f, p + "s")[0];
+        struct method {
+            const char * name;
+            status (*fn)(float *, float *, float *, const float *, int64_t, int64_t, int64_t, float);
+        };
+        for (const method m : {method{"pissa", pissa_init}, method{"olora", olora_init}}) {
+            SCOPED_TRACE(p + m.name);
+            std::vector<float> A((size_t) (r * ic)), B((size_t) (oc * r)), W_res((size_t) (oc * ic));
+            ASSERT_TRUE(m.fn(A.data(), B.data(), W_res.data(), W.data(), oc, ic, r, s).ok());
+            const auto A_ref = fixture_tensor(f, p + m.name + ".A"), B_ref = fixture_tensor(f, p + m.name + ".B");
+            const auto W_res_ref = fixture_tensor(f, p + m.name + ".W_res");
+            // torch's own f32-vs-f64 discrepancy is ~1e-6 relative (ref_pissa.py --check)
+            EXPECT_LT(peft::testing::rel_error(W_res.data(), W_res_ref.data(), oc * ic), 1e-5);
+            const auto ba = product(B, A, oc, ic, r), ba_ref = product(B_ref, A_ref, oc, ic, r);
+            EXPECT_LT(peft::testing::rel_error(ba.data(), ba_ref.data(), oc * ic), 1e-5);
+            EXPECT_TRUE(peft::testing::check_close(abs_values(A).data(), abs_values(A_ref).data(), r * ic, 1e-4, 1e-5, "|A|"));
+            EXPECT_TRUE(peft::testing::check_close(abs_values(B).data(), abs_values(B_ref).data(), oc * r, 1e-4, 1e-5, "|B|"));
+        }
+        // conversion of torch's trained adapter on torch's initial one: a pure copy, bit-exact
+        const auto A = fixture_tensor(f, p + "trained.A"), B = fixture_tensor(f, p + "trained.B");
+        const auto A0 = fixture_tensor(f, p + "pissa.A"), B0 = fixture_tensor(f, p + "pissa.B");
+        std::vector<float> A2((size_t) (2 * r * ic)), B2((size_t) (oc * 2 * r));
+        svd_init_convert(A2.data(), B2.data(), A.data(), B.data(), A0.data(), B0.data(), oc, ic, r);
+        EXPECT_EQ(A2, fixture_tensor(f, p + "convert.A"));
+        EXPECT_EQ(B2, fixture_tensor(f, p + "convert.B"));
+        const float alpha = fixture_tensor(f, p + "alpha")[0];
+        EXPECT_FLOAT_EQ(svd_init_convert_alpha(alpha, false), fixture_tensor(f, p + "convert.alpha")[0]);
+        EXPECT_FLOAT_EQ(svd_init_convert_alpha(alpha, true), fixture_tensor(f, p + "convert.alpha_rslora")[0]);
+    }
 }
 
 } // namespace
