@@ -2,6 +2,8 @@
 // MiLoRA, §6 OLoRA) and the rank-2R conversion, on a weight with a known spectrum. s = 2 so that
 // the division by the scaling (PiSSA/MiLoRA) and its absence (OLoRA) both matter.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <vector>
 
@@ -303,6 +305,48 @@ TEST(svd_init, matches_pytorch_fixture) {
         EXPECT_FLOAT_EQ(svd_init_convert_alpha(alpha, false), fixture_tensor(f, p + "convert.alpha")[0]);
         EXPECT_FLOAT_EQ(svd_init_convert_alpha(alpha, true), fixture_tensor(f, p + "convert.alpha_rslora")[0]);
     }
+}
+
+// ---- timing (disabled: run by hand) -------------------------------------------------------------
+// OMP_NUM_THREADS=2 ./test_adapters --gtest_also_run_disabled_tests --gtest_filter='*DISABLED_timing*'
+// pissa_niter_4 at r = 16 on every linear layer of TinyLlama-1.1B (22 layers), then exact PiSSA
+// on one 5632x2048 matrix. Gaussian weights; the time does not depend on the values.
+TEST(svd_init, DISABLED_timing_tinyllama_shapes) {
+    struct shape {
+        const char * name;
+        int64_t oc, ic;
+    };
+    const shape layer[] = {{"q", 2048, 2048}, {"k", 256, 2048}, {"v", 256, 2048}, {"o", 2048, 2048},
+                           {"gate", 5632, 2048}, {"up", 5632, 2048}, {"down", 2048, 5632}};
+    const int64_t r = 16, n_layer = 22;
+    using clock = std::chrono::steady_clock;
+    auto seconds = [](clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
+    double per_shape[7] = {};
+    for (int m = 0; m < 7; m++) {
+        const auto & sh = layer[m];
+        std::vector<float> W((size_t) (sh.oc * sh.ic)), W_res(W.size()), A((size_t) (r * sh.ic)), B((size_t) (sh.oc * r));
+        rng(100 + (uint64_t) m).fill_normal(W.data(), (int64_t) W.size(), 0.0f, 0.02f);
+        const auto t0 = clock::now();
+        for (int64_t l = 0; l < n_layer; l++)
+            ASSERT_TRUE(pissa_niter_init(A.data(), B.data(), W_res.data(), W.data(), sh.oc, sh.ic, r, 2.0f, 4,
+                                         (uint64_t) l).ok());
+        per_shape[m] = seconds(t0);
+    }
+    double total = 0.0;
+    for (int m = 0; m < 7; m++) {
+        std::printf("pissa_niter_4 r=%lld %-4s %lldx%lld: %.3f s for %lld layers (%.1f ms each)\n", (long long) r,
+                    layer[m].name, (long long) layer[m].oc, (long long) layer[m].ic, per_shape[m], (long long) n_layer,
+                    1e3 * per_shape[m] / (double) n_layer);
+        total += per_shape[m];
+    }
+    std::printf("pissa_niter_4 r=%lld all %lld linear layers: %.2f s\n", (long long) r, (long long) (7 * n_layer), total);
+
+    const int64_t oc = 5632, ic = 2048;
+    std::vector<float> W((size_t) (oc * ic)), W_res(W.size()), A((size_t) (r * ic)), B((size_t) (oc * r));
+    rng(7).fill_normal(W.data(), (int64_t) W.size(), 0.0f, 0.02f);
+    const auto t0 = clock::now();
+    ASSERT_TRUE(pissa_init(A.data(), B.data(), W_res.data(), W.data(), oc, ic, r, 2.0f).ok());
+    std::printf("pissa (exact SVD) r=%lld %lldx%lld: %.2f s\n", (long long) r, (long long) oc, (long long) ic, seconds(t0));
 }
 
 } // namespace
