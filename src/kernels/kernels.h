@@ -105,6 +105,7 @@ bool all_finite(const float * x, int64_t n);
 // `status` is declared in core/status.h; callers include it (kept out of this header).
 // W is a linear weight [OC,IC] (row-major, PyTorch orientation); k = min(OC, IC).
 // SVDs are W = U diag(S) Vh with S descending; singular vectors carry LAPACK's signs.
+// No `_ref` twins here: tests check these against matrices with known spectra instead.
 
 // Thin SVD in fp32 (LAPACK sgesdd, as torch.linalg.svd(full_matrices=False) on CPU):
 // U [OC,k], S [k], Vh [k,IC].

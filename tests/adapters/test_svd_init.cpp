@@ -2,11 +2,14 @@
 // MiLoRA, §6 OLoRA) and the rank-2R conversion, on a weight with a known spectrum. s = 2 so that
 // the division by the scaling (PiSSA/MiLoRA) and its absence (OLoRA) both matter.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <vector>
 
 #include "adapters/svd_init.h"
 #include "core/rng.h"
+#include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "testing.h"
 
@@ -238,6 +241,112 @@ TEST(svd_init, bad_arguments_return_status) {
     auto bad = kw.w;
     bad[3] = INFINITY;
     EXPECT_EQ(pissa_init(A.data(), B.data(), W_res.data(), bad.data(), OC, IC, R, 1.0f).code, PEFT_STATUS_NUMERIC);
+}
+
+// ---- against PyTorch (tests/fixtures/svd_init, made by tools/ref_pissa.py) --------------------
+
+std::vector<float> fixture_tensor(const safetensors_file & f, const std::string & name) {
+    const tensor_info * t = f.find(name);
+    EXPECT_NE(t, nullptr) << name;
+    if (!t) return {};
+    std::vector<float> v((size_t) t->n_elements);
+    EXPECT_TRUE(read_f32(*t, v.data()).ok());
+    return v;
+}
+
+// B A [OC,IC] in f32 (sign-invariant: flipping a singular pair flips a row of A and a column of B)
+std::vector<float> product(const std::vector<float> & B, const std::vector<float> & A, int64_t oc, int64_t ic, int64_t r) {
+    std::vector<float> out((size_t) (oc * ic));
+    gemm_ref(false, false, oc, ic, r, 1.0f, B.data(), r, A.data(), ic, 0.0f, out.data(), ic);
+    return out;
+}
+
+std::vector<float> abs_values(std::vector<float> v) {
+    for (float & x : v) x = std::fabs(x);
+    return v;
+}
+
+TEST(svd_init, matches_pytorch_fixture) {
+    safetensors_file f;
+    ASSERT_TRUE(safetensors_open(peft::testing::source_path("tests/fixtures/svd_init/reference.safetensors"), f).ok());
+    for (const char * c : {"tall", "wide"}) {
+        const std::string p = std::string(c) + ".";
+        const tensor_info * wt = f.find(p + "W");
+        ASSERT_NE(wt, nullptr);
+        const int64_t oc = wt->shape[0], ic = wt->shape[1];
+        const auto W = fixture_tensor(f, p + "W");
+        const int64_t r = (int64_t) fixture_tensor(f, p + "r")[0];
+        const float s = fixture_tensor(f, p + "s")[0];
+        struct method {
+            const char * name;
+            status (*fn)(float *, float *, float *, const float *, int64_t, int64_t, int64_t, float);
+        };
+        for (const method m : {method{"pissa", pissa_init}, method{"olora", olora_init}}) {
+            SCOPED_TRACE(p + m.name);
+            std::vector<float> A((size_t) (r * ic)), B((size_t) (oc * r)), W_res((size_t) (oc * ic));
+            ASSERT_TRUE(m.fn(A.data(), B.data(), W_res.data(), W.data(), oc, ic, r, s).ok());
+            const auto A_ref = fixture_tensor(f, p + m.name + ".A"), B_ref = fixture_tensor(f, p + m.name + ".B");
+            const auto W_res_ref = fixture_tensor(f, p + m.name + ".W_res");
+            // torch's own f32-vs-f64 discrepancy is ~1e-6 relative (ref_pissa.py --check)
+            EXPECT_LT(peft::testing::rel_error(W_res.data(), W_res_ref.data(), oc * ic), 1e-5);
+            const auto ba = product(B, A, oc, ic, r), ba_ref = product(B_ref, A_ref, oc, ic, r);
+            EXPECT_LT(peft::testing::rel_error(ba.data(), ba_ref.data(), oc * ic), 1e-5);
+            EXPECT_TRUE(peft::testing::check_close(abs_values(A).data(), abs_values(A_ref).data(), r * ic, 1e-4, 1e-5, "|A|"));
+            EXPECT_TRUE(peft::testing::check_close(abs_values(B).data(), abs_values(B_ref).data(), oc * r, 1e-4, 1e-5, "|B|"));
+        }
+        // conversion of torch's trained adapter on torch's initial one: a pure copy, bit-exact
+        const auto A = fixture_tensor(f, p + "trained.A"), B = fixture_tensor(f, p + "trained.B");
+        const auto A0 = fixture_tensor(f, p + "pissa.A"), B0 = fixture_tensor(f, p + "pissa.B");
+        std::vector<float> A2((size_t) (2 * r * ic)), B2((size_t) (oc * 2 * r));
+        svd_init_convert(A2.data(), B2.data(), A.data(), B.data(), A0.data(), B0.data(), oc, ic, r);
+        EXPECT_EQ(A2, fixture_tensor(f, p + "convert.A"));
+        EXPECT_EQ(B2, fixture_tensor(f, p + "convert.B"));
+        const float alpha = fixture_tensor(f, p + "alpha")[0];
+        EXPECT_FLOAT_EQ(svd_init_convert_alpha(alpha, false), fixture_tensor(f, p + "convert.alpha")[0]);
+        EXPECT_FLOAT_EQ(svd_init_convert_alpha(alpha, true), fixture_tensor(f, p + "convert.alpha_rslora")[0]);
+    }
+}
+
+// ---- timing (disabled: run by hand) -------------------------------------------------------------
+// OMP_NUM_THREADS=2 ./test_adapters --gtest_also_run_disabled_tests --gtest_filter='*DISABLED_timing*'
+// pissa_niter_4 at r = 16 on every linear layer of TinyLlama-1.1B (22 layers), then exact PiSSA
+// on one 5632x2048 matrix. Gaussian weights; the time does not depend on the values.
+TEST(svd_init, DISABLED_timing_tinyllama_shapes) {
+    struct shape {
+        const char * name;
+        int64_t oc, ic;
+    };
+    const shape layer[] = {{"q", 2048, 2048}, {"k", 256, 2048}, {"v", 256, 2048}, {"o", 2048, 2048},
+                           {"gate", 5632, 2048}, {"up", 5632, 2048}, {"down", 2048, 5632}};
+    const int64_t r = 16, n_layer = 22;
+    using clock = std::chrono::steady_clock;
+    auto seconds = [](clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
+    double per_shape[7] = {};
+    for (int m = 0; m < 7; m++) {
+        const auto & sh = layer[m];
+        std::vector<float> W((size_t) (sh.oc * sh.ic)), W_res(W.size()), A((size_t) (r * sh.ic)), B((size_t) (sh.oc * r));
+        rng(100 + (uint64_t) m).fill_normal(W.data(), (int64_t) W.size(), 0.0f, 0.02f);
+        const auto t0 = clock::now();
+        for (int64_t l = 0; l < n_layer; l++)
+            ASSERT_TRUE(pissa_niter_init(A.data(), B.data(), W_res.data(), W.data(), sh.oc, sh.ic, r, 2.0f, 4,
+                                         (uint64_t) l).ok());
+        per_shape[m] = seconds(t0);
+    }
+    double total = 0.0;
+    for (int m = 0; m < 7; m++) {
+        std::printf("pissa_niter_4 r=%lld %-4s %lldx%lld: %.3f s for %lld layers (%.1f ms each)\n", (long long) r,
+                    layer[m].name, (long long) layer[m].oc, (long long) layer[m].ic, per_shape[m], (long long) n_layer,
+                    1e3 * per_shape[m] / (double) n_layer);
+        total += per_shape[m];
+    }
+    std::printf("pissa_niter_4 r=%lld all %lld linear layers: %.2f s\n", (long long) r, (long long) (7 * n_layer), total);
+
+    const int64_t oc = 5632, ic = 2048;
+    std::vector<float> W((size_t) (oc * ic)), W_res(W.size()), A((size_t) (r * ic)), B((size_t) (oc * r));
+    rng(7).fill_normal(W.data(), (int64_t) W.size(), 0.0f, 0.02f);
+    const auto t0 = clock::now();
+    ASSERT_TRUE(pissa_init(A.data(), B.data(), W_res.data(), W.data(), oc, ic, r, 2.0f).ok());
+    std::printf("pissa (exact SVD) r=%lld %lldx%lld: %.2f s\n", (long long) r, (long long) oc, (long long) ic, seconds(t0));
 }
 
 } // namespace
