@@ -49,8 +49,16 @@ struct target_info {
 };
 
 struct step_info {
-    int64_t step = 0, total_steps = 0;
+    int64_t step = 0, total_steps = 0;   // step: optimizer steps done, this one included after the update
     float   lr = 0.0f;
+};
+
+// The optimizer as a method sees it at the end of a step: per-parameter state it may reset when
+// it re-initialises a parameter (ROSA's resampled subspace, AdaLoRA's pruned ranks).
+struct optimizer_view {
+    virtual ~optimizer_view() = default;
+    // Zeroes the moments of the parameter whose values are at `value`; false if it is not one.
+    virtual bool reset_state(const float * value) = 0;
 };
 
 // Per adapted linear layer.
@@ -102,9 +110,22 @@ struct adapter_method {
     // writes beside the adapter, and which loading requires of the base.
     virtual const char * residual_init() const { return nullptr; }
     virtual void shared_params(std::vector<param_ref> & out) { (void) out; }   // VeRA A/B
-    virtual int64_t hook_period() const { return 0; }                         // 0 = no hook
-    virtual void on_step_end(const step_info & s, adapter_module * const * mods, int64_t n_mods) {
+
+    // Lifecycle, called by adapters_attach (begin) and by train_step itself (the rest), so the
+    // trainer, bench and tests all run them:
+    // every selected target, before the first create() (VeRA sizes its shared projections)
+    virtual status begin(const target_info * targets, int64_t n) { (void) targets; (void) n; return {}; }
+    // after gradient clipping, before the optimizer update (LoRA-FA preconditions dB)
+    virtual void before_update(const step_info & s, adapter_module * const * mods, int64_t n_mods) {
         (void) s; (void) mods; (void) n_mods;
+    }
+    // after the optimizer update
+    virtual void after_update(const step_info & s, adapter_module * const * mods, int64_t n_mods) {
+        (void) s; (void) mods; (void) n_mods;
+    }
+    // at the end of every step, with the optimizer's per-parameter state (AdaLoRA's budget, ROSA)
+    virtual void on_step_end(const step_info & s, adapter_module * const * mods, int64_t n_mods, optimizer_view & opt) {
+        (void) s; (void) mods; (void) n_mods; (void) opt;
     }
 };
 

@@ -72,6 +72,7 @@ status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, a
         PEFT_TRY(set.method->check(t));
         set.targets.push_back(t);
     }
+    PEFT_TRY(set.method->begin(set.targets.data(), (int64_t) set.targets.size()));
     // layer order, then projection order: the rng stream (and so every init) depends only on
     // the seed and the selection
     rng r(seed);

@@ -132,7 +132,6 @@ int cmd_bench(int argc, char ** argv) {
     cfg.max_grad_norm = 0.0f;  // as the PyTorch baseline: plain AdamW, no clipping
     // LoRA as PEFT's default init (B = 0) on q,k,v,o,gate,up,down, as the PyTorch baseline
     adapter_set lora;
-    std::vector<adapter_module *> mods;
     std::vector<optim_param> train_params;
     const bool is_lora = method != "full" && method != "frozen";
     if (init_only && !is_lora) {
@@ -159,7 +158,6 @@ int cmd_bench(int argc, char ** argv) {
                         threads_get(), init_s, peak_rss_mib());
             return 0;
         }
-        for (auto & mod : lora.modules) mods.push_back(mod.get());
         train_params = adapter_optim_params(lora);
     } else if (trainable) {
         train_params = llama_optim_params(m);
@@ -184,7 +182,7 @@ int cmd_bench(int argc, char ** argv) {
         float loss;
         if (!train_params.empty()) {
             step_result res;
-            st = train_step(m, s, opt, cfg, &b, 1, i, res, mods.data(), (int64_t) mods.size());
+            st = train_step(m, s, opt, cfg, &b, 1, i, res, is_lora ? &lora : nullptr);
             if (!st.ok()) {
                 std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
                 return 1;

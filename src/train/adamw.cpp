@@ -1,6 +1,7 @@
 // adamw.cpp: torch.optim.AdamW (single-tensor path of torch 1.13), element for element:
 //   p *= 1 - lr*wd;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2
 //   p -= (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps)
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/kernels.h"
@@ -62,6 +63,16 @@ float clip_grad_norm(const std::vector<optim_param> & params, float max_norm) {
         }
     }
     return norm;
+}
+
+bool adamw::reset_state(const float * value) {
+    for (size_t i = 0; i < params.size(); i++) {
+        if (params[i].value != value) continue;
+        std::fill(m[i], m[i] + params[i].n, 0.0f);
+        std::fill(v[i], v[i] + params[i].n, 0.0f);
+        return true;
+    }
+    return false;
 }
 
 } // namespace peft

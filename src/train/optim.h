@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "adapters/adapter.h"
 #include "core/status.h"
 
 namespace peft {
@@ -27,7 +28,8 @@ struct adamw_config {
     float weight_decay = 0.01f;
 };
 
-struct adamw {
+// (adapters/adapter.h optimizer_view: what adapter methods may do to the optimizer)
+struct adamw : optimizer_view {
     adamw_config             cfg;
     std::vector<optim_param> params;
     int64_t                  step_count = 0;
@@ -37,6 +39,7 @@ struct adamw {
     status init(const std::vector<optim_param> & params, const adamw_config & cfg);
     // One update with learning rate lr (already scheduled); increments step_count.
     void step(float lr);
+    bool reset_state(const float * value) override;
 };
 
 // Schedules: multiplier of the peak lr at optimizer step `step` (0-based, before the update).

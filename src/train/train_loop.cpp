@@ -403,7 +403,6 @@ status train_run(const train_options & o, train_summary & out) {
     std::vector<optim_param> params;
     std::vector<named_f32> state_params;   // adapters: every tensor, saved in trainer_state
     std::vector<named_f32> model_params;   // full: the model's tensors, resumed from model.safetensors
-    std::vector<adapter_module *> mods;
     int64_t n_trainable = 0, n_total = 0;
     for (const llama_tensor & t : m.tensors) n_total += t.numel();
     if (o.full()) {
@@ -425,7 +424,6 @@ status train_run(const train_options & o, train_summary & out) {
         }
         params = adapter_optim_params(aset);
         for (const optim_param & q : params) n_trainable += q.n;
-        for (auto & mod : aset.modules) mods.push_back(mod.get());
         adapters_set_training(aset, true);
     }
     if (params.empty()) return make_error(PEFT_STATUS_CONFIG, "config", "nothing to train: the adapter has no trainable parameters");
@@ -597,7 +595,6 @@ status train_run(const train_options & o, train_summary & out) {
     for (batch_buffers & b : bufs) b.init(B, T);
     std::vector<llama_batch> batches((size_t) GA);
     std::vector<int64_t> rows((size_t) B);
-    const int64_t period = o.full() ? 0 : aset.method->hook_period();
 
     if (!resumed && o.eval_steps > 0) {
         status st = run_eval(0);
@@ -620,7 +617,7 @@ status train_run(const train_options & o, train_summary & out) {
         }
         const double t0 = now_s();
         step_result r;
-        status st = train_step(m, s, opt, tc, batches.data(), n_mb, ts.step, r, mods.data(), (int64_t) mods.size());
+        status st = train_step(m, s, opt, tc, batches.data(), n_mb, ts.step, r, o.full() ? nullptr : &aset);
         if (!st.ok()) {
             bar.finish();
             st.message += "; training stopped at step " + std::to_string(ts.step + 1) + " of " + std::to_string(total) +
@@ -629,13 +626,6 @@ status train_run(const train_options & o, train_summary & out) {
         }
         ts.micro_in_epoch += n_mb;
         ts.step++;
-        if (period > 0 && ts.step % period == 0) {
-            step_info si;
-            si.step = ts.step;
-            si.total_steps = total;
-            si.lr = r.lr;
-            aset.method->on_step_end(si, mods.data(), (int64_t) mods.size());
-        }
         const double dt = now_s() - t0;
         const double tps = dt > 0 ? (double) step_tokens / dt : 0.0;
         out.losses.push_back(r.loss);

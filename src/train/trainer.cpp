@@ -57,7 +57,13 @@ static status numeric_error(int64_t step, const std::string & what) {
 }
 
 status train_step(llama_model & m, llama_state & s, adamw & opt, const train_config & cfg, const llama_batch * micro,
-                  int64_t n_micro, int64_t step, step_result & out, adapter_module * const * modules, int64_t n_modules) {
+                  int64_t n_micro, int64_t step, step_result & out, adapter_set * adapters) {
+    std::vector<adapter_module *> mods;
+    if (adapters) {
+        for (auto & mod : adapters->modules) mods.push_back(mod.get());
+    }
+    adapter_module * const * modules = mods.data();
+    const int64_t n_modules = (int64_t) mods.size();
     PEFT_ASSERT(n_micro > 0);
     // Zero exactly what the optimizer reads: the model's grads (full fine-tuning) or the
     // adapters' (frozen base, which has no grads).
@@ -93,7 +99,17 @@ status train_step(llama_model & m, llama_state & s, adamw & opt, const train_con
         const std::string bad = first_nonfinite(opt.params, false, true);
         return numeric_error(step, bad.empty() ? "gradient norm is not finite" : "gradient of " + bad.substr(0, bad.find(" (")) + " is not finite");
     }
+    step_info si;
+    si.step = step;
+    si.total_steps = cfg.total_steps;
+    si.lr = out.lr;
+    if (adapters) adapters->method->before_update(si, modules, n_modules);
     opt.step(out.lr);
+    si.step = step + 1;
+    if (adapters) {
+        adapters->method->after_update(si, modules, n_modules);
+        adapters->method->on_step_end(si, modules, n_modules, opt);
+    }
     return {};
 }
 

@@ -46,11 +46,12 @@ std::vector<optim_param> adapter_optim_params(adapter_set & s);
 // Zeroes the gradients of opt.params, runs forward+backward on each micro-batch (loss scaled by
 // 1/n_micro, as gradient accumulation in transformers), adds each module's regularize(1) once,
 // checks finiteness, clips, and applies AdamW with the scheduled lr for optimizer step `step`
-// (0-based). On NaN/Inf nothing is updated and a PEFT_STATUS_NUMERIC error names the first
+// (0-based). With adapters, their method's before_update / after_update / on_step_end hooks run
+// around the update (adapter.h). On NaN/Inf nothing is updated and a PEFT_STATUS_NUMERIC error names the first
 // non-finite tensor (parameter or gradient).
 status train_step(llama_model & m, llama_state & s, adamw & opt, const train_config & cfg,
                   const llama_batch * micro, int64_t n_micro, int64_t step, step_result & out,
-                  adapter_module * const * modules = nullptr, int64_t n_modules = 0);
+                  adapter_set * adapters = nullptr);
 
 // The first parameter (value) or gradient of `ps` that holds NaN/Inf, as "'name' (value)" /
 // "'name' (gradient)"; "" when all are finite.
