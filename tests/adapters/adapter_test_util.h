@@ -1,6 +1,7 @@
 // adapter_test_util.h: small helpers shared by the adapter tests: a tiny random Llama, JSON
 // configs from text, one training/eval pass, parameter snapshots.
 #pragma once
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -108,6 +109,16 @@ inline float forward_logits(llama_model & m, const batch_data & d, std::vector<f
     EXPECT_TRUE(st.ok()) << st.message;
     logits.assign((size_t) (d.B * d.T * m.hp.n_vocab), 0.0f);
     return llama_forward(m, s, d.batch(), 0.0f, logits.data());
+}
+
+// ||a - b|| / ||b|| (METHODS §0 "fp-exact": <= 1e-5 in fp32)
+inline double rel_diff(const std::vector<float> & a, const std::vector<float> & b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); i++) {
+        num += ((double) a[i] - b[i]) * ((double) a[i] - b[i]);
+        den += (double) b[i] * b[i];
+    }
+    return std::sqrt(num / den);
 }
 
 } // namespace peft::adapter_test

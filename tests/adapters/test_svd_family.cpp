@@ -17,15 +17,6 @@ using namespace peft::adapter_test;
 
 namespace {
 
-double rel_diff(const std::vector<float> & a, const std::vector<float> & b) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < a.size(); i++) {
-        num += ((double) a[i] - b[i]) * ((double) a[i] - b[i]);
-        den += (double) b[i] * b[i];
-    }
-    return std::sqrt(num / den);
-}
-
 std::string read_all(const std::string & path) {
     std::ifstream f(path);
     std::stringstream ss;
@@ -64,8 +55,9 @@ TEST_P(svd_family, base_becomes_the_residual_and_the_output_is_kept_at_init) {
     }
 }
 
-// Trained factors on the residual base == the saved rank-2r LoRA loaded onto the original model.
-TEST_P(svd_family, saved_adapter_is_a_plain_lora_on_the_original_model) {
+// The saved file is a plain rank-2r LoRA config on the original model (the method table checks
+// that it reproduces the trained model), and merging the loaded one gives that model too.
+TEST_P(svd_family, saved_config_is_a_rank_2r_lora_and_merges) {
     auto m = tiny_model(7);
     const batch_data d = make_batch(m->hp.n_vocab);
     adapter_set s;
@@ -73,7 +65,7 @@ TEST_P(svd_family, saved_adapter_is_a_plain_lora_on_the_original_model) {
                             GetParam() + "\"}";
     ASSERT_TRUE(attach(*m, cfg, s).ok());
     randomize(adapter_set_params(s), 5, 0.05f, true);   // stands in for training
-    std::vector<float> trained, reloaded;
+    std::vector<float> trained, merged;
     forward_logits(*m, d, trained);
     const std::string dir = peft::testing::temp_dir(std::string("svd_family_") + GetParam());
     ASSERT_TRUE(adapter_save(dir, s, "").ok());
@@ -81,17 +73,13 @@ TEST_P(svd_family, saved_adapter_is_a_plain_lora_on_the_original_model) {
     EXPECT_NE(saved.find("\"init_lora_weights\": true"), std::string::npos) << saved;
     EXPECT_NE(saved.find("\"r\": 8"), std::string::npos) << saved;
     EXPECT_NE(saved.find("\"lora_alpha\": 16"), std::string::npos) << saved;
-
     auto original = tiny_model(7);
     adapter_set loaded;
     status st = adapter_load(dir, *original, loaded);
     ASSERT_TRUE(st.ok()) << st.message;
-    forward_logits(*original, d, reloaded);
-    EXPECT_LT(rel_diff(reloaded, trained), 1e-5) << GetParam();
-    // and merging it into the original gives the same model again
     ASSERT_TRUE(adapters_merge(*original, loaded).ok());
-    forward_logits(*original, d, reloaded);
-    EXPECT_LT(rel_diff(reloaded, trained), 1e-5) << GetParam();
+    forward_logits(*original, d, merged);
+    EXPECT_LT(rel_diff(merged, trained), 1e-5) << GetParam();
 }
 
 INSTANTIATE_TEST_SUITE_P(inits, svd_family, ::testing::ValuesIn(INITS),

@@ -1,0 +1,202 @@
+// The generic checks every adapter method (and every init of one) must pass, as one table in
+// the manner of PEFT's tests/test_custom_models.py: a new method or init is a new row.
+//  - identity at init where the method promises it (bitwise for B = 0, fp-exact for the
+//    residual-making SVD inits);
+//  - merged == unmerged, and unmerge restores;
+//  - save -> load onto a fresh base gives the same model (bitwise parameters when the file form
+//    is the training form);
+//  - the trainable parameter count follows the method's formula;
+//  - the loss gradient of the adapter parameters matches a central finite difference;
+//  - a few optimizer steps lower the loss.
+#include <cmath>
+
+#include "adapter_test_util.h"
+#include "testing.h"
+#include "train/trainer.h"
+
+using namespace peft;
+using namespace peft::adapter_test;
+
+namespace {
+
+struct method_case {
+    const char * name;
+    const char * config;        // adapter config JSON (target_modules all-linear unless given)
+    double       identity_tol;  // max relative output change at init; 0 = bitwise; < 0 = no promise
+    bool         file_is_training_form;   // save -> load gives the same tensors back
+    int64_t      trainable_per_target_r;  // trainable params per target = r * (this ? in + out : out)
+};
+
+const method_case METHODS[] = {
+    {"lora", "{\"r\":4,\"lora_alpha\":8}", 0.0, true, 1},
+    {"lora_gaussian", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"gaussian\"}", 0.0, true, 1},
+    {"lora_random_init", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":false}", -1.0, true, 1},
+    {"rslora", "{\"r\":4,\"lora_alpha\":8,\"use_rslora\":true}", 0.0, true, 1},
+    {"loraplus", "{\"r\":4,\"lora_alpha\":8,\"loraplus_lr_ratio\":16}", 0.0, true, 1},
+    {"lora_fa", "{\"r\":4,\"lora_alpha\":8,\"lora_fa\":true}", 0.0, true, 0},
+    {"pissa", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"pissa\"}", 1e-5, false, 1},
+    {"pissa_niter_2", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"pissa_niter_2\"}", 1e-5, false, 1},
+    {"milora", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"milora\"}", 1e-5, false, 1},
+    {"olora", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"olora\"}", 1e-5, false, 1},
+    {"pissa_residual_form", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"pissa\",\"save_residual_model\":true}", 1e-5, true, 1},
+};
+
+void PrintTo(const method_case & c, std::ostream * os) { *os << c.name; }
+
+std::string with_targets(const char * cfg) {
+    std::string s = cfg;
+    return s.substr(0, s.size() - 1) + ",\"target_modules\":\"all-linear\"}";
+}
+
+float loss_of(llama_model & m, const batch_data & d) {
+    std::vector<float> logits;
+    return forward_logits(m, d, logits);
+}
+
+} // namespace
+
+class method_table : public ::testing::TestWithParam<method_case> {};
+
+TEST_P(method_table, identity_at_init) {
+    const method_case & c = GetParam();
+    auto m = tiny_model(7);
+    const batch_data d = make_batch(m->hp.n_vocab);
+    std::vector<float> base, adapted;
+    forward_logits(*m, d, base);
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
+    forward_logits(*m, d, adapted);
+    if (c.identity_tol == 0.0) EXPECT_EQ(adapted, base) << c.name << ": B = 0 must keep the output bit for bit";
+    else if (c.identity_tol > 0.0) EXPECT_LT(rel_diff(adapted, base), c.identity_tol) << c.name;
+    else EXPECT_GT(rel_diff(adapted, base), 1e-6) << c.name << ": init_lora_weights false is not an identity";
+}
+
+TEST_P(method_table, merged_equals_unmerged_and_unmerge_restores) {
+    const method_case & c = GetParam();
+    auto m = tiny_model(7);
+    const batch_data d = make_batch(m->hp.n_vocab);
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
+    randomize(adapter_set_params(s), 11, 0.05f, true);
+    adapters_set_training(s, false);
+    std::vector<float> unmerged, merged, restored;
+    forward_logits(*m, d, unmerged);
+    ASSERT_TRUE(adapters_merge(*m, s).ok());
+    forward_logits(*m, d, merged);
+    EXPECT_LT(rel_diff(merged, unmerged), 1e-5) << c.name;
+    ASSERT_TRUE(adapters_unmerge(*m, s).ok());
+    forward_logits(*m, d, restored);
+    EXPECT_LT(rel_diff(restored, unmerged), 1e-5) << c.name;
+}
+
+TEST_P(method_table, save_then_load_gives_the_same_model) {
+    const method_case & c = GetParam();
+    auto m = tiny_model(7);
+    const batch_data d = make_batch(m->hp.n_vocab);
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
+    randomize(adapter_set_params(s), 13, 0.05f, true);
+    adapters_set_training(s, false);
+    std::vector<float> trained, reloaded;
+    forward_logits(*m, d, trained);
+    const std::string dir = peft::testing::temp_dir(std::string("methods_") + c.name);
+    ASSERT_TRUE(adapter_save(dir, s, "").ok());
+    // onto a fresh base: the original one, or the residual the init left (residual form)
+    auto fresh = tiny_model(7);
+    if (s.method->residual_init()) {
+        for (size_t i = 0; i < s.targets.size(); i++) {
+            const linear_weight & w = *s.targets[i].base;
+            std::vector<float> W((size_t) (w.OC * w.IC));
+            linear_weight_rows_f32(W.data(), w, 0, w.OC);
+            const llama_proj p = (llama_proj) (i % LLAMA_PROJ_COUNT);   // all-linear: 7 per layer in order
+            llama_replace_weight(*fresh, s.targets[i].layer, p, W.data(), w.type);
+        }
+        fresh->hp.residual_init = s.method->residual_init();
+    }
+    adapter_set loaded;
+    const status st = adapter_load(dir, *fresh, loaded);
+    ASSERT_TRUE(st.ok()) << st.message;
+    forward_logits(*fresh, d, reloaded);
+    if (c.file_is_training_form) {
+        EXPECT_EQ(snapshot(adapter_set_params(loaded)), snapshot(adapter_set_params(s))) << c.name;
+        EXPECT_EQ(reloaded, trained) << c.name;
+    } else {
+        EXPECT_LT(rel_diff(reloaded, trained), 1e-5) << c.name;
+    }
+}
+
+TEST_P(method_table, trainable_parameter_count) {
+    const method_case & c = GetParam();
+    auto m = tiny_model(7);
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
+    int64_t want = 0, got = 0;
+    for (const target_info & t : s.targets) want += 4 * (c.trainable_per_target_r ? t.in_features + t.out_features : t.out_features);
+    for (const optim_param & p : adapter_optim_params(s)) got += p.n;
+    EXPECT_EQ(got, want) << c.name;
+}
+
+// d loss / d theta along a random direction v: (L(theta + e v) - L(theta - e v)) / 2e == g . v
+TEST_P(method_table, gradient_matches_finite_difference) {
+    const method_case & c = GetParam();
+    auto m = tiny_model(7);
+    const batch_data d = make_batch(m->hp.n_vocab);
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
+    adapters_set_training(s, false);   // no dropout: a deterministic loss
+    randomize(adapter_set_params(s), 17, 0.05f, true);
+    std::vector<optim_param> ps = adapter_optim_params(s);
+    for (const optim_param & p : ps) std::fill(p.grad, p.grad + p.n, 0.0f);
+    llama_state st;
+    ASSERT_TRUE(llama_state_init(st, *m, d.B, d.T, false).ok());
+    llama_forward(*m, st, d.batch(), 1.0f);
+    llama_backward(*m, st, d.batch());
+    double gv = 0;
+    std::vector<std::vector<float>> v, theta;
+    uint64_t seed = 100;
+    for (const optim_param & p : ps) {
+        v.push_back(peft::testing::fixed_vector(p.n, ++seed, 1.0f));
+        theta.emplace_back(p.value, p.value + p.n);
+        for (int64_t j = 0; j < p.n; j++) gv += (double) p.grad[j] * v.back()[(size_t) j];
+    }
+    auto loss_at = [&](double e) {
+        for (size_t i = 0; i < ps.size(); i++) {
+            for (int64_t j = 0; j < ps[i].n; j++) ps[i].value[j] = (float) (theta[i][(size_t) j] + e * v[i][(size_t) j]);
+        }
+        return (double) loss_of(*m, d);
+    };
+    const double e = 1e-3;
+    const double fd = (loss_at(e) - loss_at(-e)) / (2 * e);
+    loss_at(0);
+    EXPECT_NEAR(fd, gv, 2e-2 * std::fabs(gv) + 1e-4) << c.name;
+}
+
+TEST_P(method_table, a_few_steps_lower_the_loss) {
+    const method_case & c = GetParam();
+    auto m = tiny_model(7);
+    const batch_data d = make_batch(m->hp.n_vocab);
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
+    adamw opt;
+    adamw_config oc;
+    oc.lr = 1e-2f;
+    oc.weight_decay = 0.0f;
+    ASSERT_TRUE(opt.init(adapter_optim_params(s), oc).ok());
+    llama_state st;
+    ASSERT_TRUE(llama_state_init(st, *m, d.B, d.T, false).ok());
+    train_config cfg;
+    cfg.opt = oc;
+    cfg.total_steps = 5;
+    const llama_batch b = d.batch();
+    float first = 0, last = 0;
+    for (int64_t i = 0; i < 5; i++) {
+        step_result r;
+        ASSERT_TRUE(train_step(*m, st, opt, cfg, &b, 1, i, r, &s).ok());
+        if (i == 0) first = r.loss;
+        last = r.loss;
+    }
+    EXPECT_LT(last, first) << c.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(methods, method_table, ::testing::ValuesIn(METHODS),
+                         [](const ::testing::TestParamInfo<method_case> & i) { return std::string(i.param.name); });
