@@ -55,16 +55,30 @@ float loss_of(llama_model & m, const batch_data & d) {
 
 } // namespace
 
-class method_table : public ::testing::TestWithParam<method_case> {};
+// Each check starts from the tiny model with the row's adapter attached; `trained` gives the
+// adapter values that stand in for training (B != 0) and switches dropout off.
+class method_table : public ::testing::TestWithParam<method_case> {
+protected:
+    void SetUp() override {
+        m = tiny_model(7);
+        d = make_batch(m->hp.n_vocab);
+        forward_logits(*m, d, base);
+        const status st = attach(*m, with_targets(GetParam().config), s);
+        ASSERT_TRUE(st.ok()) << st.message;
+    }
+    void trained(uint64_t seed) {
+        randomize(adapter_set_params(s), seed, 0.05f, true);
+        adapters_set_training(s, false);
+    }
+    std::unique_ptr<llama_model> m;
+    batch_data d;
+    std::vector<float> base;   // the model's logits before attaching
+    adapter_set s;
+};
 
 TEST_P(method_table, identity_at_init) {
     const method_case & c = GetParam();
-    auto m = tiny_model(7);
-    const batch_data d = make_batch(m->hp.n_vocab);
-    std::vector<float> base, adapted;
-    forward_logits(*m, d, base);
-    adapter_set s;
-    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
+    std::vector<float> adapted;
     forward_logits(*m, d, adapted);
     if (c.identity_tol == 0.0) EXPECT_EQ(adapted, base) << c.name << ": B = 0 must keep the output bit for bit";
     else if (c.identity_tol > 0.0) EXPECT_LT(rel_diff(adapted, base), c.identity_tol) << c.name;
@@ -73,12 +87,7 @@ TEST_P(method_table, identity_at_init) {
 
 TEST_P(method_table, merged_equals_unmerged_and_unmerge_restores) {
     const method_case & c = GetParam();
-    auto m = tiny_model(7);
-    const batch_data d = make_batch(m->hp.n_vocab);
-    adapter_set s;
-    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
-    randomize(adapter_set_params(s), 11, 0.05f, true);
-    adapters_set_training(s, false);
+    trained(11);
     std::vector<float> unmerged, merged, restored;
     forward_logits(*m, d, unmerged);
     ASSERT_TRUE(adapters_merge(*m, s).ok());
@@ -91,14 +100,9 @@ TEST_P(method_table, merged_equals_unmerged_and_unmerge_restores) {
 
 TEST_P(method_table, save_then_load_gives_the_same_model) {
     const method_case & c = GetParam();
-    auto m = tiny_model(7);
-    const batch_data d = make_batch(m->hp.n_vocab);
-    adapter_set s;
-    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
-    randomize(adapter_set_params(s), 13, 0.05f, true);
-    adapters_set_training(s, false);
-    std::vector<float> trained, reloaded;
-    forward_logits(*m, d, trained);
+    trained(13);
+    std::vector<float> before, reloaded;
+    forward_logits(*m, d, before);
     const std::string dir = peft::testing::temp_dir(std::string("methods_") + c.name);
     ASSERT_TRUE(adapter_save(dir, s, "").ok());
     // onto a fresh base: the original one, or the residual the init left (residual form)
@@ -119,17 +123,14 @@ TEST_P(method_table, save_then_load_gives_the_same_model) {
     forward_logits(*fresh, d, reloaded);
     if (c.file_is_training_form) {
         EXPECT_EQ(snapshot(adapter_set_params(loaded)), snapshot(adapter_set_params(s))) << c.name;
-        EXPECT_EQ(reloaded, trained) << c.name;
+        EXPECT_EQ(reloaded, before) << c.name;
     } else {
-        EXPECT_LT(rel_diff(reloaded, trained), 1e-5) << c.name;
+        EXPECT_LT(rel_diff(reloaded, before), 1e-5) << c.name;
     }
 }
 
 TEST_P(method_table, trainable_parameter_count) {
     const method_case & c = GetParam();
-    auto m = tiny_model(7);
-    adapter_set s;
-    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
     int64_t want = 0, got = 0;
     for (const target_info & t : s.targets) want += 4 * (c.trainable_per_target_r ? t.in_features + t.out_features : t.out_features);
     for (const optim_param & p : adapter_optim_params(s)) got += p.n;
@@ -139,12 +140,7 @@ TEST_P(method_table, trainable_parameter_count) {
 // d loss / d theta along a random direction v: (L(theta + e v) - L(theta - e v)) / 2e == g . v
 TEST_P(method_table, gradient_matches_finite_difference) {
     const method_case & c = GetParam();
-    auto m = tiny_model(7);
-    const batch_data d = make_batch(m->hp.n_vocab);
-    adapter_set s;
-    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
-    adapters_set_training(s, false);   // no dropout: a deterministic loss
-    randomize(adapter_set_params(s), 17, 0.05f, true);
+    trained(17);   // no dropout: a deterministic loss
     std::vector<optim_param> ps = adapter_optim_params(s);
     for (const optim_param & p : ps) std::fill(p.grad, p.grad + p.n, 0.0f);
     llama_state st;
@@ -173,10 +169,6 @@ TEST_P(method_table, gradient_matches_finite_difference) {
 
 TEST_P(method_table, a_few_steps_lower_the_loss) {
     const method_case & c = GetParam();
-    auto m = tiny_model(7);
-    const batch_data d = make_batch(m->hp.n_vocab);
-    adapter_set s;
-    ASSERT_TRUE(attach(*m, with_targets(c.config), s).ok());
     adamw opt;
     adamw_config oc;
     oc.lr = 1e-2f;
