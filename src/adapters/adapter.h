@@ -89,6 +89,10 @@ struct adapter_module {
     // on text it cannot read.
     virtual std::string state() const { return {}; }
     virtual bool set_state(const std::string & s) { return s.empty(); }
+    // Tensors beyond the parameters that a resumed run needs (a PiSSA-family module's initial
+    // factors, from which its residual base is rebuilt without a new SVD); saved in trainer
+    // checkpoints and restored by name before adapter_method::restore().
+    virtual void state_tensors(std::vector<param_ref> & out) { (void) out; }
 };
 
 // One per model.
@@ -102,8 +106,9 @@ struct adapter_method {
     // Validates one selected target before create() (e.g. LoRA's rank against the layer
     // shape), so bad configurations fail with a message instead of an assert.
     virtual status check(const target_info & t) const { (void) t; return {}; }
-    // One module for a checked target. May fail on numerical work (an SVD init); t.writer, when
-    // set, is valid during this call only.
+    // One module for a checked target. May fail on numerical work (an SVD init). t.writer is
+    // valid during this call only; null means the module's state will come from a checkpoint
+    // (resume): derive nothing from the base now, restore() follows.
     virtual status create(const target_info & t, rng & r, std::unique_ptr<adapter_module> & out) = 0;
     // Non-null when the saved adapter applies to the residual base its init made (PiSSA with
     // save_residual_model): the init's name, which the trainer records in the residual model it
@@ -111,6 +116,9 @@ struct adapter_method {
     virtual const char * residual_init() const { return nullptr; }
     virtual void shared_params(std::vector<param_ref> & out) { (void) out; }   // VeRA A/B
 
+    // After a checkpoint restored a module's parameters and state tensors: rebuild what create()
+    // derived from the base (the residual of an SVD init) through t.writer.
+    virtual status restore(const target_info & t, adapter_module & mod) { (void) t; (void) mod; return {}; }
     // Lifecycle, called by adapters_attach (begin) and by train_step itself (the rest), so the
     // trainer, bench and tests all run them:
     // every selected target, before the first create() (VeRA sizes its shared projections)

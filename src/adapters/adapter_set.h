@@ -34,7 +34,12 @@ const std::vector<option_def> & adapter_method_options();
 // rank_pattern, alpha_pattern, ...), selects the target projections as PEFT does, creates one
 // module per target (initialised from rng(seed)) and sets m.adapters. The model must be frozen.
 // An unknown target module is an error listing the available module names.
-status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, adapter_set & out);
+status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, adapter_set & out, bool resuming = false);
+// resuming: the modules' state comes from a checkpoint, so inits that derive from the base (SVD)
+// are not run; after the checkpoint's tensors are loaded, adapters_restore rebuilds the bases.
+status adapters_restore(llama_model & m, adapter_set & s);
+// Module state tensors (adapter_module::state_tensors) with full names, for trainer checkpoints.
+std::vector<param_ref> adapter_set_state_tensors(adapter_set & s);
 
 // Every tensor of the set (shared ones first, then per module in target order), with full
 // PEFT names: "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".

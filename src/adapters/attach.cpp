@@ -37,7 +37,17 @@ void set_hook(llama_model & m, adapter_set & s) {
 
 } // namespace
 
-status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, adapter_set & out) {
+namespace {
+
+struct model_writer : base_writer {
+    llama_model & m;
+    explicit model_writer(llama_model & mm) : m(mm) {}
+    void replace(const target_info & t, const float * W) override { llama_replace_weight(m, t.layer, proj_of(m, t), W, t.base->type); }
+};
+
+} // namespace
+
+status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, adapter_set & out, bool resuming) {
     const std::string where = "adapter config";
     if (m.trainable) {
         return make_error(PEFT_STATUS_CONFIG, where, "adapters need a frozen base model (loaded with trainable = false)");
@@ -76,13 +86,9 @@ status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, a
     // layer order, then projection order: the rng stream (and so every init) depends only on
     // the seed and the selection
     rng r(seed);
-    struct model_writer : base_writer {
-        llama_model & m;
-        explicit model_writer(llama_model & mm) : m(mm) {}
-        void replace(const target_info & t, const float * W) override { llama_replace_weight(m, t.layer, proj_of(m, t), W, t.base->type); }
-    } writer(m);
+    model_writer writer(m);
     for (target_info & t : set.targets) {
-        t.writer = &writer;
+        t.writer = resuming ? nullptr : &writer;
         std::unique_ptr<adapter_module> mod;
         const status st = set.method->create(t, r, mod);
         t.writer = nullptr;
@@ -125,6 +131,29 @@ std::vector<param_ref> set_tensors(adapter_set & s, bool file_form) {
 } // namespace
 
 std::vector<param_ref> adapter_set_params(adapter_set & s) { return set_tensors(s, false); }
+
+std::vector<param_ref> adapter_set_state_tensors(adapter_set & s) {
+    std::vector<param_ref> out;
+    for (size_t i = 0; i < s.modules.size(); i++) {
+        std::vector<param_ref> mine;
+        s.modules[i]->state_tensors(mine);
+        for (param_ref & p : mine) {
+            p.name = "base_model.model." + s.targets[i].path + "." + p.name;
+            out.push_back(p);
+        }
+    }
+    return out;
+}
+
+status adapters_restore(llama_model & m, adapter_set & s) {
+    model_writer writer(m);
+    for (size_t i = 0; i < s.modules.size(); i++) {
+        target_info t = s.targets[i];
+        t.writer = &writer;
+        PEFT_TRY(s.method->restore(t, *s.modules[i]));
+    }
+    return {};
+}
 std::vector<param_ref> adapter_set_exported(adapter_set & s) { return set_tensors(s, true); }
 
 status adapters_merge(llama_model & m, adapter_set & s) {

@@ -178,8 +178,24 @@ void lora_module::params(std::vector<param_ref> & out) {
     out.push_back(b);
 }
 
+void lora_module::state_tensors(std::vector<param_ref> & out) {
+    if (A0.empty()) return;
+    param_ref a;
+    a.name = "lora_A0";
+    a.value = A0.data();
+    a.shape = {R, t.in_features};
+    a.trainable = false;
+    a.saved = false;
+    out.push_back(a);
+    param_ref b = a;
+    b.name = "lora_B0";
+    b.value = B0.data();
+    b.shape = {t.out_features, R};
+    out.push_back(b);
+}
+
 void lora_module::exported(std::vector<param_ref> & out) {
-    if (A0.empty()) {
+    if (!export_on_original) {
         adapter_module::exported(out);
         return;
     }
@@ -411,11 +427,17 @@ status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
     auto mod = std::make_unique<lora_module>(own, R, s, (float) lora_dropout, lora_fa, (float) loraplus_lr_ratio,
                                              is_svd_init(init) ? LORA_INIT_DEFAULT : init, rg, scratch);
     if (is_svd_init(init)) {
-        if (!t.writer) return make_error(PEFT_STATUS_CONFIG, t.path, "init_lora_weights " + init_text + " needs the model to write the residual base into");
+        const uint64_t seed = ((uint64_t) rg.next_u32() << 32) | rg.next_u32();   // randomized SVD's sketch
+        mod->export_on_original = !save_residual_model;
+        if (!t.writer) {   // resume: A, B, A0, B0 come from the checkpoint, restore() rebuilds the base
+            mod->A0.assign(mod->A.size(), 0.0f);
+            mod->B0.assign(mod->B.size(), 0.0f);
+            out = std::move(mod);
+            return {};
+        }
         const int64_t OC = t.out_features, IC = t.in_features;
         std::vector<float> W((size_t) (OC * IC));   // W, then W_res = W - s B A in place
         linear_weight_rows_f32(W.data(), *t.base, 0, OC);
-        const uint64_t seed = ((uint64_t) rg.next_u32() << 32) | rg.next_u32();   // randomized SVD's sketch
         float * A = mod->A.data(), * B = mod->B.data(), * Wr = W.data();
         status st = init == LORA_INIT_MILORA ? milora_init(A, B, Wr, Wr, OC, IC, R, s)
                   : init == LORA_INIT_OLORA  ? olora_init(A, B, Wr, Wr, OC, IC, R, s)
@@ -427,12 +449,21 @@ status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
         }
         // in the base's own dtype: a bf16 model stays bf16, as PEFT casts the residual back
         t.writer->replace(t, W.data());
-        if (!save_residual_model) {
-            mod->A0 = mod->A;
-            mod->B0 = mod->B;
-        }
+        mod->A0 = mod->A;
+        mod->B0 = mod->B;
     }
     out = std::move(mod);
+    return {};
+}
+
+status lora_method::restore(const target_info & t, adapter_module & mod) {
+    if (!is_svd_init(init)) return {};
+    auto & lm = dynamic_cast<lora_module &>(mod);
+    const int64_t OC = t.out_features, IC = t.in_features;
+    std::vector<float> W((size_t) (OC * IC));
+    linear_weight_rows_f32(W.data(), *t.base, 0, OC);
+    svd_init_residual(W.data(), W.data(), lm.A0.data(), lm.B0.data(), OC, IC, lm.R, lm.scaling);
+    t.writer->replace(t, W.data());
     return {};
 }
 

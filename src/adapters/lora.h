@@ -38,6 +38,7 @@ struct lora_module : adapter_module {
     void merge(float * W, int64_t OC, int64_t IC) const override;   // W += s B A in one GEMM
     void params(std::vector<param_ref> & out) override;
     void exported(std::vector<param_ref> & out) override;
+    void state_tensors(std::vector<param_ref> & out) override;
     void set_training(bool on) override { training = on; }
     std::string state() const override { return std::to_string(dropout_calls); }
     bool set_state(const std::string & s) override;
@@ -55,9 +56,11 @@ struct lora_module : adapter_module {
     float              b_lr_scale = 1.0f;    // LoRA+: loraplus_lr_ratio
     bool               training = true;
     std::vector<float> A, B;                 // [R,IC], [OC,R]
-    // SVD-family inits saved as a plain LoRA on the original base: the initial factors, and the
-    // rank-2R file form [A; A0], [B | -B0] built by exported()
-    std::vector<float> A0, B0;               // [R,IC], [OC,R]; empty otherwise
+    // SVD-family inits: the initial factors (the residual base is W - s B0 A0; resume rebuilds it
+    // from them), and, when exported on the original base, the rank-2R file form [A; A0],
+    // [B | -B0] built by exported()
+    std::vector<float> A0, B0;               // [R,IC], [OC,R]; empty for other inits
+    bool               export_on_original = false;
     std::vector<float> file_A, file_B;       // [2R,IC], [OC,2R]
     std::vector<float> dA, dB;               // same shapes; dA empty with freeze_a
     std::vector<float> xa;                   // [N,R] drop(x) A^T of the last forward (backward needs it)
@@ -78,6 +81,7 @@ struct lora_method : adapter_method {
     status check(const target_info & t) const override;
     status create(const target_info & t, rng & r, std::unique_ptr<adapter_module> & out) override;
     const char * residual_init() const override;
+    status restore(const target_info & t, adapter_module & mod) override;
 
     // rank and alpha for a module path after rank_pattern / alpha_pattern
     int64_t rank_for(const std::string & path) const;

@@ -25,14 +25,6 @@ status check_args(const char * where, int64_t OC, int64_t IC, int64_t R, float s
     return status::success();
 }
 
-// W_res = W - s B A (W_res may alias W). Computed by one fp32 GEMM with beta = 1, as PEFT's
-// `weight - scaling * lora_B @ lora_A`.
-void subtract_adapter(float * W_res, const float * W, const float * A, const float * B, int64_t OC, int64_t IC,
-                      int64_t R, float s) {
-    if (W_res != W) std::memcpy(W_res, W, sizeof(float) * (size_t) (OC * IC));
-    gemm(false, false, OC, IC, R, -s, B, R, A, IC, 1.0f, W_res, IC);
-}
-
 // PiSSA steps 3-5 on selected triplets U_r [OC,R], S_r [R], Vh_r [R,IC]:
 // sigma' = sigma / s, A = diag(sqrt(sigma')) Vh_r, B = U_r diag(sqrt(sigma')), W_res = W - s B A.
 // Dividing by s first makes s B A = U_r diag(sigma) Vh_r whatever alpha is.
@@ -44,7 +36,7 @@ void split_triplets(float * A, float * B, float * W_res, const float * W, const 
         for (int64_t i = 0; i < IC; i++) A[j * IC + i] = root[j] * Vh[j * IC + i];
     for (int64_t o = 0; o < OC; o++)
         for (int64_t j = 0; j < R; j++) B[o * R + j] = U[o * R + j] * root[j];
-    subtract_adapter(W_res, W, A, B, OC, IC, R, s);
+    svd_init_residual(W_res, W, A, B, OC, IC, R, s);
 }
 
 } // namespace
@@ -85,7 +77,7 @@ status olora_init(float * A, float * B, float * W_res, const float * W, int64_t 
     PEFT_TRY(qr_thin(Q.data(), Rm.data(), W, OC, IC));
     for (int64_t o = 0; o < OC; o++) std::memcpy(B + o * R, &Q[o * k], sizeof(float) * (size_t) R);
     std::memcpy(A, Rm.data(), sizeof(float) * (size_t) (R * IC));   // the first R rows
-    subtract_adapter(W_res, W, A, B, OC, IC, R, s);
+    svd_init_residual(W_res, W, A, B, OC, IC, R, s);
     return status::success();
 }
 
@@ -104,6 +96,13 @@ void svd_init_convert(float * A2, float * B2, const float * A, const float * B, 
 float svd_init_convert_alpha(float alpha, bool use_rslora) {
     // s = alpha / r at r' = 2r needs alpha' = 2 alpha; s = alpha / sqrt(r) needs sqrt(2) alpha
     return use_rslora ? std::sqrt(2.0f) * alpha : 2.0f * alpha;
+}
+
+// One fp32 GEMM with beta = 1, as PEFT's `weight - scaling * lora_B @ lora_A`.
+void svd_init_residual(float * W_res, const float * W, const float * A, const float * B, int64_t OC, int64_t IC,
+                       int64_t R, float s) {
+    if (W_res != W) std::memcpy(W_res, W, sizeof(float) * (size_t) (OC * IC));
+    gemm(false, false, OC, IC, R, -s, B, R, A, IC, 1.0f, W_res, IC);
 }
 
 } // namespace peft

@@ -24,6 +24,10 @@ status milora_init(float * A, float * B, float * W_res, const float * W, int64_t
 // W_res absorbs the scaling instead).
 status olora_init(float * A, float * B, float * W_res, const float * W, int64_t OC, int64_t IC, int64_t R, float s);
 
+// W_res = W - s B A, by the same single GEMM the inits use (so a residual rebuilt from saved
+// initial factors on resume is bit for bit the one the init made). W_res may alias W.
+void svd_init_residual(float * W_res, const float * W, const float * A, const float * B, int64_t OC, int64_t IC, int64_t R, float s);
+
 // Conversion to a plain rank-2R LoRA on the ORIGINAL W: A2 [2R,IC] = [A ; A0] (rows), B2 [OC,2R] =
 // [B | -B0] (columns), so that W + s' B2 A2 == W_res + s B A with s' == s (see svd_init_convert_alpha).
 // A0 [R,IC], B0 [OC,R] is the initial adapter, A, B the trained one.

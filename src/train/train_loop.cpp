@@ -416,12 +416,14 @@ status train_run(const train_options & o, train_summary & out) {
     } else {
         json_document cfg;
         PEFT_TRY(cfg.parse(o.adapter_json.data(), o.adapter_json.size(), "adapter configuration"));
-        PEFT_TRY(adapters_attach(m, cfg.root(), o.seed, aset));
+        // resuming: inits that derive from the base (PiSSA's SVD) are restored from the checkpoint
+        PEFT_TRY(adapters_attach(m, cfg.root(), o.seed, aset, !o.resume_from_checkpoint.empty()));
         for (param_ref & p : adapter_set_params(aset)) {
             named_f32 nf{p.name, p.value, p.shape};
             if (p.value) state_params.push_back(nf);
             n_total += nf.numel();
         }
+        for (param_ref & p : adapter_set_state_tensors(aset)) state_params.push_back({p.name, p.value, p.shape});
         params = adapter_optim_params(aset);
         for (const optim_param & q : params) n_trainable += q.n;
         adapters_set_training(aset, true);
@@ -502,6 +504,10 @@ status train_run(const train_options & o, train_summary & out) {
             if (!aset.modules[i]->set_state(loaded.module_states[i])) {
                 return make_error(PEFT_STATUS_FORMAT, dir, "module_state." + std::to_string(i) + " cannot be read by " + aset.targets[i].path);
             }
+        }
+        if (!o.full()) {
+            PEFT_TRY(adapters_restore(m, aset));
+            if (!adapter_set_state_tensors(aset).empty()) info("residual bases rebuilt from the checkpoint's initial factors (no SVD)");
         }
         const int64_t total_here = ts.total_steps;
         ts = loaded;

@@ -161,6 +161,27 @@ TEST(cli_train, pissa_trains_and_saves_both_forms) {
     }
 }
 
+// A PiSSA run resumes bit for bit without a new SVD: the initial factors are in the checkpoint
+// and the residual base is rebuilt from them.
+TEST(cli_train, pissa_resumes_bit_exactly_from_its_initial_factors) {
+    const files & f = fixture();
+    const std::string out = temp_dir("cli_train_pissa_resume");
+    auto args = [&](const std::string & dir) {
+        return std::vector<std::string>{"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", dir, "--r", "4",
+                                        "--target_modules", "all-linear", "--init_lora_weights", "pissa_niter_2", "--learning_rate", "2e-3",
+                                        "--micro_batch_size", "2", "--sequence_len", "32", "--max_steps", "6", "--save_steps", "3",
+                                        "--threads", "1"};
+    };
+    child_result r = spawn(args(out + "/straight"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    auto resumed = args(out + "/resumed");
+    resumed.insert(resumed.end(), {"--resume_from_checkpoint", out + "/straight/checkpoint-3"});
+    r = spawn(resumed);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("no SVD"), std::string::npos) << r.out;
+    EXPECT_TRUE(read_text(out + "/resumed/adapter_model.safetensors") == read_text(out + "/straight/adapter_model.safetensors"));
+}
+
 TEST(cli_train, two_threads_same_seed_same_losses_and_adapter_bit_for_bit) {
     std::string metrics[2], adapter[2];
     for (int i = 0; i < 2; ++i) {
