@@ -328,18 +328,65 @@ status write_hf_model_dir(const std::string & dir, const llama_model & m, const 
     return {};
 }
 
-status train_run(const train_options & o, train_summary & out) {
-    out = train_summary{};
-    g_stop = 0;
-    const double t_begin = now_s();
+namespace {
 
-    // ---- everything that can fail on bad input, before any long work ----
-    output_lock lock;
+// One `peft train` run, phase by phase: open_inputs (output_dir, model, tokenizer, data),
+// attach (adapter or full: what trains, the optimizer, the schedule), resume (a fresh state or a
+// checkpoint), run (one optimizer step at a time, then the step callbacks: metrics and progress,
+// eval, checkpoint) and finish (final eval, weights, report). The members are what passes from
+// one phase to the next.
+struct train_session {
+    const train_options & o;
+    train_summary &       out;
+    double                t_begin = now_s();
+    output_lock           lock;
+    llama_model           m;
+    std::string           tok_path;
+    std::unique_ptr<tokenizer> tok;
+    int64_t               T = 0;
+    data_rows             train, held;
+    int64_t               n_samples = 0;
+    adapter_set           aset;
+    std::vector<optim_param> params;
+    std::vector<named_f32> state_params;   // adapters: every tensor, saved in trainer_state
+    std::vector<named_f32> model_params;   // full: the model's tensors, resumed from model.safetensors
+    int64_t               n_trainable = 0, n_total = 0;
+    int64_t               B = 0, GA = 0, n_micro_epoch = 0, steps_per_epoch = 0, total = 0;
+    train_config          tc;
+    adamw                 opt;
+    llama_state           s;
+    trainer_state         ts;
+    rng                   gen;   // the trainer's generator: epoch orders
+    bool                  resumed = false;
+    std::vector<report_point> train_pts, eval_pts;
+    std::string           metrics_path;
+    metrics_log           mlog;
+    progress_bar          bar;
+    // what the step callbacks saw of the last step
+    bool                  evaluated_now = false, saved_now = false;
+
+    train_session(const train_options & opt_, train_summary & out_) : o(opt_), out(out_), gen(opt_.seed ^ 0x7261696e6572ull) {}
+
+    status open_inputs();
+    status attach();
+    status resume();
+    status run();
+    status finish();
+
+    void start_epoch(int64_t epoch);
+    status run_eval(int64_t step);
+    status save_checkpoint_in(const std::string & parent);
+    status write_final(const std::string & dir);
+    // step callbacks, in order, after each optimizer step
+    status log_step(const step_result & r, int64_t step_tokens, double seconds);
+    status maybe_eval();
+    status maybe_checkpoint();
+};
+
+status train_session::open_inputs() {
     PEFT_TRY(claim_output_dir(o, lock));   // from here on no other run writes into output_dir
     for (const std::string & d : checkpoint_remove_stale(o.output_dir)) info("removed " + d + ", left by an interrupted checkpoint save");
     threads_set(o.threads);
-
-    llama_model m;
     if (o.full() && o.random_init) {
         llama_hparams hp;
         PEFT_TRY(llama_hparams_load(o.base_model + "/config.json", hp));
@@ -348,18 +395,13 @@ status train_run(const train_options & o, train_summary & out) {
         PEFT_TRY(llama_load(m, o.base_model, o.full()));
     }
     const llama_hparams & hp = m.hp;
-
-    const std::string tok_path = o.tokenizer.empty() ? o.base_model : o.tokenizer;
-    std::unique_ptr<tokenizer> tok;
-    {
-        status st = tokenizer::load(tok_path, tok);
-        if (!st.ok()) {
-            if (st.hint.empty()) st.hint = "put tokenizer.json next to the model, or set tokenizer_config: DIR";
-            return st;
-        }
+    tok_path = o.tokenizer.empty() ? o.base_model : o.tokenizer;
+    status st = tokenizer::load(tok_path, tok);
+    if (!st.ok()) {
+        if (st.hint.empty()) st.hint = "put tokenizer.json next to the model, or set tokenizer_config: DIR";
+        return st;
     }
-
-    const int64_t T = o.sequence_len > 0 ? o.sequence_len : std::min<int64_t>(2048, hp.max_position);
+    T = o.sequence_len > 0 ? o.sequence_len : std::min<int64_t>(2048, hp.max_position);
     if (T > hp.max_position) {
         info("warning: sequence_len " + std::to_string(T) + " exceeds max_position_embeddings " + std::to_string(hp.max_position));
     }
@@ -373,9 +415,7 @@ status train_run(const train_options & o, train_summary & out) {
     dopt.held_out_fraction = o.val_set_size;
     dopt.skip_bad_lines = o.skip_bad_lines;
     dopt.vocab_size = hp.n_vocab;
-    data_rows train, held;
     train.T = held.T = T;
-    int64_t n_samples = 0;
     for (const dataset_spec & ds : o.datasets) {
         dataset d;
         PEFT_TRY(dataset_load(ds.path, *tok, dopt, d));
@@ -397,13 +437,10 @@ status train_run(const train_options & o, train_summary & out) {
         append_rows(held, d.train);
     }
     if (train.n_rows == 0) return make_error(PEFT_STATUS_FORMAT, o.datasets[0].path, "no training rows");
+    return {};
+}
 
-    // ---- adapter or full ----
-    adapter_set aset;
-    std::vector<optim_param> params;
-    std::vector<named_f32> state_params;   // adapters: every tensor, saved in trainer_state
-    std::vector<named_f32> model_params;   // full: the model's tensors, resumed from model.safetensors
-    int64_t n_trainable = 0, n_total = 0;
+status train_session::attach() {
     for (const llama_tensor & t : m.tensors) n_total += t.numel();
     if (o.full()) {
         params = llama_optim_params(m);
@@ -430,12 +467,11 @@ status train_run(const train_options & o, train_summary & out) {
     }
     if (params.empty()) return make_error(PEFT_STATUS_CONFIG, "config", "nothing to train: the adapter has no trainable parameters");
 
-    // ---- schedule ----
-    const int64_t B = o.micro_batch_size, GA = o.gradient_accumulation_steps;
-    const int64_t n_micro_epoch = (train.n_rows + B - 1) / B;
-    const int64_t steps_per_epoch = (n_micro_epoch + GA - 1) / GA;
-    const int64_t total = o.max_steps > 0 ? o.max_steps : o.num_epochs * steps_per_epoch;
-    train_config tc;
+    B = o.micro_batch_size;
+    GA = o.gradient_accumulation_steps;
+    n_micro_epoch = (train.n_rows + B - 1) / B;
+    steps_per_epoch = (n_micro_epoch + GA - 1) / GA;
+    total = o.max_steps > 0 ? o.max_steps : o.num_epochs * steps_per_epoch;
     tc.opt.lr = (float) o.learning_rate;
     tc.opt.beta1 = (float) o.adam_beta1;
     tc.opt.beta2 = (float) o.adam_beta2;
@@ -447,30 +483,25 @@ status train_run(const train_options & o, train_summary & out) {
     tc.total_steps = total;
     tc.warmup_steps = o.warmup_steps > 0 ? o.warmup_steps : (int64_t) std::ceil(o.warmup_ratio * (double) total);
     tc.max_grad_norm = (float) o.max_grad_norm;
-
-    adamw opt;
     PEFT_TRY(opt.init(params, tc.opt));
-    llama_state s;
-    PEFT_TRY(llama_state_init(s, m, B, T, o.gradient_checkpointing));
+    return llama_state_init(s, m, B, T, o.gradient_checkpointing);
+}
 
-    // ---- state: fresh or resumed ----
-    trainer_state ts;
+void train_session::start_epoch(int64_t epoch) {
+    ts.epoch = epoch;
+    ts.micro_in_epoch = 0;
+    ts.epoch_order.resize((size_t) train.n_rows);
+    for (int64_t i = 0; i < train.n_rows; i++) ts.epoch_order[(size_t) i] = (int32_t) i;
+    for (size_t i = ts.epoch_order.size() - 1; i > 0; --i) {
+        const uint64_t r = ((uint64_t) gen.next_u32() << 32) | gen.next_u32();
+        std::swap(ts.epoch_order[i], ts.epoch_order[(size_t) (r % (i + 1))]);
+    }
+}
+
+status train_session::resume() {
     ts.total_steps = total;
     ts.data_fingerprint = fingerprint(train);
-    rng gen(o.seed ^ 0x7261696e6572ull);   // the trainer's generator: epoch orders
-    auto start_epoch = [&](int64_t epoch) {
-        ts.epoch = epoch;
-        ts.micro_in_epoch = 0;
-        ts.epoch_order.resize((size_t) train.n_rows);
-        for (int64_t i = 0; i < train.n_rows; i++) ts.epoch_order[(size_t) i] = (int32_t) i;
-        for (size_t i = ts.epoch_order.size() - 1; i > 0; --i) {
-            const uint64_t r = ((uint64_t) gen.next_u32() << 32) | gen.next_u32();
-            std::swap(ts.epoch_order[i], ts.epoch_order[(size_t) (r % (i + 1))]);
-        }
-    };
-    std::vector<report_point> train_pts, eval_pts;
-    const std::string metrics_path = o.output_dir + "/metrics.jsonl";
-    bool resumed = false;
+    metrics_path = o.output_dir + "/metrics.jsonl";
     if (!o.resume_from_checkpoint.empty()) {
         std::string dir = o.resume_from_checkpoint;
         if (dir == "latest") {
@@ -535,81 +566,120 @@ status train_run(const train_options & o, train_summary & out) {
             info("warning: " + o.output_dir + " already holds checkpoints of an earlier run; those with the same step are replaced");
         }
     }
-    metrics_log mlog;
     PEFT_TRY(mlog.open(metrics_path, resumed));
     PEFT_TRY(write_file_atomic(o.output_dir + "/train_config.json", config_to_json(o) + "\n"));
-
     info(std::string(o.full() ? "full fine-tuning" : "adapter " + o.adapter) + " | trainable params: " + std::to_string(n_trainable) +
          " || all params: " + std::to_string(n_total) + " || trainable%: " + fmt("%.4f", 100.0 * (double) n_trainable / (double) n_total));
     info("data: " + std::to_string(n_samples) + " samples -> " + std::to_string(train.n_rows) + " training rows of " + std::to_string(T) +
          " tokens, " + std::to_string(held.n_rows) + " held-out rows; " + std::to_string(steps_per_epoch) + " steps per epoch, " +
          std::to_string(total) + " steps, " + std::to_string(threads_get()) + " threads");
+    return {};
+}
 
-    // ---- helpers used by the loop ----
-    auto run_eval = [&](int64_t step) -> status {
-        if (held.n_rows == 0) return {};
-        if (!o.full()) adapters_set_training(aset, false);
-        eval_result er;
-        status st = evaluate_rows(m, s, held, er);
-        if (!o.full()) adapters_set_training(aset, true);
-        PEFT_TRY(st);
-        if (er.n_tokens == 0) return make_error(PEFT_STATUS_FORMAT, "held-out data", "no scored tokens: nothing to evaluate");
-        out.has_eval = true;
-        out.eval_loss = er.loss();
-        out.eval_perplexity = er.perplexity();
-        out.eval_tokens = er.n_tokens;
-        eval_pts.push_back({(double) step, er.loss()});
-        PEFT_TRY(mlog.write("{\"step\": " + std::to_string(step) + ", \"eval_loss\": " + f17(er.loss()) + ", \"eval_perplexity\": " +
-                            f17(er.perplexity()) + ", \"eval_tokens\": " + std::to_string(er.n_tokens) + "}"));
-        return {};
-    };
-    // checkpoint-N in `parent` (output_dir, or a rescue directory when output_dir fails)
-    auto save_checkpoint_in = [&](const std::string & parent) -> status {
-        const std::string dir = parent + "/checkpoint-" + std::to_string(ts.step);
-        ts.rng_state = gen.save();
-        ts.module_states.clear();
-        for (auto & mod : aset.modules) ts.module_states.push_back(mod->state());
-        atomic_dir ad;
-        PEFT_TRY(ad.begin(dir));
-        if (o.full()) PEFT_TRY(write_hf_model_dir(ad.path(), m, "f32", o.base_model, tok_path));
-        else PEFT_TRY(adapter_save(ad.path(), aset, o.base_model));
-        PEFT_TRY(write_file_atomic(ad.path() + "/train_config.json", config_to_json(o) + "\n"));
-        PEFT_TRY(trainer_state_save(ad.path() + "/trainer_state.safetensors", ts, opt, state_params));   // last: checksums the rest
-        PEFT_TRY(ad.commit());
-        out.last_checkpoint = dir;
-        if (parent == o.output_dir) checkpoint_prune(o.output_dir, o.save_total_limit);
-        return {};
-    };
-    auto save_checkpoint = [&]() { return save_checkpoint_in(o.output_dir); };
-    auto write_final = [&](const std::string & dir) -> status {
-        if (o.full()) return write_hf_model_dir(dir, m, o.save_dtype, o.base_model, tok_path);
-        PEFT_TRY(adapter_save(dir, aset, o.base_model));
-        // an adapter of the residual base (save_residual_model) travels with that base
-        const char * res = aset.method->residual_init();
-        if (!res) return {};
-        const std::string rdir = dir + "/residual_model";
-        std::error_code ec;
-        fs::create_directories(rdir, ec);
-        if (ec) return make_error(PEFT_STATUS_IO, rdir, "cannot create: " + ec.message());
-        return write_hf_model_dir(rdir, m, "keep", o.base_model, tok_path, res);
-    };
+status train_session::run_eval(int64_t step) {
+    if (held.n_rows == 0) return {};
+    if (!o.full()) adapters_set_training(aset, false);
+    eval_result er;
+    status st = evaluate_rows(m, s, held, er);
+    if (!o.full()) adapters_set_training(aset, true);
+    PEFT_TRY(st);
+    if (er.n_tokens == 0) return make_error(PEFT_STATUS_FORMAT, "held-out data", "no scored tokens: nothing to evaluate");
+    out.has_eval = true;
+    out.eval_loss = er.loss();
+    out.eval_perplexity = er.perplexity();
+    out.eval_tokens = er.n_tokens;
+    eval_pts.push_back({(double) step, er.loss()});
+    return mlog.write("{\"step\": " + std::to_string(step) + ", \"eval_loss\": " + f17(er.loss()) + ", \"eval_perplexity\": " +
+                      f17(er.perplexity()) + ", \"eval_tokens\": " + std::to_string(er.n_tokens) + "}");
+}
 
-    progress_bar bar;
+// checkpoint-N in `parent` (output_dir, or a rescue directory when output_dir fails)
+status train_session::save_checkpoint_in(const std::string & parent) {
+    const std::string dir = parent + "/checkpoint-" + std::to_string(ts.step);
+    ts.rng_state = gen.save();
+    ts.module_states.clear();
+    for (auto & mod : aset.modules) ts.module_states.push_back(mod->state());
+    atomic_dir ad;
+    PEFT_TRY(ad.begin(dir));
+    if (o.full()) PEFT_TRY(write_hf_model_dir(ad.path(), m, "f32", o.base_model, tok_path));
+    else PEFT_TRY(adapter_save(ad.path(), aset, o.base_model));
+    PEFT_TRY(write_file_atomic(ad.path() + "/train_config.json", config_to_json(o) + "\n"));
+    PEFT_TRY(trainer_state_save(ad.path() + "/trainer_state.safetensors", ts, opt, state_params));   // last: checksums the rest
+    PEFT_TRY(ad.commit());
+    out.last_checkpoint = dir;
+    if (parent == o.output_dir) checkpoint_prune(o.output_dir, o.save_total_limit);
+    return {};
+}
+
+status train_session::write_final(const std::string & dir) {
+    if (o.full()) return write_hf_model_dir(dir, m, o.save_dtype, o.base_model, tok_path);
+    PEFT_TRY(adapter_save(dir, aset, o.base_model));
+    // an adapter of the residual base (save_residual_model) travels with that base
+    const char * res = aset.method->residual_init();
+    if (!res) return {};
+    const std::string rdir = dir + "/residual_model";
+    std::error_code ec;
+    fs::create_directories(rdir, ec);
+    if (ec) return make_error(PEFT_STATUS_IO, rdir, "cannot create: " + ec.message());
+    return write_hf_model_dir(rdir, m, "keep", o.base_model, tok_path, res);
+}
+
+status train_session::log_step(const step_result & r, int64_t step_tokens, double seconds) {
+    const double tps = seconds > 0 ? (double) step_tokens / seconds : 0.0;
+    out.losses.push_back(r.loss);
+    out.grad_norms.push_back(r.grad_norm);
+    out.tokens += step_tokens;
+    out.steps_done = ts.step;
+    train_pts.push_back({(double) ts.step, (double) r.loss});
+    const bool logged = ts.step % o.logging_steps == 0 || ts.step == total;
+    if (logged) {
+        const double epoch_f = (double) ts.epoch + (double) ts.micro_in_epoch / (double) n_micro_epoch;
+        PEFT_TRY(mlog.write("{\"step\": " + std::to_string(ts.step) + ", \"epoch\": " + fmt("%.4f", epoch_f) + ", \"loss\": " + f9(r.loss) +
+                            ", \"lr\": " + f9(r.lr) + ", \"grad_norm\": " + f9(r.grad_norm) + ", \"tokens\": " + std::to_string(step_tokens) +
+                            ", \"tokens_per_s\": " + fmt("%.1f", tps) + ", \"elapsed_s\": " + fmt("%.3f", now_s() - t_begin) + "}"));
+    }
+    bar.update(ts.step, r.loss, r.lr, r.grad_norm, tps, logged);
+    return {};
+}
+
+status train_session::maybe_eval() {
+    evaluated_now = false;
+    if (o.eval_steps <= 0 || ts.step % o.eval_steps != 0) return {};
+    PEFT_TRY(run_eval(ts.step));
+    evaluated_now = out.has_eval;
+    if (evaluated_now) {
+        bar.message("eval at step " + std::to_string(ts.step) + ": loss " + fmt("%.4f", out.eval_loss) + ", perplexity " +
+                    fmt("%.3f", out.eval_perplexity));
+    }
+    return {};
+}
+
+status train_session::maybe_checkpoint() {
+    saved_now = false;
+    if (o.save_steps <= 0 || ts.step % o.save_steps != 0) return {};
+    status st = save_checkpoint_in(o.output_dir);
+    if (!st.ok()) {
+        bar.finish();
+        st.message = "saving checkpoint-" + std::to_string(ts.step) + " failed: " + st.message;
+        if (st.hint.empty()) st.hint = "free disk space; earlier checkpoints in " + o.output_dir + " are intact";
+        return st;
+    }
+    saved_now = true;
+    return {};
+}
+
+status train_session::run() {
     bar.start(o.progress, total, ts.step);
     signal_guard sig;
     std::vector<batch_buffers> bufs((size_t) GA);
     for (batch_buffers & b : bufs) b.init(B, T);
     std::vector<llama_batch> batches((size_t) GA);
     std::vector<int64_t> rows((size_t) B);
-
     if (!resumed && o.eval_steps > 0) {
-        status st = run_eval(0);
-        if (!st.ok()) return st;
+        PEFT_TRY(run_eval(0));
         if (out.has_eval) bar.message("eval at step 0: loss " + fmt("%.4f", out.eval_loss) + ", perplexity " + fmt("%.3f", out.eval_perplexity));
     }
-    bool saved_now = false, evaluated_now = false;
-    while (ts.step < total) {
-        if (g_stop) break;
+    while (ts.step < total && !g_stop) {
         if (ts.micro_in_epoch >= n_micro_epoch) start_epoch(ts.epoch + 1);
         const int64_t n_mb = std::min(GA, n_micro_epoch - ts.micro_in_epoch);
         int64_t step_tokens = 0;
@@ -632,68 +702,38 @@ status train_run(const train_options & o, train_summary & out) {
         }
         ts.micro_in_epoch += n_mb;
         ts.step++;
-        const double dt = now_s() - t0;
-        const double tps = dt > 0 ? (double) step_tokens / dt : 0.0;
-        out.losses.push_back(r.loss);
-        out.grad_norms.push_back(r.grad_norm);
-        out.tokens += step_tokens;
-        out.steps_done = ts.step;
-        train_pts.push_back({(double) ts.step, (double) r.loss});
-        const bool log_step = ts.step % o.logging_steps == 0 || ts.step == total;
-        if (log_step) {
-            const double epoch_f = (double) ts.epoch + (double) ts.micro_in_epoch / (double) n_micro_epoch;
-            PEFT_TRY(mlog.write("{\"step\": " + std::to_string(ts.step) + ", \"epoch\": " + fmt("%.4f", epoch_f) + ", \"loss\": " + f9(r.loss) +
-                                ", \"lr\": " + f9(r.lr) + ", \"grad_norm\": " + f9(r.grad_norm) + ", \"tokens\": " + std::to_string(step_tokens) +
-                                ", \"tokens_per_s\": " + fmt("%.1f", tps) + ", \"elapsed_s\": " + fmt("%.3f", now_s() - t_begin) + "}"));
-        }
-        bar.update(ts.step, r.loss, r.lr, r.grad_norm, tps, log_step);
-        evaluated_now = false;
-        if (o.eval_steps > 0 && ts.step % o.eval_steps == 0) {
-            PEFT_TRY(run_eval(ts.step));
-            evaluated_now = out.has_eval;
-            if (evaluated_now) {
-                bar.message("eval at step " + std::to_string(ts.step) + ": loss " + fmt("%.4f", out.eval_loss) + ", perplexity " +
-                            fmt("%.3f", out.eval_perplexity));
-            }
-        }
-        saved_now = false;
-        if (o.save_steps > 0 && ts.step % o.save_steps == 0) {
-            status sst = save_checkpoint();
-            if (!sst.ok()) {
-                bar.finish();
-                sst.message = "saving checkpoint-" + std::to_string(ts.step) + " failed: " + sst.message;
-                if (sst.hint.empty()) sst.hint = "free disk space; earlier checkpoints in " + o.output_dir + " are intact";
-                return sst;
-            }
-            saved_now = true;
-        }
+        PEFT_TRY(log_step(r, step_tokens, now_s() - t0));
+        PEFT_TRY(maybe_eval());
+        PEFT_TRY(maybe_checkpoint());
     }
     bar.finish();
     out.total_steps = total;
     out.steps_done = ts.step;
-
-    if (g_stop && ts.step < total) {
-        if (!saved_now) {
-            status sst = save_checkpoint();
-            if (!sst.ok()) {
-                sst.message = "interrupted, and saving checkpoint-" + std::to_string(ts.step) + " failed: " + sst.message;
-                return sst;
-            }
+    if (!g_stop || ts.step >= total) return {};
+    // interrupted: a checkpoint to continue from, then a distinct status (exit 130)
+    if (!saved_now) {
+        status st = save_checkpoint_in(o.output_dir);
+        if (!st.ok()) {
+            st.message = "interrupted, and saving checkpoint-" + std::to_string(ts.step) + " failed: " + st.message;
+            return st;
         }
-        out.seconds = now_s() - t_begin;
-        status st = make_error(PEFT_STATUS_INTERRUPTED, o.output_dir,
-                               "interrupted at step " + std::to_string(ts.step) + " of " + std::to_string(total) + "; checkpoint saved to " +
-                                   out.last_checkpoint);
-        st.hint = "continue with: peft train CONFIG --resume_from_checkpoint " + out.last_checkpoint;
-        return st;
     }
+    out.seconds = now_s() - t_begin;
+    status st = make_error(PEFT_STATUS_INTERRUPTED, o.output_dir,
+                           "interrupted at step " + std::to_string(ts.step) + " of " + std::to_string(total) + "; checkpoint saved to " +
+                               out.last_checkpoint);
+    st.hint = "continue with: peft train CONFIG --resume_from_checkpoint " + out.last_checkpoint;
+    return st;
+}
 
-    // ---- final evaluation and outputs ----
+status train_session::finish() {
     if (!evaluated_now && held.n_rows > 0) {
         PEFT_TRY(run_eval(ts.step));
         info("eval at step " + std::to_string(ts.step) + ": loss " + fmt("%.4f", out.eval_loss) + ", perplexity " + fmt("%.3f", out.eval_perplexity));
     }
-    PEFT_TRY(save_final_or_rescue(o.output_dir, write_final, save_checkpoint_in));
+    PEFT_TRY(save_final_or_rescue(
+        o.output_dir, [&](const std::string & dir) { return write_final(dir); },
+        [&](const std::string & parent) { return save_checkpoint_in(parent); }));
     out.seconds = now_s() - t_begin;
 
     report_data rep;
@@ -718,6 +758,19 @@ status train_run(const train_options & o, train_summary & out) {
     info("done: " + std::to_string(ts.step) + " steps in " + duration_text(out.seconds) + "; " +
          (o.full() ? "model" : "adapter") + " in " + o.output_dir + ", report " + o.output_dir + "/report.html");
     return {};
+}
+
+} // namespace
+
+status train_run(const train_options & o, train_summary & out) {
+    out = train_summary{};
+    g_stop = 0;
+    train_session t(o, out);
+    PEFT_TRY(t.open_inputs());   // everything that can fail on bad input comes before long work
+    PEFT_TRY(t.attach());
+    PEFT_TRY(t.resume());
+    PEFT_TRY(t.run());
+    return t.finish();
 }
 
 } // namespace peft
