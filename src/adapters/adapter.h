@@ -61,6 +61,24 @@ struct optimizer_view {
     virtual bool reset_state(const float * value) = 0;
 };
 
+// The inputs of the selected targets over a calibration set, for inits that need activation
+// statistics (CorDA's covariances). The trainer streams the data (train/calibrate.h).
+struct calibration_observer {
+    virtual ~calibration_observer() = default;
+    // x [rows*T, IC]: the input of target `index` for one batch of `rows` rows of T tokens;
+    // seg [rows*T]: segment ids (0 = padding; a new id starts a new sample within a packed row).
+    // Called once per forward of each batch (no backward, so no recomputation runs it twice).
+    virtual status observe(int64_t index, const float * x, const int32_t * seg, int64_t rows, int64_t T) = 0;
+};
+
+struct calibration_source {
+    virtual ~calibration_source() = default;
+    // Streams up to n_samples samples of data_path through the model, reporting the inputs of
+    // targets[0..n) to obs.
+    virtual status run(const std::string & data_path, int64_t n_samples, const target_info * targets, int64_t n,
+                       calibration_observer & obs) = 0;
+};
+
 // Per adapted linear layer.
 struct adapter_module {
     virtual ~adapter_module() = default;
@@ -119,6 +137,12 @@ struct adapter_method {
     // After a checkpoint restored a module's parameters and state tensors: rebuild what create()
     // derived from the base (the residual of an SVD init) through t.writer.
     virtual status restore(const target_info & t, adapter_module & mod) { (void) t; (void) mod; return {}; }
+    // Non-null when create() needs the targets' inputs over a calibration set (CorDA): the data
+    // and sample count, and who receives the inputs. adapters_attach runs it after begin().
+    virtual calibration_observer * calibration(std::string & data_path, int64_t & n_samples) {
+        (void) data_path; (void) n_samples;
+        return nullptr;
+    }
     // Lifecycle, called by adapters_attach (begin) and by train_step itself (the rest), so the
     // trainer, bench and tests all run them:
     // every selected target, before the first create() (VeRA sizes its shared projections)

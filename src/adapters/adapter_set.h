@@ -34,8 +34,10 @@ const std::vector<option_def> & adapter_method_options();
 // rank_pattern, alpha_pattern, ...), selects the target projections as PEFT does, creates one
 // module per target (initialised from rng(seed)) and sets m.adapters. The model must be frozen.
 // An unknown target module is an error listing the available module names.
-status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, adapter_set & out, bool resuming = false);
-// resuming: the modules' state comes from a checkpoint, so inits that derive from the base (SVD)
+status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, adapter_set & out, bool resuming = false,
+                       calibration_source * calib = nullptr);
+// calib: where a method that asks for calibration (adapter_method::calibration) gets its data; a
+// method that needs it without one is an error. resuming: the modules' state comes from a checkpoint, so inits that derive from the base (SVD)
 // are not run; after the checkpoint's tensors are loaded, adapters_restore rebuilds the bases.
 status adapters_restore(llama_model & m, adapter_set & s);
 // Module state tensors (adapter_module::state_tensors) with full names, for trainer checkpoints.

@@ -47,7 +47,8 @@ struct model_writer : base_writer {
 
 } // namespace
 
-status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, adapter_set & out, bool resuming) {
+status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, adapter_set & out, bool resuming,
+                       calibration_source * calib) {
     const std::string where = "adapter config";
     if (m.trainable) {
         return make_error(PEFT_STATUS_CONFIG, where, "adapters need a frozen base model (loaded with trainable = false)");
@@ -83,6 +84,17 @@ status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, a
         set.targets.push_back(t);
     }
     PEFT_TRY(set.method->begin(set.targets.data(), (int64_t) set.targets.size()));
+    std::string calib_data;
+    int64_t calib_samples = 0;
+    calibration_observer * obs = set.method->calibration(calib_data, calib_samples);
+    if (obs && !resuming) {   // a resumed run restores what calibration produced
+        if (!calib) {
+            status st = make_error(PEFT_STATUS_CONFIG, where, std::string(set.method->name()) + ": this initialisation needs a calibration data set");
+            st.hint = "run it through peft train, which streams the calibration data";
+            return st;
+        }
+        PEFT_TRY(calib->run(calib_data, calib_samples, set.targets.data(), (int64_t) set.targets.size(), *obs));
+    }
     // layer order, then projection order: the rng stream (and so every init) depends only on
     // the seed and the selection
     rng r(seed);

@@ -33,6 +33,7 @@
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
+#include "train/calibrate.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/data.h"
@@ -367,6 +368,28 @@ struct train_session {
 
     train_session(const train_options & opt_, train_summary & out_) : o(opt_), out(out_), gen(opt_.seed ^ 0x7261696e6572ull) {}
 
+    // Calibration data for inits that ask for it (CorDA): read with this run's tokenizer and
+    // sequence_len, one sample per row, in file order.
+    struct calibration : calibration_source {
+        train_session & t;
+        explicit calibration(train_session & ts) : t(ts) {}
+        status run(const std::string & path, int64_t n_samples, const target_info * targets, int64_t n, calibration_observer & obs) override {
+            data_options d;
+            d.max_len = t.T;
+            d.pack = false;
+            d.shuffle = false;
+            d.train_on_inputs = true;   // every token of a calibration sample counts
+            d.chat_template = t.o.chat_template;
+            d.vocab_size = t.m.hp.n_vocab;
+            dataset ds;
+            PEFT_TRY(dataset_load(path, *t.tok, d, ds));
+            PEFT_TRY(check_token_ids(ds.train, t.m.hp.n_vocab, path));
+            info("calibration: " + std::to_string(std::min(n_samples, ds.train.n_rows)) + " samples of " + path + " through " +
+                 std::to_string(n) + " target modules");
+            return calibrate_rows(t.m, ds.train, n_samples, t.o.micro_batch_size, targets, n, obs);
+        }
+    };
+
     status open_inputs();
     status attach();
     status resume();
@@ -454,7 +477,8 @@ status train_session::attach() {
         json_document cfg;
         PEFT_TRY(cfg.parse(o.adapter_json.data(), o.adapter_json.size(), "adapter configuration"));
         // resuming: inits that derive from the base (PiSSA's SVD) are restored from the checkpoint
-        PEFT_TRY(adapters_attach(m, cfg.root(), o.seed, aset, !o.resume_from_checkpoint.empty()));
+        calibration calib(*this);
+        PEFT_TRY(adapters_attach(m, cfg.root(), o.seed, aset, !o.resume_from_checkpoint.empty(), &calib));
         for (param_ref & p : adapter_set_params(aset)) {
             named_f32 nf{p.name, p.value, p.shape};
             if (p.value) state_params.push_back(nf);

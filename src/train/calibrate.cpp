@@ -1,0 +1,82 @@
+// calibrate.cpp: the calibration runner (calibrate.h). Each target's projection is wrapped by a
+// probe module for the pass: the base linear as usual, plus a call to the observer with the
+// input and the batch geometry.
+#include "train/calibrate.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "model/llama.h"
+#include "train/data.h"
+#include "train/trainer.h"
+
+namespace peft {
+
+namespace {
+
+// The batch of the current forward, shared by every probe.
+struct batch_view {
+    const int32_t * seg = nullptr;
+    int64_t         rows = 0, T = 0;
+    status          failed;   // the first observer error (forward cannot return one)
+};
+
+struct probe_module : adapter_module {
+    target_info            t;
+    int64_t                index;
+    calibration_observer & obs;
+    batch_view &           view;
+    probe_module(const target_info & ti, int64_t i, calibration_observer & o, batch_view & v) : t(ti), index(i), obs(o), view(v) {}
+
+    void forward(const float * x, int64_t N, float * y) override {
+        linear_forward(y, x, *t.base, t.bias, N);
+        PEFT_ASSERT(N == view.rows * view.T);
+        if (view.failed.ok()) view.failed = obs.observe(index, x, view.seg, view.rows, view.T);
+    }
+    void backward(const float *, const float *, int64_t, float *) override { PEFT_ASSERT(false); }   // forward only
+    void delta_weight(float * dW) const override { std::fill(dW, dW + t.out_features * t.in_features, 0.0f); }
+    void params(std::vector<param_ref> &) override {}
+};
+
+} // namespace
+
+status calibrate_rows(llama_model & m, const data_rows & rows, int64_t max_rows, int64_t batch, const target_info * targets,
+                      int64_t n, calibration_observer & obs) {
+    const int64_t n_rows = std::min(max_rows, rows.n_rows);
+    if (n_rows <= 0) return make_error(PEFT_STATUS_FORMAT, "calibration data", "no rows to calibrate on");
+    batch = std::max<int64_t>(1, std::min(batch, n_rows));
+    batch_view view;
+    std::vector<std::unique_ptr<probe_module>> probes;
+    std::vector<adapter_module *> saved = m.adapters;
+    m.adapters.assign((size_t) (m.hp.n_layer * LLAMA_PROJ_COUNT), nullptr);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t slot = -1;
+        for (int q = 0; q < LLAMA_PROJ_COUNT; q++) {
+            if (&m.proj_weight(targets[i].layer, (llama_proj) q) == targets[i].base) slot = targets[i].layer * LLAMA_PROJ_COUNT + q;
+        }
+        PEFT_ASSERT(slot >= 0);
+        probes.push_back(std::make_unique<probe_module>(targets[i], i, obs, view));
+        m.adapters[(size_t) slot] = probes.back().get();
+    }
+    llama_state s;
+    status st = llama_state_init(s, m, batch, rows.T, false);
+    batch_buffers buf;
+    buf.init(batch, rows.T);
+    std::vector<int64_t> idx((size_t) batch);
+    for (int64_t first = 0; st.ok() && first < n_rows; first += batch) {
+        const int64_t k = std::min(batch, n_rows - first);
+        for (int64_t i = 0; i < k; i++) idx[(size_t) i] = first + i;
+        buf.fill(rows, idx.data(), k);
+        const llama_batch b = buf.batch();
+        // rows past k are empty padding (batch_buffers): observers see them as segment 0
+        view.seg = b.seg;
+        view.rows = batch;
+        view.T = rows.T;
+        llama_forward(m, s, b, 0.0f);
+        st = view.failed;
+    }
+    m.adapters = saved;
+    return st;
+}
+
+} // namespace peft
