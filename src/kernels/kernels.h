@@ -134,4 +134,9 @@ status eigh_range(double * evals, double * evecs, const double * X, int64_t n, i
 // Y [n,nrhs]. Not positive definite -> PEFT_STATUS_NUMERIC.
 status spd_solve(double * Y, const double * X, const double * Bm, int64_t n, int64_t nrhs);
 
+// Xi [n,n] = X^-1 for a symmetric positive definite X [n,n] in fp64 (dpotrf + dpotri, Cholesky;
+// only the upper triangle of X is read). Xi is exactly symmetric (one triangle mirrored).
+// Not positive definite -> PEFT_STATUS_NUMERIC. Xi may not alias X.
+status spd_inverse(double * Xi, const double * X, int64_t n);
+
 } // namespace peft

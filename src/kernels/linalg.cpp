@@ -1,13 +1,13 @@
-// linalg.cpp: the dense linear algebra the SVD-family initialisers (PiSSA, MiLoRA, OLoRA) and,
-// later, CorDA and LoRA-FA need: thin SVD, randomized SVD, the smallest singular triplets, thin
-// QR, a ranged symmetric eigensolver and an SPD solve. It is the only file that includes LAPACKE
-// (ARCHITECTURE §5). Not a general library: row-major dense matrices that fit in memory, no
-// complex numbers, no batching. Every function returns a status (never aborts) because the
-// inputs are model weights read from files and LAPACK can fail on them.
+// linalg.cpp: the dense linear algebra the SVD-family initialisers (PiSSA, MiLoRA, OLoRA, CorDA)
+// and, later, LoRA-FA need: thin SVD, randomized SVD, the smallest singular triplets, thin QR,
+// a ranged symmetric eigensolver, an SPD solve and an SPD inverse. It is the only file that
+// includes LAPACKE (ARCHITECTURE §5). Not a general library: row-major dense matrices that fit
+// in memory, no complex numbers, no batching. Every function returns a status (never aborts)
+// because the inputs are model weights read from files and LAPACK can fail on them.
 //
 // Precision follows the PyTorch reference (METHODS §0): SVD and QR in fp32 on an f32 copy. The
-// Gram-matrix routes (svd_smallest, eigh_range, spd_solve) run in fp64 because forming W^T W
-// squares the condition number.
+// Gram-matrix routes (svd_smallest, eigh_range, spd_solve, spd_inverse) run in fp64 because
+// forming W^T W squares the condition number (and CorDA's covariance is such a Gram matrix).
 #include <lapacke.h>
 
 #include <algorithm>
@@ -240,6 +240,22 @@ status spd_solve(double * Y, const double * X, const double * Bm, int64_t n, int
                                     (lapack_int) n, Y, (lapack_int) nrhs);
     if (info > 0) return make_error(PEFT_STATUS_NUMERIC, where, "matrix is not positive definite");
     if (info != 0) return lapack_error(where, "dposv", info);
+    return status::success();
+}
+
+status spd_inverse(double * Xi, const double * X, int64_t n) {
+    const char * where = "spd_inverse";
+    if (!fits_lapack(n, n)) return shape_error(where, "bad matrix size " + std::to_string(n));
+    if (!all_finite_f64(X, n * n)) return make_error(PEFT_STATUS_NUMERIC, where, "matrix has NaN or Inf");
+    std::memcpy(Xi, X, sizeof(double) * (size_t) (n * n));   // factored, then inverted, in place
+    lapack_int info = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int) n, Xi, (lapack_int) n);
+    if (info > 0) return make_error(PEFT_STATUS_NUMERIC, where, "matrix is not positive definite");
+    if (info != 0) return lapack_error(where, "dpotrf", info);
+    info = LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'U', (lapack_int) n, Xi, (lapack_int) n);
+    if (info != 0) return lapack_error(where, "dpotri", info);
+    // dpotri fills only the upper triangle: mirror it so callers get the whole, symmetric inverse
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < i; j++) Xi[i * n + j] = Xi[j * n + i];
     return status::success();
 }
 

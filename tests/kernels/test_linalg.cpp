@@ -179,7 +179,7 @@ TEST(linalg, svd_lowrank_converges_with_niter) {
     EXPECT_EQ(S, S2);
 }
 
-TEST(linalg, eigh_range_and_spd_solve_residuals) {
+TEST(linalg, eigh_range_spd_solve_and_inverse_residuals) {
     const int64_t n = 12, lo = 3, count = 4, nrhs = 2;
     // X = Q diag(lambda) Q^T with known lambda = 1..n
     auto q = random_orthonormal(n, n, 41);
@@ -214,9 +214,21 @@ TEST(linalg, eigh_range_and_spd_solve_residuals) {
             for (int64_t p = 0; p < n; p++) acc += X[i * n + p] * Y[p * nrhs + c];
             EXPECT_NEAR(acc, Bm[i * nrhs + c], 1e-10);
         }
+    // the inverse: X Xi = I, and Xi exactly symmetric (dpotri's triangle mirrored)
+    std::vector<double> Xi((size_t) (n * n));
+    ASSERT_TRUE(spd_inverse(Xi.data(), X.data(), n).ok());
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double acc = 0.0;
+            for (int64_t p = 0; p < n; p++) acc += X[i * n + p] * Xi[p * n + j];
+            EXPECT_NEAR(acc, i == j ? 1.0 : 0.0, 1e-12);
+            EXPECT_EQ(Xi[i * n + j], Xi[j * n + i]);
+        }
     // not positive definite: shift the spectrum so one eigenvalue is negative
     for (int64_t i = 0; i < n; i++) X[i * n + i] -= 1.5;
     status st = spd_solve(Y.data(), X.data(), Bm.data(), n, nrhs);
+    EXPECT_EQ(st.code, PEFT_STATUS_NUMERIC) << st.message;
+    st = spd_inverse(Xi.data(), X.data(), n);
     EXPECT_EQ(st.code, PEFT_STATUS_NUMERIC) << st.message;
 }
 
