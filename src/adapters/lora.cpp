@@ -11,12 +11,15 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
+#include "adapters/corda.h"
 #include "adapters/svd_init.h"
 #include "adapters/target.h"
 #include "core/rng.h"
 #include "io/json.h"
 #include "io/peft_format.h"
+#include "io/safetensors.h"
 #include "kernels/kernels.h"
 
 namespace peft {
@@ -219,6 +222,14 @@ void lora_module::exported(std::vector<param_ref> & out) {
 
 // ---- method --------------------------------------------------------------------------------
 
+// CorDA's calibration: one input covariance per target.
+struct corda_state {
+    std::vector<target_info>      targets;
+    std::vector<corda_covariance> cov;    // per target, finished once create() needs them
+    bool                          ready = false;   // loaded from covariance_file, or finished
+};
+
+
 namespace {
 
 const char * const WHERE = "adapter config";
@@ -274,7 +285,54 @@ status parse_pattern(const json_value & v, const char * field, bool integer, std
 
 std::string raw_or_null(const json_value & v) { return v.valid() ? v.dump() : "null"; }
 
-bool is_svd_init(lora_init i) { return i == LORA_INIT_PISSA || i == LORA_INIT_MILORA || i == LORA_INIT_OLORA; }
+// corda_config (PEFT CordaConfig: corda_method, covariance_file, cache_file, ...) and our
+// corda_data / corda_samples (the calibration set peft train streams).
+status parse_corda(const json_value & cfg, lora_method & m) {
+    const json_value cc = cfg.get("corda_config");
+    m.corda_config_json = cc.valid() ? cc.dump() : "null";
+    if (cc.valid() && !cc.is_null()) {
+        if (!cc.is_object()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "corda_config", "an object", cc.dump());
+        for (size_t i = 0; i < cc.size(); i++) {
+            const std::string k = cc.key_at(i);
+            const json_value v = cc.value_at(i);
+            if (k == "corda_method") {
+                if (!v.is_string() || (v.as_string() != "ipm" && v.as_string() != "kpm")) {
+                    return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "corda_config.corda_method", "\"ipm\" or \"kpm\"", v.dump());
+                }
+                m.corda_kpm = v.as_string() == "kpm";
+            } else if (k == "covariance_file") {
+                if (!v.is_null() && !v.is_string()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "corda_config.covariance_file", "a path", v.dump());
+                m.corda_covariance_file = v.as_string();
+            } else if (k == "cache_file" || k == "use_float16_for_covariance") {
+                if (!v.is_null() && !(v.is_bool() && !v.as_bool())) {
+                    status st = make_error(PEFT_STATUS_CONFIG, WHERE, "corda_config." + k + " = " + v.dump() + " is not supported");
+                    st.hint = "covariance_file caches the calibration; the decomposition itself is recomputed";
+                    return st;
+                }
+            } else if (k != "prune_temporary_fields" && k != "verbose") {
+                return make_error(PEFT_STATUS_CONFIG, WHERE, "corda_config: unknown key \"" + k + "\"");
+            }
+        }
+    }
+    json_value v = cfg.get("corda_data");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_string() || v.as_string().empty()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "corda_data", "a data file path", v.dump());
+        m.corda_data = v.as_string();
+    }
+    v = cfg.get("corda_samples");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_integer() || v.as_int() < 1) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "corda_samples", "a positive integer", v.dump());
+        m.corda_samples = v.as_int();
+    }
+    if (m.init == LORA_INIT_CORDA && m.corda_data.empty() && m.corda_covariance_file.empty()) {
+        status st = make_error(PEFT_STATUS_CONFIG, WHERE, "init_lora_weights \"corda\" needs calibration data");
+        st.hint = "set corda_data: FILE.jsonl (samples of the task for ipm, of knowledge to keep for kpm), or corda_config.covariance_file";
+        return st;
+    }
+    return {};
+}
+
+bool is_svd_init(lora_init i) { return i == LORA_INIT_PISSA || i == LORA_INIT_MILORA || i == LORA_INIT_OLORA || i == LORA_INIT_CORDA; }
 
 // init_lora_weights: true, false, "gaussian", "pissa", "pissa_niter_N", "milora", "olora"
 status parse_init(const json_value & v, lora_init & init, int64_t & niter) {
@@ -286,6 +344,7 @@ status parse_init(const json_value & v, lora_init & init, int64_t & niter) {
     else if (s == "pissa") init = LORA_INIT_PISSA;
     else if (s == "milora") init = LORA_INIT_MILORA;
     else if (s == "olora") init = LORA_INIT_OLORA;
+    else if (s == "corda") init = LORA_INIT_CORDA;
     else if (v.is_string() && s.rfind(prefix, 0) == 0) {
         int64_t n = -1;
         const auto [end, ec] = std::from_chars(s.data() + prefix.size(), s.data() + s.size(), n);
@@ -296,8 +355,8 @@ status parse_init(const json_value & v, lora_init & init, int64_t & niter) {
         niter = n;
     } else {
         status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "init_lora_weights",
-                                  "true, false, \"gaussian\", \"pissa\", \"pissa_niter_N\", \"milora\" or \"olora\"", v.dump());
-        st.hint = "other PEFT initialisations (eva, loftq, corda, ...) are not implemented yet";
+                                  "true, false, \"gaussian\", \"pissa\", \"pissa_niter_N\", \"milora\", \"olora\" or \"corda\"", v.dump());
+        st.hint = "other PEFT initialisations (eva, loftq, ...) are not implemented yet";
         return st;
     }
     return {};
@@ -352,6 +411,7 @@ status lora_method::configure(const json_value & cfg) {
         init_text = v.dump();
         init_name = v.is_string() ? v.as_string() : init_text;
     }
+    PEFT_TRY(parse_corda(cfg, *this));
     v = cfg.get("save_residual_model");
     if (v.valid() && !v.is_null()) {
         if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "save_residual_model", "true or false", v.dump());
@@ -439,7 +499,13 @@ status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
         std::vector<float> W((size_t) (OC * IC));   // W, then W_res = W - s B A in place
         linear_weight_rows_f32(W.data(), *t.base, 0, OC);
         float * A = mod->A.data(), * B = mod->B.data(), * Wr = W.data();
-        status st = init == LORA_INIT_MILORA ? milora_init(A, B, Wr, Wr, OC, IC, R, s)
+        if (init == LORA_INIT_CORDA) PEFT_TRY(corda_finish());
+        const corda_covariance * cov = nullptr;
+        for (size_t i = 0; corda && i < corda->targets.size(); i++) {
+            if (corda->targets[i].path == t.path) cov = &corda->cov[i];
+        }
+        status st = init == LORA_INIT_CORDA  ? corda_init(A, B, Wr, Wr, OC, IC, cov->C.data(), R, s, corda_kpm, nullptr)
+                  : init == LORA_INIT_MILORA ? milora_init(A, B, Wr, Wr, OC, IC, R, s)
                   : init == LORA_INIT_OLORA  ? olora_init(A, B, Wr, Wr, OC, IC, R, s)
                   : pissa_niter < 0          ? pissa_init(A, B, Wr, Wr, OC, IC, R, s)
                                              : pissa_niter_init(A, B, Wr, Wr, OC, IC, R, s, (int) pissa_niter, seed);
@@ -456,6 +522,102 @@ status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
     return {};
 }
 
+// ---- CorDA calibration -----------------------------------------------------------------------
+
+lora_method::lora_method() = default;
+lora_method::~lora_method() = default;
+
+namespace {
+
+const char * const CORDA_FORMAT = "peft.cpp corda covariance v1";
+
+// What a covariance file was made for: the targets and their input widths (another model or
+// layer set must not reuse it).
+std::string corda_fingerprint(const std::vector<target_info> & ts) {
+    std::string f;
+    for (const target_info & t : ts) f += t.path + ":" + std::to_string(t.in_features) + ";";
+    return f;
+}
+
+status corda_load(const std::string & path, corda_state & c) {
+    safetensors_file f;
+    PEFT_TRY(safetensors_open(path, f));
+    const std::string * fmt = f.metadata_get("format");
+    const std::string * fp = f.metadata_get("targets");
+    if (!fmt || *fmt != CORDA_FORMAT) return make_mismatch(PEFT_STATUS_FORMAT, path, "metadata 'format'", CORDA_FORMAT, fmt ? *fmt : "(none)");
+    if (!fp || *fp != corda_fingerprint(c.targets)) {
+        status st = make_error(PEFT_STATUS_CONFIG, path, "the covariances were computed for another model or set of target modules");
+        st.hint = "delete the file or point corda_config.covariance_file elsewhere to recompute it";
+        return st;
+    }
+    for (size_t i = 0; i < c.targets.size(); i++) {
+        const target_info & t = c.targets[i];
+        const tensor_info * ti = f.find(t.path);
+        const int64_t n = t.in_features;
+        if (!ti || ti->st_dtype != SAFETENSORS_DTYPE_F64 || ti->shape != std::vector<int64_t>{n, n}) {
+            return make_error(PEFT_STATUS_FORMAT, path, "tensor '" + t.path + "' is missing or not F64 [" + std::to_string(n) + ", " + std::to_string(n) + "]");
+        }
+        c.cov[i].C.resize((size_t) (n * n));
+        std::memcpy(c.cov[i].C.data(), ti->data, (size_t) ti->n_bytes);
+        for (double x : c.cov[i].C) {
+            if (!std::isfinite(x)) return make_error(PEFT_STATUS_NUMERIC, path, "tensor '" + t.path + "' holds NaN/Inf");
+        }
+        c.cov[i].count = 1;
+    }
+    c.ready = true;
+    return {};
+}
+
+status corda_save(const std::string & path, const corda_state & c) {
+    std::vector<safetensors_tensor_to_write> ts;
+    for (size_t i = 0; i < c.targets.size(); i++) {
+        const int64_t n = c.targets[i].in_features;
+        ts.push_back({c.targets[i].path, PEFT_DTYPE_F32, {n, n}, c.cov[i].C.data(), "F64"});
+    }
+    return safetensors_write(path, ts, {{"format", CORDA_FORMAT}, {"targets", corda_fingerprint(c.targets)}});
+}
+
+} // namespace
+
+status lora_method::begin(const target_info * targets, int64_t n) {
+    if (init != LORA_INIT_CORDA) return {};
+    corda = std::make_unique<corda_state>();
+    corda->targets.assign(targets, targets + n);
+    for (int64_t i = 0; i < n; i++) corda->cov.push_back(corda_covariance_make(targets[i].in_features));
+    std::error_code ec;
+    if (!corda_covariance_file.empty() && std::filesystem::exists(corda_covariance_file, ec)) return corda_load(corda_covariance_file, *corda);
+    return {};
+}
+
+calibration_observer * lora_method::calibration(std::string & data_path, int64_t & n_samples) {
+    if (init != LORA_INIT_CORDA || !corda || corda->ready) return nullptr;
+    data_path = corda_data;
+    n_samples = corda_samples;
+    return this;
+}
+
+// One call per sample, its non-padding tokens only (METHODS §8 Step A: X is a batch-1 forward).
+status lora_method::observe(int64_t index, const float * x, const int32_t * seg, int64_t rows, int64_t T) {
+    corda_covariance & acc = corda->cov[(size_t) index];
+    const int64_t IC = corda->targets[(size_t) index].in_features;
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t t = 0; t < T;) {
+            const int32_t id = seg[r * T + t];
+            int64_t e = t + 1;
+            while (e < T && seg[r * T + e] == id) e++;
+            if (id != 0) {
+                status st = corda_covariance_add(acc, x + (r * T + t) * IC, e - t, IC);
+                if (!st.ok()) {
+                    st.message = corda->targets[(size_t) index].path + ": " + st.message;
+                    return st;
+                }
+            }
+            t = e;
+        }
+    }
+    return {};
+}
+
 status lora_method::restore(const target_info & t, adapter_module & mod) {
     if (!is_svd_init(init)) return {};
     auto & lm = dynamic_cast<lora_module &>(mod);
@@ -464,6 +626,22 @@ status lora_method::restore(const target_info & t, adapter_module & mod) {
     linear_weight_rows_f32(W.data(), *t.base, 0, OC);
     svd_init_residual(W.data(), W.data(), lm.A0.data(), lm.B0.data(), OC, IC, lm.R, lm.scaling);
     t.writer->replace(t, W.data());
+    return {};
+}
+
+// Once, before the first CorDA module: every covariance is complete (mean over calls) and, when
+// asked, cached for later runs.
+status lora_method::corda_finish() {
+    if (corda->ready) return {};
+    for (size_t i = 0; i < corda->cov.size(); i++) {
+        status st = corda_covariance_finish(corda->cov[i]);
+        if (!st.ok()) {
+            st.message = corda->targets[i].path + ": " + st.message;
+            return st;
+        }
+    }
+    corda->ready = true;
+    if (!corda_covariance_file.empty()) PEFT_TRY(corda_save(corda_covariance_file, *corda));
     return {};
 }
 
@@ -503,7 +681,7 @@ std::string lora_method::config_json() const {
     s += ",\"auto_mapping\":null";
     s += ",\"base_model_name_or_path\":null";
     s += ",\"bias\":\"none\"";
-    s += ",\"corda_config\":null";
+    s += ",\"corda_config\":" + corda_config_json;
     s += ",\"ensure_weight_tying\":false";
     s += ",\"eva_config\":null";
     s += ",\"exclude_modules\":" + exclude_json;
@@ -547,8 +725,11 @@ const std::vector<option_def> & lora_method_options() {
         {"lora_alpha", OPT_FLOAT, "8", "LoRA scaling numerator (scale = alpha/r, or alpha/sqrt(r) with use_rslora)"},
         {"lora_dropout", OPT_FLOAT, "0", "dropout on the adapter input"},
         {"use_rslora", OPT_BOOL, "false", "scale alpha/sqrt(r)"},
-        {"init_lora_weights", OPT_BOOL_OR_STRING, "true", "true (Kaiming A, zero B), gaussian, false, pissa, pissa_niter_N, milora, olora"},
-        {"save_residual_model", OPT_BOOL, "false", "pissa/milora/olora: write the residual model + rank-r adapter, not a rank-2r LoRA"},
+        {"init_lora_weights", OPT_BOOL_OR_STRING, "true", "true (Kaiming A, zero B), gaussian, false, pissa, pissa_niter_N, milora, olora, corda"},
+        {"save_residual_model", OPT_BOOL, "false", "pissa/milora/olora/corda: write the residual model + rank-r adapter, not a rank-2r LoRA"},
+        {"corda_config", OPT_OBJECT, "{}", "corda: {corda_method: ipm|kpm, covariance_file: PATH (cached, reused)}"},
+        {"corda_data", OPT_STRING, "none", "corda: calibration data (JSONL/.txt): task samples for ipm, knowledge to keep for kpm"},
+        {"corda_samples", OPT_INT, "256", "corda: calibration samples (one forward each)"},
         {"lora_fa", OPT_BOOL, "false", "LoRA-FA: lora_A stays frozen at its init"},
         {"loraplus_lr_ratio", OPT_FLOAT, "none", "LoRA+: lora_B learns this many times faster"},
         {"rank_pattern", OPT_OBJECT, "{}", "per-module rank overrides {regex: r}"},

@@ -23,6 +23,7 @@ enum lora_init {
     LORA_INIT_PISSA,         // "pissa" (exact SVD) or "pissa_niter_N" (randomized, N iterations)
     LORA_INIT_MILORA,        // "milora": the R smallest singular triplets
     LORA_INIT_OLORA,         // "olora": thin QR
+    LORA_INIT_CORDA,         // "corda": SVD of W C' with C the input covariance over calibration data
     LORA_INIT_COUNT,
 };
 
@@ -74,7 +75,9 @@ private:
     std::shared_ptr<lora_scratch> scratch;
 };
 
-struct lora_method : adapter_method {
+struct corda_state;   // CorDA's calibration: covariances per target (lora.cpp)
+
+struct lora_method : adapter_method, calibration_observer {
     const char * name() const override { return "lora"; }
     status configure(const json_value & cfg) override;
     std::string config_json() const override;
@@ -82,6 +85,12 @@ struct lora_method : adapter_method {
     status create(const target_info & t, rng & r, std::unique_ptr<adapter_module> & out) override;
     const char * residual_init() const override;
     status restore(const target_info & t, adapter_module & mod) override;
+    status begin(const target_info * targets, int64_t n) override;
+    calibration_observer * calibration(std::string & data_path, int64_t & n_samples) override;
+    status observe(int64_t index, const float * x, const int32_t * seg, int64_t rows, int64_t T) override;
+    lora_method();
+    ~lora_method() override;
+    status corda_finish();
 
     // rank and alpha for a module path after rank_pattern / alpha_pattern
     int64_t rank_for(const std::string & path) const;
@@ -99,6 +108,12 @@ struct lora_method : adapter_method {
     std::string init_text = "true";        // init_lora_weights as JSON text
     std::string init_name = "true";        // the same without quotes ("pissa_niter_4")
     bool        save_residual_model = false;   // true: the file is the R-rank adapter of the residual base
+    // CorDA (PEFT corda_config + ours): kpm takes the smallest components, ipm the largest
+    bool        corda_kpm = false;
+    std::string corda_covariance_file;     // covariances cached here (reused when it exists)
+    std::string corda_data;                // calibration JSONL / .txt
+    int64_t     corda_samples = 256;
+    std::string corda_config_json = "null";
     bool        lora_fa = false;           // ours: "lora_fa": true freezes A (METHODS §16)
     double      loraplus_lr_ratio = 1.0;   // optimizer-side in PEFT; accepted here for LoRA+
     std::vector<std::string> rank_keys;    // rank_pattern, document order
@@ -114,6 +129,7 @@ struct lora_method : adapter_method {
 
 private:
     std::shared_ptr<lora_scratch> scratch;
+    std::unique_ptr<corda_state>  corda;
 };
 
 std::unique_ptr<adapter_method> lora_method_make();

@@ -559,6 +559,7 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
                 PEFT_TRY(rd.get_int(key, v, 1, (int64_t) 1 << 20, tmp));
                 break;
             }
+            case OPT_STRING: ok = v.is_string(); break;
             case OPT_FLOAT: ok = v.is_number(); break;
             case OPT_BOOL: ok = v.is_bool(); break;
             case OPT_BOOL_OR_STRING: ok = v.is_bool() || v.is_string(); break;

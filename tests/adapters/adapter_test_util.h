@@ -11,6 +11,8 @@
 #include "adapters/lora.h"
 #include "io/json.h"
 #include "model/llama.h"
+#include "train/calibrate.h"
+#include "train/data.h"
 #include "testing.h"
 
 namespace peft::adapter_test {
@@ -48,9 +50,30 @@ struct config {
     json_value root() const { return doc.root(); }
 };
 
+// Calibration for inits that ask for it (CorDA): 6 fixed rows of 8 tokens, whatever the path.
+struct test_calibration : calibration_source {
+    status run(const std::string &, int64_t n_samples, const target_info * targets, int64_t n, calibration_observer & obs) override {
+        data_rows d;
+        d.T = 8;
+        d.n_rows = 6;
+        for (int64_t r = 0; r < d.n_rows; r++) {
+            for (int64_t t = 0; t < d.T; t++) {
+                d.input_ids.push_back((int32_t) ((r * 13 + t * 5) % 60 + 2));
+                d.labels.push_back(-100);
+                d.position_ids.push_back((int32_t) t);
+                d.segment_ids.push_back(1);
+            }
+        }
+        return calibrate_rows(*model, d, n_samples, 2, targets, n, obs);
+    }
+    llama_model * model = nullptr;
+};
+
 inline status attach(llama_model & m, const std::string & cfg_text, adapter_set & s, uint64_t seed = 1) {
     config c(cfg_text);
-    return adapters_attach(m, c.root(), seed, s);
+    test_calibration calib;
+    calib.model = &m;
+    return adapters_attach(m, c.root(), seed, s, false, &calib);
 }
 
 // A fixed batch of B x T tokens (targets shifted from the tokens).

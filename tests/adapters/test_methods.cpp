@@ -39,6 +39,9 @@ const method_case METHODS[] = {
     {"milora", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"milora\"}", 1e-5, false, 1},
     {"olora", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"olora\"}", 1e-5, false, 1},
     {"pissa_residual_form", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"pissa\",\"save_residual_model\":true}", 1e-5, true, 1},
+    {"corda_ipm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\"}", 1e-5, false, 1},
+    {"corda_kpm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\",\"corda_config\":{\"corda_method\":\"kpm\"}}",
+     1e-5, false, 1},
 };
 
 void PrintTo(const method_case & c, std::ostream * os) { *os << c.name; }

@@ -182,6 +182,36 @@ TEST(cli_train, pissa_resumes_bit_exactly_from_its_initial_factors) {
     EXPECT_TRUE(read_text(out + "/resumed/adapter_model.safetensors") == read_text(out + "/straight/adapter_model.safetensors"));
 }
 
+// CorDA through peft train: the calibration data streams through the model, the covariances are
+// cached in covariance_file and reused by the next run (same adapter, no calibration pass); a
+// cache made for other target modules, and corda without data, are refused.
+TEST(cli_train, corda_calibrates_caches_and_reuses_covariances) {
+    const files & f = fixture();
+    const std::string out = temp_dir("cli_train_corda");
+    const std::string cov = out + "/cov.safetensors";
+    auto args = [&](const std::string & dir, const std::string & targets) {
+        return std::vector<std::string>{"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", dir, "--r", "4",
+                                        "--target_modules", targets, "--init_lora_weights", "corda", "--corda_data", f.test_data,
+                                        "--corda_samples", "4", "--corda_config", "{\"corda_method\": \"kpm\", \"covariance_file\": \"" + cov + "\"}",
+                                        "--learning_rate", "2e-3", "--micro_batch_size", "2", "--sequence_len", "32", "--max_steps", "3",
+                                        "--threads", "1"};
+    };
+    child_result r = spawn(args(out + "/a", "q_proj,down_proj"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("calibration: 4 samples"), std::string::npos) << r.out;
+    ASSERT_TRUE(std::filesystem::exists(cov));
+    r = spawn(args(out + "/b", "q_proj,down_proj"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(r.out.find("calibration:"), std::string::npos) << "the cached covariances were not reused:\n" << r.out;
+    EXPECT_TRUE(read_text(out + "/a/adapter_model.safetensors") == read_text(out + "/b/adapter_model.safetensors"));
+    r = spawn(args(out + "/c", "v_proj"));
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find("another model or set of target modules"), std::string::npos) << r.out;
+    r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", out + "/d", "--init_lora_weights", "corda"});
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find("corda_data"), std::string::npos) << r.out;
+}
+
 TEST(cli_train, two_threads_same_seed_same_losses_and_adapter_bit_for_bit) {
     std::string metrics[2], adapter[2];
     for (int i = 0; i < 2; ++i) {
