@@ -664,8 +664,7 @@ std::string lora_method::config_json() const {
     // rank 2r, and alpha (and the patterns) doubled so that every scale stays, as PEFT converts
     const bool converted = is_svd_init(init) && !save_residual_model;
     const int64_t rank_mult = converted ? 2 : 1;
-    // svd_init_convert_alpha's rule, in double as PEFT writes lora_alpha * math.sqrt(2)
-    const double alpha_mult = !converted ? 1.0 : use_rslora ? std::sqrt(2.0) : 2.0;
+    const double alpha_mult = converted ? svd_init_convert_alpha(1.0, use_rslora) : 1.0;
     std::vector<std::string> rank_texts, alpha_out = alpha_texts;
     for (int64_t x : rank_values) rank_texts.push_back(std::to_string(x * rank_mult));
     if (converted) {

@@ -93,9 +93,10 @@ void svd_init_convert(float * A2, float * B2, const float * A, const float * B, 
         }
 }
 
-float svd_init_convert_alpha(float alpha, bool use_rslora) {
+double svd_init_convert_alpha(double alpha, bool use_rslora) {
     // s = alpha / r at r' = 2r needs alpha' = 2 alpha; s = alpha / sqrt(r) needs sqrt(2) alpha
-    return use_rslora ? std::sqrt(2.0f) * alpha : 2.0f * alpha;
+    // (in double, as PEFT writes lora_alpha * math.sqrt(2) into adapter_config.json)
+    return use_rslora ? std::sqrt(2.0) * alpha : 2.0 * alpha;
 }
 
 // One fp32 GEMM with beta = 1, as PEFT's `weight - scaling * lora_B @ lora_A`.

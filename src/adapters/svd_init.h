@@ -35,6 +35,6 @@ void svd_init_convert(float * A2, float * B2, const float * A, const float * B, 
                       int64_t OC, int64_t IC, int64_t R);
 // lora_alpha of the converted adapter, so its scaling equals the original one at rank 2R:
 // 2 alpha under alpha / r, sqrt(2) alpha under rsLoRA (alpha / sqrt(r)).
-float svd_init_convert_alpha(float alpha, bool use_rslora);
+double svd_init_convert_alpha(double alpha, bool use_rslora);
 
 } // namespace peft

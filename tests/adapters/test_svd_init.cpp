@@ -202,7 +202,7 @@ TEST(svd_init, conversion_to_plain_lora_on_original_w) {
     const float alpha = 8.0f;
     for (bool rslora : {false, true}) {
         const float s = rslora ? alpha / std::sqrt((float) R) : alpha / (float) R;
-        const float alpha2 = svd_init_convert_alpha(alpha, rslora);
+        const float alpha2 = (float) svd_init_convert_alpha(alpha, rslora);
         const float s2 = rslora ? alpha2 / std::sqrt((float) (2 * R)) : alpha2 / (float) (2 * R);
         EXPECT_NEAR(s2, s, 1e-6f * s);
         for (int method = 0; method < 2; method++) {
@@ -302,8 +302,8 @@ TEST(svd_init, matches_pytorch_fixture) {
         EXPECT_EQ(A2, fixture_tensor(f, p + "convert.A"));
         EXPECT_EQ(B2, fixture_tensor(f, p + "convert.B"));
         const float alpha = fixture_tensor(f, p + "alpha")[0];
-        EXPECT_FLOAT_EQ(svd_init_convert_alpha(alpha, false), fixture_tensor(f, p + "convert.alpha")[0]);
-        EXPECT_FLOAT_EQ(svd_init_convert_alpha(alpha, true), fixture_tensor(f, p + "convert.alpha_rslora")[0]);
+        EXPECT_FLOAT_EQ((float) svd_init_convert_alpha(alpha, false), fixture_tensor(f, p + "convert.alpha")[0]);
+        EXPECT_FLOAT_EQ((float) svd_init_convert_alpha(alpha, true), fixture_tensor(f, p + "convert.alpha_rslora")[0]);
     }
 }
 
