@@ -522,6 +522,42 @@ status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
     return {};
 }
 
+// ---- LoRA-FA ---------------------------------------------------------------------------------
+
+// PEFT's LoraFAOptimizer (METHODS §16 [QUIRK]): B's gradient, after clipping, becomes
+// g_B (A A^T + 1e-8 I)^-1 / s^2, the full fine-tuning gradient projected onto B's factor; A is
+// frozen, so the r x r inverse is computed once per module.
+void lora_method::before_update(const step_info & s, adapter_module * const * mods, int64_t n_mods) {
+    (void) s;
+    if (!lora_fa) return;
+    for (int64_t i = 0; i < n_mods; i++) {
+        auto * m = dynamic_cast<lora_module *>(mods[i]);
+        if (!m) continue;
+        const int64_t R = m->R, IC = m->t.in_features, OC = m->t.out_features;
+        if (m->fa_inverse.empty()) {
+            std::vector<double> A((size_t) (R * IC)), G((size_t) (R * R));
+            for (size_t j = 0; j < A.size(); j++) A[j] = m->A[j];
+            gemm_f64(false, true, R, R, IC, 1.0, A.data(), IC, A.data(), IC, 0.0, G.data(), R);
+            for (int64_t k = 0; k < R; k++) G[(size_t) (k * R + k)] += 1e-8;
+            m->fa_inverse.resize((size_t) (R * R));
+            // A A^T is SPD for the full-rank random A LoRA-FA draws; PEFT's pinv equals the inverse then
+            PEFT_ASSERT(spd_inverse(m->fa_inverse.data(), G.data(), R).ok());
+            const double inv_s2 = 1.0 / ((double) m->scaling * m->scaling);
+            for (double & v : m->fa_inverse) v *= inv_s2;
+        }
+        std::vector<double> row((size_t) R);
+        for (int64_t o = 0; o < OC; o++) {   // dB[o,:] <- dB[o,:] Minv, row by row in double
+            float * g = m->dB.data() + o * R;
+            for (int64_t k = 0; k < R; k++) {
+                double acc = 0;
+                for (int64_t j = 0; j < R; j++) acc += (double) g[j] * m->fa_inverse[(size_t) (j * R + k)];
+                row[(size_t) k] = acc;
+            }
+            for (int64_t k = 0; k < R; k++) g[k] = (float) row[(size_t) k];
+        }
+    }
+}
+
 // ---- CorDA calibration -----------------------------------------------------------------------
 
 lora_method::lora_method() = default;
@@ -729,7 +765,7 @@ const std::vector<option_def> & lora_method_options() {
         {"corda_config", OPT_OBJECT, "{}", "corda: {corda_method: ipm|kpm, covariance_file: PATH (cached, reused)}"},
         {"corda_data", OPT_STRING, "none", "corda: calibration data (JSONL/.txt): task samples for ipm, knowledge to keep for kpm"},
         {"corda_samples", OPT_INT, "256", "corda: calibration samples (one forward each)"},
-        {"lora_fa", OPT_BOOL, "false", "LoRA-FA: lora_A stays frozen at its init"},
+        {"lora_fa", OPT_BOOL, "false", "LoRA-FA: lora_A frozen at its init, lora_B's gradient preconditioned by (A A^T)^-1 / s^2 (PEFT's LoraFAOptimizer)"},
         {"loraplus_lr_ratio", OPT_FLOAT, "none", "LoRA+: lora_B learns this many times faster"},
         {"rank_pattern", OPT_OBJECT, "{}", "per-module rank overrides {regex: r}"},
         {"alpha_pattern", OPT_OBJECT, "{}", "per-module alpha overrides {regex: alpha}"},

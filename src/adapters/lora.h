@@ -54,6 +54,7 @@ struct lora_module : adapter_module {
     float              scaling = 1.0f;
     float              dropout = 0.0f;
     bool               freeze_a = false;     // LoRA-FA: A frozen, no dA buffer
+    std::vector<double> fa_inverse;          // LoRA-FA: (A A^T + 1e-8 I)^-1 / s^2 [R,R], once (A never changes)
     float              b_lr_scale = 1.0f;    // LoRA+: loraplus_lr_ratio
     bool               training = true;
     std::vector<float> A, B;                 // [R,IC], [OC,R]
@@ -86,6 +87,7 @@ struct lora_method : adapter_method, calibration_observer {
     const char * residual_init() const override;
     status restore(const target_info & t, adapter_module & mod) override;
     status begin(const target_info * targets, int64_t n) override;
+    void before_update(const step_info & s, adapter_module * const * mods, int64_t n_mods) override;
     calibration_observer * calibration(std::string & data_path, int64_t & n_samples) override;
     status observe(int64_t index, const float * x, const int32_t * seg, int64_t rows, int64_t T) override;
     lora_method();
@@ -114,7 +116,7 @@ struct lora_method : adapter_method, calibration_observer {
     std::string corda_data;                // calibration JSONL / .txt
     int64_t     corda_samples = 256;
     std::string corda_config_json = "null";
-    bool        lora_fa = false;           // ours: "lora_fa": true freezes A (METHODS §16)
+    bool        lora_fa = false;           // ours: "lora_fa": true freezes A and preconditions dB (METHODS §16)
     double      loraplus_lr_ratio = 1.0;   // optimizer-side in PEFT; accepted here for LoRA+
     std::vector<std::string> rank_keys;    // rank_pattern, document order
     std::vector<int64_t>     rank_values;

@@ -81,3 +81,68 @@ TEST(hooks, train_step_runs_the_method_lifecycle_in_order) {
     EXPECT_FALSE(opt.reset_state(&unknown));
     EXPECT_NE(cm->b_at_before, b0) << "the second step's before_update sees the first update";
 }
+
+// LoRA-FA (METHODS §16 [QUIRK]): the update of B uses g_B (A A^T + 1e-8 I)^-1 / s^2, applied by
+// the method's before_update after clipping; A never changes.
+TEST(hooks, lora_fa_preconditions_the_gradient_of_b_and_keeps_a) {
+    auto m = tiny_model();
+    adapter_set set;
+    ASSERT_TRUE(attach(*m, "{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\"],\"lora_fa\":true}", set).ok());
+    randomize(adapter_set_params(set), 3);   // B != 0 so that the gradient reaches every factor
+    auto * lm = dynamic_cast<lora_module *>(set.modules[0].get());
+    const std::vector<float> a0 = lm->A;
+    const batch_data d = make_batch(m->hp.n_vocab);
+    const llama_batch b = d.batch();
+    llama_state s;
+    ASSERT_TRUE(llama_state_init(s, *m, 2, 8, false).ok());
+    // the raw gradient, as train_step computes it before the hooks
+    std::fill(lm->dB.begin(), lm->dB.end(), 0.0f);
+    llama_forward(*m, s, b, 1.0f);
+    llama_backward(*m, s, b);
+    const std::vector<float> raw = lm->dB;
+    // expected: raw (A A^T + 1e-8 I)^-1 / s^2, solved in double here by Gauss-Jordan
+    const int64_t R = 4, IC = lm->t.in_features, OC = lm->t.out_features;
+    std::vector<double> G((size_t) (R * 2 * R), 0.0);
+    for (int64_t i = 0; i < R; i++) {
+        for (int64_t j = 0; j < R; j++) {
+            double acc = i == j ? 1e-8 : 0.0;
+            for (int64_t k = 0; k < IC; k++) acc += (double) lm->A[(size_t) (i * IC + k)] * lm->A[(size_t) (j * IC + k)];
+            G[(size_t) (i * 2 * R + j)] = acc;
+        }
+        G[(size_t) (i * 2 * R + R + i)] = 1.0;
+    }
+    for (int64_t c = 0; c < R; c++) {
+        const double p = G[(size_t) (c * 2 * R + c)];
+        for (int64_t j = 0; j < 2 * R; j++) G[(size_t) (c * 2 * R + j)] /= p;
+        for (int64_t r = 0; r < R; r++) {
+            if (r == c) continue;
+            const double f = G[(size_t) (r * 2 * R + c)];
+            for (int64_t j = 0; j < 2 * R; j++) G[(size_t) (r * 2 * R + j)] -= f * G[(size_t) (c * 2 * R + j)];
+        }
+    }
+    const double s2 = (double) lm->scaling * lm->scaling;
+    adamw opt;
+    adamw_config oc;
+    oc.lr = 1e-3f;
+    ASSERT_TRUE(opt.init(adapter_optim_params(set), oc).ok());
+    train_config cfg;
+    cfg.opt = oc;
+    cfg.max_grad_norm = 0.0f;   // no clipping: the raw gradient above is what the hook sees
+    cfg.total_steps = 1;
+    step_result r;
+    ASSERT_TRUE(train_step(*m, s, opt, cfg, &b, 1, 0, r, &set).ok());
+    double err = 0, norm = 0;
+    for (int64_t o = 0; o < OC; o++) {
+        for (int64_t k = 0; k < R; k++) {
+            double want = 0;
+            for (int64_t j = 0; j < R; j++) want += (double) raw[(size_t) (o * R + j)] * G[(size_t) (j * 2 * R + R + k)];
+            want /= s2;
+            err += (want - lm->dB[(size_t) (o * R + k)]) * (want - lm->dB[(size_t) (o * R + k)]);
+            norm += want * want;
+        }
+    }
+    EXPECT_LT(std::sqrt(err / norm), 1e-5);
+    EXPECT_GT(norm, 0.0);
+    EXPECT_EQ(lm->A, a0) << "A moved";
+    EXPECT_TRUE(lm->dA.empty()) << "a dA buffer exists";
+}
