@@ -297,7 +297,8 @@ std::string module_match_json(const module_match & m) {
 
 const std::vector<option_def> & target_options() {
     static const std::vector<option_def> keys = {
-        {"target_modules", OPT_TARGETS, "q_proj,v_proj", "list of module names (exact or suffix), a regex string, or all-linear"},
+        {"target_modules", OPT_TARGETS, "q_proj,v_proj", "list of module names (exact or suffix), a regex string, or all-linear",
+         "lora_target_modules"},
         {"exclude_modules", OPT_TARGETS, "none", "modules never adapted (same forms as target_modules)"},
         {"layers_to_transform", OPT_INT_LIST, "all", "layer indices to adapt"},
     };

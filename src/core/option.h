@@ -25,6 +25,7 @@ struct option_def {
     option_kind  kind;
     const char * def;    // the default, as --help shows it
     const char * help;
+    const char * alias = nullptr;   // another spelling users bring (axolotl's lora_r), or null
 };
 
 } // namespace peft

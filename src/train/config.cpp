@@ -72,10 +72,9 @@ const option_def TRAINER_KEYS[] = {
     {"skip_bad_lines", OPT_BOOL, "false", "count and skip malformed data lines instead of stopping at the first"},
 };
 
-// Other spellings people bring from axolotl / transformers.
-const std::pair<const char *, const char *> ALIASES[] = {
-    {"lora_r", "r"},
-    {"lora_target_modules", "target_modules"},
+// Other spellings people bring from axolotl / transformers for the trainer's keys (the methods'
+// keys carry their own: option_def::alias).
+const std::pair<const char *, const char *> TRAINER_ALIASES[] = {
     {"num_train_epochs", "num_epochs"},
     {"per_device_train_batch_size", "micro_batch_size"},
     {"lr_scheduler_type", "lr_scheduler"},
@@ -101,9 +100,21 @@ const key_def * find_key(const std::string & name) {
     return nullptr;
 }
 
+// Every alias: the trainer's, then those the methods' keys declare.
+const std::vector<std::pair<std::string, std::string>> & aliases() {
+    static const std::vector<std::pair<std::string, std::string>> all = [] {
+        std::vector<std::pair<std::string, std::string>> a(std::begin(TRAINER_ALIASES), std::end(TRAINER_ALIASES));
+        for (const key_def & k : all_keys()) {
+            if (k.opt.alias) a.emplace_back(k.opt.alias, k.opt.name);
+        }
+        return a;
+    }();
+    return all;
+}
+
 std::string canonical(std::string name) {
     std::replace(name.begin(), name.end(), '-', '_');
-    for (const auto & a : ALIASES) {
+    for (const auto & a : aliases()) {
         if (name == a.first) return a.second;
     }
     return name;
@@ -226,6 +237,7 @@ std::string kind_name(option_kind k) {
     case OPT_OBJECT: return "an object";
     case OPT_DATASETS: return "a list of {path, type}";
     case OPT_BOOL_OR_STRING: return "true, false or a string";
+    case OPT_KIND_COUNT: break;
     }
     return "?";
 }
@@ -266,7 +278,7 @@ std::string config_suggest(const std::string & key) {
             best = d.opt.name;
         }
     }
-    for (const auto & a : ALIASES) {
+    for (const auto & a : aliases()) {
         const size_t e = edit_distance(k, a.first);
         if (e < best_d) {
             best_d = e;
@@ -430,6 +442,7 @@ status config_set_flag(config_entries & e, const std::string & name, const std::
             json += "]";
         }
         break;
+    case OPT_KIND_COUNT: break;
     }
     // Reject malformed JSON text now, where the flag can still be named.
     json_document doc;
@@ -688,7 +701,7 @@ std::string config_help() {
         s += line;
     }
     s += "  aliases:";
-    for (const auto & a : ALIASES) s += std::string(" ") + a.first + "=" + a.second;
+    for (const auto & a : aliases()) s += " " + a.first + "=" + a.second;
     s += "\n";
     return s;
 }

@@ -185,7 +185,9 @@ TEST_P(hostile, fails_clearly_and_leaves_every_input_as_it_was) {
     const fixture_files & f = fixture();
     const std::string t = temp_dir(std::string("hostile_") + c.name);
     const auto [setup, args] = prepare(c, t);
-    if (!setup.empty()) ASSERT_EQ(std::system(setup.c_str()), 0) << setup;
+    if (!setup.empty()) {
+        ASSERT_EQ(std::system(setup.c_str()), 0) << setup;
+    }
     const auto before_model = snapshot(f.model), before_root = snapshot(f.root), before_t = snapshot(t);
     const child_result r = spawn_peft(args);
     EXPECT_EQ(r.code, c.code) << r.out;
@@ -398,10 +400,14 @@ TEST(reliability, a_full_disk_at_any_write_loses_nothing_and_says_where_things_a
                 fs::remove_all(where);
             }
         }
-        if (tmpfs) ASSERT_EQ(::umount(mnt.c_str()), 0);
+        if (tmpfs) {
+            ASSERT_EQ(::umount(mnt.c_str()), 0);
+        }
     }
     std::printf("%s: %d runs failed (%d rescued), %d finished\n", tmpfs ? "tmpfs" : "RLIMIT_FSIZE", failures, rescued, finished);
     EXPECT_GT(failures, 0);
     EXPECT_GT(finished, 0) << "no size was large enough: the sweep does not reach a successful run";
-    if (tmpfs) EXPECT_GT(rescued, 0) << "no size failed exactly at the final write";
+    if (tmpfs) {
+        EXPECT_GT(rescued, 0) << "no size failed exactly at the final write";
+    }
 }
