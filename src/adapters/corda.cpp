@@ -92,13 +92,8 @@ status corda_covariance_finish(corda_covariance & acc) {
 status corda_init(float * A, float * B, float * W_res, const float * W, int64_t OC, int64_t IC, const double * C,
                   int64_t R, float s, bool kpm, double * damp_out) {
     const char * where = "corda_init";
+    PEFT_TRY(svd_init_check_args(where, OC, IC, R, s));
     const int64_t k = OC < IC ? OC : IC;
-    if (OC < 1 || IC < 1 || R < 1 || R > k)
-        return make_error(PEFT_STATUS_SHAPE, where,
-                          "rank " + std::to_string(R) + " outside 1.." + std::to_string(k) + " for a " +
-                              std::to_string(OC) + "x" + std::to_string(IC) + " weight");
-    if (!(s > 0.0f) || !std::isfinite(s))
-        return make_error(PEFT_STATUS_CONFIG, where, "scaling must be finite and > 0, got " + std::to_string(s));
     if (!all_finite(W, OC * IC)) return make_error(PEFT_STATUS_NUMERIC, where, "weight has NaN or Inf");
     if (!all_finite_f64(C, IC * IC)) return make_error(PEFT_STATUS_NUMERIC, where, "covariance has NaN or Inf");
 

@@ -14,16 +14,6 @@ namespace peft {
 
 namespace {
 
-status check_args(const char * where, int64_t OC, int64_t IC, int64_t R, float s) {
-    const int64_t k = OC < IC ? OC : IC;
-    if (OC < 1 || IC < 1 || R < 1 || R > k)
-        return make_error(PEFT_STATUS_SHAPE, where,
-                          "rank " + std::to_string(R) + " outside 1.." + std::to_string(k) + " for a " +
-                              std::to_string(OC) + "x" + std::to_string(IC) + " weight");
-    if (!(s > 0.0f) || !std::isfinite(s))
-        return make_error(PEFT_STATUS_CONFIG, where, "scaling must be finite and > 0, got " + std::to_string(s));
-    return status::success();
-}
 
 // PiSSA steps 3-5 on selected triplets U_r [OC,R], S_r [R], Vh_r [R,IC]:
 // sigma' = sigma / s, A = diag(sqrt(sigma')) Vh_r, B = U_r diag(sqrt(sigma')), W_res = W - s B A.
@@ -42,7 +32,7 @@ void split_triplets(float * A, float * B, float * W_res, const float * W, const 
 } // namespace
 
 status pissa_init(float * A, float * B, float * W_res, const float * W, int64_t OC, int64_t IC, int64_t R, float s) {
-    PEFT_TRY(check_args("pissa_init", OC, IC, R, s));
+    PEFT_TRY(svd_init_check_args("pissa_init", OC, IC, R, s));
     const int64_t k = OC < IC ? OC : IC;
     std::vector<float> U((size_t) (OC * k)), S((size_t) k), Vh((size_t) (k * IC));   // [OC,k], [k], [k,IC]
     PEFT_TRY(svd_thin(U.data(), S.data(), Vh.data(), W, OC, IC));
@@ -55,7 +45,7 @@ status pissa_init(float * A, float * B, float * W_res, const float * W, int64_t 
 
 status pissa_niter_init(float * A, float * B, float * W_res, const float * W, int64_t OC, int64_t IC, int64_t R,
                         float s, int niter, uint64_t seed) {
-    PEFT_TRY(check_args("pissa_niter_init", OC, IC, R, s));
+    PEFT_TRY(svd_init_check_args("pissa_niter_init", OC, IC, R, s));
     std::vector<float> U((size_t) (OC * R)), S((size_t) R), Vh((size_t) (R * IC));   // [OC,R], [R], [R,IC]
     PEFT_TRY(svd_lowrank(U.data(), S.data(), Vh.data(), W, OC, IC, R, niter, seed));
     split_triplets(A, B, W_res, W, U.data(), S.data(), Vh.data(), OC, IC, R, s);
@@ -63,7 +53,7 @@ status pissa_niter_init(float * A, float * B, float * W_res, const float * W, in
 }
 
 status milora_init(float * A, float * B, float * W_res, const float * W, int64_t OC, int64_t IC, int64_t R, float s) {
-    PEFT_TRY(check_args("milora_init", OC, IC, R, s));
+    PEFT_TRY(svd_init_check_args("milora_init", OC, IC, R, s));
     std::vector<float> U((size_t) (OC * R)), S((size_t) R), Vh((size_t) (R * IC));   // [OC,R], [R], [R,IC]
     PEFT_TRY(svd_smallest(U.data(), S.data(), Vh.data(), W, OC, IC, R));
     split_triplets(A, B, W_res, W, U.data(), S.data(), Vh.data(), OC, IC, R, s);
@@ -71,7 +61,7 @@ status milora_init(float * A, float * B, float * W_res, const float * W, int64_t
 }
 
 status olora_init(float * A, float * B, float * W_res, const float * W, int64_t OC, int64_t IC, int64_t R, float s) {
-    PEFT_TRY(check_args("olora_init", OC, IC, R, s));
+    PEFT_TRY(svd_init_check_args("olora_init", OC, IC, R, s));
     const int64_t k = OC < IC ? OC : IC;
     std::vector<float> Q((size_t) (OC * k)), Rm((size_t) (k * IC));   // [OC,k], [k,IC]
     PEFT_TRY(qr_thin(Q.data(), Rm.data(), W, OC, IC));
@@ -104,6 +94,17 @@ void svd_init_residual(float * W_res, const float * W, const float * A, const fl
                        int64_t R, float s) {
     if (W_res != W) std::memcpy(W_res, W, sizeof(float) * (size_t) (OC * IC));
     gemm(false, false, OC, IC, R, -s, B, R, A, IC, 1.0f, W_res, IC);
+}
+
+status svd_init_check_args(const char * where, int64_t OC, int64_t IC, int64_t R, float s) {
+    const int64_t k = OC < IC ? OC : IC;
+    if (OC < 1 || IC < 1 || R < 1 || R > k)
+        return make_error(PEFT_STATUS_SHAPE, where,
+                          "rank " + std::to_string(R) + " outside 1.." + std::to_string(k) + " for a " +
+                              std::to_string(OC) + "x" + std::to_string(IC) + " weight");
+    if (!(s > 0.0f) || !std::isfinite(s))
+        return make_error(PEFT_STATUS_CONFIG, where, "scaling must be finite and > 0, got " + std::to_string(s));
+    return status::success();
 }
 
 } // namespace peft

@@ -24,6 +24,10 @@ status milora_init(float * A, float * B, float * W_res, const float * W, int64_t
 // W_res absorbs the scaling instead).
 status olora_init(float * A, float * B, float * W_res, const float * W, int64_t OC, int64_t IC, int64_t R, float s);
 
+// The argument checks every init of the family shares: 1 <= R <= min(OC, IC), s finite and > 0
+// (errors name `where`).
+status svd_init_check_args(const char * where, int64_t OC, int64_t IC, int64_t R, float s);
+
 // W_res = W - s B A, by the same single GEMM the inits use (so a residual rebuilt from saved
 // initial factors on resume is bit for bit the one the init made). W_res may alias W.
 void svd_init_residual(float * W_res, const float * W, const float * A, const float * B, int64_t OC, int64_t IC, int64_t R, float s);

@@ -9,7 +9,11 @@
 #include "core/rng.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
+#include "fixture_util.h"
 #include "testing.h"
+
+using peft::testing::abs_values;
+using peft::testing::fixture_tensor;
 
 using namespace peft;
 
@@ -265,20 +269,6 @@ TEST(corda, init_refuses_bad_arguments) {
 }
 
 // ---- against PyTorch (tests/fixtures/corda, made by tools/ref_corda.py) --------------------------
-
-std::vector<float> fixture_tensor(const safetensors_file & f, const std::string & name) {
-    const tensor_info * t = f.find(name);
-    EXPECT_NE(t, nullptr) << name;
-    if (!t) return {};
-    std::vector<float> v((size_t) t->n_elements);
-    EXPECT_TRUE(read_f32(*t, v.data()).ok());
-    return v;
-}
-
-std::vector<float> abs_values(std::vector<float> v) {
-    for (float & x : v) x = std::fabs(x);
-    return v;
-}
 
 TEST(corda, matches_pytorch_fixture) {
     safetensors_file f;

@@ -11,7 +11,11 @@
 #include "core/rng.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
+#include "fixture_util.h"
 #include "testing.h"
+
+using peft::testing::abs_values;
+using peft::testing::fixture_tensor;
 
 using namespace peft;
 
@@ -245,25 +249,11 @@ TEST(svd_init, bad_arguments_return_status) {
 
 // ---- against PyTorch (tests/fixtures/svd_init, made by tools/ref_pissa.py) --------------------
 
-std::vector<float> fixture_tensor(const safetensors_file & f, const std::string & name) {
-    const tensor_info * t = f.find(name);
-    EXPECT_NE(t, nullptr) << name;
-    if (!t) return {};
-    std::vector<float> v((size_t) t->n_elements);
-    EXPECT_TRUE(read_f32(*t, v.data()).ok());
-    return v;
-}
-
 // B A [OC,IC] in f32 (sign-invariant: flipping a singular pair flips a row of A and a column of B)
 std::vector<float> product(const std::vector<float> & B, const std::vector<float> & A, int64_t oc, int64_t ic, int64_t r) {
     std::vector<float> out((size_t) (oc * ic));
     gemm_ref(false, false, oc, ic, r, 1.0f, B.data(), r, A.data(), ic, 0.0f, out.data(), ic);
     return out;
-}
-
-std::vector<float> abs_values(std::vector<float> v) {
-    for (float & x : v) x = std::fabs(x);
-    return v;
 }
 
 TEST(svd_init, matches_pytorch_fixture) {
