@@ -14,24 +14,13 @@
 
 using peft::testing::abs_values;
 using peft::testing::fixture_tensor;
+using peft::testing::scaled_product;
 
 using namespace peft;
 
 namespace {
 
 constexpr float S_SCALE = 2.0f;
-
-// s B A [OC,IC] in double (B [OC,r], A [r,IC])
-std::vector<double> scaled_product(const float * B, const float * A, int64_t OC, int64_t IC, int64_t r, double s) {
-    std::vector<double> out((size_t) (OC * IC), 0.0);
-    for (int64_t i = 0; i < OC; i++)
-        for (int64_t j = 0; j < IC; j++) {
-            double acc = 0.0;
-            for (int64_t p = 0; p < r; p++) acc += (double) B[i * r + p] * A[p * IC + j];
-            out[i * IC + j] = s * acc;
-        }
-    return out;
-}
 
 // ||a - b||_F / ||b||_F with a in double, b in float
 double rel_to(const std::vector<double> & a, const float * b, int64_t n) {

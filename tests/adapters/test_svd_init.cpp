@@ -51,21 +51,9 @@ known_weight make_weight(uint64_t seed) {
     return kw;
 }
 
-// s B A [OC,IC] in double (B [OC,r], A [r,IC])
-std::vector<double> scaled_product(const float * B, const float * A, int64_t r, double s) {
-    std::vector<double> out((size_t) (OC * IC), 0.0);
-    for (int64_t i = 0; i < OC; i++)
-        for (int64_t j = 0; j < IC; j++) {
-            double acc = 0.0;
-            for (int64_t p = 0; p < r; p++) acc += (double) B[i * r + p] * A[p * IC + j];
-            out[i * IC + j] = s * acc;
-        }
-    return out;
-}
-
 // ||W_res + s B A - W||_F / ||W||_F
 double preservation_error(const float * W_res, const float * A, const float * B, const float * W, int64_t r, double s) {
-    const auto sba = scaled_product(B, A, r, s);
+    const auto sba = peft::testing::scaled_product(B, A, OC, IC, r, s);
     double num = 0.0, den = 0.0;
     for (int64_t i = 0; i < OC * IC; i++) {
         const double d = (double) W_res[i] + sba[i] - W[i];
@@ -140,14 +128,14 @@ TEST(svd_init, pissa_niter_preserves_output_and_approaches_exact) {
     const auto kw = make_weight(5);
     init_out exact;
     ASSERT_TRUE(pissa_init(exact.A.data(), exact.B.data(), exact.W_res.data(), kw.w.data(), OC, IC, R, S_SCALE).ok());
-    const auto ba_exact = scaled_product(exact.B.data(), exact.A.data(), R, S_SCALE);
+    const auto ba_exact = peft::testing::scaled_product(exact.B.data(), exact.A.data(), OC, IC, R, S_SCALE);
     auto distance = [&](int niter) {
         init_out o;
         EXPECT_TRUE(pissa_niter_init(o.A.data(), o.B.data(), o.W_res.data(), kw.w.data(), OC, IC, R, S_SCALE, niter, 9)
                         .ok());
         // output preservation holds whatever the SVD quality
         EXPECT_LT(preservation_error(o.W_res.data(), o.A.data(), o.B.data(), kw.w.data(), R, S_SCALE), PRESERVE_TOL);
-        const auto ba = scaled_product(o.B.data(), o.A.data(), R, S_SCALE);   // sign-invariant
+        const auto ba = peft::testing::scaled_product(o.B.data(), o.A.data(), OC, IC, R, S_SCALE);   // sign-invariant
         double num = 0.0, den = 0.0;
         for (size_t i = 0; i < ba.size(); i++) {
             num += (ba[i] - ba_exact[i]) * (ba[i] - ba_exact[i]);
@@ -171,7 +159,7 @@ TEST(svd_init, milora_invariants) {
     const auto s_res = singular_values(o.W_res.data());
     for (int64_t i = 0; i < K - R; i++) EXPECT_NEAR(s_res[i], kw.sigma[i], 1e-5 * kw.sigma[i]) << i;
     // ||s B A||_2 = sigma_{k-r+1}, the largest of the minor values
-    const auto sba = scaled_product(o.B.data(), o.A.data(), R, S_SCALE);
+    const auto sba = peft::testing::scaled_product(o.B.data(), o.A.data(), OC, IC, R, S_SCALE);
     std::vector<float> sba_f(sba.begin(), sba.end());
     EXPECT_NEAR(singular_values(sba_f.data())[0], kw.sigma[K - R], 1e-5 * kw.sigma[K - R]);
     std::vector<double> d;
@@ -221,8 +209,8 @@ TEST(svd_init, conversion_to_plain_lora_on_original_w) {
             std::vector<float> A2((size_t) (2 * R * IC)), B2((size_t) (OC * 2 * R));
             svd_init_convert(A2.data(), B2.data(), A.data(), B.data(), o0.A.data(), o0.B.data(), OC, IC, R);
             // W + s2 B2 A2 == W_res + s B A
-            const auto lhs = scaled_product(B2.data(), A2.data(), 2 * R, s2);
-            const auto rhs = scaled_product(B.data(), A.data(), R, s);
+            const auto lhs = peft::testing::scaled_product(B2.data(), A2.data(), OC, IC, 2 * R, s2);
+            const auto rhs = peft::testing::scaled_product(B.data(), A.data(), OC, IC, R, s);
             std::vector<float> got((size_t) (OC * IC)), want((size_t) (OC * IC));
             for (int64_t i = 0; i < OC * IC; i++) {
                 got[i] = (float) (kw.w[i] + lhs[i]);
