@@ -92,6 +92,9 @@ struct adapter_module {
     virtual void delta_weight(float * dW) const = 0;
     // W [OC, IC] f32 += delta (default); DoRA overrides (it rescales rows)
     virtual void merge(float * W, int64_t OC, int64_t IC) const;
+    // Inverse of merge on the merged W (default W -= delta); DoRA overrides (it divides the rows
+    // by the scale its merge used before subtracting).
+    virtual void unmerge(float * W, int64_t OC, int64_t IC) const;
     virtual void params(std::vector<param_ref> & out) = 0;
     // The tensors written to adapter_model.safetensors (suffix names, f32). Default: the params
     // marked saved. A module whose file form differs from its training form (a PiSSA-family

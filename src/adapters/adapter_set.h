@@ -53,7 +53,7 @@ std::vector<param_ref> adapter_set_exported(adapter_set & s);
 // Merges every module into its base weight: the base of each target becomes an f32 copy owned
 // by `m` (frozen bf16 weights are converted first), and m.adapters is cleared.
 status adapters_merge(llama_model & m, adapter_set & s);
-// Inverse of adapters_merge (W -= delta on the f32 copies, m.adapters set again); the bases
+// Inverse of adapters_merge (each module's unmerge on the f32 copies, m.adapters set again); the bases
 // stay f32. Fails unless the set is merged into m.
 status adapters_unmerge(llama_model & m, adapter_set & s);
 

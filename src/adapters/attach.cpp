@@ -185,7 +185,6 @@ status adapters_merge(llama_model & m, adapter_set & s) {
 
 status adapters_unmerge(llama_model & m, adapter_set & s) {
     if (!m.adapters.empty()) return make_error(PEFT_STATUS_CONFIG, "unmerge", "the adapter set is not merged");
-    std::vector<float> delta;
     for (size_t i = 0; i < s.modules.size(); i++) {
         const linear_weight & w = *s.targets[i].base;
         if (w.type != PEFT_DTYPE_F32) {
@@ -194,11 +193,8 @@ status adapters_unmerge(llama_model & m, adapter_set & s) {
     }
     for (size_t i = 0; i < s.modules.size(); i++) {
         const linear_weight & w = *s.targets[i].base;
-        delta.resize((size_t) (w.OC * w.IC));
-        s.modules[i]->delta_weight(delta.data());
         // the data is one of our merged_weights buffers (checked type above); const only in linear_weight
-        float * W = (float *) const_cast<void *>(w.data);
-        for (size_t j = 0; j < delta.size(); j++) W[j] -= delta[j];
+        s.modules[i]->unmerge((float *) const_cast<void *>(w.data), w.OC, w.IC);
     }
     set_hook(m, s);
     return {};

@@ -164,6 +164,11 @@ void lora_module::merge(float * W, int64_t OC, int64_t IC) const {
     gemm(false, false, OC, IC, R, scaling, B.data(), R, A.data(), IC, 1.0f, W, IC);
 }
 
+void lora_module::unmerge(float * W, int64_t OC, int64_t IC) const {
+    PEFT_ASSERT(OC == t.out_features && IC == t.in_features);
+    gemm(false, false, OC, IC, R, -scaling, B.data(), R, A.data(), IC, 1.0f, W, IC);
+}
+
 void lora_module::params(std::vector<param_ref> & out) {
     param_ref a;
     a.name = "lora_A.weight";

@@ -36,7 +36,8 @@ struct lora_module : adapter_module {
     void forward(const float * x, int64_t N, float * y) override;
     void backward(const float * x, const float * dy, int64_t N, float * dx) override;
     void delta_weight(float * dW) const override;
-    void merge(float * W, int64_t OC, int64_t IC) const override;   // W += s B A in one GEMM
+    void merge(float * W, int64_t OC, int64_t IC) const override;     // W += s B A in one GEMM
+    void unmerge(float * W, int64_t OC, int64_t IC) const override;   // W -= s B A in one GEMM
     void params(std::vector<param_ref> & out) override;
     void exported(std::vector<param_ref> & out) override;
     void state_tensors(std::vector<param_ref> & out) override;

@@ -125,6 +125,25 @@ inline void randomize(const std::vector<param_ref> & ps, uint64_t seed, float b_
     }
 }
 
+// Stands in for training: every trainable tensor gets reproducible values that make the adapter
+// matter. lora_B-like tensors (zero at init) small, magnitudes (DoRA's row norms) scaled by
+// 1 +- 10%, everything else replaced at scale 0.2. Frozen tensors (LoRA-FA's A, VeRA's shared
+// projections) keep their init.
+inline void randomize_trainable(const std::vector<param_ref> & ps, uint64_t seed) {
+    uint64_t k = seed;
+    for (const param_ref & p : ps) {
+        if (!p.trainable) continue;
+        const int64_t n = numel(p);
+        if (p.name.find("magnitude") != std::string::npos) {
+            std::vector<float> u((size_t) n);
+            peft::testing::fixed_fill(u.data(), n, ++k, 0.1f);
+            for (int64_t i = 0; i < n; i++) p.value[i] *= 1.0f + u[(size_t) i];
+        } else {
+            peft::testing::fixed_fill(p.value, n, ++k, p.name.find("lora_B") != std::string::npos ? 0.05f : 0.2f);
+        }
+    }
+}
+
 // Loss (and logits) of one forward; grad_scale 0 = no backward preparation.
 inline float forward_logits(llama_model & m, const batch_data & d, std::vector<float> & logits, bool recompute = false) {
     llama_state s;

@@ -24,24 +24,29 @@ struct method_case {
     const char * config;        // adapter config JSON (target_modules all-linear unless given)
     double       identity_tol;  // max relative output change at init; 0 = bitwise; < 0 = no promise
     bool         file_is_training_form;   // save -> load gives the same tensors back
-    int64_t      trainable_per_target_r;  // trainable params per target = r * (this ? in + out : out)
+    // the method's trainable-parameter formula for one target of the row's config
+    int64_t (*trainable_per_target)(int64_t in_features, int64_t out_features);
 };
 
+// r = 4 in every row
+int64_t lora_count(int64_t in, int64_t out) { return 4 * (in + out); }
+int64_t lora_fa_count(int64_t, int64_t out) { return 4 * out; }
+
 const method_case METHODS[] = {
-    {"lora", "{\"r\":4,\"lora_alpha\":8}", 0.0, true, 1},
-    {"lora_gaussian", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"gaussian\"}", 0.0, true, 1},
-    {"lora_random_init", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":false}", -1.0, true, 1},
-    {"rslora", "{\"r\":4,\"lora_alpha\":8,\"use_rslora\":true}", 0.0, true, 1},
-    {"loraplus", "{\"r\":4,\"lora_alpha\":8,\"loraplus_lr_ratio\":16}", 0.0, true, 1},
-    {"lora_fa", "{\"r\":4,\"lora_alpha\":8,\"lora_fa\":true}", 0.0, true, 0},
-    {"pissa", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"pissa\"}", 1e-5, false, 1},
-    {"pissa_niter_2", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"pissa_niter_2\"}", 1e-5, false, 1},
-    {"milora", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"milora\"}", 1e-5, false, 1},
-    {"olora", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"olora\"}", 1e-5, false, 1},
-    {"pissa_residual_form", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"pissa\",\"save_residual_model\":true}", 1e-5, true, 1},
-    {"corda_ipm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\"}", 1e-5, false, 1},
+    {"lora", "{\"r\":4,\"lora_alpha\":8}", 0.0, true, lora_count},
+    {"lora_gaussian", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"gaussian\"}", 0.0, true, lora_count},
+    {"lora_random_init", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":false}", -1.0, true, lora_count},
+    {"rslora", "{\"r\":4,\"lora_alpha\":8,\"use_rslora\":true}", 0.0, true, lora_count},
+    {"loraplus", "{\"r\":4,\"lora_alpha\":8,\"loraplus_lr_ratio\":16}", 0.0, true, lora_count},
+    {"lora_fa", "{\"r\":4,\"lora_alpha\":8,\"lora_fa\":true}", 0.0, true, lora_fa_count},
+    {"pissa", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"pissa\"}", 1e-5, false, lora_count},
+    {"pissa_niter_2", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"pissa_niter_2\"}", 1e-5, false, lora_count},
+    {"milora", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"milora\"}", 1e-5, false, lora_count},
+    {"olora", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"olora\"}", 1e-5, false, lora_count},
+    {"pissa_residual_form", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"pissa\",\"save_residual_model\":true}", 1e-5, true, lora_count},
+    {"corda_ipm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\"}", 1e-5, false, lora_count},
     {"corda_kpm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\",\"corda_config\":{\"corda_method\":\"kpm\"}}",
-     1e-5, false, 1},
+     1e-5, false, lora_count},
 };
 
 void PrintTo(const method_case & c, std::ostream * os) { *os << c.name; }
@@ -59,7 +64,8 @@ float loss_of(llama_model & m, const batch_data & d) {
 } // namespace
 
 // Each check starts from the tiny model with the row's adapter attached; `trained` gives the
-// adapter values that stand in for training (B != 0) and switches dropout off.
+// adapter values that stand in for training (every trainable tensor moved, so B != 0) and
+// switches dropout off.
 class method_table : public ::testing::TestWithParam<method_case> {
 protected:
     void SetUp() override {
@@ -70,7 +76,7 @@ protected:
         ASSERT_TRUE(st.ok()) << st.message;
     }
     void trained(uint64_t seed) {
-        randomize(adapter_set_params(s), seed, 0.05f, true);
+        randomize_trainable(adapter_set_params(s), seed);
         adapters_set_training(s, false);
     }
     std::unique_ptr<llama_model> m;
@@ -135,7 +141,7 @@ TEST_P(method_table, save_then_load_gives_the_same_model) {
 TEST_P(method_table, trainable_parameter_count) {
     const method_case & c = GetParam();
     int64_t want = 0, got = 0;
-    for (const target_info & t : s.targets) want += 4 * (c.trainable_per_target_r ? t.in_features + t.out_features : t.out_features);
+    for (const target_info & t : s.targets) want += c.trainable_per_target(t.in_features, t.out_features);
     for (const optim_param & p : adapter_optim_params(s)) got += p.n;
     EXPECT_EQ(got, want) << c.name;
 }
