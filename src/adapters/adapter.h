@@ -88,6 +88,10 @@ struct adapter_module {
     // dx[N,IC] += d loss/dx (including the base W^T dy part); own grads +=. Called after the
     // forward of the same x (the model re-runs forward first when recomputing activations).
     virtual void backward(const float * x, const float * dy, int64_t N, float * dx) = 0;
+    // Whether backward reads x. The model keeps a projection's input for backward only when some
+    // consumer reads it (a weight gradient, or an adapter that says so): LoRA-FA's backward needs
+    // only its r-wide x A^T, so the model shares one scratch buffer for inputs nobody reads later.
+    virtual bool backward_reads_input() const { return true; }
     // dense delta [OC, IC] for merge / export
     virtual void delta_weight(float * dW) const = 0;
     // W [OC, IC] f32 += delta (default); DoRA overrides (it rescales rows)

@@ -35,6 +35,8 @@ struct lora_module : adapter_module {
 
     void forward(const float * x, int64_t N, float * y) override;
     void backward(const float * x, const float * dy, int64_t N, float * dx) override;
+    // dA is the only term that reads x (LoRA-FA has none: dB needs only the cached xa)
+    bool backward_reads_input() const override { return !freeze_a; }
     void delta_weight(float * dW) const override;
     void merge(float * W, int64_t OC, int64_t IC) const override;     // W += s B A in one GEMM
     void unmerge(float * W, int64_t OC, int64_t IC) const override;   // W -= s B A in one GEMM

@@ -16,6 +16,8 @@
 #include "io/json.h"
 #include "kernels/kernels.h"
 #include "model/llama.h"
+#include "train/calibrate.h"
+#include "train/data.h"
 #include "train/trainer.h"
 
 namespace peft {
@@ -48,6 +50,45 @@ static double gemm_peak_gflops() {
     return best;
 }
 
+// The adapter config `--method` names, at rank r (false: not an adapter method). Every one is
+// on all 7 projections, as the PyTorch baseline's LoRA.
+static bool bench_adapter_config(const std::string & method, int64_t r, float alpha, std::string & cfg) {
+    const std::string lora = "{\"r\": " + std::to_string(r) + ", \"lora_alpha\": " + std::to_string(alpha) +
+                             ", \"target_modules\": \"all-linear\"";
+    const bool init = method == "pissa" || method == "milora" || method == "olora" || method.rfind("pissa_niter_", 0) == 0;
+    if (method == "lora") cfg = lora + "}";
+    else if (method == "dora") cfg = lora + ", \"use_dora\": true}";
+    else if (method == "lora_fa") cfg = lora + ", \"lora_fa\": true}";
+    else if (init) cfg = lora + ", \"init_lora_weights\": \"" + method + "\"}";
+    else if (method == "vera" || method == "deep_lora") {
+        cfg = "{\"adapter\": \"" + method + "\", \"r\": " + std::to_string(r) + ", \"target_modules\": \"all-linear\"}";
+    } else return false;
+    return true;
+}
+
+// Calibration for methods that ask for it (Deep LoRA's gradient, CorDA's covariances): rows of
+// random tokens, every one scored, as the timed batches.
+struct bench_calibration : calibration_source {
+    llama_model & m;
+    int64_t       T;
+    uint64_t      seed;
+    bench_calibration(llama_model & mm, int64_t t, uint64_t s) : m(mm), T(t), seed(s) {}
+    status run(const std::string &, int64_t n_samples, const target_info * targets, int64_t n, calibration_observer & obs) override {
+        data_rows d;
+        d.T = T;
+        d.n_rows = std::max<int64_t>(1, std::min<int64_t>(n_samples, 64));
+        rng r(seed);
+        for (int64_t i = 0; i < d.n_rows * T; i++) {
+            const int32_t tok = (int32_t) (r.next_u32() % (uint32_t) m.hp.n_vocab);
+            d.input_ids.push_back(tok);
+            d.labels.push_back(tok);
+            d.position_ids.push_back((int32_t) (i % T));
+            d.segment_ids.push_back(1);
+        }
+        return calibrate_rows(m, d, d.n_rows, 4, targets, n, obs);
+    }
+};
+
 int cmd_bench(int argc, char ** argv) {
     CLI::App app{"Times training steps and prints one JSON line (tokens/s, ms/step, peak RSS, FLOPs).\n\n"
                  "example:\n  peft bench --shape small --method full --batch 4 --seq 256 --steps 10 --threads 2\n"
@@ -64,15 +105,16 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--model", model_dir, "Hugging Face model directory (config.json + safetensors)");
     app.add_option("--shape", shape, "named shape with random weights: tiny, small, 1b")
         ->check(CLI::IsMember({"tiny", "small", "1b"}));
-    app.add_option("--method", method, "full (all weights trained, AdamW), lora (LoRA of rank --lora-r on all 7 "
-                   "projections, AdamW on A/B), frozen (input gradients only) or generate (decode tokens/s: base, "
-                   "adapter unmerged, adapter merged; --seq is the prompt length)")
+    app.add_option("--method", method, "full (all weights trained, AdamW), frozen (input gradients only), an adapter "
+                   "on all 7 projections of rank --lora-r: lora, dora, lora_fa, vera, deep_lora, or a LoRA init "
+                   "(pissa, pissa_niter_N, milora, olora); or generate (decode tokens/s: base, adapter unmerged, adapter "
+                   "merged; --seq is the prompt length)")
         ->check([](const std::string & v) {
-            // or a LoRA initialisation (init_lora_weights): LoRA with that init, e.g. pissa_niter_4
-            const bool init = v == "pissa" || v == "milora" || v == "olora" || v.rfind("pissa_niter_", 0) == 0;
-            return v == "full" || v == "lora" || v == "frozen" || v == "generate" || init
+            std::string cfg;
+            return v == "full" || v == "frozen" || v == "generate" || bench_adapter_config(v, 8, 8.0f, cfg)
                        ? std::string()
-                       : "--method: full, lora, frozen, generate, or a LoRA init (pissa, pissa_niter_N, milora, olora), not " + v;
+                       : "--method: full, frozen, generate, lora, dora, lora_fa, vera, deep_lora, or a LoRA init "
+                         "(pissa, pissa_niter_N, milora, olora), not " + v;
         });
     bool init_only = false;
     app.add_flag("--init-only", init_only, "lora or a LoRA init: time attaching the adapter (the init) and print init_s");
@@ -119,33 +161,26 @@ int cmd_bench(int argc, char ** argv) {
         if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
         return 1;
     }
-    llama_state s;
-    st = llama_state_init(s, m, batch, seq, recompute);
-    if (!st.ok()) {
-        std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
-        return 1;
-    }
     adamw opt;
     train_config cfg;
     cfg.opt.lr = lr;
     cfg.schedule = PEFT_SCHEDULE_CONSTANT;
     cfg.max_grad_norm = 0.0f;  // as the PyTorch baseline: plain AdamW, no clipping
-    // LoRA as PEFT's default init (B = 0) on q,k,v,o,gate,up,down, as the PyTorch baseline
+    // the adapter on q,k,v,o,gate,up,down, as the PyTorch baseline's LoRA (PEFT's default init, B = 0)
     adapter_set lora;
     std::vector<optim_param> train_params;
-    const bool is_lora = method != "full" && method != "frozen";
+    std::string cfg_text;
+    const bool is_lora = bench_adapter_config(method, gen_lora_r, lora_alpha, cfg_text);
     if (init_only && !is_lora) {
-        std::fprintf(stderr, "peft bench: --init-only times a LoRA init: give --method lora or an init such as pissa_niter_4\n");
+        std::fprintf(stderr, "peft bench: --init-only times attaching an adapter: give --method lora, dora, ... or an init such as pissa_niter_4\n");
         return 2;
     }
     if (is_lora) {
-        const std::string init = method == "lora" ? "true" : "\"" + method + "\"";
-        const std::string cfg_text = "{\"r\": " + std::to_string(gen_lora_r) + ", \"lora_alpha\": " + std::to_string(lora_alpha) +
-                                     ", \"target_modules\": \"all-linear\", \"init_lora_weights\": " + init + "}";
         json_document doc;
         st = doc.parse(cfg_text.data(), cfg_text.size(), "bench LoRA config");
         const double t0 = now_s();
-        if (st.ok()) st = adapters_attach(m, doc.root(), seed + 1, lora);
+        bench_calibration calib(m, seq, seed + 3);
+        if (st.ok()) st = adapters_attach(m, doc.root(), seed + 1, lora, false, &calib);
         const double init_s = now_s() - t0;
         if (!st.ok()) {
             std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
@@ -161,6 +196,13 @@ int cmd_bench(int argc, char ** argv) {
         train_params = adapter_optim_params(lora);
     } else if (trainable) {
         train_params = llama_optim_params(m);
+    }
+    // planned after attaching: the adapters decide which projection inputs backward keeps
+    llama_state s;
+    st = llama_state_init(s, m, batch, seq, recompute);
+    if (!st.ok()) {
+        std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
+        return 1;
     }
     if (!train_params.empty() && !opt.init(train_params, cfg.opt).ok()) {
         std::fprintf(stderr, "peft bench: cannot allocate optimizer state\n");
@@ -224,6 +266,11 @@ int cmd_bench(int argc, char ** argv) {
     add("ms_per_step", num(1e3 * sum / (double) times.size(), 2));
     add("ms_per_step_median", num(1e3 * median, 2));
     add("peak_rss_mib", num(peak_rss_mib(), 1));
+    // the planned activations of one step (LoRA-FA keeps no projection inputs for backward)
+    add("activation_mib", num((double) s.act_arena.capacity / (1 << 20), 1));
+    int64_t n_trainable = 0;
+    for (const optim_param & p : train_params) n_trainable += p.n;
+    add("trainable_params", std::to_string(n_trainable));
     add("model_flops_per_token", num(fpt, 0));
     add("achieved_gflops", num(gflops, 2));
     add("loss_first", num(first_loss, 5));

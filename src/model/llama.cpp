@@ -230,9 +230,39 @@ struct layer_acts {
 
 } // namespace
 
+// The projection inputs that only a backward consumer needs: the norm outputs feeding q/k/v and
+// gate/up, and the SwiGLU output feeding down. (o_proj's input is the attention output, which
+// attention's own backward reads.)
+enum proj_input {
+    PROJ_INPUT_ATTN = 0,   // xn1: q, k, v
+    PROJ_INPUT_MLP,        // xn2: gate, up
+    PROJ_INPUT_DOWN,       // h:   down
+    PROJ_INPUT_COUNT,
+};
+
+// Whether layer l's backward reads the input group g: a weight gradient (full fine-tuning) or
+// an adapter on one of its projections that reads x (adapter_module::backward_reads_input).
+static bool proj_input_read(const llama_model & m, int64_t l, proj_input g) {
+    static const llama_proj groups[PROJ_INPUT_COUNT][3] = {
+        {LLAMA_PROJ_Q, LLAMA_PROJ_K, LLAMA_PROJ_V},
+        {LLAMA_PROJ_GATE, LLAMA_PROJ_UP, LLAMA_PROJ_COUNT},
+        {LLAMA_PROJ_DOWN, LLAMA_PROJ_COUNT, LLAMA_PROJ_COUNT},
+    };
+    if (m.trainable) return true;
+    for (llama_proj p : groups[g]) {
+        if (p == LLAMA_PROJ_COUNT) break;
+        const adapter_module * ad = m.adapter(l, p);
+        if (ad && ad->backward_reads_input()) return true;
+    }
+    return false;
+}
+
 struct llama_state::impl {
     std::vector<float *>    resid;   // [L+1] residual stream at each layer input, [N,C]
     std::vector<layer_acts> layers;  // [L], or [1] shared slot with recompute
+    // [L * PROJ_INPUT_COUNT]: the input group has its own buffer in layers[l] (else all such
+    // layers share one scratch buffer, overwritten by the next layer's forward)
+    std::vector<uint8_t>    input_kept;
     float * xf;        // [N,C] final norm output
     float * rstdf;     // [N]
     float * dxf;       // [N,C] gradient at the final norm output (filled by forward)
@@ -268,8 +298,20 @@ status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64
 
     auto A = [](int64_t n) { return arena_align((size_t) n * 4); };
     const int64_t n_slots = recompute ? 1 : L;
-    size_t per_layer = A(N * C) * 3 + A(N) * 2 + A(N * QD) * 2 + A(N * KVD) * 2 + A(B * NH * T) + A(N * F) * 3;
-    size_t total = A(N * C) * (size_t) (L + 1) + per_layer * (size_t) n_slots + A(N * C) * 2 + A(N) * 2 +
+    const size_t input_bytes[PROJ_INPUT_COUNT] = {A(N * C), A(N * C), A(N * F)};
+    // with recompute the one slot is rebuilt before each layer's backward: its inputs stay valid
+    p.input_kept.assign((size_t) (L * PROJ_INPUT_COUNT), 1);
+    size_t inputs = 0;
+    for (int64_t l = 0; l < n_slots; l++) {
+        for (int g = 0; g < PROJ_INPUT_COUNT; g++) {
+            const bool kept = recompute || proj_input_read(m, l, (proj_input) g);
+            p.input_kept[(size_t) (l * PROJ_INPUT_COUNT + g)] = kept;
+            if (kept) inputs += input_bytes[g];
+        }
+    }
+    for (size_t b : input_bytes) inputs += b;   // the shared scratch of inputs nobody reads later
+    size_t per_layer = A(N * C) + A(N) * 2 + A(N * QD) * 2 + A(N * KVD) * 2 + A(B * NH * T) + A(N * F) * 2;
+    size_t total = A(N * C) * (size_t) (L + 1) + per_layer * (size_t) n_slots + inputs + A(N * C) * 2 + A(N) * 2 +
                    A(p.rows_per_chunk * V) + A(N * C) * 2 + A(N * QD) * 2 + A(N * KVD) * 2 + A(N * F) * 3;
     if (!s.act_arena.reserve(total)) {
         return make_error(PEFT_STATUS_MEMORY, "activations", "cannot allocate " + std::to_string(total >> 20) +
@@ -279,8 +321,11 @@ status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64
     p.resid.resize((size_t) L + 1);
     for (auto & r : p.resid) r = a.alloc_f32((size_t) (N * C));
     p.layers.resize((size_t) n_slots);
-    for (layer_acts & la : p.layers) {
-        la.xn1 = a.alloc_f32(N * C);
+    float * shared_xn1 = a.alloc_f32(N * C), * shared_xn2 = a.alloc_f32(N * C), * shared_h = a.alloc_f32(N * F);
+    for (size_t l = 0; l < p.layers.size(); l++) {
+        layer_acts & la = p.layers[l];
+        const uint8_t * kept = &p.input_kept[l * PROJ_INPUT_COUNT];
+        la.xn1 = kept[PROJ_INPUT_ATTN] ? a.alloc_f32(N * C) : shared_xn1;
         la.rstd1 = a.alloc_f32(N);
         la.q = a.alloc_f32(N * QD);
         la.k = a.alloc_f32(N * KVD);
@@ -288,11 +333,11 @@ status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64
         la.att = a.alloc_f32(N * QD);
         la.lse = a.alloc_f32(B * NH * T);
         la.x_mid = a.alloc_f32(N * C);
-        la.xn2 = a.alloc_f32(N * C);
+        la.xn2 = kept[PROJ_INPUT_MLP] ? a.alloc_f32(N * C) : shared_xn2;
         la.rstd2 = a.alloc_f32(N);
         la.gate = a.alloc_f32(N * F);
         la.up = a.alloc_f32(N * F);
-        la.h = a.alloc_f32(N * F);
+        la.h = kept[PROJ_INPUT_DOWN] ? a.alloc_f32(N * F) : shared_h;
     }
     p.xf = a.alloc_f32(N * C);
     p.dxf = a.alloc_f32(N * C);
@@ -412,6 +457,15 @@ float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch,
     const int64_t B = s.B, T = s.T, N = B * T, C = hp.n_embd, V = hp.n_vocab, L = hp.n_layer;
     std::vector<int32_t> pos_scratch;
     const int32_t * pos = positions(batch, pos_scratch);
+    if (grad_scale > 0.0f && !s.recompute) {
+        // the state was planned for the adapters of its llama_state_init: one attached later that
+        // reads its input in backward would read another layer's activations
+        for (int64_t l = 0; l < L; l++) {
+            for (int g = 0; g < PROJ_INPUT_COUNT; g++) {
+                PEFT_ASSERT(p.input_kept[(size_t) (l * PROJ_INPUT_COUNT + g)] || !proj_input_read(m, l, (proj_input) g));
+            }
+        }
+    }
 
     llama_embed(p.resid[0], m.w.embed, batch.tokens, N);
     for (int64_t l = 0; l < L; l++) {
