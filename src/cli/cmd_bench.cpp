@@ -24,7 +24,7 @@ namespace peft {
 
 // cmd_generate.cpp: the --method generate mode (decode tokens/s of base, unmerged, merged)
 int bench_generate(const std::string & model_dir, const std::string & shape, bool bf16, uint64_t seed, const std::string & adapter_dir,
-                   int64_t lora_r, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds);
+                   const std::string & adapter_cfg, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds);
 
 static double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -94,7 +94,8 @@ int cmd_bench(int argc, char ** argv) {
                  "example:\n  peft bench --shape small --method full --batch 4 --seq 256 --steps 10 --threads 2\n"
                  "  peft bench --shape small --method lora --lora-r 16 --batch 4 --seq 256 --steps 10 --threads 2\n"
                  "  peft bench --model ~/models/TinyLlama-1.1B --method frozen --batch 1 --seq 512 --steps 3\n"
-                 "  peft bench --shape small --method generate --seq 128 --gen-tokens 64 --lora-r 16 --threads 2",
+                 "  peft bench --shape small --method generate --seq 128 --gen-tokens 64 --lora-r 16 --threads 2\n"
+                 "  peft bench --shape small --method generate --adapter-method dora --seq 64 --gen-tokens 32 --threads 2",
                  "peft bench"};
     std::string model_dir, shape, method = "full", storage = "f32";
     int64_t batch = 4, seq = 256, steps = 10, warmup = 2;
@@ -120,7 +121,9 @@ int cmd_bench(int argc, char ** argv) {
     app.add_flag("--init-only", init_only, "lora or a LoRA init: time attaching the adapter (the init) and print init_s");
     std::string gen_adapter;
     int64_t gen_lora_r = 16, gen_tokens = 64, gen_rounds = 3;
-    app.add_option("--adapter", gen_adapter, "generate: PEFT adapter directory (default: a random LoRA of rank --lora-r)");
+    app.add_option("--adapter", gen_adapter, "generate: PEFT adapter directory (default: a random adapter of rank --lora-r)");
+    std::string gen_method = "lora";
+    app.add_option("--adapter-method", gen_method, "generate: the random adapter's method (lora, dora, lora_fa, vera, ...)");
     float lora_alpha = 16.0f;
     app.add_option("--lora-alpha", lora_alpha, "lora: lora_alpha");
     app.add_option("--lora-r", gen_lora_r, "lora, generate: rank of the LoRA on all 7 projections")->check(CLI::Range((int64_t) 1, (int64_t) 4096));
@@ -144,7 +147,12 @@ int cmd_bench(int argc, char ** argv) {
     }
     threads_set(threads);
     if (method == "generate") {
-        return bench_generate(model_dir, shape, storage == "bf16", seed, gen_adapter, gen_lora_r, seq, gen_tokens, gen_rounds);
+        std::string cfg_text;
+        if (!bench_adapter_config(gen_method, gen_lora_r, 2.0f * (float) gen_lora_r, cfg_text)) {
+            std::fprintf(stderr, "peft bench: --adapter-method: lora, dora, lora_fa, vera or a LoRA init, not %s\n", gen_method.c_str());
+            return 2;
+        }
+        return bench_generate(model_dir, shape, storage == "bf16", seed, gen_adapter, cfg_text, seq, gen_tokens, gen_rounds);
     }
     const bool trainable = method == "full";
 

@@ -333,11 +333,11 @@ int cmd_generate(int argc, char ** argv) {
 
 // `peft bench --method generate`: decoding speed of the base model, the model with an adapter
 // applied unmerged, and a second copy with the adapter merged, decoding in lockstep so the
-// three see the same machine state. The adapter is --adapter DIR or a random LoRA of
-// rank lora_r on all seven projections (B drawn non-zero so merged and unmerged do differ from
-// the base and must agree with each other).
+// three see the same machine state. The adapter is --adapter DIR or a random adapter of the
+// config `adapter_cfg` (every trainable tensor moved by N(0, 0.02), so merged and unmerged do
+// differ from the base and must agree with each other).
 int bench_generate(const std::string & model_dir, const std::string & shape, bool bf16, uint64_t seed, const std::string & adapter_dir,
-                   int64_t lora_r, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds) {
+                   const std::string & adapter_cfg, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds) {
     auto load = [&](llama_model & m) -> status {
         if (!model_dir.empty()) return llama_load(m, model_dir, false);
         llama_hparams hp;
@@ -347,20 +347,20 @@ int bench_generate(const std::string & model_dir, const std::string & shape, boo
     };
     auto attach = [&](llama_model & m, adapter_set & set) -> status {
         if (!adapter_dir.empty()) return adapter_load(adapter_dir, m, set);
-        const std::string cfg = "{\"peft_type\": \"LORA\", \"r\": " + std::to_string(lora_r) + ", \"lora_alpha\": " +
-                                std::to_string(2 * lora_r) +
-                                ", \"target_modules\": [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]}";
         json_document doc;
-        PEFT_TRY(doc.parse(cfg.data(), cfg.size(), "bench adapter config"));
+        PEFT_TRY(doc.parse(adapter_cfg.data(), adapter_cfg.size(), "bench adapter config"));
         PEFT_TRY(adapters_attach(m, doc.root(), seed + 1, set));
-        adapters_set_training(set, false);
         rng r(seed + 2);
+        std::vector<float> noise;
         for (param_ref & p : adapter_set_params(set)) {
-            if (p.name.find("lora_B") == std::string::npos) continue;
+            if (!p.trainable) continue;
             int64_t n = 1;
             for (int64_t d : p.shape) n *= d;
-            r.fill_normal(p.value, n, 0.0f, 0.02f);
+            noise.resize((size_t) n);
+            r.fill_normal(noise.data(), n, 0.0f, 0.02f);
+            for (int64_t i = 0; i < n; i++) p.value[i] += noise[(size_t) i];
         }
+        adapters_set_training(set, false);   // after the values: inference state (DoRA's norms) from them
         return status::success();
     };
     llama_model mu, mm;   // unmerged (also the base, with its adapters detached) and merged
@@ -438,7 +438,7 @@ int bench_generate(const std::string & model_dir, const std::string & shape, boo
     }
     auto fmt = [](double v, int prec) { char b[64]; std::snprintf(b, sizeof b, "%.*f", prec, v); return std::string(b); };
     const double tb = tps(phases[0].step_s, 1.0), tu = tps(phases[1].step_s, 1.0), tm = tps(phases[2].step_s, 1.0);
-    std::string adapter = adapter_dir.empty() ? "random lora r=" + std::to_string(lora_r) + " on 7 projections" : adapter_dir;
+    std::string adapter = adapter_dir.empty() ? "random " + adapter_cfg : adapter_dir;
     std::printf("{\"model\": %s, \"method\": \"generate\", \"adapter\": %s, \"adapter_modules\": %zu, \"prompt_tokens\": %lld, "
                 "\"gen_tokens\": %lld, \"rounds\": %lld, \"threads\": %d, \"base_prefill_tokens_per_s\": %s, "
                 "\"unmerged_prefill_tokens_per_s\": %s, \"merged_prefill_tokens_per_s\": %s, "
