@@ -7,7 +7,9 @@
 # Needs: apt-get install python3-torch python3-numpy libopenblas0-openmp (dev machines only).
 # peft `frozen` (forward + input gradients, no adapter) is paired with torch `lora` r16, the
 # baseline's nearest mode; peft `full` with torch `full`; peft `lora` with torch `lora` (both r16,
-# alpha 16, on q,k,v,o,gate,up,down, B = 0 at init). METHODS picks which (default: all three).
+# alpha 16, on q,k,v,o,gate,up,down, B = 0 at init); peft `dora` with torch `dora`; the other
+# adapter methods (lora_fa, vera, deep_lora: r16 too) with torch `lora`. METHODS picks which
+# (default: full frozen lora), e.g. METHODS="lora dora lora_fa vera deep_lora".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHAPE=${1:-tiny}
@@ -20,7 +22,7 @@ OUT=$(mktemp -d)
 
 METHODS=${METHODS:-full frozen lora}
 for method in $METHODS; do
-  tmethod=$method; [ "$method" = "frozen" ] && tmethod=lora
+  case $method in full|lora|dora) tmethod=$method ;; *) tmethod=lora ;; esac
   for r in $(seq "$ROUNDS"); do
     "$PEFT" bench --shape "$SHAPE" --method "$method" --lora-r 16 --lora-alpha 16 --batch "$BATCH" --seq "$SEQ" \
       --steps "$STEPS" --threads "$THREADS" --peak >> "$OUT/peft_$method.jsonl"
@@ -34,13 +36,15 @@ import json, statistics, sys
 out, shape, methods = sys.argv[1], sys.argv[2], sys.argv[3].split()
 def med(path, key):
     return statistics.median(json.loads(l)[key] for l in open(path) if l.strip())
-print(f"| shape | peft method | torch method | peft tok/s | torch tok/s | speed ratio | peft GFLOP/s / GEMM peak | peft RSS MiB | torch RSS MiB | RSS ratio |")
-print(f"|---|---|---|---|---|---|---|---|---|---|")
+print(f"| shape | peft method | torch method | peft tok/s | torch tok/s | speed ratio | peft step / peft lora step | peft GFLOP/s / GEMM peak | trainable params | activations MiB | peft RSS MiB | torch RSS MiB | RSS ratio |")
+print(f"|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+lora_tps = med(f"{out}/peft_lora.jsonl", "tokens_per_s") if "lora" in methods else None
 for m in methods:
-    tm = {"full": "full", "frozen": "lora r16", "lora": "lora r16"}[m]
+    tm = {"full": "full", "dora": "dora r16"}.get(m, "lora r16")
     p, t = f"{out}/peft_{m}.jsonl", f"{out}/torch_{m}.jsonl"
     pt, tt = med(p, "tokens_per_s"), med(t, "tokens_per_s")
     pr, tr = med(p, "peak_rss_mib"), med(t, "peak_rss_mib")
     pf = med(p, "peak_fraction")
-    print(f"| {shape} | {m} | {tm} | {pt:.0f} | {tt:.0f} | {pt/tt:.2f}x | {pf:.2f} | {pr:.0f} | {tr:.0f} | {pr/tr:.2f} |")
+    rel = f"{lora_tps/pt:.3f}" if lora_tps else "-"
+    print(f"| {shape} | {m} | {tm} | {pt:.0f} | {tt:.0f} | {pt/tt:.2f}x | {rel} | {pf:.2f} | {med(p, 'trainable_params'):.0f} | {med(p, 'activation_mib'):.0f} | {pr:.0f} | {tr:.0f} | {pr/tr:.2f} |")
 PY
