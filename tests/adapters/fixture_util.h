@@ -1,15 +1,22 @@
 // fixture_util.h: reading PyTorch-made fixtures (tests/fixtures/*/reference.safetensors) in the
-// adapter tests, the sign-invariant views used to compare singular vectors, and the dense
-// delta of a factor pair.
+// adapter tests, the sign-invariant views used to compare singular vectors, the dense delta of a
+// factor pair, and the parts of the 10-step trajectory tests shared by every method (the
+// llama_gqa batch, the reference losses, the final tensors).
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
 #include <gtest/gtest.h>
 
+#include "adapters/adapter.h"
 #include "io/safetensors.h"
+#include "model/llama.h"
 
 namespace peft::testing {
 
@@ -40,6 +47,71 @@ inline std::vector<double> scaled_product(const float * B, const float * A, int6
         }
     }
     return out;
+}
+
+// The batch every trajectory fixture trains on: input_ids / labels of
+// tests/fixtures/llama_gqa/reference.safetensors, labels shifted into targets.
+struct parity_batch {
+    int64_t B = 0, T = 0;
+    std::vector<int32_t> tok, tgt;
+    llama_batch batch() const { return llama_batch{tok.data(), tgt.data(), nullptr, nullptr, B, T}; }
+};
+
+inline parity_batch parity_batch_load(const std::string & llama_gqa_reference) {
+    parity_batch b;
+    safetensors_file f;
+    EXPECT_TRUE(safetensors_open(llama_gqa_reference, f).ok());
+    const tensor_info * ids = f.find("input_ids");
+    const tensor_info * labels = f.find("labels");
+    EXPECT_TRUE(ids && labels);
+    if (!ids || !labels) return b;
+    b.B = ids->shape[0];
+    b.T = ids->shape[1];
+    std::vector<int32_t> lab((size_t) (b.B * b.T));
+    b.tok.resize(lab.size());
+    b.tgt.resize(lab.size());
+    std::memcpy(b.tok.data(), ids->data, b.tok.size() * 4);
+    std::memcpy(lab.data(), labels->data, lab.size() * 4);
+    llama_shift_labels(b.tgt.data(), lab.data(), b.B, b.T);
+    return b;
+}
+
+// Each step's loss against traj.loss (relative, <= tol); returns the worst relative difference.
+inline double expect_losses(const safetensors_file & ref, const std::vector<float> & got, double tol) {
+    const std::vector<float> want = fixture_tensor(ref, "traj.loss");
+    EXPECT_EQ(want.size(), got.size());
+    double worst = 0;
+    for (size_t i = 0; i < std::min(want.size(), got.size()); i++) {
+        const double rel = std::fabs((double) got[i] - want[i]) / std::fabs((double) want[i]);
+        worst = std::max(worst, rel);
+        EXPECT_LE(rel, tol) << "step " << i << ": got " << got[i] << " want " << want[i];
+    }
+    return worst;
+}
+
+// Every tensor of ps that the fixture holds as "final.<name>" (all of them unless
+// trainable_only) within abs <= 1e-5 or max-normwise <= 1e-4; returns the worst normwise
+// difference.
+inline double expect_final_tensors(const safetensors_file & ref, const std::vector<param_ref> & ps, bool trainable_only) {
+    double worst = 0;
+    for (const param_ref & p : ps) {
+        if (trainable_only && !p.trainable) continue;
+        const tensor_info * t = ref.find("final." + p.name);
+        EXPECT_NE(t, nullptr) << p.name;
+        if (!t) continue;
+        EXPECT_EQ(t->shape, p.shape) << p.name;
+        if (t->shape != p.shape) continue;
+        std::vector<float> want((size_t) t->n_elements);
+        EXPECT_TRUE(read_f32(*t, want.data()).ok());
+        double max_diff = 0, max_ref = 0;
+        for (size_t i = 0; i < want.size(); i++) {
+            max_diff = std::max(max_diff, (double) std::fabs(p.value[i] - want[i]));
+            max_ref = std::max(max_ref, (double) std::fabs(want[i]));
+        }
+        worst = std::max(worst, max_diff / max_ref);
+        EXPECT_TRUE(max_diff <= 1e-5 || max_diff / max_ref <= 1e-4) << p.name << ": max abs diff " << max_diff;
+    }
+    return worst;
 }
 
 } // namespace peft::testing
