@@ -10,6 +10,7 @@ PACKAGES=(
   libpcre2-dev libutf8proc-dev libsentencepiece-dev
   libcli11-dev libfmt-dev
   libgtest-dev libbenchmark-dev
+  libopenmpi-dev openmpi-bin
 )
 # Only for the libFuzzer build (tests/fuzz/README.md); CI replays the corpora with g++ instead.
 if [ "${PEFT_SETUP_FUZZ:-0}" = 1 ]; then

@@ -147,6 +147,18 @@ void rewrite_safetensors(const std::string & path, const std::function<void(std:
 
 std::string source_path(const std::string & rel) { return std::string(PEFT_SOURCE_DIR) + "/" + rel; }
 
+shell_result run_shell(const std::string & command) {
+    shell_result r;
+    FILE * p = popen((command + " 2>&1").c_str(), "r");
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    const int st = pclose(p);
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    return r;
+}
+
 child_result spawn_peft(const std::vector<std::string> & args, const spawn_options & o) {
     child_result r;
     int fds[2];

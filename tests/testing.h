@@ -58,6 +58,13 @@ extern const std::vector<std::string> LLAMA3_MARKERS;
 // Logits [T, V] of one row of tokens through llama_forward (no gradients).
 std::vector<float> forward_logits(llama_model & m, const std::vector<int32_t> & tokens);
 
+// A shell command line (sh -c), its stdout and stderr together, and its exit code (128 + signal).
+struct shell_result {
+    int         code = -1;
+    std::string out;
+};
+shell_result run_shell(const std::string & command);
+
 // The `peft` binary run as a user runs it, in a child process.
 struct child_result {
     int         code = -1;   // exit status, or 128 + signal

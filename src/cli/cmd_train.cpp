@@ -30,6 +30,8 @@ static const char * TRAIN_USAGE =
     "             --gradient_accumulation_steps 4 --val_set_size 0.05 --eval_steps 50 --save_steps 100\n"
     "  peft train lora.yaml --base_model ~/models/Qwen2.5-0.5B --chat_template chatml --resume_from_checkpoint latest\n"
     "  peft train --base_model ~/models/TinyLlama-1.1B --datasets chat.jsonl --adapter full --learning_rate 1e-5\n"
+    "  mpirun -np 4 --hostfile hosts peft train lora.yaml   # data parallel (a build with -DPEFT_MPI=ON):\n"
+    "             # each rank takes micro_batch_size rows of every batch, rank 0 writes output_dir\n"
     "\n"
     "lora.yaml:\n"
     "  base_model: ~/models/TinyLlama-1.1B\n"
@@ -56,7 +58,7 @@ static bool is_bool_word(const char * s) {
     return false;
 }
 
-int cmd_train(int argc, char ** argv) {
+static int train_main(int argc, char ** argv, const dist_comm & comm) {
     config_entries entries;
     std::string config_path;
     bool print_config = false;
@@ -127,9 +129,22 @@ int cmd_train(int argc, char ** argv) {
         return 0;
     }
     train_summary sum;
-    st = train_run(o, sum);
-    if (!st.ok()) return cli_fail("train", st);
+    st = train_run(o, sum, comm);
+    if (!st.ok()) return cli_fail(comm.rank == 0 ? "train" : ("train (rank " + std::to_string(comm.rank) + ")").c_str(), st);
     return 0;
+}
+
+int cmd_train(int argc, char ** argv) {
+    dist_comm comm;
+    status st = dist_init(&argc, &argv, comm);
+    if (!st.ok()) return cli_fail("train", st);
+    const int rc = train_main(argc, argv, comm);
+    // A failed rank ends the job: the others may be waiting for it in a collective. An
+    // interruption stops every rank after the same step (rank 0 saved the checkpoint), so
+    // that one ends normally.
+    if (rc != 0 && rc != 130 && comm.active()) dist_abort(rc);
+    dist_finalize();
+    return rc;
 }
 
 } // namespace peft

@@ -93,7 +93,10 @@ std::string duration_text(double s) {
     return b;
 }
 
-void info(const std::string & s) { std::fprintf(stderr, "peft train: %s\n", s.c_str()); }
+bool g_quiet = false;   // ranks other than 0 of a data-parallel run: rank 0 speaks for all
+void info(const std::string & s) {
+    if (!g_quiet) std::fprintf(stderr, "peft train: %s\n", s.c_str());
+}
 
 std::string fingerprint(const data_rows & d) {
     uint64_t h = 1469598103934665603ull;
@@ -134,6 +137,7 @@ struct metrics_log {
         return {};
     }
     status write(const std::string & line) {
+        if (!f) return {};   // not the writing rank of a data-parallel run
         if (std::fputs((line + "\n").c_str(), f) < 0 || std::fflush(f) != 0) {
             return make_error(PEFT_STATUS_IO, path, std::string("write failed: ") + std::strerror(errno));
         }
@@ -339,6 +343,7 @@ namespace {
 struct train_session {
     const train_options & o;
     train_summary &       out;
+    const dist_comm &     comm;
     double                t_begin = now_s();
     output_lock           lock;
     llama_model           m;
@@ -364,9 +369,10 @@ struct train_session {
     metrics_log           mlog;
     progress_bar          bar;
     // what the step callbacks saw of the last step
-    bool                  evaluated_now = false, saved_now = false;
+    bool                  evaluated_now = false, saved_now = false, stopped = false;
 
-    train_session(const train_options & opt_, train_summary & out_) : o(opt_), out(out_), gen(opt_.seed ^ 0x7261696e6572ull) {}
+    train_session(const train_options & opt_, train_summary & out_, const dist_comm & c)
+        : o(opt_), out(out_), comm(c), gen(opt_.seed ^ 0x7261696e6572ull) {}
 
     // Calibration data for inits that ask for it (CorDA): read with this run's tokenizer and
     // sequence_len, one sample per row, in file order.
@@ -404,11 +410,15 @@ struct train_session {
     status log_step(const step_result & r, int64_t step_tokens, double seconds);
     status maybe_eval();
     status maybe_checkpoint();
+    // SIGINT on any rank stops every rank after the same step
+    bool stop_requested() const;
 };
 
 status train_session::open_inputs() {
-    PEFT_TRY(claim_output_dir(o, lock));   // from here on no other run writes into output_dir
-    for (const std::string & d : checkpoint_remove_stale(o.output_dir)) info("removed " + d + ", left by an interrupted checkpoint save");
+    if (comm.writer()) {
+        PEFT_TRY(claim_output_dir(o, lock));   // from here on no other run writes into output_dir
+        for (const std::string & d : checkpoint_remove_stale(o.output_dir)) info("removed " + d + ", left by an interrupted checkpoint save");
+    }
     threads_set(o.threads);
     if (o.full() && o.random_init) {
         llama_hparams hp;
@@ -460,6 +470,10 @@ status train_session::open_inputs() {
         append_rows(held, d.train);
     }
     if (train.n_rows == 0) return make_error(PEFT_STATUS_FORMAT, o.datasets[0].path, "no training rows");
+    // data parallel: the same job on every rank, or none
+    PEFT_TRY(dist_check_same(comm, "configuration", config_to_json(o)));
+    PEFT_TRY(dist_check_same(comm, "training data", fingerprint(train) + " " + fingerprint(held)));
+    if (comm.active()) info("data parallel: " + std::to_string(comm.size) + " ranks, each " + std::to_string(o.micro_batch_size) + " rows of every micro-batch");
     return {};
 }
 
@@ -493,7 +507,8 @@ status train_session::attach() {
 
     B = o.micro_batch_size;
     GA = o.gradient_accumulation_steps;
-    n_micro_epoch = (train.n_rows + B - 1) / B;
+    // a micro-batch is B rows on each of the ranks
+    n_micro_epoch = (train.n_rows + B * comm.size - 1) / (B * comm.size);
     steps_per_epoch = (n_micro_epoch + GA - 1) / GA;
     total = o.max_steps > 0 ? o.max_steps : o.num_epochs * steps_per_epoch;
     tc.opt.lr = (float) o.learning_rate;
@@ -507,6 +522,7 @@ status train_session::attach() {
     tc.total_steps = total;
     tc.warmup_steps = o.warmup_steps > 0 ? o.warmup_steps : (int64_t) std::ceil(o.warmup_ratio * (double) total);
     tc.max_grad_norm = (float) o.max_grad_norm;
+    tc.comm = &comm;
     PEFT_TRY(opt.init(params, tc.opt));
     return llama_state_init(s, m, B, T, o.gradient_checkpointing);
 }
@@ -583,15 +599,17 @@ status train_session::resume() {
             if (r.get("loss").is_number()) train_pts.push_back({(double) step, r.get("loss").as_double()});
             if (r.get("eval_loss").is_number()) eval_pts.push_back({(double) step, r.get("eval_loss").as_double()});
         }
-        PEFT_TRY(write_file_atomic(metrics_path, kept));
+        if (comm.writer()) PEFT_TRY(write_file_atomic(metrics_path, kept));
     } else {
         start_epoch(0);
         if (!checkpoint_list(o.output_dir).empty()) {
             info("warning: " + o.output_dir + " already holds checkpoints of an earlier run; those with the same step are replaced");
         }
     }
-    PEFT_TRY(mlog.open(metrics_path, resumed));
-    PEFT_TRY(write_file_atomic(o.output_dir + "/train_config.json", config_to_json(o) + "\n"));
+    if (comm.writer()) {
+        PEFT_TRY(mlog.open(metrics_path, resumed));
+        PEFT_TRY(write_file_atomic(o.output_dir + "/train_config.json", config_to_json(o) + "\n"));
+    }
     info(std::string(o.full() ? "full fine-tuning" : "adapter " + o.adapter) + " | trainable params: " + std::to_string(n_trainable) +
          " || all params: " + std::to_string(n_total) + " || trainable%: " + fmt("%.4f", 100.0 * (double) n_trainable / (double) n_total));
     info("data: " + std::to_string(n_samples) + " samples -> " + std::to_string(train.n_rows) + " training rows of " + std::to_string(T) +
@@ -680,7 +698,7 @@ status train_session::maybe_eval() {
 
 status train_session::maybe_checkpoint() {
     saved_now = false;
-    if (o.save_steps <= 0 || ts.step % o.save_steps != 0) return {};
+    if (o.save_steps <= 0 || ts.step % o.save_steps != 0 || !comm.writer()) return {};
     status st = save_checkpoint_in(o.output_dir);
     if (!st.ok()) {
         bar.finish();
@@ -692,8 +710,15 @@ status train_session::maybe_checkpoint() {
     return {};
 }
 
+bool train_session::stop_requested() const {
+    if (!comm.active()) return g_stop != 0;
+    double any = g_stop ? 1.0 : 0.0;
+    dist_sum(comm, &any, 1);
+    return any > 0;
+}
+
 status train_session::run() {
-    bar.start(o.progress, total, ts.step);
+    bar.start(o.progress && comm.writer(), total, ts.step);
     signal_guard sig;
     std::vector<batch_buffers> bufs((size_t) GA);
     for (batch_buffers & b : bufs) b.init(B, T);
@@ -703,13 +728,14 @@ status train_session::run() {
         PEFT_TRY(run_eval(0));
         if (out.has_eval) bar.message("eval at step 0: loss " + fmt("%.4f", out.eval_loss) + ", perplexity " + fmt("%.3f", out.eval_perplexity));
     }
-    while (ts.step < total && !g_stop) {
+    while (ts.step < total && !(stopped = stop_requested())) {
         if (ts.micro_in_epoch >= n_micro_epoch) start_epoch(ts.epoch + 1);
         const int64_t n_mb = std::min(GA, n_micro_epoch - ts.micro_in_epoch);
         int64_t step_tokens = 0;
         for (int64_t k = 0; k < n_mb; k++) {
-            const int64_t first = (ts.micro_in_epoch + k) * B;
-            const int64_t n = std::min(B, train.n_rows - first);
+            // this rank's B rows of the micro-batch's B * ranks (fewer or none at the epoch's end)
+            const int64_t first = ((ts.micro_in_epoch + k) * comm.size + comm.rank) * B;
+            const int64_t n = std::max<int64_t>(0, std::min(B, train.n_rows - first));
             for (int64_t i = 0; i < n; i++) rows[(size_t) i] = ts.epoch_order[(size_t) (first + i)];
             bufs[(size_t) k].fill(train, rows.data(), n);
             batches[(size_t) k] = bufs[(size_t) k].batch();
@@ -726,6 +752,11 @@ status train_session::run() {
         }
         ts.micro_in_epoch += n_mb;
         ts.step++;
+        if (comm.active()) {   // tokens/s of the whole job
+            double all = (double) step_tokens;
+            dist_sum(comm, &all, 1);
+            step_tokens = (int64_t) all;
+        }
         PEFT_TRY(log_step(r, step_tokens, now_s() - t0));
         PEFT_TRY(maybe_eval());
         PEFT_TRY(maybe_checkpoint());
@@ -733,9 +764,9 @@ status train_session::run() {
     bar.finish();
     out.total_steps = total;
     out.steps_done = ts.step;
-    if (!g_stop || ts.step >= total) return {};
+    if (!stopped || ts.step >= total) return {};
     // interrupted: a checkpoint to continue from, then a distinct status (exit 130)
-    if (!saved_now) {
+    if (!saved_now && comm.writer()) {
         status st = save_checkpoint_in(o.output_dir);
         if (!st.ok()) {
             st.message = "interrupted, and saving checkpoint-" + std::to_string(ts.step) + " failed: " + st.message;
@@ -755,6 +786,7 @@ status train_session::finish() {
         PEFT_TRY(run_eval(ts.step));
         info("eval at step " + std::to_string(ts.step) + ": loss " + fmt("%.4f", out.eval_loss) + ", perplexity " + fmt("%.3f", out.eval_perplexity));
     }
+    if (!comm.writer()) return {};
     PEFT_TRY(save_final_or_rescue(
         o.output_dir, [&](const std::string & dir) { return write_final(dir); },
         [&](const std::string & parent) { return save_checkpoint_in(parent); }));
@@ -786,10 +818,11 @@ status train_session::finish() {
 
 } // namespace
 
-status train_run(const train_options & o, train_summary & out) {
+status train_run(const train_options & o, train_summary & out, const dist_comm & comm) {
     out = train_summary{};
     g_stop = 0;
-    train_session t(o, out);
+    g_quiet = !comm.writer();
+    train_session t(o, out, comm);
     PEFT_TRY(t.open_inputs());   // everything that can fail on bad input comes before long work
     PEFT_TRY(t.attach());
     PEFT_TRY(t.resume());

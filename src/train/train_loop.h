@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "dist/dist.h"
 
 namespace peft {
 
@@ -30,7 +31,9 @@ struct train_summary {
     std::string last_checkpoint;   // "" if none was written
 };
 
-status train_run(const train_options & o, train_summary & out);
+// comm: data parallel over its ranks (mpirun): each trains on its shard of every batch, rank 0
+// alone writes output_dir (checkpoints, metrics, report, the adapter) and logs.
+status train_run(const train_options & o, train_summary & out, const dist_comm & comm = dist_comm{});
 
 // Asks a running train_run to stop after the current step, as SIGINT does (tests, embedders).
 void train_request_stop();

@@ -7,6 +7,7 @@
 
 #include "adapters/adapter.h"
 #include "adapters/adapter_set.h"
+#include "dist/dist.h"
 #include "kernels/kernels.h"
 #include "train/data.h"
 
@@ -56,6 +57,25 @@ static status numeric_error(int64_t step, const std::string & what) {
     return st;
 }
 
+// Every gradient of ps summed over the ranks of c, through fused buffers of up to 64 MiB (one
+// for any adapter): a few large messages instead of one per tensor.
+static void sum_gradients(const dist_comm & c, const std::vector<optim_param> & ps) {
+    const int64_t cap = (int64_t) 16 << 20;
+    int64_t total = 0;
+    for (const optim_param & p : ps) total += p.n;
+    std::vector<float> buf((size_t) std::min(total, cap));
+    for (size_t first = 0; first < ps.size();) {
+        size_t last = first;
+        int64_t n = 0;
+        while (last < ps.size() && (last == first || n + ps[last].n <= cap)) n += ps[last++].n;
+        if (n > (int64_t) buf.size()) buf.resize((size_t) n);   // one tensor larger than the cap
+        for (size_t i = first, off = 0; i < last; off += (size_t) ps[i++].n) std::memcpy(buf.data() + off, ps[i].grad, (size_t) ps[i].n * 4);
+        dist_sum(c, buf.data(), n);
+        for (size_t i = first, off = 0; i < last; off += (size_t) ps[i++].n) std::memcpy(ps[i].grad, buf.data() + off, (size_t) ps[i].n * 4);
+        first = last;
+    }
+}
+
 status train_step(llama_model & m, llama_state & s, adamw & opt, const train_config & cfg, const llama_batch * micro,
                   int64_t n_micro, int64_t step, step_result & out, adapter_set * adapters) {
     std::vector<adapter_module *> mods;
@@ -72,17 +92,45 @@ status train_step(llama_model & m, llama_state & s, adamw & opt, const train_con
     }
     double loss = 0.0;
     out.n_targets = 0;
-    const float scale = 1.0f / (float) n_micro;
+    const bool dp = cfg.comm && cfg.comm->active();
+    // Data parallel: micro-batch i's loss is the mean over the targets of every rank's i-th
+    // rows, so this rank's part is its sum of token losses over that global count.
+    std::vector<double> share((size_t) n_micro, 1.0);
+    if (dp) {
+        std::vector<double> here((size_t) n_micro), all((size_t) n_micro);
+        for (int64_t i = 0; i < n_micro; i++) {
+            int64_t n = 0;
+            for (int64_t j = 0; j < micro[i].B * micro[i].T; j++) n += micro[i].targets[j] != -100;
+            here[(size_t) i] = all[(size_t) i] = (double) n;
+        }
+        dist_sum(*cfg.comm, all.data(), n_micro);
+        for (int64_t i = 0; i < n_micro; i++) share[(size_t) i] = all[(size_t) i] > 0 ? here[(size_t) i] / all[(size_t) i] : 0.0;
+    }
+    std::string failure;   // data parallel: a non-finite loss here, reported after the other ranks hear of it
     for (int64_t i = 0; i < n_micro; i++) {
+        if (share[(size_t) i] == 0.0) continue;   // no targets in this rank's part of micro-batch i
+        const float scale = dp ? (float) (share[(size_t) i] / (double) n_micro) : 1.0f / (float) n_micro;
         const float l = llama_forward(m, s, micro[i], scale);
         if (!std::isfinite(l)) {
             const std::string bad = first_nonfinite(opt.params, true, false);
-            return numeric_error(step, "loss is " + std::to_string(l) + " on micro-batch " + std::to_string(i) +
-                                           (bad.empty() ? " (every trained parameter is finite)" : "; first non-finite tensor: " + bad));
+            failure = "loss is " + std::to_string(l) + " on micro-batch " + std::to_string(i) +
+                      (bad.empty() ? " (every trained parameter is finite)" : "; first non-finite tensor: " + bad);
+            if (!dp) return numeric_error(step, failure);
+            break;
         }
         llama_backward(m, s, micro[i]);
         loss += (double) l * scale;
         out.n_targets += s.n_valid;
+    }
+    if (dp) {
+        double stats[3] = {loss, (double) out.n_targets, failure.empty() ? 0.0 : 1.0};
+        dist_sum(*cfg.comm, stats, 3);
+        if (stats[2] > 0) {
+            return numeric_error(step, failure.empty() ? "another rank's loss is not finite (its own message names the tensor)" : failure);
+        }
+        loss = stats[0];
+        out.n_targets = (int64_t) stats[1];
+        sum_gradients(*cfg.comm, opt.params);
     }
     if (out.n_targets == 0) {   // the data loader drops such rows; an update from nothing is a bug
         return make_error(PEFT_STATUS_FORMAT, "training step " + std::to_string(step + 1), "its rows hold no scored token (every label is masked)");

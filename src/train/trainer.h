@@ -18,6 +18,7 @@ namespace peft {
 
 struct data_rows;
 struct adapter_module;
+struct dist_comm;
 
 struct train_config {
     adamw_config opt;
@@ -25,6 +26,10 @@ struct train_config {
     int64_t      warmup_steps = 0;
     int64_t      total_steps = 1;
     float        max_grad_norm = 1.0f;   // <= 0 disables clipping
+    // Data parallel (dist/dist.h): every rank passes its own shard of the step's micro-batches;
+    // the gradients are summed over the ranks, weighted so that the step equals one process
+    // training on all the shards' rows. Null or one rank: a single process.
+    const dist_comm * comm = nullptr;
 };
 
 struct step_result {
@@ -44,7 +49,8 @@ std::vector<optim_param> llama_optim_params(llama_model & m);
 std::vector<optim_param> adapter_optim_params(adapter_set & s);
 
 // Zeroes the gradients of opt.params, runs forward+backward on each micro-batch (loss scaled by
-// 1/n_micro, as gradient accumulation in transformers), adds each module's regularize(1) once,
+// 1/n_micro, as gradient accumulation in transformers; across the ranks of cfg.comm, micro-batch
+// i is the union of every rank's i-th one), adds each module's regularize(1) once,
 // checks finiteness, clips, and applies AdamW with the scheduled lr for optimizer step `step`
 // (0-based). With adapters, their method's before_update / after_update / on_step_end hooks run
 // around the update (adapter.h). On NaN/Inf nothing is updated and a PEFT_STATUS_NUMERIC error names the first

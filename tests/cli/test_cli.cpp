@@ -11,24 +11,9 @@
 
 namespace {
 
-struct run_result {
-    int         code = -1;
-    std::string out;  // stdout + stderr
-};
+using run_result = peft::testing::shell_result;
 
-run_result run_peft(const std::string & args) {
-    const char * bin = PEFT_BIN;
-    run_result r;
-    std::string cmd = std::string(bin) + " " + args + " 2>&1";
-    FILE * p = popen(cmd.c_str(), "r");
-    if (!p) return r;
-    std::array<char, 4096> buf;
-    size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-    int st = pclose(p);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-    return r;
-}
+run_result run_peft(const std::string & args) { return peft::testing::run_shell(std::string(PEFT_BIN) + " " + args); }
 
 } // namespace
 

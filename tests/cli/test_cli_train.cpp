@@ -378,3 +378,16 @@ TEST(cli_train, bad_input_fails_clearly) {
     EXPECT_EQ(r.code, 1);
     EXPECT_NE(r.out.find("no_adapter"), std::string::npos) << r.out;
 }
+
+// Under an MPI launcher a build without MPI must not start N unrelated copies writing one
+// output_dir (tests/dist covers the MPI build).
+TEST(cli_train, under_mpirun_without_mpi_support_says_how_to_build_it) {
+#ifdef PEFT_MPI_BUILD
+    GTEST_SKIP() << "this build has MPI";
+#endif
+    const shell_result r = run_shell("OMPI_COMM_WORLD_SIZE=2 " + std::string(PEFT_BIN) + " train --base_model " +
+                                     source_path("models/tiny-llama") + " --datasets x.jsonl --output_dir " + temp_dir("cli_no_mpi"));
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.out.find("no MPI support"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("-DPEFT_MPI=ON"), std::string::npos) << r.out;
+}
