@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "adapters/corda.h"
+#include "adapters/dropout_mask.h"
 #include "adapters/svd_init.h"
 #include "adapters/target.h"
 #include "core/rng.h"
@@ -38,21 +39,6 @@ float * grow(std::vector<float> & v, int64_t n) {
     if ((int64_t) v.size() < n) v.resize((size_t) n);
     return v.data();
 }
-
-uint64_t splitmix64(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-// Keep decision for element i of the call's mask: a 24-bit uniform (as rng::uniform) >= p.
-inline bool dropout_keep(uint64_t key, int64_t i, float p) {
-    float u = (float) (splitmix64(key + (uint64_t) i) >> 40) * (1.0f / 16777216.0f);
-    return u >= p;
-}
-
-uint64_t dropout_key(uint64_t seed, uint64_t calls) { return splitmix64(seed ^ splitmix64(calls)); }
 
 } // namespace
 
@@ -761,7 +747,7 @@ std::unique_ptr<adapter_method> lora_method_make() { return std::make_unique<lor
 // PEFT LoraConfig keys that `peft train` takes (configure() reads and checks them).
 const std::vector<option_def> & lora_method_options() {
     static const std::vector<option_def> keys = {
-        {"r", OPT_INT, "8", "LoRA rank", "lora_r"},
+        {"r", OPT_INT, "8; vera 256", "rank: of the LoRA factors, or of VeRA's shared projections", "lora_r"},
         {"lora_alpha", OPT_FLOAT, "8", "LoRA scaling numerator (scale = alpha/r, or alpha/sqrt(r) with use_rslora)"},
         {"lora_dropout", OPT_FLOAT, "0", "dropout on the adapter input"},
         {"use_rslora", OPT_BOOL, "false", "scale alpha/sqrt(r)"},

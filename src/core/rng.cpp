@@ -46,6 +46,14 @@ void rng::fill_kaiming_uniform(float * x, int64_t fan_out, int64_t fan_in, float
     fill_uniform(x, fan_out * fan_in, -bound, bound);
 }
 
+void rng::fill_uniform_torch(float * x, int64_t n, double from, double to) {
+    const float lo = (float) from, width = (float) to - lo;
+    for (int64_t i = 0; i < n; i++) {
+        const float u = (float) (next_u32() & ((1u << 24) - 1)) * (1.0f / 16777216.0f);
+        x[i] = std::fma(u, width, lo);
+    }
+}
+
 std::string rng::save() const {
     std::ostringstream os;
     os << st->gen;

@@ -31,6 +31,7 @@ struct method_case {
 // r = 4 in every row
 int64_t lora_count(int64_t in, int64_t out) { return 4 * (in + out); }
 int64_t lora_fa_count(int64_t, int64_t out) { return 4 * out; }
+int64_t vera_count(int64_t, int64_t out) { return 4 + out; }   // lambda_d [r], lambda_b [out]
 
 const method_case METHODS[] = {
     {"lora", "{\"r\":4,\"lora_alpha\":8}", 0.0, true, lora_count},
@@ -47,6 +48,9 @@ const method_case METHODS[] = {
     {"corda_ipm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\"}", 1e-5, false, lora_count},
     {"corda_kpm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\",\"corda_config\":{\"corda_method\":\"kpm\"}}",
      1e-5, false, lora_count},
+    {"vera", "{\"adapter\":\"vera\",\"r\":4}", 0.0, true, vera_count},
+    {"vera_regenerated_projections", "{\"adapter\":\"vera\",\"r\":4,\"save_projection\":false,\"projection_prng_key\":5}", 0.0, true,
+     vera_count},
 };
 
 void PrintTo(const method_case & c, std::ostream * os) { *os << c.name; }

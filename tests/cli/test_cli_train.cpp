@@ -391,3 +391,42 @@ TEST(cli_train, under_mpirun_without_mpi_support_says_how_to_build_it) {
     EXPECT_NE(r.out.find("no MPI support"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("-DPEFT_MPI=ON"), std::string::npos) << r.out;
 }
+
+// VeRA through the commands: peft train (dropout on, a checkpoint mid-way) resumes bit for bit
+// (the shared projections come back from the key, the dropout counters from the checkpoint),
+// peft eval of the adapter reproduces the logged eval loss, and peft merge writes a model with
+// the same loss.
+TEST(cli_train, vera_resumes_bit_exactly_evals_and_merges) {
+    const files & f = fixture();
+    const std::string out = temp_dir("cli_train_vera");
+    auto args = [&](const std::string & dir) {
+        return std::vector<std::string>{"train", "--base_model", f.model, "--datasets", f.data, "--test_datasets", f.test_data,
+                                        "--output_dir", dir, "--adapter", "vera", "--r", "16", "--vera_dropout", "0.1",
+                                        "--target_modules", "all-linear", "--learning_rate", "5e-2", "--micro_batch_size", "2",
+                                        "--sequence_len", "32", "--max_steps", "6", "--save_steps", "3", "--threads", "1"};
+    };
+    child_result r = spawn(args(out + "/straight"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("adapter vera"), std::string::npos) << r.out;
+    auto resumed = args(out + "/resumed");
+    resumed.insert(resumed.end(), {"--resume_from_checkpoint", out + "/straight/checkpoint-3"});
+    r = spawn(resumed);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("resumed from"), std::string::npos) << r.out;
+    EXPECT_TRUE(read_text(out + "/resumed/adapter_model.safetensors") == read_text(out + "/straight/adapter_model.safetensors"));
+    EXPECT_NE(read_text(out + "/straight/adapter_config.json").find("\"peft_type\": \"VERA\""), std::string::npos);
+
+    auto eval_loss = [&](const std::vector<std::string> & model_args) {
+        std::vector<std::string> a = {"eval", "--data", f.test_data, "--json", "--sequence_len", "32", "--batch", "2", "--threads", "1"};
+        a.insert(a.end(), model_args.begin(), model_args.end());
+        child_result e = spawn(a);
+        EXPECT_EQ(e.code, 0) << e.out;
+        json_document d;
+        return d.parse(e.out.data(), e.out.size(), "eval").ok() ? d.root().get("loss").as_double() : -1.0;
+    };
+    const double logged = std::stod(last_eval_loss_text(out + "/straight/metrics.jsonl"));
+    EXPECT_NEAR(eval_loss({"--model", f.model, "--adapter", out + "/straight"}), logged, 1e-6 * logged);
+    r = spawn({"merge", "--model", f.model, "--adapter", out + "/straight", "--out", out + "/merged", "--dtype", "f32", "--threads", "1"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NEAR(eval_loss({"--model", out + "/merged"}), logged, 1e-4 * logged);
+}
