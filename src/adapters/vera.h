@@ -32,6 +32,8 @@ struct vera_module : adapter_module {
 
     void forward(const float * x, int64_t N, float * y) override;
     void backward(const float * x, const float * dy, int64_t N, float * dx) override;
+    // dlambda_b, dlambda_d and dx need only the cached xa and the masks, never x itself
+    bool backward_reads_input() const override { return false; }
     void delta_weight(float * dW) const override;   // diag(lambda_b) B diag(lambda_d) A
     void params(std::vector<param_ref> & out) override;
     void set_training(bool on) override { training = on; }
