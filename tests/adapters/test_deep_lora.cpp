@@ -5,13 +5,19 @@
 // gradient against finite differences of the loss, and the plain-LoRA file form.
 // Expected values come from double-precision code in this file (explicit factors, eigh), never
 // from the functions under test.
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <vector>
 
 #include "adapter_test_util.h"
 #include "adapters/deep_lora.h"
+#include "fixture_util.h"
+#include "io/safetensors.h"
+#include "train/optim.h"
 #include "core/rng.h"
 #include "io/peft_format.h"
 #include "kernels/kernels.h"
@@ -481,3 +487,87 @@ TEST(deep_lora, bad_config_is_refused_with_the_key) {
         EXPECT_NE(st.message.find(key[i]), std::string::npos) << st.message;
     }
 }
+
+// ---- training parity with tools/ref_deep_lora.py -------------------------------------------
+
+// 10 AdamW steps on the llama_gqa fixture from the script's U_c, V_c and perturbed inner
+// factors: g0 trains the inner factors only, g1 also U_c, V_c at gamma * lr (gamma 0.5).
+// Losses and every trained tensor against PyTorch (tolerances as lora_parity).
+class deep_lora_parity : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(deep_lora_parity, ten_adamw_steps_match_pytorch) {
+    const std::string c = GetParam();
+    const std::string fx = peft::testing::source_path("tests/fixtures/deep_lora");
+    auto m = std::make_unique<llama_model>();
+    ASSERT_TRUE(llama_load(*m, peft::testing::source_path("tests/fixtures/llama_gqa"), false).ok());
+    // resuming = true: no compression; the tensors come from the fixture as from a checkpoint
+    config cfg(std::string("{\"adapter\":\"deep_lora\",\"r\":4,\"target_modules\":\"all-linear\",\"deep_lora_gamma\":") +
+               (c == "g1" ? "0.5" : "0") + "}");
+    adapter_set s;
+    ASSERT_TRUE(adapters_attach(*m, cfg.root(), 1, s, true, nullptr).ok());
+    ASSERT_EQ(s.modules.size(), 14u);
+    safetensors_file init, ref, batch_file;
+    ASSERT_TRUE(safetensors_open(fx + "/initial.safetensors", init).ok());
+    ASSERT_TRUE(safetensors_open(fx + "/reference.safetensors", ref).ok());
+    std::vector<param_ref> ps = adapter_set_params(s);
+    for (const param_ref & p : ps) {
+        const std::vector<float> v = peft::testing::fixture_tensor(init, p.name);
+        ASSERT_EQ((int64_t) v.size(), numel(p)) << p.name;
+        std::memcpy(p.value, v.data(), v.size() * sizeof(float));
+    }
+    ASSERT_TRUE(safetensors_open(peft::testing::source_path("tests/fixtures/llama_gqa/reference.safetensors"), batch_file).ok());
+    const tensor_info * ids = batch_file.find("input_ids");
+    const tensor_info * labels = batch_file.find("labels");
+    ASSERT_TRUE(ids && labels);
+    const int64_t B = ids->shape[0], T = ids->shape[1];
+    std::vector<int32_t> tok((size_t) (B * T)), lab((size_t) (B * T)), tgt((size_t) (B * T));
+    std::memcpy(tok.data(), ids->data, tok.size() * 4);
+    std::memcpy(lab.data(), labels->data, lab.size() * 4);
+    llama_shift_labels(tgt.data(), lab.data(), B, T);
+    const llama_batch batch{tok.data(), tgt.data(), nullptr, nullptr, B, T};
+
+    adamw opt;
+    adamw_config oc;
+    oc.lr = 1e-3f;
+    oc.eps = 1e-8f;
+    oc.weight_decay = 0.01f;
+    const std::vector<optim_param> op = adapter_optim_params(s);   // lr_scale gamma on U_c, V_c
+    ASSERT_TRUE(opt.init(op, oc).ok());
+    llama_state ls;
+    ASSERT_TRUE(llama_state_init(ls, *m, B, T, false).ok());
+    const std::vector<float> want_loss = peft::testing::fixture_tensor(ref, c + ".traj.loss");
+    ASSERT_EQ(want_loss.size(), 10u);
+    double worst_loss = 0;
+    for (int step = 0; step < 10; step++) {
+        for (const optim_param & p : op) std::fill(p.grad, p.grad + p.n, 0.0f);
+        const float loss = llama_forward(*m, ls, batch, 1.0f);
+        llama_backward(*m, ls, batch);
+        opt.step(oc.lr);
+        const double rel = std::fabs((double) loss - want_loss[(size_t) step]) / std::fabs((double) want_loss[(size_t) step]);
+        worst_loss = std::max(worst_loss, rel);
+        EXPECT_LE(rel, 1e-4) << "step " << step << ": got " << loss << " want " << want_loss[(size_t) step];
+    }
+    double worst_abs = 0;
+    size_t compared = 0;
+    for (const param_ref & p : ps) {
+        if (!p.trainable) {
+            EXPECT_EQ(ref.find(c + ".final." + p.name), nullptr) << p.name << " is frozen here, trained in the fixture";
+            continue;
+        }
+        const std::vector<float> want = peft::testing::fixture_tensor(ref, c + ".final." + p.name);
+        ASSERT_EQ((int64_t) want.size(), numel(p)) << p.name;
+        double max_diff = 0, max_ref = 0;
+        for (size_t i = 0; i < want.size(); i++) {
+            max_diff = std::max(max_diff, (double) std::fabs(p.value[i] - want[i]));
+            max_ref = std::max(max_ref, (double) std::fabs(want[i]));
+        }
+        worst_abs = std::max(worst_abs, max_diff);
+        EXPECT_TRUE(max_diff <= 1e-5 || max_diff / max_ref <= 1e-4) << p.name << ": max abs diff " << max_diff;
+        compared++;
+    }
+    EXPECT_EQ(compared, 14u * (c == "g1" ? 5 : 3));
+    std::printf("deep_lora parity %s: worst loss rel %.3g, final worst abs %.3g\n", c.c_str(), worst_loss, worst_abs);
+}
+
+INSTANTIATE_TEST_SUITE_P(deep_lora, deep_lora_parity, ::testing::Values("g0", "g1"),
+                         [](const ::testing::TestParamInfo<const char *> & i) { return std::string(i.param); });
