@@ -354,9 +354,11 @@ TEST(deep_lora, module_gradients_match_double_finite_differences) {
     check(Wi, mod.dW.data(), "dWt");
 }
 
-// The platform piece: the calibration pass's dy^T x per target is d loss / d W of the frozen
-// base, checked along a random direction against central differences of the calibration loss
-// (one batch of all rows, so the loss is that batch's mean token loss).
+// The platform piece: the calibration pass's sum of dy^T x per target is d loss / d W of the
+// frozen base (loss = the mean over batches of each batch's mean token loss), checked along a
+// random direction against central differences, for a last-layer target and for a first-layer
+// one whose gradient flows back through the other probe's dx. 3 rows in batches of 2: the
+// second batch is padded.
 TEST(deep_lora, calibration_gradient_matches_finite_differences) {
     auto m = tiny_model(7);
     data_rows rows;
@@ -369,45 +371,56 @@ TEST(deep_lora, calibration_gradient_matches_finite_differences) {
             rows.position_ids.push_back((int32_t) t);
             rows.segment_ids.push_back(1);
         }
+    const int64_t layers[2] = {0, 1};
+    const llama_proj projs[2] = {LLAMA_PROJ_Q, LLAMA_PROJ_UP};
     struct grad_observer : calibration_observer {
-        std::vector<float> G;   // [OC,IC] of target 0
-        int64_t OC = 0, IC = 0;
+        std::vector<std::vector<float>> G;   // [OC,IC] per target
+        std::vector<int64_t> OC, IC;
         bool wants_gradients() const override { return true; }
-        status observe_gradient(int64_t index, const float * x, const float * dy, int64_t N) override {
-            if (index == 0) gemm(true, false, OC, IC, N, 1.0f, dy, OC, x, IC, 1.0f, G.data(), IC);
+        status observe_gradient(int64_t i, const float * x, const float * dy, int64_t N) override {
+            gemm(true, false, OC[(size_t) i], IC[(size_t) i], N, 1.0f, dy, OC[(size_t) i], x, IC[(size_t) i], 1.0f, G[(size_t) i].data(),
+                 IC[(size_t) i]);
             return {};
         }
     } obs;
-    const int64_t layer = 1;
-    const llama_proj p = LLAMA_PROJ_UP;
-    const linear_weight & w = m->proj_weight(layer, p);
-    obs.OC = w.OC;
-    obs.IC = w.IC;
-    obs.G.assign((size_t) (w.OC * w.IC), 0.0f);
-    target_info t{"model.layers.1.mlp.up_proj", layer, w.IC, w.OC, &m->proj_weight(layer, p), nullptr};
-    ASSERT_TRUE(calibrate_rows(*m, rows, 3, 3, &t, 1, obs).ok());
+    std::vector<target_info> ts;
+    for (int i = 0; i < 2; i++) {
+        linear_weight & w = m->proj_weight(layers[i], projs[i]);
+        obs.OC.push_back(w.OC);
+        obs.IC.push_back(w.IC);
+        obs.G.emplace_back((size_t) (w.OC * w.IC), 0.0f);
+        ts.push_back(target_info{"target", layers[i], w.IC, w.OC, &w, nullptr});
+    }
+    ASSERT_TRUE(calibrate_rows(*m, rows, 3, 2, ts.data(), 2, obs).ok());
 
-    std::vector<float> W0((size_t) (w.OC * w.IC));
-    linear_weight_rows_f32(W0.data(), w, 0, w.OC);
-    const std::vector<float> D = peft::testing::fixed_vector(w.OC * w.IC, 9, 1.0f);
-    batch_buffers buf;
-    buf.init(3, rows.T);
-    const int64_t idx[3] = {0, 1, 2};
-    buf.fill(rows, idx, 3);
-    auto loss_at = [&](double e) {
-        std::vector<float> We(W0.size());
-        for (size_t i = 0; i < We.size(); i++) We[i] = (float) (W0[i] + e * D[i]);
-        llama_replace_weight(*m, layer, p, We.data(), PEFT_DTYPE_F32);
-        llama_state s;
-        EXPECT_TRUE(llama_state_init(s, *m, 3, rows.T, false).ok());
-        return (double) llama_forward(*m, s, buf.batch(), 0.0f);
-    };
-    double gd = 0.0;
-    for (size_t i = 0; i < D.size(); i++) gd += (double) obs.G[i] * D[i];
-    const double e = 1e-2;
-    const double fd = (loss_at(e) - loss_at(-e)) / (2 * e);
-    EXPECT_NEAR(gd, fd, 2e-2 * std::fabs(fd) + 1e-5);
-    EXPECT_GT(std::fabs(gd), 1e-4) << "a zero gradient would pass trivially";
+    batch_buffers b1, b2;
+    b1.init(2, rows.T);
+    b2.init(2, rows.T);
+    const int64_t first[2] = {0, 1}, second[1] = {2};
+    b1.fill(rows, first, 2);
+    b2.fill(rows, second, 1);
+    for (int i = 0; i < 2; i++) {
+        const linear_weight & w = m->proj_weight(layers[i], projs[i]);
+        std::vector<float> W0((size_t) (w.OC * w.IC));
+        linear_weight_rows_f32(W0.data(), w, 0, w.OC);
+        const std::vector<float> D = peft::testing::fixed_vector(w.OC * w.IC, 9 + (uint64_t) i, 1.0f);
+        auto loss_at = [&](double e) {
+            std::vector<float> We(W0.size());
+            for (size_t j = 0; j < We.size(); j++) We[j] = (float) (W0[j] + e * D[j]);
+            llama_replace_weight(*m, layers[i], projs[i], We.data(), PEFT_DTYPE_F32);
+            llama_state s;
+            EXPECT_TRUE(llama_state_init(s, *m, 2, rows.T, false).ok());
+            const double l1 = llama_forward(*m, s, b1.batch(), 0.0f);
+            return 0.5 * (l1 + (double) llama_forward(*m, s, b2.batch(), 0.0f));
+        };
+        double gd = 0.0;
+        for (size_t j = 0; j < D.size(); j++) gd += (double) obs.G[(size_t) i][j] * D[j];
+        const double e = 1e-2;
+        const double fd = (loss_at(e) - loss_at(-e)) / (2 * e);
+        loss_at(0.0);
+        EXPECT_NEAR(gd, fd, 2e-2 * std::fabs(fd) + 1e-5) << "target " << i;
+        EXPECT_GT(std::fabs(gd), 1e-4) << "a zero gradient would pass trivially";
+    }
 }
 
 // The file is a plain LoRA PEFT loads: LoraConfig with r = lora_alpha = k (s = 1), lora_A =
