@@ -263,6 +263,14 @@ status read_number(const json_value & cfg, const char * key, bool positive, cons
 
 status deep_lora_method::configure(const json_value & cfg) {
     if (!cfg.is_object()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "configuration", "a JSON object", cfg.dump());
+    // LoRA's other keys would be silently ignored (no alpha, dropout or LoRA init here): refuse them
+    for (const option_def & d : lora_method_options()) {
+        const json_value v = cfg.get(d.name);
+        if (std::string(d.name) == "r" || !v.valid() || v.is_null()) continue;
+        status st = make_error(PEFT_STATUS_CONFIG, WHERE, std::string(d.name) + " is a LoRA key; deep_lora does not use it");
+        st.hint = "deep_lora takes r, deep_lora_depth, deep_lora_init_scale, deep_lora_gamma, deep_lora_data, deep_lora_samples and the target keys";
+        return st;
+    }
     PEFT_TRY(read_int(cfg, "r", 2, "an even rank >= 2", r));
     if (r % 2 != 0) {
         status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "r", "an even rank (deep_lora compresses to k/2 + k/2 directions)",

@@ -491,9 +491,9 @@ TEST(deep_lora, bad_config_is_refused_with_the_key) {
     auto m = tiny_model(7);
     const char * bad[] = {"{\"adapter\":\"deep_lora\",\"r\":3}", "{\"adapter\":\"deep_lora\",\"deep_lora_depth\":2}",
                           "{\"adapter\":\"deep_lora\",\"deep_lora_init_scale\":0}", "{\"adapter\":\"deep_lora\",\"deep_lora_gamma\":-1}",
-                          "{\"adapter\":\"deep_lora\",\"r\":64}"};
-    const char * key[] = {"r", "deep_lora_depth", "deep_lora_init_scale", "deep_lora_gamma", "rank 64"};
-    for (int i = 0; i < 5; i++) {
+                          "{\"adapter\":\"deep_lora\",\"r\":64}", "{\"adapter\":\"deep_lora\",\"lora_alpha\":16}"};
+    const char * key[] = {"r", "deep_lora_depth", "deep_lora_init_scale", "deep_lora_gamma", "rank 64", "lora_alpha"};
+    for (int i = 0; i < 6; i++) {
         adapter_set s;
         const status st = attach(*m, bad[i], s);
         ASSERT_FALSE(st.ok()) << bad[i];
