@@ -2,9 +2,10 @@
 // compressed init, the paper's invariant-subspace property of plain GD on a deep factorisation,
 // the compression against the reference's steps 1-6 done literally on explicit factors, the
 // module's gradients against finite differences of a double reference, the calibration
-// gradient against finite differences of the loss, and the plain-LoRA file form.
-// Expected values come from double-precision code in this file (explicit factors, eigh), never
-// from the functions under test.
+// gradient against finite differences of the loss, the plain-LoRA file form, and 10 AdamW steps
+// against PyTorch (tests/fixtures/deep_lora, made by tools/ref_deep_lora.py).
+// Expected values come from double-precision code in this file (explicit factors, eigh) or from
+// the fixture, never from the functions under test.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
