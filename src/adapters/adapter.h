@@ -85,8 +85,9 @@ struct calibration_observer {
 
 struct calibration_source {
     virtual ~calibration_source() = default;
-    // Streams up to n_samples samples of data_path through the model, reporting the inputs of
-    // targets[0..n) to obs.
+    // Streams up to n_samples samples of data_path (empty: the training rows, Deep LoRA's
+    // default) through the model, reporting the inputs (and, if obs wants them, the output
+    // gradients) of targets[0..n) to obs.
     virtual status run(const std::string & data_path, int64_t n_samples, const target_info * targets, int64_t n,
                        calibration_observer & obs) = 0;
 };
