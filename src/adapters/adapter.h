@@ -62,19 +62,32 @@ struct optimizer_view {
 };
 
 // The inputs of the selected targets over a calibration set, for inits that need activation
-// statistics (CorDA's covariances). The trainer streams the data (train/calibrate.h).
+// statistics (CorDA's covariances) or the loss gradient at the frozen base (Deep LoRA's
+// compression). The trainer streams the data (train/calibrate.h).
 struct calibration_observer {
     virtual ~calibration_observer() = default;
     // x [rows*T, IC]: the input of target `index` for one batch of `rows` rows of T tokens;
     // seg [rows*T]: segment ids (0 = padding; a new id starts a new sample within a packed row).
-    // Called once per forward of each batch (no backward, so no recomputation runs it twice).
-    virtual status observe(int64_t index, const float * x, const int32_t * seg, int64_t rows, int64_t T) = 0;
+    // Called once per forward of each batch (the calibration forward never recomputes).
+    virtual status observe(int64_t index, const float * x, const int32_t * seg, int64_t rows, int64_t T) {
+        (void) index; (void) x; (void) seg; (void) rows; (void) T;
+        return {};
+    }
+    // true: every batch also runs backward (base frozen, loss = the mean over batches of the
+    // batch's mean token loss) and observe_gradient receives, per target, the input x [N,IC]
+    // and the loss gradient dy [N,OC] of its output; sum_batches dy^T x is d loss / d W.
+    virtual bool wants_gradients() const { return false; }
+    virtual status observe_gradient(int64_t index, const float * x, const float * dy, int64_t N) {
+        (void) index; (void) x; (void) dy; (void) N;
+        return {};
+    }
 };
 
 struct calibration_source {
     virtual ~calibration_source() = default;
-    // Streams up to n_samples samples of data_path through the model, reporting the inputs of
-    // targets[0..n) to obs.
+    // Streams up to n_samples samples of data_path (empty: the training rows, Deep LoRA's
+    // default) through the model, reporting the inputs (and, if obs wants them, the output
+    // gradients) of targets[0..n) to obs.
     virtual status run(const std::string & data_path, int64_t n_samples, const target_info * targets, int64_t n,
                        calibration_observer & obs) = 0;
 };

@@ -747,7 +747,7 @@ std::unique_ptr<adapter_method> lora_method_make() { return std::make_unique<lor
 // PEFT LoraConfig keys that `peft train` takes (configure() reads and checks them).
 const std::vector<option_def> & lora_method_options() {
     static const std::vector<option_def> keys = {
-        {"r", OPT_INT, "8; vera 256", "rank: of the LoRA factors, or of VeRA's shared projections", "lora_r"},
+        {"r", OPT_INT, "8; vera 256", "rank: LoRA's r; vera: of the shared projections; deep_lora: the compressed rank k (even)", "lora_r"},
         {"lora_alpha", OPT_FLOAT, "8", "LoRA scaling numerator (scale = alpha/r, or alpha/sqrt(r) with use_rslora)"},
         {"lora_dropout", OPT_FLOAT, "0", "dropout on the adapter input"},
         {"use_rslora", OPT_BOOL, "false", "scale alpha/sqrt(r)"},

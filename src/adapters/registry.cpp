@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "adapters/adapter_set.h"
+#include "adapters/deep_lora.h"
 #include "adapters/lora.h"
 #include "adapters/target.h"
 #include "adapters/vera.h"
@@ -15,6 +16,7 @@ namespace {
 enum adapter_method_kind {
     PEFT_METHOD_LORA = 0,
     PEFT_METHOD_VERA,
+    PEFT_METHOD_DEEP_LORA,
     PEFT_METHOD_COUNT,
 };
 
@@ -28,6 +30,7 @@ struct method_entry {
 const method_entry METHODS[] = {
     {PEFT_METHOD_LORA, "lora", lora_method_make, lora_method_options},
     {PEFT_METHOD_VERA, "vera", vera_method_make, vera_method_options},
+    {PEFT_METHOD_DEEP_LORA, "deep_lora", deep_lora_method_make, deep_lora_method_options},
 };
 static_assert(sizeof(METHODS) / sizeof(METHODS[0]) == PEFT_METHOD_COUNT, "one registry row per adapter method");
 

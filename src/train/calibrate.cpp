@@ -1,9 +1,12 @@
 // calibrate.cpp: the calibration runner (calibrate.h). Each target's projection is wrapped by a
 // probe module for the pass: the base linear as usual, plus a call to the observer with the
-// input and the batch geometry.
+// input and the batch geometry (forward) and, for observers that want gradients, with the input
+// and the output gradient (backward, which passes dx on as the base linear's).
 #include "train/calibrate.h"
 
 #include <algorithm>
+#include <cmath>
+#include <string>
 #include <vector>
 
 #include "model/llama.h"
@@ -33,7 +36,11 @@ struct probe_module : adapter_module {
         PEFT_ASSERT(N == view.rows * view.T);
         if (view.failed.ok()) view.failed = obs.observe(index, x, view.seg, view.rows, view.T);
     }
-    void backward(const float *, const float *, int64_t, float *) override { PEFT_ASSERT(false); }   // forward only
+    void backward(const float * x, const float * dy, int64_t N, float * dx) override {
+        PEFT_ASSERT(obs.wants_gradients());
+        linear_backward_input(dx, dy, *t.base, N, 1.0f);
+        if (view.failed.ok()) view.failed = obs.observe_gradient(index, x, dy, N);
+    }
     void delta_weight(float * dW) const override { std::fill(dW, dW + t.out_features * t.in_features, 0.0f); }
     void params(std::vector<param_ref> &) override {}
 };
@@ -63,6 +70,9 @@ status calibrate_rows(llama_model & m, const data_rows & rows, int64_t max_rows,
     batch_buffers buf;
     buf.init(batch, rows.T);
     std::vector<int64_t> idx((size_t) batch);
+    // gradient mode: the loss is the mean over batches of each batch's mean token loss
+    const bool grads = obs.wants_gradients();
+    const float grad_scale = grads ? 1.0f / (float) ((n_rows + batch - 1) / batch) : 0.0f;
     for (int64_t first = 0; st.ok() && first < n_rows; first += batch) {
         const int64_t k = std::min(batch, n_rows - first);
         for (int64_t i = 0; i < k; i++) idx[(size_t) i] = first + i;
@@ -72,7 +82,15 @@ status calibrate_rows(llama_model & m, const data_rows & rows, int64_t max_rows,
         view.seg = b.seg;
         view.rows = batch;
         view.T = rows.T;
-        llama_forward(m, s, b, 0.0f);
+        const float loss = llama_forward(m, s, b, grad_scale);
+        if (grads && view.failed.ok()) {
+            if (!std::isfinite(loss)) {
+                view.failed = make_error(PEFT_STATUS_NUMERIC, "calibration data",
+                                         "the loss of rows " + std::to_string(first) + ".. is not finite");
+            } else {
+                llama_backward(m, s, b);
+            }
+        }
         st = view.failed;
     }
     m.adapters = saved;

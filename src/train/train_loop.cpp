@@ -375,11 +375,17 @@ struct train_session {
         : o(opt_), out(out_), comm(c), gen(opt_.seed ^ 0x7261696e6572ull) {}
 
     // Calibration data for inits that ask for it (CorDA): read with this run's tokenizer and
-    // sequence_len, one sample per row, in file order.
+    // sequence_len, one sample per row, in file order. An empty path means the training rows
+    // themselves, as loaded (Deep LoRA's default).
     struct calibration : calibration_source {
         train_session & t;
         explicit calibration(train_session & ts) : t(ts) {}
         status run(const std::string & path, int64_t n_samples, const target_info * targets, int64_t n, calibration_observer & obs) override {
+            if (path.empty()) {
+                info("calibration: " + std::to_string(std::min(n_samples, t.train.n_rows)) + " training rows through " +
+                     std::to_string(n) + " target modules");
+                return calibrate_rows(t.m, t.train, n_samples, t.o.micro_batch_size, targets, n, obs);
+            }
             data_options d;
             d.max_len = t.T;
             d.pack = false;

@@ -50,7 +50,8 @@ struct config {
     json_value root() const { return doc.root(); }
 };
 
-// Calibration for inits that ask for it (CorDA): 6 fixed rows of 8 tokens, whatever the path.
+// Calibration for inits that ask for it (CorDA's forward, Deep LoRA's forward + backward):
+// 6 fixed rows of 8 tokens, every token scored, whatever the path.
 struct test_calibration : calibration_source {
     status run(const std::string &, int64_t n_samples, const target_info * targets, int64_t n, calibration_observer & obs) override {
         data_rows d;
@@ -59,7 +60,7 @@ struct test_calibration : calibration_source {
         for (int64_t r = 0; r < d.n_rows; r++) {
             for (int64_t t = 0; t < d.T; t++) {
                 d.input_ids.push_back((int32_t) ((r * 13 + t * 5) % 60 + 2));
-                d.labels.push_back(-100);
+                d.labels.push_back(d.input_ids.back());
                 d.position_ids.push_back((int32_t) t);
                 d.segment_ids.push_back(1);
             }

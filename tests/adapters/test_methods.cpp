@@ -32,6 +32,9 @@ struct method_case {
 int64_t lora_count(int64_t in, int64_t out) { return 4 * (in + out); }
 int64_t lora_fa_count(int64_t, int64_t out) { return 4 * out; }
 int64_t vera_count(int64_t, int64_t out) { return 4 + out; }   // lambda_d [r], lambda_b [out]
+// Deep LoRA, L = 3 inner k x k factors (+ the outer U_c, V_c when deep_lora_gamma > 0)
+int64_t deep_lora_count(int64_t, int64_t) { return 3 * 4 * 4; }
+int64_t deep_lora_gamma_count(int64_t in, int64_t out) { return 3 * 4 * 4 + 4 * (in + out); }
 
 const method_case METHODS[] = {
     {"lora", "{\"r\":4,\"lora_alpha\":8}", 0.0, true, lora_count},
@@ -51,6 +54,9 @@ const method_case METHODS[] = {
     {"vera", "{\"adapter\":\"vera\",\"r\":4}", 0.0, true, vera_count},
     {"vera_regenerated_projections", "{\"adapter\":\"vera\",\"r\":4,\"save_projection\":false,\"projection_prng_key\":5}", 0.0, true,
      vera_count},
+    // dW(0) = eps^3 U_c U_c^T P is not zero: the output moves by about eps^3 ||x|| ||W_out|| (tiny)
+    {"deep_lora", "{\"adapter\":\"deep_lora\",\"r\":4}", 1e-6, false, deep_lora_count},
+    {"deep_lora_gamma", "{\"adapter\":\"deep_lora\",\"r\":4,\"deep_lora_gamma\":0.5}", 1e-6, false, deep_lora_gamma_count},
 };
 
 void PrintTo(const method_case & c, std::ostream * os) { *os << c.name; }

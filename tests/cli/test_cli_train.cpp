@@ -182,6 +182,33 @@ TEST(cli_train, pissa_resumes_bit_exactly_from_its_initial_factors) {
     EXPECT_TRUE(read_text(out + "/resumed/adapter_model.safetensors") == read_text(out + "/straight/adapter_model.safetensors"));
 }
 
+// Deep LoRA through peft train: the compression's calibration gradient comes from the training
+// rows (no deep_lora_data), the file is a plain LoRA (r = lora_alpha = 4), and a resumed run
+// takes U_c, V_c from the checkpoint (no calibration pass) and ends bit for bit where the
+// uninterrupted run does.
+TEST(cli_train, deep_lora_calibrates_on_the_training_rows_and_resumes_bit_exactly) {
+    const files & f = fixture();
+    const std::string out = temp_dir("cli_train_deep_lora");
+    auto args = [&](const std::string & dir) {
+        return std::vector<std::string>{"train", "--base_model", f.model, "--datasets", f.data, "--output_dir", dir, "--adapter", "deep_lora",
+                                        "--r", "4", "--deep_lora_samples", "4", "--deep_lora_gamma", "0.1", "--target_modules", "all-linear",
+                                        "--learning_rate", "1e-2", "--micro_batch_size", "2", "--sequence_len", "32", "--max_steps", "6",
+                                        "--save_steps", "3", "--threads", "1"};
+    };
+    child_result r = spawn(args(out + "/straight"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("calibration: 4 training rows"), std::string::npos) << r.out;
+    const std::string cfg = read_text(out + "/straight/adapter_config.json");
+    EXPECT_NE(cfg.find("\"peft_type\": \"LORA\""), std::string::npos) << cfg;
+    EXPECT_NE(cfg.find("\"lora_alpha\": 4,"), std::string::npos) << cfg;
+    auto resumed = args(out + "/resumed");
+    resumed.insert(resumed.end(), {"--resume_from_checkpoint", out + "/straight/checkpoint-3"});
+    r = spawn(resumed);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(r.out.find("calibration:"), std::string::npos) << "a resumed run must not recompute the compression:\n" << r.out;
+    EXPECT_TRUE(read_text(out + "/resumed/adapter_model.safetensors") == read_text(out + "/straight/adapter_model.safetensors"));
+}
+
 // CorDA through peft train: the calibration data streams through the model, the covariances are
 // cached in covariance_file and reused by the next run (same adapter, no calibration pass); a
 // cache made for other target modules, and corda without data, are refused.
