@@ -46,6 +46,8 @@ struct deep_lora_module : adapter_module {
 
     void forward(const float * x, int64_t N, float * y) override;
     void backward(const float * x, const float * dy, int64_t N, float * dx) override;
+    // only dV_c reads x (the inner factors' gradients need the cached k-wide activations)
+    bool backward_reads_input() const override { return gamma > 0.0f; }
     void delta_weight(float * dW) const override;
     void merge(float * W, int64_t OC, int64_t IC) const override;     // W += U_c (M V_c^T), one GEMM
     void unmerge(float * W, int64_t OC, int64_t IC) const override;   // W -= U_c (M V_c^T)
