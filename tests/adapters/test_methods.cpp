@@ -31,6 +31,8 @@ struct method_case {
 // r = 4 in every row
 int64_t lora_count(int64_t in, int64_t out) { return 4 * (in + out); }
 int64_t lora_fa_count(int64_t, int64_t out) { return 4 * out; }
+int64_t dora_count(int64_t in, int64_t out) { return 4 * (in + out) + out; }      // + magnitude [out]
+int64_t dora_in_count(int64_t in, int64_t out) { return 4 * (in + out) + in; }    // + magnitude [1, in]
 
 const method_case METHODS[] = {
     {"lora", "{\"r\":4,\"lora_alpha\":8}", 0.0, true, lora_count},
@@ -47,6 +49,10 @@ const method_case METHODS[] = {
     {"corda_ipm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\"}", 1e-5, false, lora_count},
     {"corda_kpm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\",\"corda_config\":{\"corda_method\":\"kpm\"}}",
      1e-5, false, lora_count},
+    {"dora", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true}", 0.0, true, dora_count},
+    {"dora_in", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"dora_norm_axis\":\"in\"}", 0.0, true, dora_in_count},
+    {"dora_exact", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"dora_detach_norm\":false}", 0.0, true, dora_count},
+    {"pissa_dora", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"init_lora_weights\":\"pissa\"}", 1e-5, false, dora_count},
 };
 
 void PrintTo(const method_case & c, std::ostream * os) { *os << c.name; }
