@@ -36,9 +36,11 @@ float * grow(std::vector<float> & v, int64_t n) {
 
 constexpr int64_t COLS = 64;   // columns per thread in the column reductions (contiguous rows)
 
-// out[j] = sum_n a[n*K + j] * b[n*K + j] over N rows, j < K; threads own column blocks and walk
-// the rows in order, so the sums do not depend on the thread count.
-void column_dots(double * out, const float * a, const float * b, int64_t N, int64_t K) {
+// out[j] = sum_n a[n*K + j] * b[n*K + j] over N rows, j < K, and, when scaled is non-null,
+// scaled[n*K + j] = a[n*K + j] * f[j] in the same pass (backward reads dy once for both). Threads
+// own column blocks and walk the rows in order: the sums do not depend on the thread count.
+void column_dots(double * out, const float * a, const float * b, int64_t N, int64_t K, const float * f = nullptr,
+                 float * scaled = nullptr) {
 #pragma omp parallel for schedule(static)
     for (int64_t j0 = 0; j0 < K; j0 += COLS) {
         const int64_t j1 = std::min(K, j0 + COLS);
@@ -46,6 +48,10 @@ void column_dots(double * out, const float * a, const float * b, int64_t N, int6
         for (int64_t n = 0; n < N; n++) {
             const float * an = a + n * K, * bn = b + n * K;
             for (int64_t j = j0; j < j1; j++) acc[j - j0] += (double) an[j] * bn[j];
+            if (scaled) {
+                float * sn = scaled + n * K;
+                for (int64_t j = j0; j < j1; j++) sn[j] = an[j] * f[j];
+            }
         }
         for (int64_t j = j0; j < j1; j++) out[j] = acc[j - j0];
     }
@@ -249,12 +255,8 @@ void dora_module::backward_out(const float * x, const float * dy, int64_t N, flo
     const bool drop = dropout_active();
     // y = f * p + ...  =>  df_o = sum_n dy_no p_no;  gy = dy * f
     std::vector<double> df((size_t) OC);
-    column_dots(df.data(), dy, pv.data(), N, OC);
     float * gy = grow(scratch->gy, N * OC);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < N; r++) {
-        for (int64_t o = 0; o < OC; o++) gy[r * OC + o] = dy[r * OC + o] * f[o];
-    }
+    column_dots(df.data(), dy, pv.data(), N, OC, f, gy);
     // f = m / n  =>  dm = df / n;  exact: dn = -m / n^2 df
     std::vector<float> dn((size_t) OC, 0.0f);
     for (int64_t o = 0; o < OC; o++) {

@@ -1,5 +1,5 @@
 // lora.cpp: the LoRA module (forward, backward, delta, merge, params) and the LoRA method
-// (PEFT LoraConfig keys, per-module rank/alpha, init), METHODS §1, §2, §16.
+// (PEFT LoraConfig keys, per-module rank/alpha, init; use_dora makes dora_module, dora.cpp), METHODS §1, §2, §15, §16.
 // Math (s = scaling, xd = drop(x), xa = xd A^T [N,R]):
 //   forward   y  = x W^T + b + s * xa B^T
 //   backward  dx += dy W + s * ((dy B) A) * keep/(1-p)

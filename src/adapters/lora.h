@@ -1,4 +1,4 @@
-// lora.h: LoRA as an adapter method (METHODS §1 LoRA/rsLoRA, §2 LoRA+, §16 LoRA-FA).
+// lora.h: LoRA as an adapter method (METHODS §1 LoRA/rsLoRA, §2 LoRA+, §16 LoRA-FA; §15 DoRA in dora.h).
 //   y = x W^T + b + s * (drop(x) A^T) B^T,   A [R,IC], B [OC,R] f32,  s = alpha/R or alpha/sqrt(R)
 // computed as two skinny GEMMs; B A is never formed while training. Exposed (rather than kept
 // inside lora.cpp) so tests can reach the factors and variants such as DoRA can derive from it.

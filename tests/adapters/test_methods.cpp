@@ -49,6 +49,9 @@ const method_case METHODS[] = {
     {"corda_ipm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\"}", 1e-5, false, lora_count},
     {"corda_kpm", "{\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":\"corda\",\"corda_data\":\"calibration\",\"corda_config\":{\"corda_method\":\"kpm\"}}",
      1e-5, false, lora_count},
+    // DoRA: the finite difference of the detached rows holds the norm constant (the module
+    // refreshes it only when told, as after an optimizer step), matching the detached gradient;
+    // the exact rows (dora_in defaults to exact) follow A and B and check the full gradient
     {"dora", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true}", 0.0, true, dora_count},
     {"dora_in", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"dora_norm_axis\":\"in\"}", 0.0, true, dora_in_count},
     {"dora_exact", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"dora_detach_norm\":false}", 0.0, true, dora_count},
