@@ -447,13 +447,14 @@ void dora_module::unmerge(float * W, int64_t OC, int64_t IC) const {
     PEFT_ASSERT(OC == t.out_features && IC == t.in_features);
     PEFT_ASSERT(merge_norm.size() == magnitude.size());   // adapters_unmerge runs only on a merged set
     // W / (m / n0) along the axis; a zero magnitude zeroed its row (column) for good
-    auto inv = [&](int64_t k) {
-        const float f = merge_norm[(size_t) k] > 0.0f ? magnitude[(size_t) k] / merge_norm[(size_t) k] : 0.0f;
-        return f != 0.0f ? 1.0f / f : 0.0f;
-    };
+    std::vector<float> inv(magnitude.size());
+    for (size_t k = 0; k < inv.size(); k++) {
+        const float f = merge_norm[k] > 0.0f ? magnitude[k] / merge_norm[k] : 0.0f;
+        inv[k] = f != 0.0f ? 1.0f / f : 0.0f;
+    }
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < OC; o++) {
-        for (int64_t i = 0; i < IC; i++) W[o * IC + i] *= inv(axis_in ? i : o);
+        for (int64_t i = 0; i < IC; i++) W[o * IC + i] *= inv[(size_t) (axis_in ? i : o)];
     }
     gemm(false, false, OC, IC, R, -scaling, B.data(), R, A.data(), IC, 1.0f, W, IC);
     base_valid = norms_valid = false;
@@ -470,8 +471,7 @@ void dora_module::delta_weight(float * dW) const {
 
 // ---- parameters ------------------------------------------------------------------------------
 
-void dora_module::params(std::vector<param_ref> & out) {
-    lora_module::params(out);
+param_ref dora_module::magnitude_ref() {
     param_ref m;
     m.name = "lora_magnitude_vector";   // PEFT's key (no .weight suffix)
     m.value = magnitude.data();
@@ -480,16 +480,18 @@ void dora_module::params(std::vector<param_ref> & out) {
     // as a row magnitude
     m.shape = axis_in ? std::vector<int64_t>{1, t.in_features} : std::vector<int64_t>{t.out_features};
     m.lr_scale = b_lr_scale;   // LoRA+ (METHODS §2): trainable 1-D tensors learn with lora_B
-    out.push_back(m);
+    return m;
+}
+
+void dora_module::params(std::vector<param_ref> & out) {
+    lora_module::params(out);
+    out.push_back(magnitude_ref());
 }
 
 void dora_module::exported(std::vector<param_ref> & out) {
     lora_module::exported(out);   // the file factors; params() (with m) unless converted
-    if (!export_on_original) return;
     // the rank-2R file form has the same V = W + s B A - s B0 A0 = W_res + s B A, so m stays valid
-    std::vector<param_ref> all;
-    params(all);
-    out.push_back(all.back());
+    if (export_on_original) out.push_back(magnitude_ref());
 }
 
 } // namespace peft

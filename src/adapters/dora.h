@@ -55,6 +55,7 @@ struct dora_module : lora_module {
     mutable bool        norms_valid = false, base_valid = false;
 
 private:
+    param_ref magnitude_ref();
     void refresh_norms();
     bool factors_moved() const;   // exact mode: A or B differ from norm_A, norm_B
     // V <- diag(m/n0) V (or V diag(m/n0)) for V = W + s B A formed in place; n0 [K] out

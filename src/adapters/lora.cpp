@@ -352,6 +352,14 @@ status parse_dora(const json_value & cfg, lora_method & m) {
         if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "dora_detach_norm", "true or false", v.dump());
         m.dora_detach = v.as_bool();
     }
+    for (const char * k : {"dora_norm_axis", "dora_detach_norm"}) {
+        const json_value x = cfg.get(k);
+        if (!m.use_dora && x.valid() && !x.is_null()) {
+            status st = make_error(PEFT_STATUS_CONFIG, WHERE, std::string(k) + " is a DoRA key, but use_dora is not true");
+            st.hint = "set use_dora: true, or drop " + std::string(k);
+            return st;
+        }
+    }
     if (m.use_dora && m.lora_fa) {
         status st = make_error(PEFT_STATUS_CONFIG, WHERE, "use_dora with lora_fa is not supported");
         st.hint = "LoRA-FA's (A A^T)^-1 preconditioner is derived for a plain LoRA update; drop one of the two keys";

@@ -434,3 +434,28 @@ TEST(dora_parity, ten_adamw_steps_match_pytorch) {
     std::printf("dora parity: worst loss rel %.3g, final A/B/m worst abs %.3g, worst normwise %.3g\n", worst_loss, worst_abs,
                 worst_norm);
 }
+
+// On a model with a bf16 base (the norm is of the dequantized weight): the output at init is the
+// base's bit for bit, merged == unmerged and unmerge restores, for both axes.
+TEST(dora, bf16_model_identity_merge_unmerge) {
+    for (const char * axis : {"out", "in"}) {
+        auto m = tiny_model(9, PEFT_DTYPE_BF16);
+        batch_data d = make_batch(m->hp.n_vocab);
+        std::vector<float> base, adapted, merged, restored;
+        forward_logits(*m, d, base);
+        adapter_set s;
+        ASSERT_TRUE(attach(*m, std::string("{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"target_modules\":\"all-linear\",\"dora_norm_axis\":\"") + axis + "\"}", s).ok());
+        forward_logits(*m, d, adapted);
+        EXPECT_EQ(adapted, base) << axis;
+        randomize_trainable(adapter_set_params(s), 19);
+        adapters_set_training(s, false);
+        forward_logits(*m, d, adapted);
+        EXPECT_GT(rel(adapted, base), 1e-3) << axis << ": the trained adapter must matter";
+        ASSERT_TRUE(adapters_merge(*m, s).ok());
+        forward_logits(*m, d, merged);
+        EXPECT_LE(rel(merged, adapted), 1e-5) << axis;
+        ASSERT_TRUE(adapters_unmerge(*m, s).ok());
+        forward_logits(*m, d, restored);
+        EXPECT_LE(rel(restored, adapted), 1e-5) << axis;
+    }
+}
