@@ -12,6 +12,7 @@
 #include "adapter_test_util.h"
 #include "adapters/dora.h"
 #include "core/rng.h"
+#include "core/threads.h"
 #include "fixture_util.h"
 #include "io/safetensors.h"
 #include "train/optim.h"
@@ -458,4 +459,31 @@ TEST(dora, bf16_model_identity_merge_unmerge) {
         forward_logits(*m, d, restored);
         EXPECT_LE(rel(restored, adapted), 1e-5) << axis;
     }
+}
+
+// Same input, same bits on every run with 2 threads (the column sums of dm are blocked by column,
+// each block walking the rows in order: no reduction order depends on scheduling), both axes,
+// with dropout. (Across thread counts OpenBLAS's own sums differ, for LoRA alike.)
+TEST(dora, two_threads_give_the_same_bits_every_run) {
+    const int64_t N = 33, IC = 70, OC = 130;   // more than one 64-column block
+    threads_set(2);
+    for (const char * axis : {"out", "in"}) {
+        std::vector<std::vector<float>> runs;
+        for (int rep = 0; rep < 2; rep++) {
+            dora_fixture fx(OC, IC, std::string("{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"lora_dropout\":0.1,\"dora_norm_axis\":\"") + axis + "\"}");
+            ASSERT_NE(fx.dm, nullptr);
+            dora_module & m = *fx.dm;
+            peft::testing::fixed_fill(m.B.data(), OC * 4, 71, 0.3f);
+            m.mark_stale();
+            std::vector<float> x = peft::testing::fixed_vector(N * IC, 72, 1.0f), G = peft::testing::fixed_vector(N * OC, 73, 1.0f);
+            std::vector<float> y((size_t) (N * OC)), dx((size_t) (N * IC), 0.0f);
+            m.forward(x.data(), N, y.data());
+            m.backward(x.data(), G.data(), N, dx.data());
+            std::vector<float> all = y;
+            for (const std::vector<float> * v : {&dx, &m.dA, &m.dB, &m.dmagnitude}) all.insert(all.end(), v->begin(), v->end());
+            runs.push_back(all);
+        }
+        EXPECT_EQ(runs[0], runs[1]) << axis;
+    }
+    threads_set(0);
 }
