@@ -49,7 +49,9 @@ struct dora_module : lora_module {
     std::vector<float>  cross;                  // axis out: A W^T [R,OC]; axis in: B^T W [R,IC]
     std::vector<float>  gram;                   // axis out: A A^T [R,R];  axis in: B^T B [R,R]
     std::vector<float>  norm_A, norm_B;         // exact mode: the factors the norms were computed from
-    std::vector<float>  pv;                     // [N,OC] axis out: xd V^T of the last forward (backward's dm)
+    // [N,OC] axis out: xd V^T of the last forward, for backward's dm (the memory PEFT's autograd
+    // keeps too, for its (f - 1) * base_result; recomputing it would be a second base GEMM)
+    std::vector<float>  pv;
     mutable std::vector<float> merge_norm;      // [K] n0 of the last merge (unmerge divides by m/n0)
     // mutable: merge and unmerge (const) rewrite the base under the module
     mutable bool        norms_valid = false, base_valid = false;
