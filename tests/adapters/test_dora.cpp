@@ -219,10 +219,10 @@ TEST(dora, detach_changes_da_db_but_not_dm) {
 }
 
 // At init m = ||V|| by the forward's own code path, so f == 1 and the output is the base's bit
-// for bit (f32 and bf16 bases, both axes; the magnitude is the norm of the dequantized weight).
+// for bit (f32, bf16 and f16 bases, both axes; the magnitude is the norm of the dequantized weight).
 TEST(dora, output_is_bitwise_base_at_init) {
     const int64_t N = 5, IC = 24, OC = 20;
-    for (dtype storage : {PEFT_DTYPE_F32, PEFT_DTYPE_BF16}) {
+    for (dtype storage : {PEFT_DTYPE_F32, PEFT_DTYPE_BF16, PEFT_DTYPE_F16}) {
         for (const char * axis : {"out", "in"}) {
             dora_fixture fx(OC, IC, std::string("{\"r\":4,\"lora_alpha\":16,\"use_dora\":true,\"dora_norm_axis\":\"") + axis + "\"}", storage);
             ASSERT_NE(fx.dm, nullptr);
