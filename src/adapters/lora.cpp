@@ -1,5 +1,5 @@
 // lora.cpp: the LoRA module (forward, backward, delta, merge, params) and the LoRA method
-// (PEFT LoraConfig keys, per-module rank/alpha, init), METHODS §1, §2, §16.
+// (PEFT LoraConfig keys, per-module rank/alpha, init; use_dora makes dora_module, dora.cpp), METHODS §1, §2, §15, §16.
 // Math (s = scaling, xd = drop(x), xa = xd A^T [N,R]):
 //   forward   y  = x W^T + b + s * xa B^T
 //   backward  dx += dy W + s * ((dy B) A) * keep/(1-p)
@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "adapters/corda.h"
+#include "adapters/dora.h"
 #include "adapters/dropout_mask.h"
 #include "adapters/svd_init.h"
 #include "adapters/target.h"
@@ -24,14 +25,6 @@
 #include "kernels/kernels.h"
 
 namespace peft {
-
-// Transient per-call buffers; modules of one method run one at a time (the model calls them
-// serially), so they share one set, grown on demand and never shrunk.
-struct lora_scratch {
-    std::vector<float> xd;    // [N,IC] dropped input
-    std::vector<float> g;     // [N,R]  dy B
-    std::vector<float> tmp;   // [N,IC] s (dy B) A before the dropout mask
-};
 
 namespace {
 
@@ -231,7 +224,7 @@ status check_unsupported(const json_value & cfg) {
     auto is_off = [](const json_value & v) {
         return !v.valid() || v.is_null() || (v.is_bool() && !v.as_bool()) || ((v.is_array() || v.is_object()) && v.size() == 0);
     };
-    const char * flags[] = {"use_dora", "lora_bias", "fan_in_fan_out", "modules_to_save", "layer_replication",
+    const char * flags[] = {"lora_bias", "fan_in_fan_out", "modules_to_save", "layer_replication",
                             "trainable_token_indices", "target_parameters", "use_qalora", "alora_invocation_tokens",
                             "use_bdlora"};
     for (const char * k : flags) {
@@ -323,6 +316,44 @@ status parse_corda(const json_value & cfg, lora_method & m) {
     return {};
 }
 
+// use_dora (PEFT) and our dora_norm_axis / dora_detach_norm (METHODS §15, §18 (1)).
+status parse_dora(const json_value & cfg, lora_method & m) {
+    json_value v = cfg.get("use_dora");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "use_dora", "true or false", v.dump());
+        m.use_dora = v.as_bool();
+    }
+    v = cfg.get("dora_norm_axis");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_string() || (v.as_string() != "out" && v.as_string() != "in")) {
+            status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "dora_norm_axis", "\"out\" or \"in\"", v.dump());
+            st.hint = "out: one magnitude per output row (PEFT, the official code); in: per input column (the seed blog)";
+            return st;
+        }
+        m.dora_axis_in = v.as_string() == "in";
+    }
+    m.dora_detach = !m.dora_axis_in;   // PEFT detaches the row norm; the blog's column variant does not
+    v = cfg.get("dora_detach_norm");
+    if (v.valid() && !v.is_null()) {
+        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "dora_detach_norm", "true or false", v.dump());
+        m.dora_detach = v.as_bool();
+    }
+    for (const char * k : {"dora_norm_axis", "dora_detach_norm"}) {
+        const json_value x = cfg.get(k);
+        if (!m.use_dora && x.valid() && !x.is_null()) {
+            status st = make_error(PEFT_STATUS_CONFIG, WHERE, std::string(k) + " is a DoRA key, but use_dora is not true");
+            st.hint = "set use_dora: true, or drop " + std::string(k);
+            return st;
+        }
+    }
+    if (m.use_dora && m.lora_fa) {
+        status st = make_error(PEFT_STATUS_CONFIG, WHERE, "use_dora with lora_fa is not supported");
+        st.hint = "LoRA-FA's (A A^T)^-1 preconditioner is derived for a plain LoRA update; drop one of the two keys";
+        return st;
+    }
+    return {};
+}
+
 bool is_svd_init(lora_init i) { return i == LORA_INIT_PISSA || i == LORA_INIT_MILORA || i == LORA_INIT_OLORA || i == LORA_INIT_CORDA; }
 
 // init_lora_weights: true, false, "gaussian", "pissa", "pissa_niter_N", "milora", "olora"
@@ -389,6 +420,7 @@ status lora_method::configure(const json_value & cfg) {
         if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "lora_fa", "true or false", v.dump());
         lora_fa = v.as_bool();
     }
+    PEFT_TRY(parse_dora(cfg, *this));
     v = cfg.get("loraplus_lr_ratio");
     if (v.valid() && !v.is_null()) {
         if (!v.is_number() || !(v.as_double() > 0.0)) {
@@ -475,8 +507,14 @@ status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
     const float s = (float) scaling_for(t.path);
     target_info own = t;
     own.writer = nullptr;   // valid during create() only
-    auto mod = std::make_unique<lora_module>(own, R, s, (float) lora_dropout, lora_fa, (float) loraplus_lr_ratio,
-                                             is_svd_init(init) ? LORA_INIT_DEFAULT : init, rg, scratch);
+    const lora_init first = is_svd_init(init) ? LORA_INIT_DEFAULT : init;
+    std::unique_ptr<lora_module> mod;
+    if (use_dora) {
+        mod = std::make_unique<dora_module>(own, R, s, (float) lora_dropout, (float) loraplus_lr_ratio, first, rg, scratch,
+                                            dora_axis_in, dora_detach);
+    } else {
+        mod = std::make_unique<lora_module>(own, R, s, (float) lora_dropout, lora_fa, (float) loraplus_lr_ratio, first, rg, scratch);
+    }
     if (is_svd_init(init)) {
         const uint64_t seed = ((uint64_t) rg.next_u32() << 32) | rg.next_u32();   // randomized SVD's sketch
         mod->export_on_original = !save_residual_model;
@@ -508,6 +546,11 @@ status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
         t.writer->replace(t, W.data());
         mod->A0 = mod->A;
         mod->B0 = mod->B;
+        if (auto * d = dynamic_cast<dora_module *>(mod.get())) {
+            // m = ||W_res + s B A|| = ||W||: the residual base and the initial factors give the original rows
+            d->mark_base_stale();
+            d->init_magnitude();
+        }
     }
     out = std::move(mod);
     return {};
@@ -546,6 +589,16 @@ void lora_method::before_update(const step_info & s, adapter_module * const * mo
             }
             for (int64_t k = 0; k < R; k++) g[k] = (float) row[(size_t) k];
         }
+    }
+}
+
+// DoRA: A, B and m moved, so the norms its forward divides by are stale (recomputed once, at the
+// next forward, for the whole optimizer step).
+void lora_method::after_update(const step_info & s, adapter_module * const * mods, int64_t n_mods) {
+    (void) s;
+    if (!use_dora) return;
+    for (int64_t i = 0; i < n_mods; i++) {
+        if (auto * d = dynamic_cast<dora_module *>(mods[i])) d->mark_stale();
     }
 }
 
@@ -646,6 +699,8 @@ status lora_method::observe(int64_t index, const float * x, const int32_t * seg,
 }
 
 status lora_method::restore(const target_info & t, adapter_module & mod) {
+    // DoRA: the checkpoint set A, B, m (and the residual below changes W): every norm term is stale
+    if (auto * d = dynamic_cast<dora_module *>(&mod)) d->mark_base_stale();
     if (!is_svd_init(init)) return {};
     auto & lm = dynamic_cast<lora_module &>(mod);
     const int64_t OC = t.out_features, IC = t.in_features;
@@ -735,7 +790,9 @@ std::string lora_method::config_json() const {
     s += ",\"target_parameters\":null";
     s += ",\"task_type\":" + task_type_json;
     s += ",\"trainable_token_indices\":null";
-    s += ",\"use_dora\":false";
+    s += std::string(",\"use_dora\":") + (use_dora ? "true" : "false");
+    // ours, only when not PEFT's axis: PEFT drops the key and then refuses the [1, in] magnitude
+    if (use_dora && dora_axis_in) s += ",\"dora_norm_axis\":\"in\"";
     s += ",\"use_qalora\":false";
     s += std::string(",\"use_rslora\":") + (use_rslora ? "true" : "false");
     s += "}";
@@ -757,6 +814,9 @@ const std::vector<option_def> & lora_method_options() {
         {"corda_data", OPT_STRING, "none", "corda: calibration data (JSONL/.txt): task samples for ipm, knowledge to keep for kpm"},
         {"corda_samples", OPT_INT, "256", "corda: calibration samples (one forward each)"},
         {"lora_fa", OPT_BOOL, "false", "LoRA-FA: lora_A frozen at its init, lora_B's gradient preconditioned by (A A^T)^-1 / s^2 (PEFT's LoraFAOptimizer)"},
+        {"use_dora", OPT_BOOL, "false", "DoRA: a trainable magnitude per output row times the normalised LoRA-adapted weight (PEFT use_dora)"},
+        {"dora_norm_axis", OPT_STRING, "out", "DoRA: out (per output row, PEFT) or in (per input column, the seed blog; saved with dora_norm_axis)"},
+        {"dora_detach_norm", OPT_BOOL, "auto", "DoRA: treat the weight norm as a constant in backward (paper 4.3; default true for axis out, false for in)"},
         {"loraplus_lr_ratio", OPT_FLOAT, "none", "LoRA+: lora_B learns this many times faster"},
         {"rank_pattern", OPT_OBJECT, "{}", "per-module rank overrides {regex: r}"},
         {"alpha_pattern", OPT_OBJECT, "{}", "per-module alpha overrides {regex: alpha}"},

@@ -1,4 +1,4 @@
-// lora.h: LoRA as an adapter method (METHODS §1 LoRA/rsLoRA, §2 LoRA+, §16 LoRA-FA).
+// lora.h: LoRA as an adapter method (METHODS §1 LoRA/rsLoRA, §2 LoRA+, §16 LoRA-FA; §15 DoRA in dora.h).
 //   y = x W^T + b + s * (drop(x) A^T) B^T,   A [R,IC], B [OC,R] f32,  s = alpha/R or alpha/sqrt(R)
 // computed as two skinny GEMMs; B A is never formed while training. Exposed (rather than kept
 // inside lora.cpp) so tests can reach the factors and variants such as DoRA can derive from it.
@@ -27,7 +27,16 @@ enum lora_init {
     LORA_INIT_COUNT,
 };
 
-struct lora_scratch;   // per-call buffers shared by the modules of one method (lora.cpp)
+// Transient per-call buffers; modules of one method run one at a time (the model calls them
+// serially), so they share one set, grown on demand and never shrunk.
+struct lora_scratch {
+    std::vector<float> xd;    // [N,IC] dropped input
+    std::vector<float> g;     // [N,R]  dy B
+    std::vector<float> tmp;   // [N,IC] s (dy B) A before the dropout mask
+    // DoRA (dora.cpp): gy [N,OC] scaled dy (axis in: [N,IC] dy V), lo [N,OC] adapter term,
+    // tmp2 [N,IC] scaled input / second input gradient
+    std::vector<float> gy, lo, tmp2;
+};
 
 struct lora_module : adapter_module {
     lora_module(const target_info & t, int64_t R, float scaling, float dropout, bool freeze_a, float b_lr_scale,
@@ -75,7 +84,7 @@ struct lora_module : adapter_module {
     uint64_t           dropout_seed = 0;
     uint64_t           dropout_calls = 0;
 
-private:
+protected:
     std::shared_ptr<lora_scratch> scratch;
 };
 
@@ -91,6 +100,7 @@ struct lora_method : adapter_method, calibration_observer {
     status restore(const target_info & t, adapter_module & mod) override;
     status begin(const target_info * targets, int64_t n) override;
     void before_update(const step_info & s, adapter_module * const * mods, int64_t n_mods) override;
+    void after_update(const step_info & s, adapter_module * const * mods, int64_t n_mods) override;
     calibration_observer * calibration(std::string & data_path, int64_t & n_samples) override;
     status observe(int64_t index, const float * x, const int32_t * seg, int64_t rows, int64_t T) override;
     lora_method();
@@ -119,6 +129,10 @@ struct lora_method : adapter_method, calibration_observer {
     std::string corda_data;                // calibration JSONL / .txt
     int64_t     corda_samples = 256;
     std::string corda_config_json = "null";
+    // DoRA (METHODS §15, adapters/dora.h): use_dora is PEFT's key; the axis and detach are ours
+    bool        use_dora = false;
+    bool        dora_axis_in = false;      // "dora_norm_axis": "in": per-input-column magnitude [1, IC]
+    bool        dora_detach = true;        // "dora_detach_norm" (default: true for axis out, false for in)
     bool        lora_fa = false;           // ours: "lora_fa": true freezes A and preconditions dB (METHODS §16)
     double      loraplus_lr_ratio = 1.0;   // optimizer-side in PEFT; accepted here for LoRA+
     std::vector<std::string> rank_keys;    // rank_pattern, document order

@@ -475,7 +475,8 @@ TEST(lora, rank_errors_name_the_module) {
 TEST(lora, config_errors) {
     auto m = tiny_model();
     adapter_set s;
-    const char * bad[] = {"{\"lora_dropout\":1.5}", "{\"lora_alpha\":\"x\"}", "{\"use_dora\":true}",
+    const char * bad[] = {"{\"lora_dropout\":1.5}", "{\"lora_alpha\":\"x\"}", "{\"use_dora\":1}",
+                          "{\"use_dora\":true,\"dora_norm_axis\":\"col\"}", "{\"use_dora\":true,\"lora_fa\":true}", "{\"dora_norm_axis\":\"in\"}",
                           "{\"init_lora_weights\":\"eva\"}", "{\"bias\":\"all\"}", "{\"modules_to_save\":[\"lm_head\"]}",
                           "{\"use_rslora\":1}", "{\"peft_type\":\"NOPE\"}", "{\"rank_pattern\":{\"q_proj\":0}}",
                           "{\"alpha_pattern\":{\"(\":2}}", "[1,2]"};

@@ -35,6 +35,8 @@ int64_t vera_count(int64_t, int64_t out) { return 4 + out; }   // lambda_d [r], 
 // Deep LoRA, L = 3 inner k x k factors (+ the outer U_c, V_c when deep_lora_gamma > 0)
 int64_t deep_lora_count(int64_t, int64_t) { return 3 * 4 * 4; }
 int64_t deep_lora_gamma_count(int64_t in, int64_t out) { return 3 * 4 * 4 + 4 * (in + out); }
+int64_t dora_count(int64_t in, int64_t out) { return 4 * (in + out) + out; }      // + magnitude [out]
+int64_t dora_in_count(int64_t in, int64_t out) { return 4 * (in + out) + in; }    // + magnitude [1, in]
 
 const method_case METHODS[] = {
     {"lora", "{\"r\":4,\"lora_alpha\":8}", 0.0, true, lora_count},
@@ -57,6 +59,13 @@ const method_case METHODS[] = {
     // dW(0) = eps^3 U_c U_c^T P is not zero: the output moves by about eps^3 ||x|| ||W_out|| (tiny)
     {"deep_lora", "{\"adapter\":\"deep_lora\",\"r\":4}", 1e-6, false, deep_lora_count},
     {"deep_lora_gamma", "{\"adapter\":\"deep_lora\",\"r\":4,\"deep_lora_gamma\":0.5}", 1e-6, false, deep_lora_gamma_count},
+    // DoRA: the finite difference of the detached rows holds the norm constant (the module
+    // refreshes it only when told, as after an optimizer step), matching the detached gradient;
+    // the exact rows (dora_in defaults to exact) follow A and B and check the full gradient
+    {"dora", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true}", 0.0, true, dora_count},
+    {"dora_in", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"dora_norm_axis\":\"in\"}", 0.0, true, dora_in_count},
+    {"dora_exact", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"dora_detach_norm\":false}", 0.0, true, dora_count},
+    {"pissa_dora", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"init_lora_weights\":\"pissa\"}", 1e-5, false, dora_count},
 };
 
 void PrintTo(const method_case & c, std::ostream * os) { *os << c.name; }

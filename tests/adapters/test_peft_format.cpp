@@ -342,7 +342,7 @@ TEST(peft_format, bad_directories) {
     write_text(root + "/adapter_config.json", "{\"r\":4}");   // no peft_type
     st = adapter_load(root, *m, s);
     EXPECT_EQ(st.code, PEFT_STATUS_FORMAT);
-    write_text(root + "/adapter_config.json", "{\"peft_type\":\"LORA\",\"use_dora\":true}");
+    write_text(root + "/adapter_config.json", "{\"peft_type\":\"LORA\",\"use_dora\":\"yes\"}");
     st = adapter_load(root, *m, s);
     EXPECT_EQ(st.code, PEFT_STATUS_CONFIG);
     EXPECT_NE(st.message.find("use_dora"), std::string::npos);
