@@ -246,7 +246,7 @@ void dora_module::backward(const float * x, const float * dy, int64_t N, float *
     PEFT_ASSERT(N == xa_rows);   // the contract: backward follows the forward of the same x
     if (axis_in) backward_in(x, dy, N, dx);
     else backward_out(x, dy, N, dx);
-    if (dropout_active()) dropout_calls++;   // the next forward draws a fresh mask
+    if (dropout_active()) dropout.next();   // the next forward draws a fresh mask
 }
 
 void dora_module::backward_out(const float * x, const float * dy, int64_t N, float * dx) {

@@ -2,9 +2,10 @@
 // The keep decision for element i of a module's c-th masked call is a pure function of
 // (module seed, c, i): a forward recomputed before backward (gradient checkpointing) draws the
 // same mask without storing it, and a resumed run continues bit for bit once the call counter
-// (module state) is restored. Not here: the modules' seeds and counters (each module's own).
+// (module state) is restored. input_dropout bundles one module's probability, seed and counter.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace peft {
 
@@ -23,5 +24,21 @@ inline bool dropout_keep(uint64_t key, int64_t i, float p) {
     float u = (float) (dropout_splitmix64(key + (uint64_t) i) >> 40) * (1.0f / 16777216.0f);
     return u >= p;
 }
+
+// One module's dropout of its adapter input (LoRA's lora_dropout, VeRA's vera_dropout).
+struct input_dropout {
+    float    p = 0.0f;
+    uint64_t seed = 0;    // drawn from the init rng
+    uint64_t calls = 0;   // masked calls so far; the next() after a backward starts a fresh mask
+
+    // xd[n] = x * keep / (1 - p) with the current call's mask (xd may be x)
+    void apply(const float * x, int64_t n, float * xd) const;
+    // dx[n] += g * keep / (1 - p): the gradient through the same mask
+    void add_masked(float * dx, const float * g, int64_t n) const;
+    void next() { calls++; }
+    // the counter as module state text (trainer checkpoints); set_state refuses bad text
+    std::string state() const { return std::to_string(calls); }
+    bool set_state(const std::string & s);
+};
 
 } // namespace peft

@@ -39,7 +39,7 @@ float * grow(std::vector<float> & v, int64_t n) {
 
 lora_module::lora_module(const target_info & ti, int64_t rank, float s, float p, bool fa, float b_lr, lora_init init,
                          rng & r, std::shared_ptr<lora_scratch> sc)
-    : t(ti), R(rank), scaling(s), dropout(p), freeze_a(fa), b_lr_scale(b_lr), scratch(std::move(sc)) {
+    : t(ti), R(rank), scaling(s), freeze_a(fa), b_lr_scale(b_lr), scratch(std::move(sc)) {
     PEFT_ASSERT(R > 0 && t.base && t.in_features == t.base->IC && t.out_features == t.base->OC);
     PEFT_ASSERT(scratch);
     const int64_t IC = t.in_features, OC = t.out_features;
@@ -57,27 +57,10 @@ lora_module::lora_module(const target_info & ti, int64_t rank, float s, float p,
             break;
         default: PEFT_ASSERT(false);
     }
-    dropout_seed = ((uint64_t) r.next_u32() << 32) | r.next_u32();
+    dropout.p = p;
+    dropout.seed = ((uint64_t) r.next_u32() << 32) | r.next_u32();
     if (!freeze_a) dA.assign(A.size(), 0.0f);
     dB.assign(B.size(), 0.0f);
-}
-
-bool lora_module::set_state(const std::string & s) {
-    // from_chars, not stoull: the text comes from a checkpoint file, and a number above 2^64
-    // must be a refusal, not an exception thrown through the loader
-    uint64_t v = 0;
-    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return false;
-    dropout_calls = v;
-    return true;
-}
-
-void lora_module::dropout_input(const float * x, int64_t N, float * xd) const {
-    const int64_t n = N * t.in_features;
-    const uint64_t key = dropout_key(dropout_seed, dropout_calls);
-    const float p = dropout, inv_keep = 1.0f / (1.0f - dropout);
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) xd[i] = dropout_keep(key, i, p) ? x[i] * inv_keep : 0.0f;
 }
 
 void lora_module::forward(const float * x, int64_t N, float * y) {
@@ -121,15 +104,9 @@ void lora_module::backward(const float * x, const float * dy, int64_t N, float *
     } else {
         float * tmp = grow(scratch->tmp, N * IC);
         gemm(false, false, N, IC, R, scaling, g, R, A.data(), IC, 0.0f, tmp, IC);
-        const int64_t n = N * IC;
-        const uint64_t key = dropout_key(dropout_seed, dropout_calls);
-        const float p = dropout, inv_keep = 1.0f / (1.0f - dropout);
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            if (dropout_keep(key, i, p)) dx[i] += tmp[i] * inv_keep;
-        }
+        dropout.add_masked(dx, tmp, N * IC);
     }
-    if (drop) dropout_calls++;   // the next forward draws a fresh mask
+    if (drop) dropout.next();   // the next forward draws a fresh mask
 }
 
 void lora_module::delta_weight(float * dW) const {

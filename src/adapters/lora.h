@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "adapters/adapter.h"
+#include "adapters/dropout_mask.h"
 #include "core/option.h"
 
 namespace peft {
@@ -53,18 +54,17 @@ struct lora_module : adapter_module {
     void exported(std::vector<param_ref> & out) override;
     void state_tensors(std::vector<param_ref> & out) override;
     void set_training(bool on) override { training = on; }
-    std::string state() const override { return std::to_string(dropout_calls); }
-    bool set_state(const std::string & s) override;
+    std::string state() const override { return dropout.state(); }
+    bool set_state(const std::string & s) override { return dropout.set_state(s); }
 
     // drop(x) [N,IC] exactly as the next backward (and any forward before it) applies it:
-    // x * keep / (1 - p) with keep drawn from (dropout_seed, dropout_calls). For tests.
-    void dropout_input(const float * x, int64_t N, float * xd) const;
-    bool dropout_active() const { return training && dropout > 0.0f; }
+    // x * keep / (1 - p) with keep drawn from (dropout.seed, dropout.calls). For tests.
+    void dropout_input(const float * x, int64_t N, float * xd) const { dropout.apply(x, N * t.in_features, xd); }
+    bool dropout_active() const { return training && dropout.p > 0.0f; }
 
     target_info        t;
     int64_t            R = 0;
     float              scaling = 1.0f;
-    float              dropout = 0.0f;
     bool               freeze_a = false;     // LoRA-FA: A frozen, no dA buffer
     std::vector<double> fa_inverse;          // LoRA-FA: (A A^T + 1e-8 I)^-1 / s^2 [R,R], once (A never changes)
     float              b_lr_scale = 1.0f;    // LoRA+: loraplus_lr_ratio
@@ -81,8 +81,7 @@ struct lora_module : adapter_module {
     int64_t            xa_rows = 0;          // N of that forward
     // Dropout masks are a pure function of (seed, calls, element): a recomputing forward before
     // backward sees the same mask without storing it; backward advances `calls`.
-    uint64_t           dropout_seed = 0;
-    uint64_t           dropout_calls = 0;
+    input_dropout      dropout;
 
 protected:
     std::shared_ptr<lora_scratch> scratch;

@@ -11,7 +11,6 @@
 // uniform draw (core/rng.cpp).
 #include "adapters/vera.h"
 
-#include <charconv>
 #include <cmath>
 
 #include "adapters/dropout_mask.h"
@@ -63,7 +62,7 @@ void vera_draw_projections(vera_shared & sh, int64_t key) {
 
 vera_module::vera_module(const target_info & ti, const vera_shared & sh, float p, bool init_weights, float d_initial, rng & r,
                          std::shared_ptr<vera_scratch> sc)
-    : t(ti), R(sh.R), A(sh.A.data()), lda(sh.in_max), B(sh.B.data()), dropout(p), scratch(std::move(sc)) {
+    : t(ti), R(sh.R), A(sh.A.data()), lda(sh.in_max), B(sh.B.data()), scratch(std::move(sc)) {
     PEFT_ASSERT(R > 0 && t.base && t.in_features == t.base->IC && t.out_features == t.base->OC);
     PEFT_ASSERT(t.in_features <= sh.in_max && t.out_features <= sh.out_max && scratch);
     const int64_t OC = t.out_features;
@@ -71,26 +70,10 @@ vera_module::vera_module(const target_info & ti, const vera_shared & sh, float p
     lambda_b.assign((size_t) OC, init_weights ? 0.0f : 1.0f);
     lambda_d.assign((size_t) R, d_initial);
     if (!init_weights) r.fill_normal(lambda_d.data(), R, 0.0f, 1.0f);
-    dropout_seed = ((uint64_t) r.next_u32() << 32) | r.next_u32();
+    dropout.p = p;
+    dropout.seed = ((uint64_t) r.next_u32() << 32) | r.next_u32();
     dlambda_b.assign(lambda_b.size(), 0.0f);
     dlambda_d.assign(lambda_d.size(), 0.0f);
-}
-
-bool vera_module::set_state(const std::string & s) {
-    // from_chars: the text comes from a checkpoint file; a bad number is a refusal, not a throw
-    uint64_t v = 0;
-    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return false;
-    dropout_calls = v;
-    return true;
-}
-
-void vera_module::dropout_input(const float * x, int64_t N, float * xd) const {
-    const int64_t n = N * t.in_features;
-    const uint64_t key = dropout_key(dropout_seed, dropout_calls);
-    const float p = dropout, inv_keep = 1.0f / (1.0f - dropout);
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) xd[i] = dropout_keep(key, i, p) ? x[i] * inv_keep : 0.0f;
 }
 
 namespace {
@@ -170,14 +153,8 @@ void vera_module::backward(const float * x, const float * dy, int64_t N, float *
     }
     float * tmp = grow(scratch->tmp, N * IC);
     gemm(false, false, N, IC, R, 1.0f, g, R, A, lda, 0.0f, tmp, IC);
-    const int64_t n = N * IC;
-    const uint64_t key = dropout_key(dropout_seed, dropout_calls);
-    const float p = dropout, inv_keep = 1.0f / (1.0f - dropout);
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        if (dropout_keep(key, i, p)) dx[i] += tmp[i] * inv_keep;
-    }
-    dropout_calls++;   // the next forward draws a fresh mask
+    dropout.add_masked(dx, tmp, N * IC);
+    dropout.next();   // the next forward draws a fresh mask
 }
 
 void vera_module::delta_weight(float * dW) const {

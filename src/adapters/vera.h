@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "adapters/adapter.h"
+#include "adapters/dropout_mask.h"
 #include "core/option.h"
 
 namespace peft {
@@ -37,27 +38,25 @@ struct vera_module : adapter_module {
     void delta_weight(float * dW) const override;   // diag(lambda_b) B diag(lambda_d) A
     void params(std::vector<param_ref> & out) override;
     void set_training(bool on) override { training = on; }
-    std::string state() const override { return std::to_string(dropout_calls); }
-    bool set_state(const std::string & s) override;
+    std::string state() const override { return dropout.state(); }
+    bool set_state(const std::string & s) override { return dropout.set_state(s); }
 
     // drop(x) [N,IC] exactly as the next backward (and any forward before it) applies it.
-    void dropout_input(const float * x, int64_t N, float * xd) const;
-    bool dropout_active() const { return training && dropout > 0.0f; }
+    void dropout_input(const float * x, int64_t N, float * xd) const { dropout.apply(x, N * t.in_features, xd); }
+    bool dropout_active() const { return training && dropout.p > 0.0f; }
 
     target_info        t;
     int64_t            R = 0;
     const float *      A = nullptr;     // A_sh [R, in_max]: this layer reads its first IC columns
     int64_t            lda = 0;         // in_max
     const float *      B = nullptr;     // B_sh [out_max, R]: this layer reads its first OC rows
-    float              dropout = 0.0f;
     bool               training = true;
     std::vector<float> lambda_b, lambda_d;     // [OC], [R]
     std::vector<float> dlambda_b, dlambda_d;   // same shapes
     std::vector<float> xa;                     // [N,R] drop(x) A^T of the last forward (backward needs it)
     int64_t            xa_rows = 0;
     // dropout masks as LoRA's (adapters/dropout_mask.h): a function of (seed, calls, element)
-    uint64_t           dropout_seed = 0;
-    uint64_t           dropout_calls = 0;
+    input_dropout      dropout;
 
 private:
     std::shared_ptr<vera_scratch> scratch;
