@@ -12,6 +12,13 @@ void input_dropout::apply(const float * x, int64_t n, float * xd) const {
     for (int64_t i = 0; i < n; i++) xd[i] = dropout_keep(key, i, p) ? x[i] * inv_keep : 0.0f;
 }
 
+const float * input_dropout::input(const float * x, int64_t n, bool active, std::vector<float> & buf) const {
+    if (!active) return x;
+    if ((int64_t) buf.size() < n) buf.resize((size_t) n);
+    apply(x, n, buf.data());
+    return buf.data();
+}
+
 void input_dropout::add_masked(float * dx, const float * g, int64_t n) const {
     const uint64_t key = dropout_key(seed, calls);
     const float inv_keep = 1.0f / (1.0f - p);

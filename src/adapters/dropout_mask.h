@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace peft {
 
@@ -33,6 +34,8 @@ struct input_dropout {
 
     // xd[n] = x * keep / (1 - p) with the current call's mask (xd may be x)
     void apply(const float * x, int64_t n, float * xd) const;
+    // x itself when not active, else drop(x) written to buf (grown to n): the adapter's input
+    const float * input(const float * x, int64_t n, bool active, std::vector<float> & buf) const;
     // dx[n] += g * keep / (1 - p): the gradient through the same mask
     void add_masked(float * dx, const float * g, int64_t n) const;
     void next() { calls++; }

@@ -66,12 +66,7 @@ lora_module::lora_module(const target_info & ti, int64_t rank, float s, float p,
 void lora_module::forward(const float * x, int64_t N, float * y) {
     const int64_t IC = t.in_features, OC = t.out_features;
     linear_forward(y, x, *t.base, t.bias, N);
-    const float * xin = x;
-    if (dropout_active()) {
-        float * xd = grow(scratch->xd, N * IC);
-        dropout_input(x, N, xd);
-        xin = xd;
-    }
+    const float * xin = dropout.input(x, N * IC, dropout_active(), scratch->xd);
     float * xa_ = grow(xa, N * R);
     xa_rows = N;
     // xa[N,R] = xd A^T; y[N,OC] += s xa B^T (beta 1: with B = 0 the base output is kept bit for bit)
@@ -90,12 +85,7 @@ void lora_module::backward(const float * x, const float * dy, int64_t N, float *
     // y += s xa B^T  =>  dB[OC,R] += s dy^T xa
     gemm(true, false, OC, R, N, scaling, dy, OC, xa.data(), R, 1.0f, dB.data(), R);
     const bool drop = dropout_active();
-    const float * xin = x;
-    if (drop && !freeze_a) {
-        float * xd = grow(scratch->xd, N * IC);
-        dropout_input(x, N, xd);
-        xin = xd;
-    }
+    const float * xin = dropout.input(x, N * IC, drop && !freeze_a, scratch->xd);
     // xa = xd A^T  =>  dA[R,IC] += s g^T xd   (LoRA-FA: A frozen, nothing to do)
     if (!freeze_a) gemm(true, false, R, IC, N, scaling, g, R, xin, IC, 1.0f, dA.data(), IC);
     // xa = xd A^T, xd = x keep/(1-p)  =>  dx += s (g A) keep/(1-p)

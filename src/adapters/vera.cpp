@@ -97,12 +97,7 @@ void scale_rows(float * bb, const float * B, const float * lambda_b, int64_t OC,
 void vera_module::forward(const float * x, int64_t N, float * y) {
     const int64_t IC = t.in_features, OC = t.out_features;
     linear_forward(y, x, *t.base, t.bias, N);
-    const float * xin = x;
-    if (dropout_active()) {
-        float * xd = grow(scratch->xd, N * IC);
-        dropout_input(x, N, xd);
-        xin = xd;
-    }
+    const float * xin = dropout.input(x, N * IC, dropout_active(), scratch->xd);
     float * xa_ = grow(xa, N * R);
     xa_rows = N;
     // xa[N,R] = xd A^T with A = A_sh[:, :IC] read in place (row stride in_max)

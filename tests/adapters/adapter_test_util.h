@@ -126,6 +126,21 @@ inline void randomize(const std::vector<param_ref> & ps, uint64_t seed, float b_
     }
 }
 
+// The keep / (1 - p) factors [N*IC] the module's last forward applied (and its backward will):
+// drop(ones), or ones without dropout. With p > 0 some, but not all, must be dropped.
+template <typename module>
+std::vector<float> dropout_factors(const module & m, int64_t N, int64_t IC, float p) {
+    std::vector<float> ones((size_t) (N * IC), 1.0f), f((size_t) (N * IC), 1.0f);
+    if (m.dropout_active()) m.dropout_input(ones.data(), N, f.data());
+    if (p > 0) {
+        int64_t zeros = 0;
+        for (float v : f) zeros += v == 0.0f;
+        EXPECT_GT(zeros, 0) << "dropout must drop something of " << N * IC << " elements at p=" << p;
+        EXPECT_LT(zeros, N * IC);
+    }
+    return f;
+}
+
 // Stands in for training: every trainable tensor gets reproducible values that make the adapter
 // matter. lora_B-like tensors (zero at init) small, magnitudes (DoRA's row norms) scaled by
 // 1 +- 10%, everything else replaced at scale 0.2. Frozen tensors (LoRA-FA's A, VeRA's shared
