@@ -31,8 +31,6 @@ reference.safetensors:
 --check repeats both cases in float64 and prints the f32-vs-f64 discrepancy.
 """
 
-import argparse
-import json
 import os
 import sys
 
@@ -119,21 +117,9 @@ def train(params, cfg, batch, init, dtype, gamma):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="tests/fixtures")
-    ap.add_argument("--check", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    args = R.generator_args(__doc__)
 
-    src = os.path.join(args.out, CASE)
-    with open(os.path.join(src, "config.json")) as f:
-        hf = json.load(f)
-    cfg = dict(R.CASES[CASE]["config"])
-    assert hf["hidden_size"] == cfg["hidden_size"] and hf["num_hidden_layers"] == cfg["num_hidden_layers"]
-    params = {n: torch.from_numpy(a.copy()) for n, a in R.read_safetensors(os.path.join(src, "model.safetensors")).items()}
-    ref = R.read_safetensors(os.path.join(src, "reference.safetensors"))
-    batch = {k: torch.from_numpy(ref[k].astype(np.int64)) for k in ("input_ids", "labels", "position_ids", "segment_ids")}
+    cfg, params, batch = R.load_case(args.out, CASE)
 
     out = os.path.join(args.out, "deep_lora")
     os.makedirs(out, exist_ok=True)

@@ -32,7 +32,6 @@ reference.safetensors:
 and how far the DoRA trajectory is from plain LoRA's (the fixture's sensitivity).
 """
 
-import argparse
 import json
 import os
 import sys
@@ -110,21 +109,9 @@ def train(params, cfg, batch, lora0, mag0, dtype, dora=True):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="tests/fixtures")
-    ap.add_argument("--check", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    torch.set_default_dtype(torch.float32)
+    args = R.generator_args(__doc__)
 
-    src = os.path.join(args.out, L.CASE)
-    cfg = dict(R.CASES[L.CASE]["config"])
-    params = {n: torch.from_numpy(a.copy())
-              for n, a in R.read_safetensors(os.path.join(src, "model.safetensors")).items()}
-    ref = R.read_safetensors(os.path.join(src, "reference.safetensors"))
-    batch = {k: torch.from_numpy(ref[k].astype(np.int64))
-             for k in ("input_ids", "labels", "position_ids", "segment_ids")}
+    cfg, params, batch = R.load_case(args.out, L.CASE)
 
     lora0 = L.initial_adapter(cfg, params)
     mag0 = initial_magnitudes(params, lora0)

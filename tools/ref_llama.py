@@ -628,6 +628,34 @@ def write_case(out_dir, name, case, check):
         check_case(name, cfg, params, batch, ref)
 
 
+
+def generator_args(doc):
+    """The command line of every fixture generator (--out DIR, --check) and torch's
+    deterministic setup: one thread, deterministic algorithms, float32."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--out", default="tests/fixtures")
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.set_default_dtype(torch.float32)
+    return args
+
+
+def load_case(out, case):
+    """A committed model fixture of CASES: (its config, its weights as torch tensors, the
+    batch of its reference.safetensors)."""
+    src = os.path.join(out, case)
+    with open(os.path.join(src, "config.json")) as f:
+        hf = json.load(f)
+    cfg = dict(CASES[case]["config"])
+    assert hf["hidden_size"] == cfg["hidden_size"] and hf["num_hidden_layers"] == cfg["num_hidden_layers"]
+    params = {n: torch.from_numpy(a.copy()) for n, a in read_safetensors(os.path.join(src, "model.safetensors")).items()}
+    ref = read_safetensors(os.path.join(src, "reference.safetensors"))
+    batch = {k: torch.from_numpy(ref[k].astype(np.int64)) for k in ("input_ids", "labels", "position_ids", "segment_ids")}
+    return cfg, params, batch
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="tests/fixtures")

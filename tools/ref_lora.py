@@ -30,7 +30,6 @@ reference.safetensors:
 the losses and of the final A/B (to size the C++ tolerances).
 """
 
-import argparse
 import json
 import math
 import os
@@ -134,24 +133,9 @@ def train(params, cfg, batch, lora0, dtype):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="tests/fixtures")
-    ap.add_argument("--check", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    torch.set_default_dtype(torch.float32)
+    args = R.generator_args(__doc__)
 
-    src = os.path.join(args.out, CASE)
-    with open(os.path.join(src, "config.json")) as f:
-        hf = json.load(f)
-    cfg = dict(R.CASES[CASE]["config"])
-    assert hf["hidden_size"] == cfg["hidden_size"] and hf["num_hidden_layers"] == cfg["num_hidden_layers"]
-    params = {n: torch.from_numpy(a.copy())
-              for n, a in R.read_safetensors(os.path.join(src, "model.safetensors")).items()}
-    ref = R.read_safetensors(os.path.join(src, "reference.safetensors"))
-    batch = {k: torch.from_numpy(ref[k].astype(np.int64))
-             for k in ("input_ids", "labels", "position_ids", "segment_ids")}
+    cfg, params, batch = R.load_case(args.out, CASE)
 
     lora0 = initial_adapter(cfg, params)
     out = os.path.join(args.out, "lora_parity")

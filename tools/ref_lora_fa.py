@@ -21,8 +21,6 @@ reference.safetensors:
   final.<adapter key>  F32        B after the 10 steps (A is unchanged by construction)
 """
 
-import argparse
-import json
 import os
 import sys
 
@@ -70,18 +68,9 @@ def train(params, cfg, batch, lora0, dtype):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="tests/fixtures")
-    ap.add_argument("--check", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    args = R.generator_args(__doc__)
 
-    src = os.path.join(args.out, L.CASE)
-    cfg = dict(R.CASES[L.CASE]["config"])
-    params = {n: torch.from_numpy(a.copy()) for n, a in R.read_safetensors(os.path.join(src, "model.safetensors")).items()}
-    ref = R.read_safetensors(os.path.join(src, "reference.safetensors"))
-    batch = {k: torch.from_numpy(ref[k].astype(np.int64)) for k in ("input_ids", "labels", "position_ids", "segment_ids")}
+    cfg, params, batch = R.load_case(args.out, L.CASE)
     # the committed initial adapter of lora_parity: the bytes the C++ test loads
     init = R.read_safetensors(os.path.join(args.out, "lora_parity", "initial_adapter", "adapter_model.safetensors"))
     lora0 = {p: (torch.from_numpy(init[L.adapter_key(p, "A")].copy()), torch.from_numpy(init[L.adapter_key(p, "B")].copy()))

@@ -32,7 +32,6 @@ reference.safetensors (all F32; <case> is tall or wide):
 --check reruns the decompositions in float64 and prints the float32 discrepancy
 of the sign-invariant quantities (W_res, B A) to size the C++ tolerances.
 """
-import argparse
 import math
 import os
 import sys
@@ -63,12 +62,7 @@ def olora_init(W, r, s):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="tests/fixtures")
-    ap.add_argument("--check", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    args = R.generator_args(__doc__)
 
     out = {}
     s = ALPHA / RANK

@@ -48,7 +48,6 @@ fma(u, to - from, from) in float; run with ATEN_CPU_CAPABILITY=default and torch
 rounds twice instead (different last bits): generate on a machine with AVX2.
 """
 
-import argparse
 import json
 import math
 import os
@@ -184,24 +183,9 @@ def write_adapter(path, tensors, save_projection):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="tests/fixtures")
-    ap.add_argument("--check", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    torch.set_default_dtype(torch.float32)
+    args = R.generator_args(__doc__)
 
-    src = os.path.join(args.out, CASE)
-    with open(os.path.join(src, "config.json")) as f:
-        hf = json.load(f)
-    cfg = dict(R.CASES[CASE]["config"])
-    assert hf["hidden_size"] == cfg["hidden_size"] and hf["num_hidden_layers"] == cfg["num_hidden_layers"]
-    params = {n: torch.from_numpy(a.copy())
-              for n, a in R.read_safetensors(os.path.join(src, "model.safetensors")).items()}
-    ref = R.read_safetensors(os.path.join(src, "reference.safetensors"))
-    batch = {k: torch.from_numpy(ref[k].astype(np.int64))
-             for k in ("input_ids", "labels", "position_ids", "segment_ids")}
+    cfg, params, batch = R.load_case(args.out, CASE)
 
     # PEFT _find_dim over the targeted layers
     shapes = [tuple(params[p + ".weight"].shape) for p in module_paths(cfg)]
