@@ -12,11 +12,15 @@
 #include <cstdio>
 #include <cstring>
 
+#include <functional>
+
 #include <gtest/gtest.h>
 
-#include "adapters/adapter.h"
+#include "adapters/adapter_set.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
+#include "testing.h"
+#include "train/trainer.h"
 
 namespace peft::testing {
 
@@ -57,10 +61,10 @@ struct parity_batch {
     llama_batch batch() const { return llama_batch{tok.data(), tgt.data(), nullptr, nullptr, B, T}; }
 };
 
-inline parity_batch parity_batch_load(const std::string & llama_gqa_reference) {
+inline parity_batch parity_batch_load() {
     parity_batch b;
     safetensors_file f;
-    EXPECT_TRUE(safetensors_open(llama_gqa_reference, f).ok());
+    EXPECT_TRUE(safetensors_open(source_path("tests/fixtures/llama_gqa/reference.safetensors"), f).ok());
     const tensor_info * ids = f.find("input_ids");
     const tensor_info * labels = f.find("labels");
     EXPECT_TRUE(ids && labels);
@@ -76,9 +80,42 @@ inline parity_batch parity_batch_load(const std::string & llama_gqa_reference) {
     return b;
 }
 
-// Each step's loss against traj.loss (relative, <= tol); returns the worst relative difference.
-inline double expect_losses(const safetensors_file & ref, const std::vector<float> & got, double tol) {
-    const std::vector<float> want = fixture_tensor(ref, "traj.loss");
+// `steps` optimizer steps of s on the fixture batch through train_step, so the method's hooks run
+// as in peft train, with the optimizer of every trajectory generator (tools/ref_lora.py: torch
+// AdamW lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0.01, constant lr, no clipping).
+// after_step(i) runs after step i, while the gradients are still step i's. Returns the losses.
+inline std::vector<float> trajectory_train(llama_model & m, adapter_set & s, const parity_batch & pb, int64_t steps = 10,
+                                           const std::function<void(int64_t)> & after_step = {}) {
+    train_config tc;
+    tc.opt.lr = 1e-3f;
+    tc.opt.beta1 = 0.9f;
+    tc.opt.beta2 = 0.999f;
+    tc.opt.eps = 1e-8f;
+    tc.opt.weight_decay = 0.01f;
+    tc.schedule = PEFT_SCHEDULE_CONSTANT;
+    tc.max_grad_norm = 0.0f;
+    tc.total_steps = steps;
+    adamw opt;
+    EXPECT_TRUE(opt.init(adapter_optim_params(s), tc.opt).ok());
+    llama_state ls;
+    EXPECT_TRUE(llama_state_init(ls, m, pb.B, pb.T, false).ok());
+    const llama_batch batch = pb.batch();
+    std::vector<float> losses;
+    for (int64_t step = 0; step < steps; step++) {
+        step_result r;
+        const status st = train_step(m, ls, opt, tc, &batch, 1, step, r, &s);
+        EXPECT_TRUE(st.ok()) << st.message;
+        if (!st.ok()) break;
+        losses.push_back(r.loss);
+        if (after_step) after_step(step);
+    }
+    return losses;
+}
+
+// Each step's loss against <prefix>traj.loss (relative, <= tol); returns the worst relative
+// difference.
+inline double expect_losses(const safetensors_file & ref, const std::vector<float> & got, double tol, const std::string & prefix = "") {
+    const std::vector<float> want = fixture_tensor(ref, prefix + "traj.loss");
     EXPECT_EQ(want.size(), got.size());
     double worst = 0;
     for (size_t i = 0; i < std::min(want.size(), got.size()); i++) {
@@ -89,14 +126,15 @@ inline double expect_losses(const safetensors_file & ref, const std::vector<floa
     return worst;
 }
 
-// Every tensor of ps that the fixture holds as "final.<name>" (all of them unless
-// trainable_only) within abs <= 1e-5 or max-normwise <= 1e-4; returns the worst normwise
+// Every tensor of ps (all of them unless trainable_only) against the fixture's
+// "<prefix>final.<name>", within abs <= 1e-5 or max-normwise <= 1e-4; returns the worst normwise
 // difference.
-inline double expect_final_tensors(const safetensors_file & ref, const std::vector<param_ref> & ps, bool trainable_only) {
+inline double expect_final_tensors(const safetensors_file & ref, const std::vector<param_ref> & ps, bool trainable_only,
+                                   const std::string & prefix = "") {
     double worst = 0;
     for (const param_ref & p : ps) {
         if (trainable_only && !p.trainable) continue;
-        const tensor_info * t = ref.find("final." + p.name);
+        const tensor_info * t = ref.find(prefix + "final." + p.name);
         EXPECT_NE(t, nullptr) << p.name;
         if (!t) continue;
         EXPECT_EQ(t->shape, p.shape) << p.name;

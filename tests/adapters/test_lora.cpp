@@ -511,37 +511,16 @@ TEST(lora_parity, ten_adamw_steps_match_pytorch) {
     ASSERT_TRUE(st.ok()) << st.message << " " << st.hint;
     ASSERT_EQ(s.modules.size(), 14u);
     adapters_set_training(s, true);
-
     safetensors_file ref;
     ASSERT_TRUE(safetensors_open(fx + "/reference.safetensors", ref).ok());
-    const parity_batch pb = parity_batch_load(peft::testing::source_path("tests/fixtures/llama_gqa/reference.safetensors"));
-    const llama_batch batch = pb.batch();
-
-    std::vector<param_ref> ps = adapter_set_params(s);
-    adamw opt;
-    adamw_config oc;
-    oc.lr = 1e-3f;
-    oc.beta1 = 0.9f;
-    oc.beta2 = 0.999f;
-    oc.eps = 1e-8f;
-    oc.weight_decay = 0.01f;
-    ASSERT_TRUE(opt.init(optim_params(ps), oc).ok());
-    llama_state ls;
-    ASSERT_TRUE(llama_state_init(ls, *m, pb.B, pb.T, false).ok());
-    std::vector<float> losses;
-    for (int step = 0; step < 10; step++) {
-        zero_grads(ps);
-        losses.push_back(llama_forward(*m, ls, batch, 1.0f));
-        llama_backward(*m, ls, batch);
-        opt.step(oc.lr);
-    }
+    const std::vector<float> losses = trajectory_train(*m, s, parity_batch_load());
     const double worst_loss = expect_losses(ref, losses, 1e-4);
-    const double worst_norm = expect_final_tensors(ref, ps, false);
+    const double worst_norm = expect_final_tensors(ref, adapter_set_params(s), false);
     std::printf("lora parity: worst loss rel %.3g, final A/B worst normwise %.3g\n", worst_loss, worst_norm);
 }
 
-// tools/ref_lora_fa.py: the same start, trained as LoRA-FA through train_step (A frozen, B's
-// gradient preconditioned by the method's before_update hook, then AdamW on B).
+// tools/ref_lora_fa.py: the same start, trained as LoRA-FA (A frozen, B's gradient
+// preconditioned by the method's before_update hook, then AdamW on B).
 TEST(lora_parity, lora_fa_ten_steps_match_pytorch) {
     const std::string fx = peft::testing::source_path("tests/fixtures/lora_parity");
     auto m = std::make_unique<llama_model>();
@@ -559,36 +538,14 @@ TEST(lora_parity, lora_fa_ten_steps_match_pytorch) {
         ASSERT_EQ((int64_t) v.size(), numel(p)) << p.name;
         std::copy(v.begin(), v.end(), p.value);
     }
-    const std::vector<std::vector<float>> a_before = [&] {
-        std::vector<std::vector<float>> out;
-        for (const param_ref & p : ps) if (!p.trainable) out.emplace_back(p.value, p.value + numel(p));
-        return out;
-    }();
-    const parity_batch pb = parity_batch_load(peft::testing::source_path("tests/fixtures/llama_gqa/reference.safetensors"));
-    const llama_batch batch = pb.batch();
-    train_config tc;
-    tc.opt.lr = 1e-3f;
-    tc.opt.eps = 1e-8f;
-    tc.opt.weight_decay = 0.01f;
-    tc.schedule = PEFT_SCHEDULE_CONSTANT;
-    tc.max_grad_norm = 0.0f;
-    tc.total_steps = 10;
-    adamw opt;
-    ASSERT_TRUE(opt.init(adapter_optim_params(s), tc.opt).ok());
-    llama_state ls;
-    ASSERT_TRUE(llama_state_init(ls, *m, pb.B, pb.T, false).ok());
-    std::vector<float> losses;
-    for (int64_t step = 0; step < 10; step++) {
-        step_result r;
-        ASSERT_TRUE(train_step(*m, ls, opt, tc, &batch, 1, step, r, &s).ok());
-        losses.push_back(r.loss);
-    }
+    const auto a_before = snapshot(ps);
+    const std::vector<float> losses = trajectory_train(*m, s, parity_batch_load());
     const double worst_loss = expect_losses(ref, losses, 1e-4);
     const double worst_norm = expect_final_tensors(ref, ps, true);
-    size_t k = 0;
-    for (const param_ref & p : ps) {
-        if (!p.trainable) {
-            EXPECT_EQ(std::vector<float>(p.value, p.value + numel(p)), a_before[k++]) << p.name << " moved";
+    const auto after = snapshot(ps);
+    for (size_t i = 0; i < ps.size(); i++) {
+        if (!ps[i].trainable) {
+            EXPECT_EQ(after[i], a_before[i]) << ps[i].name << " moved";
         }
     }
     std::printf("lora-fa parity: worst loss rel %.3g, final B worst normwise %.3g\n", worst_loss, worst_norm);

@@ -466,32 +466,6 @@ TEST(vera, bad_files_are_refused_naming_the_tensor) {
 
 namespace {
 
-struct parity_batch {
-    std::vector<int32_t> tok, tgt;
-    int64_t B = 0, T = 0;
-    llama_batch batch() const { return llama_batch{tok.data(), tgt.data(), nullptr, nullptr, B, T}; }
-};
-
-parity_batch load_batch() {
-    parity_batch b;
-    safetensors_file f;
-    EXPECT_TRUE(safetensors_open(fixture("llama_gqa/reference.safetensors"), f).ok());
-    const tensor_info * ids = f.find("input_ids");
-    const tensor_info * labels = f.find("labels");
-    EXPECT_TRUE(ids && labels);
-    if (!ids || !labels) return b;
-    b.B = ids->shape[0];
-    b.T = ids->shape[1];
-    const size_t n = (size_t) (b.B * b.T);
-    std::vector<int32_t> lab(n);
-    b.tok.resize(n);
-    b.tgt.resize(n);
-    std::memcpy(b.tok.data(), ids->data, n * 4);
-    std::memcpy(lab.data(), labels->data, n * 4);
-    llama_shift_labels(b.tgt.data(), lab.data(), b.B, b.T);
-    return b;
-}
-
 // max |got - want| <= atol or normwise <= rtol
 ::testing::AssertionResult close_to(const float * got, const std::vector<float> & want, double atol, double rtol, double & normwise) {
     double max_diff = 0, max_ref = 0;
@@ -516,46 +490,19 @@ TEST(vera_parity, ten_adamw_steps_match_pytorch) {
     adapters_set_training(s, true);
     safetensors_file ref;
     ASSERT_TRUE(safetensors_open(fixture("vera_parity/reference.safetensors"), ref).ok());
-    const parity_batch pb = load_batch();
-    const llama_batch batch = pb.batch();
-
     std::vector<param_ref> ps = adapter_set_params(s);
-    adamw opt;
-    adamw_config oc;
-    oc.lr = 1e-3f;
-    oc.beta1 = 0.9f;
-    oc.beta2 = 0.999f;
-    oc.eps = 1e-8f;
-    oc.weight_decay = 0.01f;
-    ASSERT_TRUE(opt.init(adapter_optim_params(s), oc).ok());
-    llama_state ls;
-    ASSERT_TRUE(llama_state_init(ls, *m, pb.B, pb.T, false).ok());
-    const std::vector<float> want_loss = peft::testing::fixture_tensor(ref, "traj.loss");
-    ASSERT_EQ(want_loss.size(), 10u);
-    double worst_loss = 0, worst_grad = 0, worst_final = 0;
-    for (int step = 0; step < 10; step++) {
-        zero_grads(ps);
-        const float loss = llama_forward(*m, ls, batch, 1.0f);
-        llama_backward(*m, ls, batch);
-        if (step == 0) {   // the gradients themselves (Adam's update is nearly blind to their size)
-            for (const param_ref & p : ps) {
-                if (!p.grad) continue;
-                double nw = 0;
-                EXPECT_TRUE(close_to(p.grad, peft::testing::fixture_tensor(ref, "grad0." + p.name), 1e-7, 1e-4, nw)) << p.name;
-                worst_grad = std::max(worst_grad, nw);
-            }
+    double worst_grad = 0;
+    const std::vector<float> losses = peft::testing::trajectory_train(*m, s, peft::testing::parity_batch_load(), 10, [&](int64_t step) {
+        if (step != 0) return;
+        for (const param_ref & p : ps) {   // the gradients themselves (Adam's update is nearly blind to their size)
+            if (!p.grad) continue;
+            double nw = 0;
+            EXPECT_TRUE(close_to(p.grad, peft::testing::fixture_tensor(ref, "grad0." + p.name), 1e-7, 1e-4, nw)) << p.name;
+            worst_grad = std::max(worst_grad, nw);
         }
-        opt.step(oc.lr);
-        const double rel = std::fabs((double) loss - want_loss[(size_t) step]) / std::fabs((double) want_loss[(size_t) step]);
-        worst_loss = std::max(worst_loss, rel);
-        EXPECT_LE(rel, 1e-5) << "step " << step << ": got " << loss << " want " << want_loss[(size_t) step];
-    }
-    for (const param_ref & p : ps) {
-        if (!p.trainable) continue;
-        double nw = 0;
-        EXPECT_TRUE(close_to(p.value, peft::testing::fixture_tensor(ref, "final." + p.name), 1e-5, 1e-4, nw)) << p.name;
-        worst_final = std::max(worst_final, nw);
-    }
+    });
+    const double worst_loss = peft::testing::expect_losses(ref, losses, 1e-5);
+    const double worst_final = peft::testing::expect_final_tensors(ref, ps, true);
     std::printf("vera parity: worst loss rel %.3g, step-0 grad normwise %.3g, final lambdas normwise %.3g\n", worst_loss,
                 worst_grad, worst_final);
 }
@@ -566,7 +513,7 @@ TEST(vera_parity, regenerated_projections_equal_the_saved_ones) {
     ASSERT_TRUE(llama_load(*m, fixture("llama_gqa"), false).ok());
     safetensors_file ref;
     ASSERT_TRUE(safetensors_open(fixture("vera_parity/reference.safetensors"), ref).ok());
-    const parity_batch pb = load_batch();
+    const peft::testing::parity_batch pb = peft::testing::parity_batch_load();
     std::vector<float> logits_saved, logits_regen;
     batch_data d;
     d.B = pb.B;
