@@ -100,18 +100,7 @@ def train(params, cfg, batch, init, dtype, gamma):
     if gamma > 0:
         groups.append({"params": outer, "lr": gamma * LR})
     opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, foreach=False)
-    losses = []
-    R.linear = deep_linear
-    try:
-        for _ in range(STEPS):
-            opt.zero_grad(set_to_none=True)
-            logits, _ = R.forward(p, cfg, batch)
-            loss = R.causal_lm_loss(logits, batch["labels"])
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    finally:
-        R.linear = _base_linear
+    losses = R.train_adapted(p, cfg, batch, deep_linear, opt, STEPS)
     trained = {n: t.detach() for n, t in ten.items() if gamma > 0 or not (n.endswith("_U") or n.endswith("_V"))}
     return losses, trained
 

@@ -92,18 +92,7 @@ def train(params, cfg, batch, lora0, mag0, dtype, dora=True):
     plist = [t for ab in lora.values() for t in ab] + (list(mag.values()) if dora else [])
     opt = torch.optim.AdamW(plist, lr=L.LR, betas=L.BETAS, eps=L.EPS,
                             weight_decay=L.WEIGHT_DECAY, foreach=False)
-    losses = []
-    R.linear = dora_linear       # ref_llama.forward looks `linear` up at call time
-    try:
-        for _ in range(L.STEPS):
-            opt.zero_grad(set_to_none=True)
-            logits, _ = R.forward(p, cfg, batch)
-            loss = R.causal_lm_loss(logits, batch["labels"])
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    finally:
-        R.linear = _base_linear
+    losses = R.train_adapted(p, cfg, batch, dora_linear, opt, L.STEPS)
     final = {k: (a.detach(), b.detach(), mag[k].detach()) for k, (a, b) in lora.items()}
     return losses, final
 

@@ -629,6 +629,29 @@ def write_case(out_dir, name, case, check):
 
 
 
+def train_adapted(params, cfg, batch, adapted_linear, opt, steps, after_backward=None):
+    """`steps` optimizer steps of opt with every projection computed by adapted_linear(x, p, name)
+    (forward looks `linear` up at call time); after_backward(step) runs between backward and
+    opt.step (a gradient transform, a snapshot). Returns each step's loss, before its update."""
+    global linear
+    base = linear
+    linear = adapted_linear
+    losses = []
+    try:
+        for step in range(steps):
+            opt.zero_grad(set_to_none=True)
+            logits, _ = forward(params, cfg, batch)
+            loss = causal_lm_loss(logits, batch["labels"])
+            loss.backward()
+            if after_backward is not None:
+                after_backward(step)
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        linear = base
+    return losses
+
+
 def generator_args(doc):
     """The command line of every fixture generator (--out DIR, --check) and torch's
     deterministic setup: one thread, deterministic algorithms, float32."""

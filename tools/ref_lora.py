@@ -116,18 +116,7 @@ def train(params, cfg, batch, lora0, dtype):
     plist = [t for ab in lora.values() for t in ab]
     opt = torch.optim.AdamW(plist, lr=LR, betas=BETAS, eps=EPS,
                             weight_decay=WEIGHT_DECAY, foreach=False)
-    losses = []
-    R.linear = lora_linear       # ref_llama.forward looks `linear` up at call time
-    try:
-        for _ in range(STEPS):
-            opt.zero_grad(set_to_none=True)
-            logits, _ = R.forward(p, cfg, batch)
-            loss = R.causal_lm_loss(logits, batch["labels"])
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    finally:
-        R.linear = _base_linear
+    losses = R.train_adapted(p, cfg, batch, lora_linear, opt, STEPS)
     final = {k: (a.detach(), b.detach()) for k, (a, b) in lora.items()}
     return losses, final
 

@@ -49,21 +49,12 @@ def train(params, cfg, batch, lora0, dtype):
 
     opt = torch.optim.AdamW([b for _, b in lora.values()], lr=L.LR, betas=L.BETAS, eps=L.EPS,
                             weight_decay=L.WEIGHT_DECAY, foreach=False)
-    losses = []
-    R.linear = lora_linear
-    try:
-        for _ in range(L.STEPS):
-            opt.zero_grad(set_to_none=True)
-            logits, _ = R.forward(p, cfg, batch)
-            loss = R.causal_lm_loss(logits, batch["labels"])
-            loss.backward()
-            with torch.no_grad():
-                for k, (_, b) in lora.items():
-                    b.grad.copy_(b.grad @ precond[k])
-            opt.step()
-            losses.append(loss.item())
-    finally:
-        R.linear = L._base_linear
+    def after_backward(step):   # LoraFAOptimizer's preconditioner, before AdamW
+        with torch.no_grad():
+            for k, (_, b) in lora.items():
+                b.grad.copy_(b.grad @ precond[k])
+
+    losses = R.train_adapted(p, cfg, batch, lora_linear, opt, L.STEPS, after_backward)
     return losses, {k: b.detach() for k, (_, b) in lora.items()}
 
 

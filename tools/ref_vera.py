@@ -153,21 +153,13 @@ def train(params, cfg, batch, proj, lam0, dtype):
     plist = [t for bd in lam.values() for t in bd]
     opt = torch.optim.AdamW(plist, lr=LR, betas=BETAS, eps=EPS,
                             weight_decay=WEIGHT_DECAY, foreach=False)
-    losses = []
     grad0 = {}
-    R.linear = vera_linear       # ref_llama.forward looks `linear` up at call time
-    try:
-        for step in range(STEPS):
-            opt.zero_grad(set_to_none=True)
-            logits, _ = R.forward(p, cfg, batch)
-            loss = R.causal_lm_loss(logits, batch["labels"])
-            loss.backward()
-            if step == 0:
-                grad0 = {k: (b.grad.clone(), d.grad.clone()) for k, (b, d) in lam.items()}
-            opt.step()
-            losses.append(loss.item())
-    finally:
-        R.linear = _base_linear
+
+    def after_backward(step):
+        if step == 0:   # the gradients themselves: Adam's update hides their size
+            grad0.update({k: (b.grad.clone(), d.grad.clone()) for k, (b, d) in lam.items()})
+
+    losses = R.train_adapted(p, cfg, batch, vera_linear, opt, STEPS, after_backward)
     final = {k: (b.detach(), d.detach()) for k, (b, d) in lam.items()}
     return losses, final, grad0
 
