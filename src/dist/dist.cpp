@@ -2,7 +2,9 @@
 // one file that includes mpi.h), and the single-rank world otherwise.
 #include "dist/dist.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <vector>
 
@@ -16,17 +18,23 @@ namespace peft {
 
 namespace {
 
-// The first line where a and b differ, shown in the error.
-std::string first_difference(const std::string & a, const std::string & b) {
+// Around the first byte where rank 0's text a and rank r's b differ: the field (between ", " or
+// newlines) holding it in each, shown in the error.
+std::string first_difference(const std::string & a, const std::string & b, int r) {
     size_t i = 0;
     while (i < a.size() && i < b.size() && a[i] == b[i]) i++;
-    const size_t start = a.rfind('\n', i == 0 ? 0 : i - 1);
-    const size_t s = start == std::string::npos ? 0 : start + 1;
-    auto line = [&](const std::string & t) {
-        const size_t e = t.find('\n', s);
-        return s >= t.size() ? std::string("(end)") : t.substr(s, e == std::string::npos ? std::string::npos : e - s);
+    size_t s = 0;
+    for (const char * sep : {", ", "\n", "{"}) {
+        const size_t p = i == 0 ? std::string::npos : a.rfind(sep, i - 1);
+        if (p != std::string::npos) s = std::max(s, p + std::strlen(sep));
+    }
+    auto field = [&](const std::string & t) {
+        if (s >= t.size()) return std::string("(end)");
+        size_t e = t.size();
+        for (const char * sep : {", ", "\n", "}"}) e = std::min(e, t.find(sep, std::max(s, std::min(i, t.size()))));
+        return t.substr(s, e - s);
     };
-    return "rank 0 has \"" + line(a) + "\", this rank \"" + line(b) + "\"";
+    return "rank 0 has " + field(a) + ", rank " + std::to_string(r) + " " + field(b);
 }
 
 } // namespace
@@ -76,17 +84,23 @@ void dist_sum(const dist_comm & c, double * x, int64_t n) { sum_impl(c, x, n, MP
 
 status dist_check_same(const dist_comm & c, const std::string & what, const std::string & text) {
     if (!c.active()) return {};
-    long long len = (long long) text.size();
-    MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
-    std::string root = c.rank == 0 ? text : std::string((size_t) len, '\0');
-    MPI_Bcast(root.data(), (int) len, MPI_CHAR, 0, MPI_COMM_WORLD);
-    const int differs = root != text;
-    int any = 0;
-    MPI_Allreduce(&differs, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    if (!any) return {};
-    status st = make_error(PEFT_STATUS_CONFIG, "rank " + std::to_string(c.rank),
-                           differs ? what + " differs from rank 0's: " + first_difference(root, text)
-                                   : "another rank's " + what + " differs from this one");
+    auto bcast_text = [&](const std::string & mine, int root) {
+        long long len = (long long) mine.size();
+        MPI_Bcast(&len, 1, MPI_LONG_LONG, root, MPI_COMM_WORLD);
+        std::string out = c.rank == root ? mine : std::string((size_t) len, '\0');
+        MPI_Bcast(out.data(), (int) len, MPI_CHAR, root, MPI_COMM_WORLD);
+        return out;
+    };
+    const std::string root_text = bcast_text(text, 0);
+    // the first rank that differs sends its text to all, so every rank (rank 0 included, which
+    // may be the one whose message is seen before MPI_Abort ends the others) names the difference
+    int first = root_text != text ? c.rank : c.size;
+    int any = c.size;
+    MPI_Allreduce(&first, &any, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (any == c.size) return {};
+    const std::string other = bcast_text(text, any);
+    status st = make_error(PEFT_STATUS_CONFIG, "data parallel",
+                           "rank " + std::to_string(any) + "'s " + what + " differs from rank 0's: " + first_difference(root_text, other, any));
     st.hint = "every rank must run the same command on the same files (same config, data and peft build)";
     return st;
 }

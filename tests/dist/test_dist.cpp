@@ -130,7 +130,7 @@ TEST(dist, a_mismatched_configuration_fails_the_job) {
     shell_result r = run_shell(mpirun("-np 1 " + train_args(dir, 2) + " : -np 1 " + train_args(dir, 2) + " --learning_rate 2e-3"));
     EXPECT_NE(r.code, 0) << r.out;
     EXPECT_NE(r.code, 124) << "the job hung:\n" << r.out;
-    EXPECT_NE(r.out.find("configuration differs from rank 0's"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("rank 1's configuration differs from rank 0's: rank 0 has \"learning_rate\": 0.001, rank 1 \"learning_rate\": 0.002"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("learning_rate"), std::string::npos) << r.out;
     EXPECT_FALSE(fs::exists(dir + "/adapter_model.safetensors"));
 }
