@@ -192,9 +192,9 @@ status rosa_method::configure(const json_value & cfg) {
     }
     v = cfg.get("rosa_resample_steps");
     if (v.valid() && !v.is_null()) {
-        if (!v.is_integer() || v.as_int() < 0) {
-            status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "rosa_resample_steps", "an integer >= 0", v.dump());
-            st.hint = "optimizer steps between re-factorisations (0: never re-sample)";
+        if (!v.is_integer() || v.as_int() < 1) {
+            status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "rosa_resample_steps", "an integer >= 1", v.dump());
+            st.hint = "optimizer steps between re-factorisations (more than max_steps: one fixed window)";
             return st;
         }
         resample_steps = v.as_int();
@@ -267,7 +267,7 @@ status rosa_method::restore(const target_info & t, adapter_module & mod) {
 
 void rosa_method::on_step_end(const step_info & s, adapter_module * const * ms, int64_t n, optimizer_view & opt) {
     // not after the last step: that split would change nothing but the file's rank (and add SVD round-off)
-    if (resample_steps <= 0 || s.step % resample_steps != 0 || s.step >= s.total_steps) return;
+    if (s.step % resample_steps != 0 || s.step >= s.total_steps) return;
     for (int64_t i = 0; i < n; i++) {
         auto * m = dynamic_cast<rosa_module *>(ms[i]);
         PEFT_ASSERT(m);
@@ -309,7 +309,7 @@ std::unique_ptr<adapter_method> rosa_method_make() { return std::make_unique<ros
 const std::vector<option_def> & rosa_method_options() {
     static const std::vector<option_def> keys = {
         {"r", OPT_INT, "8", "ROSA: the rank of the trained window"},
-        {"rosa_resample_steps", OPT_INT, "100", "rosa: optimizer steps between re-factorisations (merge, SVD, new window, optimizer moments reset); 0 = never"},
+        {"rosa_resample_steps", OPT_INT, "100", "rosa: optimizer steps between re-factorisations (merge, SVD, new window, optimizer moments reset)"},
         {"rosa_sample_method", OPT_STRING, "random", "rosa: window of singular components: random (contiguous, start uniform in [0, k-r)), top, bottom"},
     };
     return keys;

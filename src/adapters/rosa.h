@@ -89,7 +89,7 @@ struct rosa_method : adapter_method {
     ~rosa_method() override;
 
     int64_t     r = 8;
-    int64_t     resample_steps = 100;     // rosa_resample_steps; 0 = never (a fixed SVD window)
+    int64_t     resample_steps = 100;     // rosa_resample_steps (K >= 1)
     rosa_sample how = ROSA_SAMPLE_RANDOM;
     std::string targets_json = "null";
     std::string exclude_json = "null";

@@ -392,7 +392,7 @@ TEST(rosa_parity, ten_adamw_steps_with_two_refactorisations_match_pytorch) {
 
 TEST(rosa, bad_config_is_refused_with_the_key) {
     auto m = tiny_model(7);
-    const char * bad[] = {"{\"adapter\":\"rosa\",\"r\":16}", "{\"adapter\":\"rosa\",\"rosa_resample_steps\":-1}",
+    const char * bad[] = {"{\"adapter\":\"rosa\",\"r\":16}", "{\"adapter\":\"rosa\",\"rosa_resample_steps\":0}",
                           "{\"adapter\":\"rosa\",\"rosa_sample_method\":\"middle\"}", "{\"adapter\":\"rosa\",\"lora_alpha\":16}",
                           "{\"adapter\":\"rosa\",\"r\":0}"};
     const char * key[] = {"r = 16", "rosa_resample_steps", "rosa_sample_method", "lora_alpha", "r"};
