@@ -98,7 +98,6 @@ struct rosa_method : adapter_method {
     std::string task_type_json = "\"CAUSAL_LM\"";
     // the modules, for config_json's ranks (the set owns them; create() records each)
     std::vector<const rosa_module *> mods;
-    int64_t     failed_resplits = 0;      // SVDs that did not converge (the module kept its split)
 
 private:
     std::shared_ptr<lora_scratch> scratch;
