@@ -28,7 +28,8 @@ namespace peft {
 
 enum rosa_sample {
     ROSA_SAMPLE_RANDOM = 0,   // [QUIRK] a contiguous window [j, j+r), j uniform in {0, ..., k-r-1}
-    ROSA_SAMPLE_TOP,          // [0, r): the largest components
+    ROSA_SAMPLE_TOP,          // [0, r): the largest components (the reference takes [0, min(r, k-r)),
+                              // shorter than r when r > k/2; here the window is always r wide)
     ROSA_SAMPLE_BOTTOM,       // [k-r, k): the smallest
 };
 
