@@ -32,13 +32,16 @@ struct param_ref {
 struct target_info;
 
 // Model-owned replacement of a target's frozen weight, in the base's own dtype, for inits that
-// turn the base into a residual (PiSSA, MiLoRA, OLoRA). Implemented over the model by attach.cpp.
+// turn the base into a residual (PiSSA, MiLoRA, OLoRA) and methods that re-split it while
+// training (ROSA). Implemented over the model by attach.cpp, owned by the adapter_set.
 struct base_writer {
     virtual ~base_writer() = default;
     virtual void replace(const target_info & t, const float * W /*[OC,IC]*/) = 0;
 };
 
-// The base linear a module adapts. Init strategies may replace `base` through `writer`.
+// The base linear a module adapts. Init strategies may replace `base` through `writer`, which
+// lives as long as the adapter set is attached (adapter_set::writer): a module may keep it for
+// its hooks.
 struct target_info {
     std::string     path;            // HF module path, "model.layers.3.self_attn.q_proj"
     int64_t         layer = 0;
@@ -144,9 +147,10 @@ struct adapter_method {
     // Validates one selected target before create() (e.g. LoRA's rank against the layer
     // shape), so bad configurations fail with a message instead of an assert.
     virtual status check(const target_info & t) const { (void) t; return {}; }
-    // One module for a checked target. May fail on numerical work (an SVD init). t.writer is
-    // valid during this call only; null means the module's state will come from a checkpoint
-    // (resume): derive nothing from the base now, restore() follows.
+    // One module for a checked target. May fail on numerical work (an SVD init). t.writer null
+    // means the module's state will come from a checkpoint (resume): derive nothing from the base
+    // now, restore() follows with the writer. Otherwise the writer outlives this call (it is the
+    // set's, adapter_set::writer), so a module may keep it to rewrite its base in the hooks.
     virtual status create(const target_info & t, rng & r, std::unique_ptr<adapter_module> & out) = 0;
     // Non-null when the saved adapter applies to the residual base its init made (PiSSA with
     // save_residual_model): the init's name, which the trainer records in the residual model it

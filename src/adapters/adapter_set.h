@@ -20,6 +20,11 @@ struct adapter_set {
     std::unique_ptr<adapter_method>              method;
     std::vector<std::unique_ptr<adapter_module>> modules;   // one per adapted projection
     std::vector<target_info>                     targets;   // same order as modules
+    // Replaces the targets' frozen bases in the attached model; every targets[i].writer points
+    // here. Owned by the set (a moved set keeps it) so that a method may rewrite its bases during
+    // training (ROSA's re-factorisation) as well as at create() and restore(); the set must not
+    // outlive the model it was attached to.
+    std::unique_ptr<base_writer>                 writer;
 };
 
 // Registry: "lora" (later "vera", "adalora", ...). Unknown name -> error listing the known ones.

@@ -98,12 +98,13 @@ status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, a
     // layer order, then projection order: the rng stream (and so every init) depends only on
     // the seed and the selection
     rng r(seed);
-    model_writer writer(m);
+    set.writer = std::make_unique<model_writer>(m);
     for (target_info & t : set.targets) {
-        t.writer = resuming ? nullptr : &writer;
+        t.writer = set.writer.get();
+        target_info here = t;
+        if (resuming) here.writer = nullptr;   // the checkpoint brings the state, restore() the base
         std::unique_ptr<adapter_module> mod;
-        const status st = set.method->create(t, r, mod);
-        t.writer = nullptr;
+        const status st = set.method->create(here, r, mod);
         if (!st.ok()) return st;   // a replaced base stays replaced: callers drop the model on failure
         set.modules.push_back(std::move(mod));
     }
@@ -158,11 +159,10 @@ std::vector<param_ref> adapter_set_state_tensors(adapter_set & s) {
 }
 
 status adapters_restore(llama_model & m, adapter_set & s) {
-    model_writer writer(m);
+    (void) m;   // the set's writer is over the model it was attached to
     for (size_t i = 0; i < s.modules.size(); i++) {
-        target_info t = s.targets[i];
-        t.writer = &writer;
-        PEFT_TRY(s.method->restore(t, *s.modules[i]));
+        PEFT_ASSERT(s.targets[i].writer == s.writer.get() && s.writer);
+        PEFT_TRY(s.method->restore(s.targets[i], *s.modules[i]));
     }
     return {};
 }

@@ -344,7 +344,7 @@ status deep_lora_method::observe_gradient(int64_t index, const float * x, const 
 status deep_lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adapter_module> & out) {
     PEFT_TRY(check(t));
     target_info own = t;
-    own.writer = nullptr;   // valid during create() only
+    own.writer = nullptr;   // the module keeps no writer: only create() / restore() replace its base
     auto mod = std::make_unique<deep_lora_module>(own, r, depth, (float) init_scale, (float) gamma);
     if (!t.writer) {   // resume: U_c, V_c and the inner factors come from the checkpoint
         out = std::move(mod);

@@ -473,7 +473,7 @@ status lora_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
     const int64_t R = rank_for(t.path);
     const float s = (float) scaling_for(t.path);
     target_info own = t;
-    own.writer = nullptr;   // valid during create() only
+    own.writer = nullptr;   // the module keeps no writer: only create() / restore() replace its base
     const lora_init first = is_svd_init(init) ? LORA_INIT_DEFAULT : init;
     std::unique_ptr<lora_module> mod;
     if (use_dora) {
@@ -771,7 +771,7 @@ std::unique_ptr<adapter_method> lora_method_make() { return std::make_unique<lor
 // PEFT LoraConfig keys that `peft train` takes (configure() reads and checks them).
 const std::vector<option_def> & lora_method_options() {
     static const std::vector<option_def> keys = {
-        {"r", OPT_INT, "8; vera 256", "rank: LoRA's r; vera: of the shared projections; deep_lora: the compressed rank k (even)", "lora_r"},
+        {"r", OPT_INT, "8; vera 256", "rank: LoRA's r; vera: of the shared projections; deep_lora: the compressed rank k (even); rosa: of the trained SVD window", "lora_r"},
         {"lora_alpha", OPT_FLOAT, "8", "LoRA scaling numerator (scale = alpha/r, or alpha/sqrt(r) with use_rslora)"},
         {"lora_dropout", OPT_FLOAT, "0", "dropout on the adapter input"},
         {"use_rslora", OPT_BOOL, "false", "scale alpha/sqrt(r)"},

@@ -65,6 +65,10 @@ const method_case METHODS[] = {
     {"dora", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true}", 0.0, true, dora_count},
     {"dora_in", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"dora_norm_axis\":\"in\"}", 0.0, true, dora_in_count},
     {"dora_exact", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"dora_detach_norm\":false}", 0.0, true, dora_count},
+ // ROSA: the base becomes W - B A of an SVD window (fp32 rounding); the file is the accumulated
+    // change as a LoRA on the original base
+    {"rosa", "{\"adapter\":\"rosa\",\"r\":4}", 1e-5, false, lora_count},
+    {"rosa_top", "{\"adapter\":\"rosa\",\"r\":4,\"rosa_sample_method\":\"top\",\"rosa_resample_steps\":2}", 1e-5, false, lora_count},
     {"pissa_dora", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"init_lora_weights\":\"pissa\"}", 1e-5, false, dora_count},
 };
 
