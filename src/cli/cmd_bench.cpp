@@ -60,7 +60,11 @@ static bool bench_adapter_config(const std::string & method, int64_t r, float al
     else if (method == "dora") cfg = lora + ", \"use_dora\": true}";
     else if (method == "lora_fa") cfg = lora + ", \"lora_fa\": true}";
     else if (init) cfg = lora + ", \"init_lora_weights\": \"" + method + "\"}";
-    else if (method == "vera" || method == "deep_lora") {
+    else if (method != "full" && method != "frozen" && method != "generate") {
+        // another registered method (vera, deep_lora, rosa, ...) at rank r on the same projections
+        bool known = false;
+        for (const std::string & m : adapter_method_names()) known = known || (m == method && m != "lora");
+        if (!known) return false;
         cfg = "{\"adapter\": \"" + method + "\", \"r\": " + std::to_string(r) + ", \"target_modules\": \"all-linear\"}";
     } else return false;
     return true;
@@ -107,15 +111,15 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--shape", shape, "named shape with random weights: tiny, small, 1b")
         ->check(CLI::IsMember({"tiny", "small", "1b"}));
     app.add_option("--method", method, "full (all weights trained, AdamW), frozen (input gradients only), an adapter "
-                   "on all 7 projections of rank --lora-r: lora, dora, lora_fa, vera, deep_lora, or a LoRA init "
+                   "on all 7 projections of rank --lora-r: lora, dora, lora_fa, any registered method (vera, deep_lora, rosa, ...), or a LoRA init "
                    "(pissa, pissa_niter_N, milora, olora); or generate (decode tokens/s: base, adapter unmerged, adapter "
                    "merged; --seq is the prompt length)")
         ->check([](const std::string & v) {
             std::string cfg;
             return v == "full" || v == "frozen" || v == "generate" || bench_adapter_config(v, 8, 8.0f, cfg)
                        ? std::string()
-                       : "--method: full, frozen, generate, lora, dora, lora_fa, vera, deep_lora, or a LoRA init "
-                         "(pissa, pissa_niter_N, milora, olora), not " + v;
+                       : "--method: full, frozen, generate, lora, dora, lora_fa, a registered adapter method (vera, "
+                         "deep_lora, rosa, ...), or a LoRA init (pissa, pissa_niter_N, milora, olora), not " + v;
         });
     bool init_only = false;
     app.add_flag("--init-only", init_only, "lora or a LoRA init: time attaching the adapter (the init) and print init_s");
