@@ -28,6 +28,8 @@ reference.safetensors:
   grad0.<key>          F32        the step-0 gradients of A, E, B
   final.<key>          F32        A, E, B after the 10 steps (training form, init_r rows)
   keep.<module path>   F32 [4]    the final rank pattern (1 = kept)
+final_adapter/: the trained adapter as PEFT's save_pretrained writes it: rank_pattern in the
+config, A, E, B sliced to the kept ranks (resize_state_dict_by_rank_pattern).
 """
 
 import json
@@ -67,8 +69,8 @@ def key(path, which):
     return f"base_model.model.{path}.lora_{which}"
 
 
-def peft_config_json():
-    """adapter_config.json as PEFT 0.18 AdaLoraConfig.save_pretrained writes it (before training)."""
+def peft_config_json(rank_pattern=None):
+    """adapter_config.json as PEFT 0.18 AdaLoraConfig.save_pretrained writes it."""
     d = {
         "alora_invocation_tokens": None, "alpha_pattern": {}, "arrow_config": None,
         "auto_mapping": None, "base_model_name_or_path": "peft.cpp/tests/fixtures/llama_gqa",
@@ -79,7 +81,7 @@ def peft_config_json():
         "layers_to_transform": None, "loftq_config": {}, "lora_alpha": ALPHA, "lora_bias": False,
         "lora_dropout": 0.0, "megatron_config": None, "megatron_core": "megatron.core",
         "modules_to_save": None, "orth_reg_weight": ORTH, "peft_type": "ADALORA",
-        "peft_version": "0.18.1", "qalora_group_size": 16, "r": 8, "rank_pattern": None,
+        "peft_version": "0.18.1", "qalora_group_size": 16, "r": 8, "rank_pattern": rank_pattern,
         "revision": None, "target_modules": [t.split(".")[1] for t in TARGETS],
         "target_parameters": None, "target_r": TARGET_R, "task_type": "CAUSAL_LM",
         "tfinal": TFINAL, "tinit": TINIT, "total_step": TOTAL_STEP,
@@ -87,6 +89,26 @@ def peft_config_json():
         "use_rslora": False,
     }
     return json.dumps(d, indent=2, sort_keys=True)
+
+
+def write_adapter(adir, config_text, tensors):
+    os.makedirs(adir, exist_ok=True)
+    with open(os.path.join(adir, "adapter_config.json"), "w") as f:
+        f.write(config_text)                                  # PEFT: no trailing newline
+    R.write_safetensors(os.path.join(adir, "adapter_model.safetensors"), tensors)
+
+
+def truncated_state(final, pattern):
+    """PEFT get_peft_model_state_dict for ADALORA: resize_state_dict_by_rank_pattern, keys
+    base_model.model.<module>.lora_{A,E,B}, rank_pattern keyed <module>.lora_E."""
+    tensors, rp = {}, {}
+    for path, m in final.items():
+        keep = torch.tensor(pattern[path])
+        rp[path + ".lora_E"] = pattern[path]
+        tensors[key(path, "A")] = R.f32(m["A"][keep])
+        tensors[key(path, "E")] = R.f32(m["E"][keep])
+        tensors[key(path, "B")] = R.f32(m["B"][:, keep])
+    return tensors, rp
 
 
 def initial_adapter(cfg, params):
@@ -225,11 +247,8 @@ def main():
     ad0 = initial_adapter(cfg, params)
     out = os.path.join(args.out, "adalora_parity")
     adir = os.path.join(out, "initial_adapter")
-    os.makedirs(adir, exist_ok=True)
-    with open(os.path.join(adir, "adapter_config.json"), "w") as f:
-        f.write(peft_config_json())
     tensors = {key(path, w): R.f32(t) for path, m in ad0.items() for w, t in m.items()}
-    R.write_safetensors(os.path.join(adir, "adapter_model.safetensors"), tensors)
+    write_adapter(adir, peft_config_json(), tensors)
     back = R.read_safetensors(os.path.join(adir, "adapter_model.safetensors"))
     ad0 = {path: {w: torch.from_numpy(back[key(path, w)].copy()) for w in ("A", "E", "B")} for path in ad0}
 
@@ -242,6 +261,8 @@ def main():
             ref["final." + key(path, w)] = R.f32(t)
         ref["keep." + path] = np.array([1.0 if b else 0.0 for b in pattern[path]], dtype="<f4")
     R.write_safetensors(os.path.join(out, "reference.safetensors"), ref)
+    ft, rp = truncated_state(final, pattern)
+    write_adapter(os.path.join(out, "final_adapter"), peft_config_json(rp), ft)
     ranks = [sum(pattern[p]) for p in module_paths(cfg)]
     print(f"adalora_parity: traj.loss {losses[0]:.6f} -> {losses[-1]:.6f}; kept per step {kept}")
     print(f"  final ranks per module {ranks}")

@@ -433,4 +433,42 @@ TEST(adalora_parity, ten_adamw_steps_match_pytorch) {
     }
     std::printf("adalora parity: worst loss rel %.3g, step-0 grad normwise %.3g, final tensors normwise %.3g; ranks%s\n",
                 worst_loss, worst_grad, worst_final, ranks.c_str());
+
+    // the saved adapter is PEFT's save_pretrained output for the same run: the same config text
+    // (rank_pattern included) and the sliced tensors; PEFT's file loads to the same model
+    const std::string dir = peft::testing::temp_dir("adalora_parity_final");
+    ASSERT_TRUE(adapter_save(dir, s, "peft.cpp/tests/fixtures/llama_gqa").ok());
+    EXPECT_EQ(read_text(dir + "/adapter_config.json"), read_text(fixture("adalora_parity/final_adapter/adapter_config.json")));
+    safetensors_file ours, theirs;
+    ASSERT_TRUE(safetensors_open(dir + "/adapter_model.safetensors", ours).ok());
+    ASSERT_TRUE(safetensors_open(fixture("adalora_parity/final_adapter/adapter_model.safetensors"), theirs).ok());
+    ASSERT_EQ(ours.tensors.size(), theirs.tensors.size());
+    for (const tensor_info & t : theirs.tensors) {
+        const tensor_info * o = ours.find(t.name);
+        ASSERT_NE(o, nullptr) << t.name;
+        EXPECT_EQ(o->shape, t.shape) << t.name;
+        const std::vector<float> a = peft::testing::fixture_tensor(ours, t.name), b = peft::testing::fixture_tensor(theirs, t.name);
+        double md = 0, mr = 0;
+        for (size_t i = 0; i < std::min(a.size(), b.size()); i++) {
+            md = std::max(md, (double) std::fabs(a[i] - b[i]));
+            mr = std::max(mr, (double) std::fabs(b[i]));
+        }
+        EXPECT_TRUE(md <= 1e-5 || md <= 1e-4 * mr) << t.name << ": max abs diff " << md;
+    }
+    adapters_set_training(s, false);
+    const peft::testing::parity_batch pb = peft::testing::parity_batch_load();
+    batch_data d;
+    d.B = pb.B;
+    d.T = pb.T;
+    d.tok = pb.tok;
+    d.tgt = pb.tgt;
+    std::vector<float> trained, loaded;
+    forward_logits(*m, d, trained);
+    auto fresh = std::make_unique<llama_model>();
+    ASSERT_TRUE(llama_load(*fresh, fixture("llama_gqa"), false).ok());
+    adapter_set from_peft;
+    const status ls = adapter_load(fixture("adalora_parity/final_adapter"), *fresh, from_peft);
+    ASSERT_TRUE(ls.ok()) << ls.message << " " << ls.hint;
+    forward_logits(*fresh, d, loaded);
+    EXPECT_LT(rel_diff(loaded, trained), 1e-5);
 }
