@@ -3,6 +3,7 @@
 // Not here: configuration (each method's configure) or attaching (attach.cpp).
 #include <cctype>
 
+#include "adapters/adalora.h"
 #include "adapters/adapter_set.h"
 #include "adapters/deep_lora.h"
 #include "adapters/lora.h"
@@ -19,6 +20,7 @@ enum adapter_method_kind {
     PEFT_METHOD_VERA,
     PEFT_METHOD_DEEP_LORA,
     PEFT_METHOD_ROSA,
+    PEFT_METHOD_ADALORA,
     PEFT_METHOD_COUNT,
 };
 
@@ -34,6 +36,7 @@ const method_entry METHODS[] = {
     {PEFT_METHOD_VERA, "vera", vera_method_make, vera_method_options},
     {PEFT_METHOD_DEEP_LORA, "deep_lora", deep_lora_method_make, deep_lora_method_options},
     {PEFT_METHOD_ROSA, "rosa", rosa_method_make, rosa_method_options},
+    {PEFT_METHOD_ADALORA, "adalora", adalora_method_make, adalora_method_options},
 };
 static_assert(sizeof(METHODS) / sizeof(METHODS[0]) == PEFT_METHOD_COUNT, "one registry row per adapter method");
 

@@ -37,6 +37,7 @@ int64_t deep_lora_count(int64_t, int64_t) { return 3 * 4 * 4; }
 int64_t deep_lora_gamma_count(int64_t in, int64_t out) { return 3 * 4 * 4 + 4 * (in + out); }
 int64_t dora_count(int64_t in, int64_t out) { return 4 * (in + out) + out; }      // + magnitude [out]
 int64_t dora_in_count(int64_t in, int64_t out) { return 4 * (in + out) + in; }    // + magnitude [1, in]
+int64_t adalora_count(int64_t in, int64_t out) { return 4 * (in + out) + 4; }    // A [r,in], B [out,r], E [r,1]
 
 const method_case METHODS[] = {
     {"lora", "{\"r\":4,\"lora_alpha\":8}", 0.0, true, lora_count},
@@ -70,6 +71,10 @@ const method_case METHODS[] = {
     {"rosa", "{\"adapter\":\"rosa\",\"r\":4}", 1e-5, false, lora_count},
     {"rosa_top", "{\"adapter\":\"rosa\",\"r\":4,\"rosa_sample_method\":\"top\",\"rosa_resample_steps\":2}", 1e-5, false, lora_count},
     {"pissa_dora", "{\"r\":4,\"lora_alpha\":8,\"use_dora\":true,\"init_lora_weights\":\"pissa\"}", 1e-5, false, dora_count},
+    // E = 0 at init: bitwise identity. Before any allocation the file is the training form (no
+    // rank_pattern, nothing sliced); after one it is not (test_adalora.cpp, truncated save).
+    {"adalora", "{\"adapter\":\"adalora\",\"init_r\":4,\"target_r\":2,\"total_step\":5,\"tinit\":1,\"tfinal\":1}", 0.0, true,
+     adalora_count},
 };
 
 void PrintTo(const method_case & c, std::ostream * os) { *os << c.name; }
