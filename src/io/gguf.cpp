@@ -176,7 +176,7 @@ status gguf_writer::write(const std::string & path, gguf_tensor_source & src, bo
     if (!dup_key.empty()) return make_error(PEFT_STATUS_CONFIG, path, "GGUF metadata key '" + dup_key + "' set twice");
     std::string head;
     head.append("GGUF", 4);
-    put<uint32_t>(head, GGUF_VERSION);
+    put<uint32_t>(head, GGUF_WRITE_VERSION);
     put<uint64_t>(head, tensors.size());
     put<uint64_t>(head, n_kv);
     head += kv;

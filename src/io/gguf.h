@@ -28,7 +28,7 @@ const char * gguf_tensor_type_name(gguf_tensor_type t);    // "F32", "F16", "Q8_
 int64_t      gguf_tensor_type_block(gguf_tensor_type t);   // elements per block: 1 or 32
 size_t       gguf_tensor_type_block_bytes(gguf_tensor_type t);  // bytes per block: 4, 2, 34
 
-constexpr uint32_t GGUF_VERSION = 3;
+constexpr uint32_t GGUF_WRITE_VERSION = 3;
 constexpr uint32_t GGUF_ALIGNMENT = 32;          // general.alignment (the default; we write it)
 constexpr size_t   GGUF_MAX_NAME = 63;           // GGML_MAX_NAME - 1 bytes
 constexpr int      GGUF_MAX_DIMS = 4;

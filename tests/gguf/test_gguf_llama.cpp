@@ -30,8 +30,13 @@
 
 #if PEFT_LLAMA_ORACLE
 #include "ggml-backend.h"
+#include "ggml.h"
+#include "gguf.h"
 #include "llama.h"
 #endif
+#include "core/dtype.h"
+#include "io/gguf.h"
+#include "model/gguf_export.h"
 
 namespace {
 
@@ -351,5 +356,84 @@ TEST(GgufLlama, TokenizerMatchesOurs) {
     }
     std::printf("[ gguf ] tokenizer: %d/%d encodings identical\n", n_same, n);
     llama_model_free(lm);
+#endif
+}
+
+// Our encodings byte for byte against ggml's own (quantize_row_q8_0_ref through
+// ggml_quantize_chunk, ggml_fp32_to_fp16_row, ggml_fp32_to_bf16_row_ref), on random values with
+// an all-zero block, a block whose largest magnitude is negative and f16-subnormal scales.
+TEST(GgufLlama, EncodingsAreGgmlsBytes) {
+    ORACLE_OR_SKIP();
+#if PEFT_LLAMA_ORACLE
+    const int64_t rows = 4, n = 128;
+    std::vector<float> x = pt::fixed_vector(rows * n, 3, 2.0f);
+    for (int64_t i = 0; i < 32; i++) x[(size_t) i] = 0.0f;                 // d = 0
+    x[40] = -9.0f;                                                           // negative max
+    for (int64_t i = 0; i < 32; i++) x[(size_t) (n + i)] *= 1e-6f;          // tiny scale
+    std::vector<uint8_t> ours_q((size_t) (rows * n / 32 * 34)), ggml_q(ours_q.size());
+    peft::gguf_quantize_q8_0(x.data(), ours_q.data(), rows * n);
+    ASSERT_EQ(ggml_quantize_chunk(GGML_TYPE_Q8_0, x.data(), ggml_q.data(), 0, rows, n, nullptr), ours_q.size());
+    EXPECT_EQ(ours_q, ggml_q);
+    std::vector<uint16_t> ours_h((size_t) (rows * n)), ggml_h(ours_h.size());
+    peft::gguf_encode(peft::GGUF_TENSOR_F16, x.data(), (uint8_t *) ours_h.data(), rows * n);
+    ggml_fp32_to_fp16_row(x.data(), (ggml_fp16_t *) ggml_h.data(), rows * n);
+    EXPECT_EQ(ours_h, ggml_h);
+    peft::gguf_encode(peft::GGUF_TENSOR_BF16, x.data(), (uint8_t *) ours_h.data(), rows * n);
+    ggml_fp32_to_bf16_row_ref(x.data(), (ggml_bf16_t *) ggml_h.data(), rows * n);
+    EXPECT_EQ(ours_h, ggml_h);
+#endif
+}
+
+// ggml's own GGUF reader (every check of FORMATS "Validating untrusted files / GGUF") accepts the
+// export; the metadata says what llama.cpp needs; the F32 tensors hold our weights exactly, Q/K
+// rows permuted.
+TEST(GgufLlama, GgmlReadsOurHeader) {
+    ORACLE_OR_SKIP();
+#if PEFT_LLAMA_ORACLE
+    const std::string model_dir = pt::source_path("models/tiny-llama");
+    const std::string out = pt::temp_dir("gguf_llama_hdr") + "/model.gguf";
+    export_ok({"export", "gguf", "--model", model_dir, "--out", out, "--type", "f32"});
+    ggml_context * data = nullptr;
+    gguf_init_params ip = {false, &data};
+    gguf_context * g = gguf_init_from_file(out.c_str(), ip);
+    ASSERT_NE(g, nullptr);
+    auto str = [&](const char * k) {
+        const int64_t id = gguf_find_key(g, k);
+        return id < 0 ? std::string("<missing>") : std::string(gguf_get_val_str(g, id));
+    };
+    EXPECT_EQ(str("general.architecture"), "llama");
+    EXPECT_EQ(str("tokenizer.ggml.model"), "gpt2");
+    EXPECT_EQ(str("tokenizer.ggml.pre"), "llama-bpe");
+    EXPECT_NE(str("tokenizer.chat_template").find("start_header_id"), std::string::npos);
+    EXPECT_EQ(gguf_get_alignment(g), 32u);
+    peft::llama_model m;
+    ASSERT_TRUE(peft::llama_load(m, model_dir, false).ok());
+    // tied embeddings: no output.weight (llama.cpp falls back to token_embd)
+    EXPECT_EQ(gguf_find_tensor(g, "output.weight"), -1);
+    EXPECT_EQ(gguf_get_n_tensors(g), 2 + 9 * m.hp.n_layer);
+    const int64_t arr = gguf_find_key(g, "tokenizer.ggml.tokens");
+    ASSERT_GE(arr, 0);
+    EXPECT_EQ((int64_t) gguf_get_arr_n(g, arr), m.hp.n_vocab);
+    auto f32_of = [&](const char * hf) {
+        const peft::llama_tensor * t = m.find(hf);
+        std::vector<float> v((size_t) t->numel());
+        peft::convert_to_f32(t->type, t->data, v.data(), v.size());
+        return v;
+    };
+    auto gguf_of = [&](const char * name) {
+        ggml_tensor * t = ggml_get_tensor(data, name);
+        EXPECT_NE(t, nullptr) << name;
+        EXPECT_EQ(t->type, GGML_TYPE_F32) << name;
+        const float * p = (const float *) t->data;
+        return std::vector<float>(p, p + ggml_nelements(t));
+    };
+    EXPECT_EQ(gguf_of("token_embd.weight"), f32_of("model.embed_tokens.weight"));
+    EXPECT_EQ(gguf_of("blk.1.ffn_down.weight"), f32_of("model.layers.1.mlp.down_proj.weight"));
+    const std::vector<float> k = f32_of("model.layers.0.self_attn.k_proj.weight");
+    std::vector<float> kp(k.size());
+    peft::llama_gguf_permute_rows(kp.data(), k.data(), m.hp.n_head_kv, m.hp.kv_dim(), m.hp.n_embd);
+    EXPECT_EQ(gguf_of("blk.0.attn_k.weight"), kp);
+    gguf_free(g);
+    ggml_free(data);
 #endif
 }
