@@ -1,6 +1,8 @@
 // gguf_export.cpp: models and LoRA adapters as llama.cpp GGUF files (see gguf_export.h).
 #include "model/gguf_export.h"
 
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -225,47 +227,58 @@ struct export_item {
     gguf_tensor_type     type = GGUF_TENSOR_F32;
 };
 
+// Row r of the permuted matrix is row permuted_row(r) of the HF one (llama_gguf_permute_rows).
+int64_t permuted_row(int64_t r, int64_t n_head, int64_t OC) {
+    const int64_t HS = OC / n_head, half = HS / 2;
+    const int64_t h = r / HS, i = (r % HS) / 2, j = r % 2;
+    return h * HS + j * half + i;
+}
+
 struct item_source : gguf_tensor_source {
     const std::vector<export_item> & items;
     int64_t n_head = 0, n_head_kv = 0;
-    std::vector<float> f32, tmp;
+    std::vector<float> f32;
     item_source(const std::vector<export_item> & it, int64_t nh, int64_t nkv) : items(it), n_head(nh), n_head_kv(nkv) {}
 
+    // Row by row, in parallel: gather (the permutation), convert to f32, scale, check, encode.
     status fill(size_t i, std::vector<uint8_t> & out) override {
         const export_item & it = items[i];
-        int64_t n = 1;
-        for (int64_t d : it.shape) n *= d;
-        f32.resize((size_t) n);
-        convert_to_f32(it.src_type, it.src, f32.data(), (size_t) n);
-        if (it.permute != PERMUTE_NONE) {
-            const int64_t OC = it.shape[0], IC = it.shape.size() > 1 ? it.shape[1] : 1;
-            tmp.resize((size_t) n);
-            llama_gguf_permute_rows(tmp.data(), f32.data(), it.permute == PERMUTE_Q ? n_head : n_head_kv, OC, IC);
-            f32.swap(tmp);
-        }
-        if (it.scale != 1.0f) {
-            for (float & v : f32) v *= it.scale;
-        }
-        // f16 overflows to inf where f32 does not: check what is actually written
-        const int64_t bad = dtype_first_nonfinite(PEFT_DTYPE_F32, f32.data(), (size_t) n);
-        if (bad >= 0) {
-            return make_error(PEFT_STATUS_NUMERIC, it.name, "non-finite value at element " + std::to_string(bad));
-        }
-        if (it.type == GGUF_TENSOR_F16) {
-            for (int64_t j = 0; j < n; j++) {
-                if (std::fabs(f32[(size_t) j]) > 65504.0f) {
-                    status st = make_error(PEFT_STATUS_NUMERIC, it.name, "value " + std::to_string(f32[(size_t) j]) +
-                                           " at element " + std::to_string(j) + " overflows F16");
-                    st.hint = "export with --type bf16 or f32";
-                    return st;
-                }
-            }
-        }
+        const int64_t rows = it.shape.size() > 1 ? it.shape[0] : 1;
+        const int64_t IC = it.shape.size() > 1 ? it.shape[1] : it.shape[0];
         uint64_t nbytes = 0;
         std::vector<int64_t> ne(it.shape.rbegin(), it.shape.rend());
         PEFT_TRY(gguf_tensor_nbytes(it.type, ne, it.name, &nbytes));
         out.resize((size_t) nbytes);
-        gguf_encode(it.type, f32.data(), out.data(), n);
+        f32.resize((size_t) (rows * IC));
+        const size_t in_row = dtype_size(it.src_type) * (size_t) IC, out_row = (size_t) nbytes / (size_t) rows;
+        const int64_t nh = it.permute == PERMUTE_Q ? n_head : n_head_kv;
+        const bool f16 = it.type == GGUF_TENSOR_F16;
+        int64_t bad = -1;   // first element that is not finite or not representable
+        const uint8_t * src = (const uint8_t *) it.src;
+        #pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t sr = it.permute == PERMUTE_NONE ? r : permuted_row(r, nh, rows);
+            float * x = f32.data() + r * IC;
+            convert_to_f32(it.src_type, src + (size_t) sr * in_row, x, (size_t) IC);
+            int64_t row_bad = -1;
+            for (int64_t c = 0; c < IC; c++) {
+                x[c] *= it.scale;
+                // f16 overflows to inf where f32 does not: check what is actually written
+                if (row_bad < 0 && !(std::fabs(x[c]) <= (f16 ? 65504.0f : FLT_MAX))) row_bad = r * IC + c;
+            }
+            if (row_bad >= 0) {
+                #pragma omp critical
+                bad = bad < 0 ? row_bad : std::min(bad, row_bad);
+            }
+            gguf_encode(it.type, x, out.data() + (size_t) r * out_row, IC);
+        }
+        if (bad >= 0) {
+            const float v = f32[(size_t) bad];
+            status st = make_error(PEFT_STATUS_NUMERIC, it.name, "value " + std::to_string(v) + " at element " +
+                                   std::to_string(bad) + (std::isfinite(v) ? " overflows F16" : " is not finite"));
+            if (std::isfinite(v)) st.hint = "export with --type bf16 or f32";
+            return st;
+        }
         return {};
     }
 };

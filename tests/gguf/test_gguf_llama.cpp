@@ -25,6 +25,7 @@
 #include "adapters/adapter_set.h"
 #include "io/json.h"
 #include "model/llama.h"
+#include "gguf_test_util.h"
 #include "testing.h"
 #include "tokenizer/tokenizer.h"
 
@@ -105,25 +106,6 @@ std::vector<double> ours(const std::string & model_dir, const std::string & adap
 void export_ok(const std::vector<std::string> & args) {
     const pt::child_result r = pt::spawn_peft(args);
     ASSERT_EQ(r.code, 0) << r.out;
-}
-
-// A LoRA with non-zero B (init_lora_weights false) on every projection, saved as PEFT writes it.
-// cfg_extra adds keys (rsLoRA, patterns).
-std::string make_adapter(const std::string & model_dir, const std::string & name, const std::string & cfg_extra) {
-    peft::llama_model m;
-    EXPECT_TRUE(peft::llama_load(m, model_dir, false).ok());
-    const std::string cfg = "{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"init_lora_weights\":false,"
-                            "\"target_modules\":[\"q_proj\",\"k_proj\",\"v_proj\",\"o_proj\",\"gate_proj\",\"up_proj\",\"down_proj\"]" +
-                            cfg_extra + "}";
-    peft::json_document doc;
-    EXPECT_TRUE(doc.parse(cfg.data(), cfg.size(), "test adapter config").ok());
-    peft::adapter_set set;
-    status st = peft::adapters_attach(m, doc.root(), 7, set);
-    EXPECT_TRUE(st.ok()) << st.message;
-    const std::string dir = pt::temp_dir("gguf_llama_" + name) + "/adapter";
-    st = peft::adapter_save(dir, set, "test");
-    EXPECT_TRUE(st.ok()) << st.message;
-    return dir;
 }
 
 #if PEFT_LLAMA_ORACLE
@@ -273,7 +255,7 @@ TEST(GgufLlama, LoraMatchesOurAdapter) {
         export_ok({"export", "gguf", "--model", model_dir, "--out", base, "--type", "f32"});
         for (const auto & v : VARIANTS) {
             const std::string tag = std::string(c.tag) + "_" + v[0];
-            const std::string adapter = make_adapter(model_dir, tag, v[1]);
+            const std::string adapter = gguf_test_adapter(model_dir, tag, v[1]);
             const std::string lora = pt::temp_dir("gguf_llama_lora_" + tag) + "/lora.gguf";
             export_ok({"export", "gguf-lora", "--model", model_dir, "--adapter", adapter, "--out", lora});
             peft::llama_model m;
@@ -299,7 +281,7 @@ TEST(GgufLlama, MergedExportMatchesOurAdapter) {
     for (const model_case & c : MODELS) {
         const std::string model_dir = pt::source_path(c.dir);
         const std::string tag = std::string(c.tag) + "_merged";
-        const std::string adapter = make_adapter(model_dir, tag, ",\"use_rslora\":true");
+        const std::string adapter = gguf_test_adapter(model_dir, tag, ",\"use_rslora\":true");
         const std::string out = pt::temp_dir("gguf_llama_m_" + tag) + "/merged.gguf";
         export_ok({"export", "gguf", "--model", model_dir, "--adapter", adapter, "--out", out, "--type", "f32"});
         peft::llama_model m;
