@@ -17,6 +17,8 @@
 #     llama.cpp/lib/lib{llama,ggml*}.so               prebuilt x86-64 Linux libraries of that release
 #                                                     (@node-llama-cpp/linux-x64): the GGUF tests' oracle
 #     llama.cpp/convert_{hf,lora}_to_gguf.py          the release's converters (reference reading only)
+#     llama.cpp/common/*.h, tools/export-lora.cpp     its llama-export-lora tool, which the GGUF tests
+#                                                     build against the prebuilt libllama-common
 #     npm/*.tgz                                       the packed packages (tools/tokenizer_truth.mjs
 #                                                     installs from these, offline)
 # Idempotent: when every file is present with its recorded sha256 it only checks and exits.
@@ -40,7 +42,7 @@ PKGS=(
 )
 # The Llama 2 tokenizer.model as published by Meta (499723 bytes).
 LLAMA2_MODEL_SHA=9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347
-STAMP="$DIR/.complete-v2"
+STAMP="$DIR/.complete-v3"
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
@@ -48,7 +50,8 @@ if [ -f "$STAMP" ] && [ -f "$DIR/llama2/tokenizer.model" ] \
    && [ "$(sha "$DIR/llama2/tokenizer.model")" = "$LLAMA2_MODEL_SHA" ] \
    && [ -f "$DIR/llama3/tokenizer.json" ] && [ -f "$DIR/qwen3/tokenizer.json" ] \
    && [ -f "$DIR/mistral/tokenizer.json" ] && [ -f "$DIR/gpt2/vocab.bpe" ] && [ -f "$DIR/moby_dick.txt" ] \
-   && [ -f "$DIR/llama.cpp/include/llama.h" ] && [ -f "$DIR/llama.cpp/lib/libllama.v0.5.0.so" ]; then
+   && [ -f "$DIR/llama.cpp/include/llama.h" ] && [ -f "$DIR/llama.cpp/lib/libllama.v0.5.0.so" ] \
+   && [ -f "$DIR/llama.cpp/tools/export-lora.cpp" ]; then
   echo "fetch_assets: cached in $DIR"
   exit 0
 fi
@@ -120,6 +123,9 @@ mkdir -p "$DIR/llama.cpp/include" "$DIR/llama.cpp/lib"
 git clone -q "$tmp/node-llama-cpp/package/llama/gitRelease.bundle" "$tmp/llama-src" 2> /dev/null
 cp "$tmp/llama-src/include/"*.h "$tmp/llama-src/ggml/include/"*.h "$DIR/llama.cpp/include/"
 cp "$tmp/llama-src/"convert_{hf,lora}_to_gguf.py "$DIR/llama.cpp/"
+mkdir -p "$DIR/llama.cpp/common" "$DIR/llama.cpp/tools"
+cp "$tmp/llama-src/common/"*.h "$DIR/llama.cpp/common/"
+cp "$tmp/llama-src/tools/export-lora/export-lora.cpp" "$DIR/llama.cpp/tools/"
 cp "$tmp/@node-llama-cpp/linux-x64/package/bins/linux-x64/"lib*.so "$DIR/llama.cpp/lib/"
 
 touch "$STAMP"

@@ -8,7 +8,9 @@
 //   - base GGUF + our GGUF LoRA (llama.cpp applies it unmerged) vs our unmerged adapter, with
 //     rsLoRA + rank_pattern + alpha_pattern so the folding into lora_b is exercised;
 //   - the merged export (export gguf --adapter) vs the same adapter;
-//   - llama.cpp's tokenizer on the exported file vs ours on a few strings.
+//   - llama.cpp's tokenizer on the exported file vs ours on a few strings;
+//   - llama.cpp's llama-export-lora merging our GGUF LoRA into our GGUF base vs our merge;
+//   - our F16/BF16/Q8_0 encodings vs ggml's bytes, and ggml's GGUF reader on our files.
 // Models: models/tiny-llama (tied embeddings, GQA 8:4, byte-level BPE), tests/fixtures/llama_gqa
 // (untied, GQA 4:2), tests/fixtures/qwen2_tied (qwen2: q/k/v biases, tied, GQA 4:1).
 // Skips when the libraries are missing, unless PEFT_REQUIRE_ASSETS=1 (CI), where that fails.
@@ -417,5 +419,81 @@ TEST(GgufLlama, GgmlReadsOurHeader) {
     EXPECT_EQ(gguf_of("blk.0.attn_k.weight"), kp);
     gguf_free(g);
     ggml_free(data);
+#endif
+}
+
+#if PEFT_LLAMA_ORACLE
+namespace {
+
+// Every tensor of a GGUF file as f32 (F32 or F16 tensors), by name, through ggml's reader.
+std::vector<std::pair<std::string, std::vector<float>>> gguf_tensors(const std::string & path) {
+    ggml_context * data = nullptr;
+    gguf_init_params ip = {false, &data};
+    gguf_context * g = gguf_init_from_file(path.c_str(), ip);
+    EXPECT_NE(g, nullptr) << path;
+    std::vector<std::pair<std::string, std::vector<float>>> out;
+    if (!g) return out;
+    for (int64_t i = 0; i < gguf_get_n_tensors(g); i++) {
+        ggml_tensor * t = ggml_get_tensor(data, gguf_get_tensor_name(g, i));
+        std::vector<float> v((size_t) ggml_nelements(t));
+        if (t->type == GGML_TYPE_F32) std::memcpy(v.data(), t->data, v.size() * 4);
+        else if (t->type == GGML_TYPE_F16) ggml_fp16_to_fp32_row((const ggml_fp16_t *) t->data, v.data(), (int64_t) v.size());
+        else ADD_FAILURE() << path << ": " << t->name << " has type " << ggml_type_name(t->type);
+        out.push_back({t->name, std::move(v)});
+    }
+    gguf_free(g);
+    ggml_free(data);
+    return out;
+}
+
+} // namespace
+#endif
+
+// The other direction: llama.cpp's own llama-export-lora merges our GGUF LoRA into our GGUF base;
+// the result equals our merge (export gguf --adapter) tensor by tensor.
+TEST(GgufLlama, LlamaExportLoraEqualsOurMerge) {
+    ORACLE_OR_SKIP();
+#if PEFT_LLAMA_ORACLE && defined(PEFT_LLAMA_EXPORT_LORA)
+    for (const model_case & c : MODELS) {
+        const std::string model_dir = pt::source_path(c.dir);
+        const std::string tag = std::string(c.tag) + "_elora";
+        const std::string adapter = gguf_test_adapter(model_dir, tag,
+            ",\"use_rslora\":true,\"rank_pattern\":{\"v_proj\":2},\"alpha_pattern\":{\"down_proj\":3}");
+        const std::string dir = pt::temp_dir("gguf_llama_" + tag);
+        export_ok({"export", "gguf", "--model", model_dir, "--out", dir + "/base.gguf", "--type", "f32"});
+        export_ok({"export", "gguf-lora", "--model", model_dir, "--adapter", adapter, "--out", dir + "/lora.gguf"});
+        export_ok({"export", "gguf", "--model", model_dir, "--adapter", adapter, "--out", dir + "/ours.gguf", "--type", "f32"});
+        const pt::shell_result r = pt::run_shell(std::string(PEFT_LLAMA_EXPORT_LORA) + " -m " + dir + "/base.gguf --lora " +
+                                                 dir + "/lora.gguf -o " + dir + "/theirs.gguf -t 2");
+        ASSERT_EQ(r.code, 0) << r.out;
+        const auto ours_t = gguf_tensors(dir + "/ours.gguf"), theirs_t = gguf_tensors(dir + "/theirs.gguf");
+        const auto base_t = gguf_tensors(dir + "/base.gguf");
+        ASSERT_EQ(ours_t.size(), theirs_t.size());
+        double worst = 0.0;
+        int changed = 0;
+        for (size_t i = 0; i < ours_t.size(); i++) {
+            const auto & o = ours_t[i];
+            const auto * th = &theirs_t[0];
+            for (const auto & t : theirs_t) if (t.first == o.first) th = &t;
+            ASSERT_EQ(th->first, o.first);
+            ASSERT_EQ(th->second.size(), o.second.size()) << o.first;
+            double d = 0.0, mx = 0.0, moved = 0.0;
+            for (size_t j = 0; j < o.second.size(); j++) {
+                d = std::max(d, (double) std::fabs(th->second[j] - o.second[j]));
+                mx = std::max(mx, (double) std::fabs(o.second[j]));
+                moved = std::max(moved, (double) std::fabs(o.second[j] - base_t[i].second[j]));
+            }
+            changed += moved > 0.0;
+            worst = std::max(worst, d / std::max(mx, 1e-30));
+            EXPECT_LE(d, 1e-5 * mx) << c.tag << " " << o.first;
+        }
+        std::printf("[ gguf ] %s: llama-export-lora vs our merge: max rel tensor error %.3g (%d tensors changed by the adapter)\n",
+                    c.tag, worst, changed);
+        peft::llama_hparams hp;
+        ASSERT_TRUE(peft::llama_hparams_load(model_dir + "/config.json", hp).ok());
+        EXPECT_EQ(changed, 7 * hp.n_layer) << c.tag << ": every adapted projection, nothing else";
+    }
+#elif PEFT_LLAMA_ORACLE
+    GTEST_SKIP() << "llama-export-lora source missing from the assets: run scripts/fetch_assets.sh";
 #endif
 }
