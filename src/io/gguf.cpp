@@ -185,8 +185,6 @@ status gguf_writer::add_tensor(const std::string & name, const std::vector<int64
     return {};
 }
 
-uint64_t gguf_writer::data_bytes() const { return next_offset; }
-
 status gguf_writer::write(const std::string & path, gguf_tensor_source & src, bool progress) const {
     if (!dup_key.empty()) return make_error(PEFT_STATUS_CONFIG, path, "GGUF metadata key '" + dup_key + "' set twice");
     std::string head;

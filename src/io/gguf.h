@@ -68,9 +68,6 @@ struct gguf_writer {
     // Writes the whole file atomically. progress: a line on stderr about every second.
     status write(const std::string & path, gguf_tensor_source & src, bool progress) const;
 
-    size_t n_tensors() const { return tensors.size(); }
-    uint64_t data_bytes() const;   // sum of padded tensor sizes
-
 private:
     struct tensor_decl {
         std::string          name;

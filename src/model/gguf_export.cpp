@@ -82,8 +82,7 @@ std::string merge_text(const json_value & m) {
     return {};
 }
 
-status tokenizer_metadata(gguf_writer & w, const std::string & arch, const std::string & model_dir, int64_t n_vocab,
-                          std::string & note) {
+status tokenizer_metadata(gguf_writer & w, const std::string & model_dir, int64_t n_vocab, std::string & note) {
     const std::string path = model_dir + "/tokenizer.json";
     std::error_code ec;
     if (!fs::is_regular_file(path, ec)) {
@@ -155,7 +154,6 @@ status tokenizer_metadata(gguf_writer & w, const std::string & arch, const std::
     w.set_bool("tokenizer.ggml.add_bos_token", !probe.empty() && probe.front() == tok->bos_id() && tok->bos_id() >= 0);
     w.set_bool("tokenizer.ggml.add_eos_token", !probe.empty() && probe.back() == tok->eos_id() && tok->eos_id() >= 0);
     if (!tok->chat_template().empty()) w.set_str("tokenizer.chat_template", tok->chat_template());
-    (void) arch;
     return {};
 }
 
@@ -359,7 +357,7 @@ status gguf_export_model(const llama_model & m, const std::string & model_dir, c
     w.set_u32("general.quantization_version", 2);   // GGML_QNT_VERSION
     w.set_u32("general.alignment", GGUF_ALIGNMENT);
     hparams_metadata(w, arch, hp);
-    PEFT_TRY(tokenizer_metadata(w, arch, model_dir, hp.n_vocab, note));
+    PEFT_TRY(tokenizer_metadata(w, model_dir, hp.n_vocab, note));
     PEFT_TRY(add_items(w, items));
     item_source src(items, hp.n_head, hp.n_head_kv);
     return w.write(out, src, o.progress);

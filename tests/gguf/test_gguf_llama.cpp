@@ -246,20 +246,22 @@ TEST(GgufLlama, F16Bf16Q8MatchWithinTolerance) {
 TEST(GgufLlama, LoraMatchesOurAdapter) {
     ORACLE_OR_SKIP();
 #if PEFT_LLAMA_ORACLE
-    const char * VARIANTS[][2] = {
-        {"plain", ""},
+    // tol: F32 as the model test; an F16 LoRA rounds A and B (measured worst 2.9e-4, tiny-llama)
+    const struct { const char * tag, * cfg, * type; double tol; } VARIANTS[] = {
+        {"plain", "", "f32", 1e-4},
         // per-module scales that one file alpha cannot say: folded into lora_b
-        {"rslora_patterns", ",\"use_rslora\":true,\"rank_pattern\":{\"v_proj\":2},\"alpha_pattern\":{\"down_proj\":3}"},
+        {"rslora_patterns", ",\"use_rslora\":true,\"rank_pattern\":{\"v_proj\":2},\"alpha_pattern\":{\"down_proj\":3}", "f32", 1e-4},
+        {"plain_f16", "", "f16", 1e-3},
     };
     for (const model_case & c : MODELS) {
         const std::string model_dir = pt::source_path(c.dir);
         const std::string base = pt::temp_dir(std::string("gguf_llama_lbase_") + c.tag) + "/base.gguf";
         export_ok({"export", "gguf", "--model", model_dir, "--out", base, "--type", "f32"});
         for (const auto & v : VARIANTS) {
-            const std::string tag = std::string(c.tag) + "_" + v[0];
-            const std::string adapter = gguf_test_adapter(model_dir, tag, v[1]);
+            const std::string tag = std::string(c.tag) + "_" + v.tag;
+            const std::string adapter = gguf_test_adapter(model_dir, tag, v.cfg);
             const std::string lora = pt::temp_dir("gguf_llama_lora_" + tag) + "/lora.gguf";
-            export_ok({"export", "gguf-lora", "--model", model_dir, "--adapter", adapter, "--out", lora});
+            export_ok({"export", "gguf-lora", "--model", model_dir, "--adapter", adapter, "--out", lora, "--type", v.type});
             peft::llama_model m;
             ASSERT_TRUE(peft::llama_load(m, model_dir, false).ok());
             const std::vector<int32_t> tok = fixed_tokens(m.hp.n_vocab, 24);
@@ -270,7 +272,7 @@ TEST(GgufLlama, LoraMatchesOurAdapter) {
             const double e = max_rel(got, want), effect = max_rel(base_lp, want);
             std::printf("[ gguf ] %s lora: max rel error vs ours %.3g (the adapter itself moves log-probs by %.3g)\n", tag.c_str(), e, effect);
             EXPECT_GT(effect, 1e-2) << tag << ": the adapter must change the output for this test to mean anything";
-            EXPECT_LE(e, 1e-4) << tag;
+            EXPECT_LE(e, v.tol) << tag;
         }
     }
 #endif
