@@ -150,7 +150,7 @@ int export_gguf_lora(int argc, char ** argv) {
     adapter_set set;
     if (st.ok()) st = adapter_load(adapter_dir, m, set);
     std::string note;
-    if (st.ok()) st = gguf_export_lora(m, set, type, name.empty() ? fs::path(adapter_dir).filename().string() : name, out, note);
+    if (st.ok()) st = gguf_export_lora(m, set, type, name.empty() ? fs::path(adapter_dir + "/.").parent_path().filename().string() : name, out, note);
     if (!st.ok()) return cli_fail("export gguf-lora", st);
     if (!note.empty()) std::fprintf(stderr, "peft export gguf-lora: note: %s", note.c_str());
     std::fprintf(stderr, "peft export gguf-lora: wrote %s (%zu modules, %s)\n", out.c_str(), set.modules.size(), type_s.c_str());

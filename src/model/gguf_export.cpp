@@ -352,7 +352,8 @@ status gguf_export_model(const llama_model & m, const std::string & model_dir, c
     gguf_writer w;
     w.set_str("general.architecture", arch);
     w.set_str("general.type", "model");
-    w.set_str("general.name", o.name.empty() ? fs::path(model_dir).filename().string() : o.name);
+    // "dir/" names the directory too: the name of its last non-empty component
+    w.set_str("general.name", o.name.empty() ? fs::path(model_dir + "/.").parent_path().filename().string() : o.name);
     w.set_u32("general.file_type", file_type_of(o.type));
     w.set_u32("general.quantization_version", 2);   // GGML_QNT_VERSION
     w.set_u32("general.alignment", GGUF_ALIGNMENT);
