@@ -241,8 +241,10 @@ struct item_source : gguf_tensor_source {
     // Row by row, in parallel: gather (the permutation), convert to f32, scale, check, encode.
     status fill(size_t i, std::vector<uint8_t> & out) override {
         const export_item & it = items[i];
-        const int64_t rows = it.shape.size() > 1 ? it.shape[0] : 1;
-        const int64_t IC = it.shape.size() > 1 ? it.shape[1] : it.shape[0];
+        // a permuted bias [OC] is OC rows of one element; other vectors are one row
+        const bool matrix = it.shape.size() > 1;
+        const int64_t rows = matrix ? it.shape[0] : it.permute != PERMUTE_NONE ? it.shape[0] : 1;
+        const int64_t IC = matrix ? it.shape[1] : it.shape[0] / rows;
         uint64_t nbytes = 0;
         std::vector<int64_t> ne(it.shape.rbegin(), it.shape.rend());
         PEFT_TRY(gguf_tensor_nbytes(it.type, ne, it.name, &nbytes));

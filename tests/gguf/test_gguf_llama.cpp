@@ -3,7 +3,8 @@
 // it). Each test exports with the `peft` binary, loads the file with libllama, runs fixed token
 // ids and compares llama.cpp's next-token log-probabilities with those of our own model code
 // (what `peft eval` computes) on the source checkpoint:
-//   - F32 export: max |lp_llama - lp_ours| / max(1, |lp_ours|) <= 1e-4 (the issue's bound);
+//   - F32 export: max |lp_llama - lp_ours| / max(1, |lp_ours|) <= 1e-5 (the issue asks 1e-4;
+//     measured worst 1.2e-6, and 1e-5 is what catches an unpermuted q bias: 3.8e-5 on llama_bias);
 //   - F16 / BF16 / Q8_0: tolerances stated at each test, a few times the measured error;
 //   - base GGUF + our GGUF LoRA (llama.cpp applies it unmerged) vs our unmerged adapter, with
 //     rsLoRA + rank_pattern + alpha_pattern so the folding into lora_b is exercised;
@@ -12,7 +13,8 @@
 //   - llama.cpp's llama-export-lora merging our GGUF LoRA into our GGUF base vs our merge;
 //   - our F16/BF16/Q8_0 encodings vs ggml's bytes, and ggml's GGUF reader on our files.
 // Models: models/tiny-llama (tied embeddings, GQA 8:4, byte-level BPE), tests/fixtures/llama_gqa
-// (untied, GQA 4:2), tests/fixtures/qwen2_tied (qwen2: q/k/v biases, tied, GQA 4:1).
+// (untied, GQA 4:2), qwen2_tied (qwen2: q/k/v biases, tied, GQA 4:1), llama3_packed (llama3
+// rope_scaling, written as rope_freqs.weight), llama_bias (attention and MLP biases).
 // Skips when the libraries are missing, unless PEFT_REQUIRE_ASSETS=1 (CI), where that fails.
 #include <gtest/gtest.h>
 
@@ -212,6 +214,8 @@ const model_case MODELS[] = {
     {"tiny_llama", "models/tiny-llama"},
     {"llama_gqa", "tests/fixtures/llama_gqa"},
     {"qwen2_tied", "tests/fixtures/qwen2_tied"},
+    {"llama3_rope", "tests/fixtures/llama3_packed"},   // llama3 rope_scaling: rope_freqs.weight
+    {"llama_bias", "tests/fixtures/llama_bias"},       // q/k/v/o and MLP biases (q/k permuted)
 };
 
 } // namespace
@@ -221,7 +225,7 @@ TEST(GgufLlama, F32MatchesOurLogprobs) {
     ORACLE_OR_SKIP();
 #if PEFT_LLAMA_ORACLE
     for (const model_case & c : MODELS) {
-        EXPECT_LE(export_and_compare(pt::source_path(c.dir), "f32", c.tag), 1e-4) << c.tag;
+        EXPECT_LE(export_and_compare(pt::source_path(c.dir), "f32", c.tag), 1e-5) << c.tag;
     }
 #endif
 }
@@ -248,9 +252,9 @@ TEST(GgufLlama, LoraMatchesOurAdapter) {
 #if PEFT_LLAMA_ORACLE
     // tol: F32 as the model test; an F16 LoRA rounds A and B (measured worst 2.9e-4, tiny-llama)
     const struct { const char * tag, * cfg, * type; double tol; } VARIANTS[] = {
-        {"plain", "", "f32", 1e-4},
+        {"plain", "", "f32", 1e-5},
         // per-module scales that one file alpha cannot say: folded into lora_b
-        {"rslora_patterns", ",\"use_rslora\":true,\"rank_pattern\":{\"v_proj\":2},\"alpha_pattern\":{\"down_proj\":3}", "f32", 1e-4},
+        {"rslora_patterns", ",\"use_rslora\":true,\"rank_pattern\":{\"v_proj\":2},\"alpha_pattern\":{\"down_proj\":3}", "f32", 1e-5},
         {"plain_f16", "", "f16", 1e-3},
     };
     for (const model_case & c : MODELS) {
@@ -296,7 +300,7 @@ TEST(GgufLlama, MergedExportMatchesOurAdapter) {
         ASSERT_EQ(got.size(), want.size());
         const double e = max_rel(got, want);
         std::printf("[ gguf ] %s: max rel error vs ours %.3g\n", tag.c_str(), e);
-        EXPECT_LE(e, 1e-4) << tag;
+        EXPECT_LE(e, 1e-5) << tag;
     }
 #endif
 }
