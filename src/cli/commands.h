@@ -9,4 +9,5 @@ int cmd_train(int argc, char ** argv);
 int cmd_eval(int argc, char ** argv);
 int cmd_generate(int argc, char ** argv);
 int cmd_merge(int argc, char ** argv);
+int cmd_export(int argc, char ** argv);
 }

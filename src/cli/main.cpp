@@ -20,6 +20,7 @@ const subcommand SUBCOMMANDS[] = {
     {"eval", peft::cmd_eval, "loss and perplexity of a model (+ adapter) on a data file"},
     {"generate", peft::cmd_generate, "generate text with a model, optionally with an adapter (unmerged or merged)"},
     {"merge", peft::cmd_merge, "merge an adapter into its base model and write a full HF checkpoint"},
+    {"export", peft::cmd_export, "write a model (+ merged adapter) or a LoRA as GGUF for llama.cpp"},
 };
 
 void print_usage() {

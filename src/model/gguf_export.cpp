@@ -1,0 +1,438 @@
+// gguf_export.cpp: models and LoRA adapters as llama.cpp GGUF files (see gguf_export.h).
+#include "model/gguf_export.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "adapters/adapter_set.h"
+#include "adapters/lora.h"
+#include "core/dtype.h"
+#include "io/json.h"
+#include "model/llama.h"
+#include "model/llama_names.h"
+#include "tokenizer/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace peft {
+
+namespace {
+
+// llama_ftype (llama.h): what general.file_type says the bulk of the weights are
+uint32_t file_type_of(gguf_tensor_type t) {
+    switch (t) {
+        case GGUF_TENSOR_F32: return 0;    // LLAMA_FTYPE_ALL_F32
+        case GGUF_TENSOR_F16: return 1;    // LLAMA_FTYPE_MOSTLY_F16
+        case GGUF_TENSOR_Q8_0: return 7;   // LLAMA_FTYPE_MOSTLY_Q8_0
+        case GGUF_TENSOR_BF16: return 32;  // LLAMA_FTYPE_MOSTLY_BF16
+    }
+    return 0;
+}
+
+// llama_token_type (llama.h) as written in tokenizer.ggml.token_type
+enum : int32_t { TOKEN_NORMAL = 1, TOKEN_CONTROL = 3, TOKEN_USER_DEFINED = 4, TOKEN_UNUSED = 5 };
+
+// The Split regexes of the tokenizer.json files whose pre-tokenizer llama.cpp implements, and
+// the name convert_hf_to_gguf.py's get_vocab_base_pre gives those tokenizers. (The converter
+// recognises a tokenizer by hashing its output on a test text; a tokenizer trained here is in
+// no such list, so we recognise it by the regex it actually runs.)
+struct pre_row {
+    const char * regex;
+    const char * name;
+};
+const pre_row PRE_TOKENIZERS[] = {
+    {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+     "llama-bpe"},
+    {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+     "qwen2"},
+    {"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", "gpt-2"},
+};
+
+// The pre-tokenizer name for tokenizer.json's pre_tokenizer: its Split regex, or a bare
+// ByteLevel with use_regex (GPT-2's own regex).
+std::string pre_tokenizer_name(const json_value & pre, std::string & note) {
+    std::string regex;
+    bool bytelevel_regex = false;
+    auto visit = [&](const json_value & p) {
+        const std::string type = p.get("type").as_string();
+        if (type == "Split") regex = p.get("pattern").get("Regex").as_string();
+        if (type == "ByteLevel" && p.get("use_regex").as_bool(true)) bytelevel_regex = true;
+    };
+    if (pre.get("type").as_string() == "Sequence") {
+        const json_value list = pre.get("pretokenizers");
+        for (size_t i = 0; i < list.size(); i++) visit(list.at(i));
+    } else if (pre.is_object()) {
+        visit(pre);
+    }
+    if (regex.empty() && bytelevel_regex) regex = PRE_TOKENIZERS[2].regex;
+    for (const pre_row & r : PRE_TOKENIZERS) {
+        if (regex == r.regex) return r.name;
+    }
+    note += "tokenizer.ggml.pre = \"default\": llama.cpp implements no pre-tokenizer with this tokenizer's regex, so its "
+            "tokenization of text may differ from peft's (token ids given directly are unaffected)\n";
+    return "default";
+}
+
+std::string merge_text(const json_value & m) {
+    if (m.is_string()) return m.as_string();
+    if (m.is_array() && m.size() == 2) return m.at(0).as_string() + " " + m.at(1).as_string();
+    return {};
+}
+
+status tokenizer_metadata(gguf_writer & w, const std::string & model_dir, int64_t n_vocab, std::string & note) {
+    const std::string path = model_dir + "/tokenizer.json";
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) {
+        if (fs::is_regular_file(model_dir + "/tokenizer.model", ec)) {
+            status st = make_error(PEFT_STATUS_CONFIG, model_dir + "/tokenizer.model",
+                                   "a SentencePiece tokenizer.model without tokenizer.json is not exported to GGUF yet");
+            st.hint = "add the model's tokenizer.json (transformers writes it with save_pretrained)";
+            return st;
+        }
+        w.set_str("tokenizer.ggml.model", "none");
+        note += "no tokenizer.json in " + model_dir + ": written with tokenizer.ggml.model \"none\" (llama.cpp runs token ids only)\n";
+        return {};
+    }
+    json_document doc;
+    PEFT_TRY(doc.parse_file(path));
+    const json_value root = doc.root();
+    const json_value model = root.get("model");
+    if (model.get("type").as_string() != "BPE" || model.get("byte_fallback").as_bool(false)) {
+        status st = make_error(PEFT_STATUS_CONFIG, path, "model: only byte-level BPE tokenizers (Llama 3, Qwen2, GPT-2) are exported to GGUF");
+        st.hint = "SentencePiece-style tokenizers (byte_fallback, Llama 2 / TinyLlama) are not supported by peft export gguf yet";
+        return st;
+    }
+    // id -> token, padded as the converter pads (ids the tokenizer lacks become "[PAD<id>]")
+    std::vector<std::string> tokens((size_t) n_vocab);
+    std::vector<int32_t> types((size_t) n_vocab, TOKEN_UNUSED);
+    std::vector<bool> have((size_t) n_vocab, false);
+    auto place = [&](int64_t id, const std::string & text, int32_t type) -> status {
+        if (id < 0 || id >= n_vocab) {
+            return make_error(PEFT_STATUS_SHAPE, path, "token \"" + text + "\" has id " + std::to_string(id) +
+                              ", outside the model's vocab_size " + std::to_string(n_vocab));
+        }
+        tokens[(size_t) id] = text;
+        types[(size_t) id] = type;
+        have[(size_t) id] = true;
+        return {};
+    };
+    const json_value vocab = model.get("vocab");
+    for (size_t i = 0; i < vocab.size(); i++) PEFT_TRY(place(vocab.value_at(i).as_int(-1), vocab.key_at(i), TOKEN_NORMAL));
+    const json_value added = root.get("added_tokens");
+    for (size_t i = 0; i < added.size(); i++) {
+        const json_value a = added.at(i);
+        PEFT_TRY(place(a.get("id").as_int(-1), a.get("content").as_string(),
+                       a.get("special").as_bool(false) ? TOKEN_CONTROL : TOKEN_USER_DEFINED));
+    }
+    for (int64_t i = 0; i < n_vocab; i++) {
+        if (!have[(size_t) i]) tokens[(size_t) i] = "[PAD" + std::to_string(i) + "]";
+    }
+    std::vector<std::string> merges;
+    const json_value jm = model.get("merges");
+    merges.reserve(jm.size());
+    for (size_t i = 0; i < jm.size(); i++) {
+        std::string m = merge_text(jm.at(i));
+        if (m.empty()) return make_error(PEFT_STATUS_FORMAT, path, "model.merges[" + std::to_string(i) + "] is not a merge");
+        merges.push_back(std::move(m));
+    }
+    std::unique_ptr<tokenizer> tok;
+    PEFT_TRY(tokenizer::load(model_dir, tok));
+
+    w.set_str("tokenizer.ggml.model", "gpt2");
+    w.set_str("tokenizer.ggml.pre", pre_tokenizer_name(root.get("pre_tokenizer"), note));
+    w.set_arr_str("tokenizer.ggml.tokens", tokens);
+    w.set_arr_i32("tokenizer.ggml.token_type", types);
+    w.set_arr_str("tokenizer.ggml.merges", merges);
+    if (tok->bos_id() >= 0) w.set_u32("tokenizer.ggml.bos_token_id", (uint32_t) tok->bos_id());
+    if (tok->eos_id() >= 0) w.set_u32("tokenizer.ggml.eos_token_id", (uint32_t) tok->eos_id());
+    if (tok->pad_id() >= 0) w.set_u32("tokenizer.ggml.padding_token_id", (uint32_t) tok->pad_id());
+    // whether encoding adds BOS/EOS, as the post-processor template does it here
+    const std::vector<int32_t> probe = tok->encode("a", true);
+    w.set_bool("tokenizer.ggml.add_bos_token", !probe.empty() && probe.front() == tok->bos_id() && tok->bos_id() >= 0);
+    w.set_bool("tokenizer.ggml.add_eos_token", !probe.empty() && probe.back() == tok->eos_id() && tok->eos_id() >= 0);
+    if (!tok->chat_template().empty()) w.set_str("tokenizer.chat_template", tok->chat_template());
+    return {};
+}
+
+// The llama.cpp architecture of hp, or an error naming the unsupported model_type.
+status gguf_arch(const llama_hparams & hp, std::string & arch, bool & permute) {
+    if (hp.arch == "llama" || hp.arch == "mistral") {
+        arch = "llama";
+        permute = true;
+        return {};
+    }
+    if (hp.arch == "qwen2") {
+        arch = "qwen2";
+        permute = false;
+        return {};
+    }
+    status st = make_error(PEFT_STATUS_CONFIG, "config.json", "model_type \"" + hp.arch + "\" has no GGUF export");
+    st.hint = "peft export gguf writes llama, mistral and qwen2 models";
+    return st;
+}
+
+void hparams_metadata(gguf_writer & w, const std::string & arch, const llama_hparams & hp) {
+    const std::string a = arch + ".";
+    w.set_u32(a + "vocab_size", (uint32_t) hp.n_vocab);
+    w.set_u32(a + "context_length", (uint32_t) hp.max_position);
+    w.set_u32(a + "embedding_length", (uint32_t) hp.n_embd);
+    w.set_u32(a + "block_count", (uint32_t) hp.n_layer);
+    w.set_u32(a + "feed_forward_length", (uint32_t) hp.n_ff);
+    w.set_u32(a + "rope.dimension_count", (uint32_t) hp.head_dim);
+    w.set_u32(a + "attention.head_count", (uint32_t) hp.n_head);
+    w.set_u32(a + "attention.head_count_kv", (uint32_t) hp.n_head_kv);
+    w.set_u32(a + "attention.key_length", (uint32_t) hp.head_dim);
+    w.set_u32(a + "attention.value_length", (uint32_t) hp.head_dim);
+    w.set_f32(a + "attention.layer_norm_rms_epsilon", hp.rms_eps);
+    w.set_f32(a + "rope.freq_base", hp.rope.theta);
+}
+
+// Llama 3 rope scaling as llama.cpp applies it: per-frequency divisors in "rope_freqs.weight",
+// computed as convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors does.
+std::vector<float> llama3_rope_factors(const llama_hparams & hp) {
+    const rope_config & r = hp.rope;
+    const int64_t dim = hp.head_dim;
+    const double low_wavelen = (double) r.original_max_position / r.low_freq_factor;
+    const double high_wavelen = (double) r.original_max_position / r.high_freq_factor;
+    std::vector<float> out;
+    for (int64_t i = 0; i < dim; i += 2) {
+        const float freq = 1.0f / std::pow(r.theta, (float) i / (float) dim);   // torch float32
+        const double wavelen = 2.0 * M_PI / (double) freq;
+        if (wavelen < high_wavelen) out.push_back(1.0f);
+        else if (wavelen > low_wavelen) out.push_back(r.factor);
+        else {
+            const double smooth = ((double) r.original_max_position / wavelen - r.low_freq_factor) /
+                                  (r.high_freq_factor - r.low_freq_factor);
+            out.push_back((float) (1.0 / ((1.0 - smooth) / r.factor + smooth)));
+        }
+    }
+    return out;
+}
+
+enum permute_kind { PERMUTE_NONE, PERMUTE_Q, PERMUTE_K };
+
+// One tensor to write: f32 values from a stored tensor (or a buffer), permuted, encoded.
+struct export_item {
+    std::string          name;      // GGUF
+    std::vector<int64_t> shape;     // HF order
+    dtype                src_type = PEFT_DTYPE_F32;
+    const void *         src = nullptr;
+    permute_kind         permute = PERMUTE_NONE;
+    float                scale = 1.0f;   // LoRA B folding
+    gguf_tensor_type     type = GGUF_TENSOR_F32;
+};
+
+// Row r of the permuted matrix is row permuted_row(r) of the HF one (llama_gguf_permute_rows).
+int64_t permuted_row(int64_t r, int64_t n_head, int64_t OC) {
+    const int64_t HS = OC / n_head, half = HS / 2;
+    const int64_t h = r / HS, i = (r % HS) / 2, j = r % 2;
+    return h * HS + j * half + i;
+}
+
+struct item_source : gguf_tensor_source {
+    const std::vector<export_item> & items;
+    int64_t n_head = 0, n_head_kv = 0;
+    std::vector<float> f32;
+    item_source(const std::vector<export_item> & it, int64_t nh, int64_t nkv) : items(it), n_head(nh), n_head_kv(nkv) {}
+
+    // Row by row, in parallel: gather (the permutation), convert to f32, scale, check, encode.
+    status fill(size_t i, std::vector<uint8_t> & out) override {
+        const export_item & it = items[i];
+        // a permuted bias [OC] is OC rows of one element; other vectors are one row
+        const bool matrix = it.shape.size() > 1;
+        const int64_t rows = matrix ? it.shape[0] : it.permute != PERMUTE_NONE ? it.shape[0] : 1;
+        const int64_t IC = matrix ? it.shape[1] : it.shape[0] / rows;
+        uint64_t nbytes = 0;
+        std::vector<int64_t> ne(it.shape.rbegin(), it.shape.rend());
+        PEFT_TRY(gguf_tensor_nbytes(it.type, ne, it.name, &nbytes));
+        out.resize((size_t) nbytes);
+        f32.resize((size_t) (rows * IC));
+        const size_t in_row = dtype_size(it.src_type) * (size_t) IC, out_row = (size_t) nbytes / (size_t) rows;
+        const int64_t nh = it.permute == PERMUTE_Q ? n_head : n_head_kv;
+        const bool f16 = it.type == GGUF_TENSOR_F16;
+        int64_t bad = -1;   // first element that is not finite or not representable
+        const uint8_t * src = (const uint8_t *) it.src;
+        #pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t sr = it.permute == PERMUTE_NONE ? r : permuted_row(r, nh, rows);
+            float * x = f32.data() + r * IC;
+            convert_to_f32(it.src_type, src + (size_t) sr * in_row, x, (size_t) IC);
+            int64_t row_bad = -1;
+            for (int64_t c = 0; c < IC; c++) {
+                x[c] *= it.scale;
+                // f16 overflows to inf where f32 does not: check what is actually written
+                if (row_bad < 0 && !(std::fabs(x[c]) <= (f16 ? 65504.0f : FLT_MAX))) row_bad = r * IC + c;
+            }
+            if (row_bad >= 0) {
+                #pragma omp critical
+                bad = bad < 0 ? row_bad : std::min(bad, row_bad);
+            }
+            gguf_encode(it.type, x, out.data() + (size_t) r * out_row, IC);
+        }
+        if (bad >= 0) {
+            const float v = f32[(size_t) bad];
+            status st = make_error(PEFT_STATUS_NUMERIC, it.name, "value " + std::to_string(v) + " at element " +
+                                   std::to_string(bad) + (std::isfinite(v) ? " overflows F16" : " is not finite"));
+            if (std::isfinite(v)) st.hint = "export with --type bf16 or f32";
+            return st;
+        }
+        return {};
+    }
+};
+
+status add_items(gguf_writer & w, const std::vector<export_item> & items) {
+    for (const export_item & it : items) {
+        std::vector<int64_t> ne(it.shape.rbegin(), it.shape.rend());
+        PEFT_TRY(w.add_tensor(it.name, ne, it.type));
+    }
+    return {};
+}
+
+} // namespace
+
+void llama_gguf_permute_rows(float * dst, const float * src, int64_t n_head, int64_t OC, int64_t IC) {
+    const int64_t HS = OC / n_head, half = HS / 2;
+    PEFT_ASSERT(HS * n_head == OC && half * 2 == HS);
+    for (int64_t h = 0; h < n_head; h++) {
+        for (int64_t i = 0; i < half; i++) {
+            for (int64_t j = 0; j < 2; j++) {
+                const float * s = src + (h * HS + j * half + i) * IC;
+                std::memcpy(dst + (h * HS + 2 * i + j) * IC, s, (size_t) IC * sizeof(float));
+            }
+        }
+    }
+}
+
+status gguf_export_model(const llama_model & m, const std::string & model_dir, const gguf_export_options & o,
+                         const std::string & out, std::string & note) {
+    const llama_hparams & hp = m.hp;
+    std::string arch;
+    bool permute = false;
+    PEFT_TRY(gguf_arch(hp, arch, permute));
+    if (!m.adapters.empty()) {
+        return make_error(PEFT_STATUS_CONFIG, "export", "the model has unmerged adapters (merge them first: adapters_merge)");
+    }
+
+    std::vector<export_item> items;
+    bool fell_back = false;
+    const std::string q_suffix = "self_attn.q_proj.", k_suffix = "self_attn.k_proj.";
+    for (const llama_tensor & t : m.tensors) {
+        if (hp.tie_embeddings && t.name == "lm_head.weight") continue;   // llama.cpp reuses token_embd
+        export_item it;
+        if (!llama_gguf_tensor_name(t.name, it.name)) {
+            status st = make_error(PEFT_STATUS_SHAPE, model_dir, "tensor '" + t.name + "' has no GGUF name");
+            st.hint = "peft export gguf knows the tensors of llama, mistral and qwen2 checkpoints";
+            return st;
+        }
+        it.shape = t.shape;
+        it.src_type = t.type;
+        it.src = t.data;
+        if (permute && t.name.find(q_suffix) != std::string::npos) it.permute = PERMUTE_Q;
+        if (permute && t.name.find(k_suffix) != std::string::npos) it.permute = PERMUTE_K;
+        it.type = t.shape.size() < 2 ? GGUF_TENSOR_F32 : o.type;
+        if (it.type == GGUF_TENSOR_Q8_0 && t.shape.back() % GGUF_Q8_0_BLOCK != 0) {
+            it.type = GGUF_TENSOR_F16;   // as convert_hf_to_gguf.py: rows not a whole number of blocks
+            fell_back = true;
+        }
+        items.push_back(std::move(it));
+    }
+    if (fell_back) note += "tensors whose rows are not a multiple of 32 are written as F16 (Q8_0 blocks are 32 values)\n";
+    std::vector<float> rope_factors;
+    if (hp.rope.llama3) {
+        if (arch != "llama") return make_error(PEFT_STATUS_CONFIG, "config.json", "llama3 rope_scaling on a " + arch + " model");
+        rope_factors = llama3_rope_factors(hp);
+        export_item it;
+        it.name = "rope_freqs.weight";
+        it.shape = {(int64_t) rope_factors.size()};
+        it.src = rope_factors.data();
+        items.push_back(std::move(it));
+    }
+
+    gguf_writer w;
+    w.set_str("general.architecture", arch);
+    w.set_str("general.type", "model");
+    // "dir/" names the directory too: the name of its last non-empty component
+    w.set_str("general.name", o.name.empty() ? fs::path(model_dir + "/.").parent_path().filename().string() : o.name);
+    w.set_u32("general.file_type", file_type_of(o.type));
+    w.set_u32("general.quantization_version", 2);   // GGML_QNT_VERSION
+    w.set_u32("general.alignment", GGUF_ALIGNMENT);
+    hparams_metadata(w, arch, hp);
+    PEFT_TRY(tokenizer_metadata(w, model_dir, hp.n_vocab, note));
+    PEFT_TRY(add_items(w, items));
+    item_source src(items, hp.n_head, hp.n_head_kv);
+    return w.write(out, src, o.progress);
+}
+
+status gguf_export_lora(const llama_model & m, const adapter_set & s, gguf_tensor_type type, const std::string & name,
+                        const std::string & out, std::string & note) {
+    const llama_hparams & hp = m.hp;
+    std::string arch;
+    bool permute = false;
+    PEFT_TRY(gguf_arch(hp, arch, permute));
+    if (type == GGUF_TENSOR_Q8_0) {
+        return make_error(PEFT_STATUS_ARGUMENT, "--type", "a GGUF LoRA is written as f32, f16 or bf16 (llama.cpp's tools refuse quantized LoRA)");
+    }
+    if (!s.method || std::strcmp(s.method->name(), "lora") != 0 || s.modules.empty()) {
+        status st = make_error(PEFT_STATUS_CONFIG, "adapter", std::string("a ") + (s.method ? s.method->name() : "?") +
+                               " adapter is not a plain LoRA, which is all llama.cpp's --lora runs");
+        st.hint = "merge it into the model instead: peft export gguf --model DIR --adapter DIR --out model.gguf";
+        return st;
+    }
+    // One alpha for the file: llama.cpp scales pair i by alpha / R_i. A module whose PEFT scale
+    // s_i differs from alpha / R_i gets B_i * (s_i R_i / alpha) instead (exact up to one f32
+    // rounding of B); alpha is the first module's s R, so a uniform adapter is written unchanged.
+    const auto * first = dynamic_cast<const lora_module *>(s.modules[0].get());
+    if (!first) return make_error(PEFT_STATUS_CONFIG, "adapter", "module 0 is not a LoRA module");
+    double alpha = (double) first->scaling * (double) first->R;
+    if (!(alpha != 0.0) || !std::isfinite(alpha)) alpha = (double) first->R;   // alpha 0 means "scale 1" to llama.cpp
+    std::vector<export_item> items;
+    int folded = 0;
+    for (size_t i = 0; i < s.modules.size(); i++) {
+        const auto * mod = dynamic_cast<const lora_module *>(s.modules[i].get());
+        const target_info & t = s.targets[i];
+        if (!mod) return make_error(PEFT_STATUS_CONFIG, t.path, "not a LoRA module");
+        int p = 0;
+        while (p < LLAMA_PROJ_COUNT && !(t.path.size() > std::strlen(llama_proj_name((llama_proj) p)) &&
+                                         t.path.compare(t.path.size() - std::strlen(llama_proj_name((llama_proj) p)),
+                                                        std::string::npos, llama_proj_name((llama_proj) p)) == 0)) p++;
+        if (p == LLAMA_PROJ_COUNT) return make_error(PEFT_STATUS_CONFIG, t.path, "module has no GGUF tensor");
+        const std::string base = llama_gguf_proj_name(t.layer, (llama_proj) p) + ".weight";
+        const double factor = (double) mod->scaling * (double) mod->R / alpha;
+        if (!std::isfinite(factor)) return make_error(PEFT_STATUS_NUMERIC, t.path, "LoRA scale is not finite");
+        if (factor != 1.0) folded++;
+        export_item a, b;
+        a.name = base + ".lora_a";
+        a.shape = {mod->R, t.in_features};      // A [R, IC] -> ne [IC, R]
+        a.src = mod->A.data();
+        a.type = type;
+        b.name = base + ".lora_b";
+        b.shape = {t.out_features, mod->R};     // B [OC, R] -> ne [R, OC]
+        b.src = mod->B.data();
+        b.type = type;
+        b.scale = (float) factor;
+        // the base's Q/K rows are permuted in the GGUF model, so B's rows are too (A is unchanged)
+        if (permute && p == LLAMA_PROJ_Q) b.permute = PERMUTE_Q;
+        if (permute && p == LLAMA_PROJ_K) b.permute = PERMUTE_K;
+        items.push_back(std::move(a));
+        items.push_back(std::move(b));
+    }
+    if (folded) {
+        note += std::to_string(folded) + " of " + std::to_string(s.modules.size()) +
+                " modules scale differently from alpha/r (rank_pattern, alpha_pattern or rsLoRA): their scale is folded into lora_b\n";
+    }
+    gguf_writer w;
+    w.set_str("general.architecture", arch);
+    w.set_str("general.type", "adapter");
+    w.set_str("general.name", name);
+    w.set_str("adapter.type", "lora");
+    w.set_f32("adapter.lora.alpha", (float) alpha);
+    w.set_u32("general.alignment", GGUF_ALIGNMENT);
+    PEFT_TRY(add_items(w, items));
+    item_source src(items, hp.n_head, hp.n_head_kv);
+    return w.write(out, src, false);
+}
+
+} // namespace peft
