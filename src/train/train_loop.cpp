@@ -584,7 +584,7 @@ status train_session::resume() {
         }
         if (!o.full()) {
             PEFT_TRY(adapters_restore(m, aset));
-            if (!adapter_set_state_tensors(aset).empty()) info("residual bases rebuilt from the checkpoint's initial factors (no SVD)");
+            if (!adapter_set_state_tensors(aset).empty()) info("adapter state restored from the checkpoint (bases rebuilt from it: no SVD or calibration rerun)");
         }
         const int64_t total_here = ts.total_steps;
         ts = loaded;
