@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PEFT_REQUIRE_ASSETS=1
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
 BUILD=${BUILD_DIR:-build-asan}
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPEFT_SANITIZE=ON > /dev/null
 cmake --build "$BUILD"
