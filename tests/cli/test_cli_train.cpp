@@ -76,6 +76,26 @@ std::string json_number_text(const std::string & out, const std::string & key) {
 
 std::string file_bytes(const std::string & path) { return read_text(path); }
 
+// The test data's loss through `peft eval` with model_args (--model M [--adapter A]); -1 on failure.
+double eval_loss(const files & f, const std::vector<std::string> & model_args) {
+    std::vector<std::string> a = {"eval", "--data", f.test_data, "--json", "--sequence_len", "32", "--batch", "2", "--threads", "1"};
+    a.insert(a.end(), model_args.begin(), model_args.end());
+    child_result e = spawn(a);
+    EXPECT_EQ(e.code, 0) << e.out;
+    json_document d;
+    return d.parse(e.out.data(), e.out.size(), "eval").ok() ? d.root().get("loss").as_double() : -1.0;
+}
+
+// peft eval of the run's adapter reproduces its last logged eval loss (relative adapter_tol), and
+// the model peft merge writes from it does too (relative 1e-4).
+void expect_eval_and_merge_reproduce_the_logged_loss(const files & f, const std::string & run, double adapter_tol) {
+    const double logged = std::stod(last_eval_loss_text(run + "/metrics.jsonl"));
+    EXPECT_NEAR(eval_loss(f, {"--model", f.model, "--adapter", run}), logged, adapter_tol * logged);
+    const child_result r = spawn({"merge", "--model", f.model, "--adapter", run, "--out", run + "-merged", "--dtype", "f32", "--threads", "1"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NEAR(eval_loss(f, {"--model", run + "-merged"}), logged, 1e-4 * logged);
+}
+
 } // namespace
 
 TEST(cli_train, help_shows_examples_and_keys) {
@@ -483,19 +503,7 @@ TEST(cli_train, vera_resumes_bit_exactly_evals_and_merges) {
     EXPECT_TRUE(read_text(out + "/resumed/adapter_model.safetensors") == read_text(out + "/straight/adapter_model.safetensors"));
     EXPECT_NE(read_text(out + "/straight/adapter_config.json").find("\"peft_type\": \"VERA\""), std::string::npos);
 
-    auto eval_loss = [&](const std::vector<std::string> & model_args) {
-        std::vector<std::string> a = {"eval", "--data", f.test_data, "--json", "--sequence_len", "32", "--batch", "2", "--threads", "1"};
-        a.insert(a.end(), model_args.begin(), model_args.end());
-        child_result e = spawn(a);
-        EXPECT_EQ(e.code, 0) << e.out;
-        json_document d;
-        return d.parse(e.out.data(), e.out.size(), "eval").ok() ? d.root().get("loss").as_double() : -1.0;
-    };
-    const double logged = std::stod(last_eval_loss_text(out + "/straight/metrics.jsonl"));
-    EXPECT_NEAR(eval_loss({"--model", f.model, "--adapter", out + "/straight"}), logged, 1e-6 * logged);
-    r = spawn({"merge", "--model", f.model, "--adapter", out + "/straight", "--out", out + "/merged", "--dtype", "f32", "--threads", "1"});
-    ASSERT_EQ(r.code, 0) << r.out;
-    EXPECT_NEAR(eval_loss({"--model", out + "/merged"}), logged, 1e-4 * logged);
+    expect_eval_and_merge_reproduce_the_logged_loss(f, out + "/straight", 1e-6);
 }
 
 // ROSA re-splits every 2 steps (after steps 2 and 4, the checkpoint at 3 between them): the
@@ -524,19 +532,7 @@ TEST(cli_train, rosa_resumes_bit_exactly_evals_and_merges) {
     EXPECT_NE(cfg.find("\"peft_type\": \"LORA\""), std::string::npos) << cfg;
     EXPECT_NE(cfg.find("\"r\": 24"), std::string::npos) << cfg;
 
-    auto eval_loss = [&](const std::vector<std::string> & model_args) {
-        std::vector<std::string> a = {"eval", "--data", f.test_data, "--json", "--sequence_len", "32", "--batch", "2", "--threads", "1"};
-        a.insert(a.end(), model_args.begin(), model_args.end());
-        child_result e = spawn(a);
-        EXPECT_EQ(e.code, 0) << e.out;
-        json_document d;
-        return d.parse(e.out.data(), e.out.size(), "eval").ok() ? d.root().get("loss").as_double() : -1.0;
-    };
-    const double logged = std::stod(last_eval_loss_text(out + "/straight/metrics.jsonl"));
-    EXPECT_NEAR(eval_loss({"--model", f.model, "--adapter", out + "/straight"}), logged, 1e-5 * logged);
-    r = spawn({"merge", "--model", f.model, "--adapter", out + "/straight", "--out", out + "/merged", "--dtype", "f32", "--threads", "1"});
-    ASSERT_EQ(r.code, 0) << r.out;
-    EXPECT_NEAR(eval_loss({"--model", out + "/merged"}), logged, 1e-4 * logged);
+    expect_eval_and_merge_reproduce_the_logged_loss(f, out + "/straight", 1e-5);
 }
 
 // AdaLoRA through the commands: pruning runs within the 6 steps (tinit 1, tfinal 2), a run resumed
@@ -575,17 +571,5 @@ TEST(cli_train, adalora_prunes_resumes_bit_exactly_evals_and_merges) {
     EXPECT_NE(cfg.find("\"peft_type\": \"ADALORA\""), std::string::npos);
     EXPECT_NE(cfg.find("\"model.layers.0.self_attn.q_proj.lora_E\": ["), std::string::npos) << cfg;
 
-    auto eval_loss = [&](const std::vector<std::string> & model_args) {
-        std::vector<std::string> a = {"eval", "--data", f.test_data, "--json", "--sequence_len", "32", "--batch", "2", "--threads", "1"};
-        a.insert(a.end(), model_args.begin(), model_args.end());
-        child_result e = spawn(a);
-        EXPECT_EQ(e.code, 0) << e.out;
-        json_document d;
-        return d.parse(e.out.data(), e.out.size(), "eval").ok() ? d.root().get("loss").as_double() : -1.0;
-    };
-    const double logged = std::stod(last_eval_loss_text(out + "/straight/metrics.jsonl"));
-    EXPECT_NEAR(eval_loss({"--model", f.model, "--adapter", out + "/straight"}), logged, 1e-6 * logged);
-    r = spawn({"merge", "--model", f.model, "--adapter", out + "/straight", "--out", out + "/merged", "--dtype", "f32", "--threads", "1"});
-    ASSERT_EQ(r.code, 0) << r.out;
-    EXPECT_NEAR(eval_loss({"--model", out + "/merged"}), logged, 1e-4 * logged);
+    expect_eval_and_merge_reproduce_the_logged_loss(f, out + "/straight", 1e-6);
 }
