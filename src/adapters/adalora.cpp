@@ -352,10 +352,6 @@ adalora_method::~adalora_method() = default;
 
 namespace {
 
-bool is_off(const json_value & v) {
-    return !v.valid() || v.is_null() || (v.is_bool() && !v.as_bool()) || ((v.is_array() || v.is_object()) && v.size() == 0);
-}
-
 // Keys whose non-default values select something AdaLoRA (or our AdaLoRA) does not do.
 status check_unsupported(const json_value & cfg) {
     json_value bias = cfg.get("bias");
@@ -365,7 +361,7 @@ status check_unsupported(const json_value & cfg) {
     for (const char * k : {"fan_in_fan_out", "modules_to_save", "lora_bias", "layer_replication", "trainable_token_indices",
                            "target_parameters", "use_qalora", "alora_invocation_tokens", "use_bdlora"}) {
         const json_value v = cfg.get(k);
-        if (!is_off(v)) {
+        if (!config_key_off(v)) {
             status st = make_error(PEFT_STATUS_CONFIG, WHERE, std::string(k) + " = " + v.dump() + " is not supported");
             st.hint = "peft.cpp implements AdaLoRA on the q/k/v/o/gate/up/down projections ([out, in] weights)";
             return st;
@@ -374,7 +370,7 @@ status check_unsupported(const json_value & cfg) {
     // PEFT's AdaLoraConfig refuses DoRA and LoftQ; the others are LoRA-only features of ours
     for (const char * k : {"use_dora", "loftq_config", "use_rslora", "alpha_pattern", "lora_fa", "loraplus_lr_ratio",
                            "save_residual_model", "corda_config", "corda_data"}) {
-        if (!is_off(cfg.get(k))) {
+        if (!config_key_off(cfg.get(k))) {
             status st = make_error(PEFT_STATUS_CONFIG, WHERE, std::string(k) + " is not an AdaLoRA option");
             st.hint = "AdaLoRA's keys: init_r, target_r, tinit, tfinal, deltaT, beta1, beta2, orth_reg_weight, total_step, lora_alpha, lora_dropout";
             return st;
@@ -388,8 +384,6 @@ status check_unsupported(const json_value & cfg) {
     }
     return {};
 }
-
-std::string raw_or_null(const json_value & v) { return v.valid() ? v.dump() : "null"; }
 
 status read_int(const json_value & cfg, const char * key, int64_t lo, const char * want, int64_t & out) {
     const json_value v = cfg.get(key);
@@ -503,9 +497,9 @@ status adalora_method::configure(const json_value & cfg) {
     target_rules rules;
     PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
     targets_json = module_match_json(rules.targets);
-    exclude_json = raw_or_null(cfg.get("exclude_modules"));
-    layers_json = raw_or_null(cfg.get("layers_to_transform"));
-    layers_pattern_json = raw_or_null(cfg.get("layers_pattern"));
+    exclude_json = config_raw_or_null(cfg.get("exclude_modules"));
+    layers_json = config_raw_or_null(cfg.get("layers_to_transform"));
+    layers_pattern_json = config_raw_or_null(cfg.get("layers_pattern"));
     json_value tt = cfg.get("task_type");
     if (tt.valid() && (tt.is_string() || tt.is_null())) task_type_json = tt.dump();
     scratch = std::make_shared<adalora_scratch>();

@@ -188,15 +188,12 @@ const char * const WHERE = "adapter config";
 // Keys whose non-default values select features we do not implement: refusing them is better
 // than silently training or loading something else.
 status check_unsupported(const json_value & cfg) {
-    auto is_off = [](const json_value & v) {
-        return !v.valid() || v.is_null() || (v.is_bool() && !v.as_bool()) || ((v.is_array() || v.is_object()) && v.size() == 0);
-    };
     const char * flags[] = {"lora_bias", "fan_in_fan_out", "modules_to_save", "layer_replication",
                             "trainable_token_indices", "target_parameters", "use_qalora", "alora_invocation_tokens",
                             "use_bdlora"};
     for (const char * k : flags) {
         json_value v = cfg.get(k);
-        if (!is_off(v)) {
+        if (!config_key_off(v)) {
             status st = make_error(PEFT_STATUS_CONFIG, WHERE, std::string(k) + " = " + v.dump() + " is not supported");
             st.hint = "peft.cpp implements plain LoRA on the q/k/v/o/gate/up/down projections";
             return st;
@@ -233,8 +230,6 @@ status parse_pattern(const json_value & v, const char * field, bool integer, std
     }
     return {};
 }
-
-std::string raw_or_null(const json_value & v) { return v.valid() ? v.dump() : "null"; }
 
 // corda_config (PEFT CordaConfig: corda_method, covariance_file, cache_file, ...) and our
 // corda_data / corda_samples (the calibration set peft train streams).
@@ -425,9 +420,9 @@ status lora_method::configure(const json_value & cfg) {
     target_rules rules;
     PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
     targets_json = module_match_json(rules.targets);
-    exclude_json = raw_or_null(cfg.get("exclude_modules"));
-    layers_json = raw_or_null(cfg.get("layers_to_transform"));
-    layers_pattern_json = raw_or_null(cfg.get("layers_pattern"));
+    exclude_json = config_raw_or_null(cfg.get("exclude_modules"));
+    layers_json = config_raw_or_null(cfg.get("layers_to_transform"));
+    layers_pattern_json = config_raw_or_null(cfg.get("layers_pattern"));
     json_value tt = cfg.get("task_type");
     if (tt.valid() && (tt.is_string() || tt.is_null())) task_type_json = tt.dump();
     scratch = std::make_shared<lora_scratch>();

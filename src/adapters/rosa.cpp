@@ -161,15 +161,11 @@ rosa_method::~rosa_method() = default;
 
 namespace {
 
-bool is_off(const json_value & v) {
-    return !v.valid() || v.is_null() || (v.is_bool() && !v.as_bool()) || ((v.is_array() || v.is_object()) && v.size() == 0);
-}
-
 // Keys that would change what ROSA trains: refused rather than silently ignored.
 status check_unsupported(const json_value & cfg) {
     for (const char * k : {"lora_alpha", "lora_dropout", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "lora_fa",
                            "loraplus_lr_ratio", "init_lora_weights", "save_residual_model", "fan_in_fan_out", "modules_to_save"}) {
-        if (!is_off(cfg.get(k))) {
+        if (!config_key_off(cfg.get(k))) {
             status st = make_error(PEFT_STATUS_CONFIG, WHERE, std::string(k) + " is not a ROSA key (ROSA has no alpha, dropout or other init)");
             st.hint = "ROSA's keys: r, rosa_resample_steps, rosa_sample_method (random, top, bottom) and the target selection";
             return st;
@@ -177,8 +173,6 @@ status check_unsupported(const json_value & cfg) {
     }
     return {};
 }
-
-std::string raw_or_null(const json_value & v) { return v.valid() ? v.dump() : "null"; }
 
 } // namespace
 
@@ -210,9 +204,9 @@ status rosa_method::configure(const json_value & cfg) {
     target_rules rules;
     PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
     targets_json = module_match_json(rules.targets);
-    exclude_json = raw_or_null(cfg.get("exclude_modules"));
-    layers_json = raw_or_null(cfg.get("layers_to_transform"));
-    layers_pattern_json = raw_or_null(cfg.get("layers_pattern"));
+    exclude_json = config_raw_or_null(cfg.get("exclude_modules"));
+    layers_json = config_raw_or_null(cfg.get("layers_to_transform"));
+    layers_pattern_json = config_raw_or_null(cfg.get("layers_pattern"));
     json_value tt = cfg.get("task_type");
     if (tt.valid() && (tt.is_string() || tt.is_null())) task_type_json = tt.dump();
     scratch = std::make_shared<lora_scratch>();

@@ -305,4 +305,10 @@ const std::vector<option_def> & target_options() {
     return keys;
 }
 
+bool config_key_off(const json_value & v) {
+    return !v.valid() || v.is_null() || (v.is_bool() && !v.as_bool()) || ((v.is_array() || v.is_object()) && v.size() == 0);
+}
+
+std::string config_raw_or_null(const json_value & v) { return v.valid() ? v.dump() : "null"; }
+
 } // namespace peft

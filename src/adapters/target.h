@@ -50,6 +50,12 @@ const std::vector<std::string> & llama_target_names();
 // config; `where` names the source in errors. Regexes are compiled here, so a bad one fails early.
 status target_rules_parse(const json_value & cfg, const std::string & where, target_rules & out);
 
+// Helpers every method's configure() shares: a key left off (absent, null, false or empty: the
+// PEFT default of a feature flag), and a value as JSON text for adapter_config.json ("null"
+// when absent).
+bool        config_key_off(const json_value & v);
+std::string config_raw_or_null(const json_value & v);
+
 // Indices into `paths` (module paths such as "model.layers.3.self_attn.q_proj") that `r`
 // selects, in the order of `paths`. A list entry or regex that matches no module at all, or a
 // selection that ends up empty, is an error listing the available module names.

@@ -184,10 +184,6 @@ vera_method::~vera_method() = default;
 
 namespace {
 
-bool is_off(const json_value & v) {
-    return !v.valid() || v.is_null() || (v.is_bool() && !v.as_bool()) || ((v.is_array() || v.is_object()) && v.size() == 0);
-}
-
 // Keys whose non-default values select something VeRA (or our VeRA) does not do: refused rather
 // than silently trained without.
 status check_unsupported(const json_value & cfg) {
@@ -197,14 +193,14 @@ status check_unsupported(const json_value & cfg) {
     }
     for (const char * k : {"fan_in_fan_out", "modules_to_save"}) {
         const json_value v = cfg.get(k);
-        if (!is_off(v)) {
+        if (!config_key_off(v)) {
             status st = make_error(PEFT_STATUS_CONFIG, WHERE, std::string(k) + " = " + v.dump() + " is not supported");
             st.hint = "peft.cpp implements VeRA on the q/k/v/o/gate/up/down projections ([out, in] weights)";
             return st;
         }
     }
     // not a VeraConfig field: PEFT drops it on load, so a file with it would select other modules
-    if (!is_off(cfg.get("exclude_modules"))) {
+    if (!config_key_off(cfg.get("exclude_modules"))) {
         status st = make_error(PEFT_STATUS_CONFIG, WHERE, "exclude_modules is not a VeRA key (PEFT's VeraConfig has no such field)");
         st.hint = "select the modules with target_modules (a list, or a regex over module paths) and layers_to_transform";
         return st;
@@ -212,7 +208,7 @@ status check_unsupported(const json_value & cfg) {
     // LoRA's keys mean nothing here; a user who sets them expects an effect
     for (const char * k : {"lora_alpha", "lora_dropout", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "lora_fa",
                            "loraplus_lr_ratio", "save_residual_model", "corda_config", "corda_data"}) {
-        if (!is_off(cfg.get(k))) {
+        if (!config_key_off(cfg.get(k))) {
             status st = make_error(PEFT_STATUS_CONFIG, WHERE, std::string(k) + " is a LoRA key: VeRA has no alpha, scaling or per-module rank");
             st.hint = "VeRA's keys: r, vera_dropout, d_initial, projection_prng_key, save_projection, init_weights";
             return st;
@@ -220,8 +216,6 @@ status check_unsupported(const json_value & cfg) {
     }
     return {};
 }
-
-std::string raw_or_null(const json_value & v) { return v.valid() ? v.dump() : "null"; }
 
 } // namespace
 
@@ -265,8 +259,8 @@ status vera_method::configure(const json_value & cfg) {
     target_rules rules;
     PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
     targets_json = module_match_json(rules.targets);
-    layers_json = raw_or_null(cfg.get("layers_to_transform"));
-    layers_pattern_json = raw_or_null(cfg.get("layers_pattern"));
+    layers_json = config_raw_or_null(cfg.get("layers_to_transform"));
+    layers_pattern_json = config_raw_or_null(cfg.get("layers_pattern"));
     json_value tt = cfg.get("task_type");
     if (tt.valid() && (tt.is_string() || tt.is_null())) task_type_json = tt.dump();
     scratch = std::make_shared<vera_scratch>();
