@@ -84,12 +84,12 @@ void milora_moe_module::forward(const float * x, int64_t N, float * y) {
     if (!active) return;   // not routed here: no LoRA products at all (decode with cached routing)
     float * xa_ = grow(xa, N * R);
     gemm(false, true, N, R, IC, 1.0f, x, IC, A.data(), IC, 0.0f, xa_, R);
-    std::vector<float> hb((size_t) (N * R));   // h = w_n s xa
+    float * h = grow(hbuf, N * R);   // h = w_n s xa
     for (int64_t n = 0; n < N; n++) {
         const float g = w[(size_t) n] * scaling;
-        for (int64_t k = 0; k < R; k++) hb[(size_t) (n * R + k)] = g * xa_[n * R + k];
+        for (int64_t k = 0; k < R; k++) h[n * R + k] = g * xa_[n * R + k];
     }
-    gemm(false, true, N, OC, R, 1.0f, hb.data(), R, B.data(), R, 1.0f, y, OC);
+    gemm(false, true, N, OC, R, 1.0f, h, R, B.data(), R, 1.0f, y, OC);
 }
 
 void milora_moe_module::backward(const float * x, const float * dy, int64_t N, float * dx) {
@@ -98,12 +98,9 @@ void milora_moe_module::backward(const float * x, const float * dy, int64_t N, f
     if (!active) return;   // every gate 0: nothing of this expert reached the output
     PEFT_ASSERT((int64_t) w.size() == N);
     milora_layer_route & L = owner.route[(size_t) t.layer];
-    std::vector<float> h((size_t) (N * R)), g((size_t) (N * R));
-    for (int64_t n = 0; n < N; n++) {
-        const float s = w[(size_t) n] * scaling;
-        for (int64_t k = 0; k < R; k++) h[(size_t) (n * R + k)] = s * xa[(size_t) (n * R + k)];
-    }
-    gemm(true, false, OC, R, N, 1.0f, dy, OC, h.data(), R, 1.0f, dB.data(), R);    // dB += dy^T h
+    std::vector<float> g((size_t) (N * R));
+    // dB += dy^T h with h = w_n s xa as the forward left it in hbuf (backward follows its forward)
+    gemm(true, false, OC, R, N, 1.0f, dy, OC, hbuf.data(), R, 1.0f, dB.data(), R);
     gemm(false, false, N, R, OC, 1.0f, dy, OC, B.data(), R, 0.0f, g.data(), R);    // g = dy B
     for (int64_t n = 0; n < N; n++) {
         const int32_t u = L.row_unit[(size_t) n];

@@ -69,6 +69,7 @@ struct milora_moe_module : adapter_module {
     std::vector<float> A, B;              // [R,IC], [OC,R]
     std::vector<float> dA, dB;
     std::vector<float> xa;                // [N,R] x A^T of the last forward
+    std::vector<float> hbuf;              // [N,R] w_n s xa of the last forward
     std::vector<float> w;                 // [N] gate of each row in the last forward
     bool               active = false;    // some row of the last forward had a non-zero gate
 
