@@ -1,6 +1,6 @@
 // test_cli_milora_moe.cpp: the MiLoRA mixture (adapter: milora_moe) as a user runs it on the
 // bundled tiny model and demo data: peft train (prompt-routed, instruction samples), peft eval
-// of the saved adapter reproducing the logged eval loss (the same prompt routing), peft generate
+// of the saved adapter reproducing the logged eval loss, resume bit for bit (the same prompt routing), peft generate
 // with it (unmerged), and clear refusals from peft merge and peft generate --merge.
 #include <filesystem>
 #include <fstream>
@@ -42,11 +42,21 @@ TEST(cli_milora_moe, trains_evals_generates_and_refuses_to_merge) {
     const std::string model = source_path("models/tiny-llama");
     const std::string train = demo_subset(dir, "train.jsonl", 0, 24), test = demo_subset(dir, "test.jsonl", 24, 4);
     const std::string out = dir + "/run";
-    child_result r = spawn_peft({"train", "--base_model", model, "--datasets", train, "--test_datasets", test, "--output_dir", out,
-                                 "--adapter", "milora_moe", "--r", "4", "--lora_alpha", "8", "--target_modules", "all-linear",
-                                 "--router_top_k", "2", "--router_aux_loss_coef", "0.01", "--learning_rate", "1e-2",
-                                 "--micro_batch_size", "2", "--sequence_len", "96", "--max_steps", "3", "--threads", "2"});
+    auto args = [&](const std::string & o) {
+        return std::vector<std::string>{"train", "--base_model", model, "--datasets", train, "--test_datasets", test, "--output_dir", o,
+                                        "--adapter", "milora_moe", "--r", "4", "--lora_alpha", "8", "--target_modules", "all-linear",
+                                        "--router_top_k", "2", "--router_aux_loss_coef", "0.01", "--learning_rate", "1e-2",
+                                        "--micro_batch_size", "2", "--sequence_len", "96", "--max_steps", "4", "--save_steps", "2",
+                                        "--threads", "2"};
+    };
+    child_result r = spawn_peft(args(out));
     ASSERT_EQ(r.code, 0) << r.out;
+    // the routers and their optimizer state come back from a checkpoint: the same adapter bytes
+    std::vector<std::string> resumed = args(dir + "/resumed");
+    resumed.insert(resumed.end(), {"--resume_from_checkpoint", out + "/checkpoint-2"});
+    r = spawn_peft(resumed);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_TRUE(read_text(dir + "/resumed/adapter_model.safetensors") == read_text(out + "/adapter_model.safetensors"));
     EXPECT_NE(r.out.find("milora_moe"), std::string::npos) << r.out;
     const std::string cfg = read_text(out + "/adapter_config.json");
     EXPECT_NE(cfg.find("\"peft_type\": \"MILORA_MOE\""), std::string::npos) << cfg;
