@@ -263,6 +263,37 @@ TEST(milora_moe, cached_routing_in_decode_equals_recomputed_routing) {
     EXPECT_NE(static_cast<const milora_seq_routing *>(is.adapter_state.get())->gates, prompt_gates);
 }
 
+// routing: token routes every token from its own hidden state, in inference as in training: no
+// cache, and each step's logits equal the full forward's.
+TEST(milora_moe, token_routing_decodes_like_the_full_forward) {
+    auto m = tiny_model(7);
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, "{\"adapter\":\"milora_moe\",\"r\":4,\"target_modules\":\"all-linear\",\"routing\":\"token\"}", s).ok());
+    randomize_trainable(adapter_set_params(s), 9);
+    adapters_set_training(s, false);
+    const int64_t V = m->hp.n_vocab;
+    std::vector<int32_t> seq = {3, 14, 15, 9};
+    llama_infer_state is;
+    ASSERT_TRUE(llama_infer_init(is, *m, 32, 2).ok());
+    EXPECT_EQ(is.max_batch, 2) << "token routing needs no whole prompt";
+    std::vector<float> logits((size_t) V);
+    ASSERT_TRUE(llama_infer_eval(*m, is, seq.data(), (int64_t) seq.size(), logits.data()).ok());
+    for (int64_t i = 0; i < 4; i++) {
+        const int32_t t = (int32_t) ((i * 23 + 5) % V);
+        seq.push_back(t);
+        ASSERT_TRUE(llama_infer_eval(*m, is, &t, 1, logits.data()).ok());
+    }
+    EXPECT_FALSE(is.adapter_state) << "nothing cached";
+    const int64_t T = (int64_t) seq.size();
+    std::vector<int32_t> tgt((size_t) T, -100);
+    llama_state st;
+    ASSERT_TRUE(llama_state_init(st, *m, 1, T, false).ok());
+    std::vector<float> full((size_t) (T * V));
+    llama_forward(*m, st, llama_batch{seq.data(), tgt.data(), nullptr, nullptr, 1, T}, 0.0f, full.data());
+    EXPECT_EQ(method_of(s).route[0].U, T) << "one routing unit per token";
+    EXPECT_LT(rel_diff(logits, std::vector<float>(full.end() - V, full.end())), 1e-5);
+}
+
 // W_g = 0: every sample has g = softmax(b) and the same top-K, so per layer f_e = 1 on the
 // top-K and P_e = softmax(b)_e: aux = coef * (1 / n_layers) sum_l E * sum_{e in topK} softmax(b_l)_e.
 TEST(milora_moe, load_balance_loss_matches_its_closed_form) {

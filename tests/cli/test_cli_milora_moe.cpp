@@ -86,3 +86,16 @@ TEST(cli_milora_moe, trains_evals_generates_and_refuses_to_merge) {
     EXPECT_NE(r.out.find("milora_moe adapters cannot be merged"), std::string::npos) << r.out;
     EXPECT_FALSE(std::filesystem::exists(dir + "/merged/model.safetensors"));
 }
+
+// peft bench --method milora_moe: one JSON line with the four decode speeds and the two ratios.
+TEST(cli_milora_moe, bench_reports_cached_routing_against_lora_and_token_routing) {
+    const child_result r = spawn_peft({"bench", "--shape", "tiny", "--method", "milora_moe", "--lora-r", "4", "--router-top-k", "2",
+                                       "--seq", "8", "--gen-tokens", "4", "--rounds", "1", "--threads", "1"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    for (const char * k : {"\"base_decode_tokens_per_s\": ", "\"lora_decode_tokens_per_s\": ", "\"milora_moe_decode_tokens_per_s\": ",
+                           "\"milora_moe_token_decode_tokens_per_s\": ", "\"cached_over_lora\": ", "\"cached_over_token_routing\": "}) {
+        const size_t p = r.out.find(k);
+        ASSERT_NE(p, std::string::npos) << k << " in " << r.out;
+        EXPECT_GT(std::stod(r.out.substr(p + std::string(k).size())), 0.0) << k;
+    }
+}
