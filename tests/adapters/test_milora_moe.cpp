@@ -4,6 +4,7 @@
 // from prompt tokens only), decoding with the cached routing against a full forward that
 // recomputes it from the prompt, the load-balancing loss against its closed form, and the
 // native file form. The generic checks are rows of test_methods.cpp.
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -81,6 +82,8 @@ const fd_case FD_CASES[] = {
     {"qv_hard", "{\"adapter\":\"milora_moe\",\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],\"router_gate\":\"hard\","
                 "\"router_top_k\":1}"},
 };
+
+void PrintTo(const fd_case & c, std::ostream * os) { *os << c.name; }
 
 class milora_fd : public ::testing::TestWithParam<fd_case> {};
 
@@ -177,6 +180,49 @@ TEST(milora_moe, routing_takes_top_k_with_gates_summing_to_one_per_sample) {
         const int32_t want[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, -1};
         for (int i = 0; i < 16; i++) EXPECT_EQ(L.row_unit[(size_t) i], want[i]) << "row " << i;
         EXPECT_EQ(L.pool_off, (std::vector<int32_t>{0, 3, 5, 9})) << "mean over the prompt tokens only";
+    }
+}
+
+// Layer 0's router against a double-precision reference written out here: its input is the
+// embedding of the tokens, so Pool, GELU, softmax, top-K and the renormalised gates can be
+// computed from the weights alone.
+TEST(milora_moe, layer0_routing_matches_a_double_reference) {
+    auto m = tiny_model(7);
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, PROMPT_CFG, s).ok());
+    randomize_trainable(adapter_set_params(s), 5);
+    const packed_batch d;
+    const std::vector<milora_layer_route> routes = routes_after(*m, s, d);
+    const milora_layer_route & L = routes[0];
+    const milora_moe_method & mm = method_of(s);
+    const float * emb = (const float *) m->w.embed.data;   // [V, C] f32
+    const int64_t C = 32, E = 7;
+    const std::vector<std::vector<int>> prompts = {{0, 1, 2}, {4, 5}, {8, 9, 10, 11}};
+    for (size_t u = 0; u < prompts.size(); u++) {
+        std::vector<double> a((size_t) C, 0.0);
+        for (int i : prompts[u]) {
+            for (int64_t c = 0; c < C; c++) a[(size_t) c] += emb[d.tok[(size_t) i] * C + c] / (double) prompts[u].size();
+        }
+        for (double & v : a) v = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+        std::vector<double> g((size_t) E);
+        double zmax = -1e300, sum = 0;
+        for (int64_t e = 0; e < E; e++) {
+            double z = mm.bg[0][(size_t) e];
+            for (int64_t c = 0; c < C; c++) z += mm.Wg[0][(size_t) (e * C + c)] * a[(size_t) c];
+            g[(size_t) e] = z;
+            zmax = std::max(zmax, z);
+        }
+        for (double & v : g) sum += (v = std::exp(v - zmax));
+        for (double & v : g) v /= sum;
+        std::vector<int64_t> order = {0, 1, 2, 3, 4, 5, 6};
+        std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return g[(size_t) x] > g[(size_t) y]; });
+        const double top = g[(size_t) order[0]] + g[(size_t) order[1]] + g[(size_t) order[2]];
+        for (int64_t e = 0; e < E; e++) {
+            EXPECT_NEAR(L.probs[u * E + e], g[(size_t) e], 1e-6) << "unit " << u << " expert " << e;
+            const bool in = e == order[0] || e == order[1] || e == order[2];
+            EXPECT_EQ(L.chosen[u * E + e], in ? 1 : 0) << "unit " << u << " expert " << e;
+            EXPECT_NEAR(L.gates[u * E + e], in ? g[(size_t) e] / top : 0.0, 1e-6);
+        }
     }
 }
 
