@@ -1,7 +1,9 @@
 // llama_infer.cpp: KV-cached forward of the Llama-family decoder for generation (llama_infer.h).
 // The same math as llama_forward (llama.cpp) restricted to the new rows: each layer projects
 // only the new tokens, writes their K/V straight into the cache rows of their positions, and
-// attends over the cache. Not here: training (no activations are kept), sampling.
+// attends over the cache. A model's layer hook (llama_layer_hook: MiLoRA's routers) runs before
+// each layer with the sequence's adapter state (llama_infer_state::adapter_state).
+// Not here: training (no activations are kept), sampling.
 #include "model/llama_infer.h"
 
 #include <algorithm>
