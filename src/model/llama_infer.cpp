@@ -216,6 +216,12 @@ status llama_infer_eval(const llama_model & m, llama_infer_state & s, const int3
                                  "0.." + std::to_string(hp.n_vocab - 1), std::to_string(tokens[i]));
         }
     }
+    if (!m.adapters.empty() && m.layer_hook && m.layer_hook->whole_prompt() && !s.adapter_state && n > s.max_batch) {
+        status st = make_error(PEFT_STATUS_ARGUMENT, "generation", "the adapter routes from the whole prompt, but " + std::to_string(n) +
+                               " prompt tokens exceed the " + std::to_string(s.max_batch) + " rows a forward of this state holds");
+        st.hint = "plan the inference state after attaching the adapter (llama_infer_init then sizes it for whole prompts)";
+        return st;
+    }
     llama_infer_state::impl & p = *s.p;
     const int64_t C = hp.n_embd;
     int64_t nb = 0;

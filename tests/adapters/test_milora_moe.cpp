@@ -300,6 +300,15 @@ TEST(milora_moe, cached_routing_in_decode_equals_recomputed_routing) {
         const std::vector<float> last(full.end() - V, full.end());
         EXPECT_LT(rel_diff(logits, last), 1e-5) << "step " << i;
     }
+    // a state planned before the adapter was attached holds no whole prompt: refused, not split
+    llama_infer_state early;
+    const std::vector<adapter_module *> attached = m->adapters;
+    m->adapters.clear();
+    ASSERT_TRUE(llama_infer_init(early, *m, 32, 2).ok());
+    m->adapters = attached;
+    const status es = llama_infer_eval(*m, early, seq.data(), n_prompt, logits.data());
+    EXPECT_FALSE(es.ok());
+    EXPECT_NE(es.message.find("whole prompt"), std::string::npos) << es.message;
     // a reset drops the routing; the next prompt is routed anew
     llama_infer_reset(is);
     EXPECT_FALSE(is.adapter_state);
