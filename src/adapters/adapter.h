@@ -17,6 +17,7 @@ namespace peft {
 
 struct json_value;
 struct rng;
+struct llama_layer_hook;
 
 // One tensor a method owns.
 struct param_ref {
@@ -49,6 +50,7 @@ struct target_info {
     linear_weight * base = nullptr;  // frozen W [OC, IC]
     const float *   bias = nullptr;  // [OC] or null (qwen2 q/k/v)
     base_writer *   writer = nullptr;
+    int64_t         n_embd = 0;      // the model's hidden size C (the residual stream's width)
 };
 
 struct step_info {
@@ -157,6 +159,12 @@ struct adapter_method {
     // writes beside the adapter, and which loading requires of the base.
     virtual const char * residual_init() const { return nullptr; }
     virtual void shared_params(std::vector<param_ref> & out) { (void) out; }   // VeRA A/B
+    // Non-null when the method acts per layer on the residual stream (MiLoRA's routers):
+    // adapters_attach sets it as llama_model::layer_hook beside the modules.
+    virtual llama_layer_hook * layer_hook() { return nullptr; }
+    // Non-null when the adapter cannot be folded into the weights (a prompt-routed mixture):
+    // why, for the error of adapters_merge and peft merge.
+    virtual const char * merge_refusal() const { return nullptr; }
 
     // After a checkpoint restored a module's parameters and state tensors: rebuild what create()
     // derived from the base (the residual of an SVD init) through t.writer.

@@ -32,6 +32,7 @@ void set_hook(llama_model & m, adapter_set & s) {
         const target_info & t = s.targets[i];
         m.adapters[(size_t) (t.layer * LLAMA_PROJ_COUNT + proj_of(m, t))] = s.modules[i].get();
     }
+    m.layer_hook = s.method ? s.method->layer_hook() : nullptr;
 }
 
 
@@ -79,7 +80,7 @@ status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, a
         const int64_t l = (int64_t) idx / LLAMA_PROJ_COUNT;
         const llama_proj p = (llama_proj) (idx % LLAMA_PROJ_COUNT);
         linear_weight & w = m.proj_weight(l, p);
-        target_info t{paths[idx], l, w.IC, w.OC, &w, m.proj_bias(l, p)};
+        target_info t{paths[idx], l, w.IC, w.OC, &w, m.proj_bias(l, p), nullptr, m.hp.n_embd};
         PEFT_TRY(set.method->check(t));
         set.targets.push_back(t);
     }
@@ -170,6 +171,11 @@ std::vector<param_ref> adapter_set_exported(adapter_set & s) { return set_tensor
 
 status adapters_merge(llama_model & m, adapter_set & s) {
     if (m.adapters.empty()) return make_error(PEFT_STATUS_CONFIG, "merge", "the adapter set is not attached to this model");
+    if (const char * why = s.method ? s.method->merge_refusal() : nullptr) {
+        status st = make_error(PEFT_STATUS_CONFIG, "merge", std::string(s.method->name()) + " adapters cannot be merged: " + why);
+        st.hint = "apply it unmerged (peft generate without --merge)";
+        return st;
+    }
     std::vector<float> buf;
     for (size_t i = 0; i < s.modules.size(); i++) {
         const target_info & t = s.targets[i];
@@ -180,6 +186,7 @@ status adapters_merge(llama_model & m, adapter_set & s) {
         llama_replace_weight(m, t.layer, proj_of(m, t), buf.data(), PEFT_DTYPE_F32);
     }
     m.adapters.clear();
+    m.layer_hook = nullptr;
     return {};
 }
 

@@ -1,10 +1,13 @@
 // cmd_bench.cpp: `peft bench`: N timed training steps of a model (HF directory or named shape
 // with random weights), one JSON line out. Method `full` = full fine-tuning with AdamW;
 // `frozen` = frozen base, forward + input-gradient backward (the floor every adapter pays).
+// `milora_moe` = decode tokens/s of the MiLoRA mixture with its per-prompt routing cached,
+// against one LoRA and against the same mixture routed per token (bench_milora_moe).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <sys/resource.h>
 #include <vector>
 
@@ -16,6 +19,8 @@
 #include "io/json.h"
 #include "kernels/kernels.h"
 #include "model/llama.h"
+#include "model/llama_infer.h"
+#include "model/sample.h"
 #include "train/calibrate.h"
 #include "train/data.h"
 #include "train/trainer.h"
@@ -28,6 +33,13 @@ int bench_generate(const std::string & model_dir, const std::string & shape, boo
 
 static double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// CPU time of the calling thread (all of a step's work with --threads 1), immune to preemption.
+static double thread_cpu_s() {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
 }
 
 static double peak_rss_mib() {
@@ -70,6 +82,106 @@ static bool bench_adapter_config(const std::string & method, int64_t r, float al
     return true;
 }
 
+// `peft bench --method milora_moe`: decode tokens/s of four adapters on one model, decoding in
+// lockstep (one step each in turn, median step time, as bench_generate): none (the base), a LoRA
+// of rank r on all 7 projections, the MiLoRA mixture of the same experts with top-K routing
+// decided once per prompt and cached, and the same mixture routed per token (routing: token).
+// Every trainable tensor is moved by N(0, 0.02) so that the experts and routers matter.
+static int bench_milora_moe(llama_model & m, uint64_t seed, int64_t r, int64_t top_k, int64_t prompt_tokens, int64_t gen_tokens,
+                            int64_t rounds) {
+    const std::string lora = "\"r\": " + std::to_string(r) + ", \"lora_alpha\": " + std::to_string(2 * r) + ", \"target_modules\": \"all-linear\"";
+    const std::string moe = "{\"adapter\": \"milora_moe\", " + lora + ", \"router_top_k\": " + std::to_string(top_k);
+    const std::string cfgs[] = {"", "{" + lora + "}", moe + "}", moe + ", \"routing\": \"token\"}"};
+    const char * names[] = {"base", "lora", "milora_moe", "milora_moe_token"};
+    constexpr int P = 4;
+    struct phase {
+        adapter_set                   set;
+        std::vector<adapter_module *> mods;
+        llama_layer_hook *            hook = nullptr;
+        llama_infer_state             is;
+        std::vector<float>            logits;
+        std::vector<double>           step_s, step_cpu_s;   // wall clock; this thread's CPU time
+    } ph[P];
+    const int64_t max_ctx = std::min(prompt_tokens + gen_tokens, m.hp.max_position);
+    if (prompt_tokens >= max_ctx) {
+        return cli_fail("bench", make_error(PEFT_STATUS_ARGUMENT, "--seq", "the prompt must be shorter than the context (" +
+                                                                               std::to_string(m.hp.max_position) + ")"));
+    }
+    rng noise(seed + 2);
+    for (int i = 1; i < P; i++) {
+        json_document doc;
+        status st = doc.parse(cfgs[i].data(), cfgs[i].size(), "bench milora_moe config");
+        if (st.ok()) st = adapters_attach(m, doc.root(), seed + 1, ph[i].set);
+        if (!st.ok()) return cli_fail("bench", st);
+        for (param_ref & p : adapter_set_params(ph[i].set)) {
+            int64_t n = 1;
+            for (int64_t d : p.shape) n *= d;
+            for (int64_t j = 0; p.trainable && j < n; j++) p.value[j] += noise.normal(0.0f, 0.02f);
+        }
+        adapters_set_training(ph[i].set, false);
+        ph[i].mods = m.adapters;
+        ph[i].hook = m.layer_hook;
+    }
+    auto select = [&](phase & p) {
+        m.adapters = p.mods;
+        m.layer_hook = p.hook;
+    };
+    for (phase & p : ph) {
+        select(p);
+        status st = llama_infer_init(p.is, m, max_ctx);
+        if (!st.ok()) return cli_fail("bench", st);
+        p.logits.resize((size_t) m.hp.n_vocab);
+    }
+    std::vector<int32_t> prompt((size_t) prompt_tokens);
+    rng tr(seed + 3);
+    for (int32_t & t : prompt) t = (int32_t) (tr.next_u32() % (uint32_t) m.hp.n_vocab);
+    for (int64_t round = 0; round < rounds + 1; round++) {   // round 0 warms caches, untimed
+        for (phase & p : ph) {
+            select(p);
+            llama_infer_reset(p.is);
+            status st = llama_infer_eval(m, p.is, prompt.data(), prompt_tokens, p.logits.data());
+            if (!st.ok()) return cli_fail("bench", st);
+        }
+        for (int64_t i = 0; i + 1 < gen_tokens; i++) {
+            for (phase & p : ph) {
+                select(p);
+                const int32_t t = sample_argmax(p.logits.data(), m.hp.n_vocab);
+                const double t0 = now_s(), c0 = thread_cpu_s();
+                status st = llama_infer_eval(m, p.is, &t, 1, p.logits.data());
+                if (!st.ok()) return cli_fail("bench", st);
+                if (round > 0) {
+                    p.step_s.push_back(now_s() - t0);
+                    p.step_cpu_s.push_back(thread_cpu_s() - c0);
+                }
+            }
+        }
+    }
+    auto median_rate = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v.empty() || v[v.size() / 2] <= 0 ? 0.0 : 1.0 / v[v.size() / 2];
+    };
+    double tps[P], cps[P];
+    for (int i = 0; i < P; i++) {
+        tps[i] = median_rate(ph[i].step_s);
+        cps[i] = median_rate(ph[i].step_cpu_s);
+    }
+    select(ph[0]);
+    std::string line = "{\"method\": \"milora_moe\", \"r\": " + std::to_string(r) + ", \"router_top_k\": " + std::to_string(top_k) +
+                       ", \"experts_per_layer\": 7, \"prompt_tokens\": " + std::to_string(prompt_tokens) + ", \"gen_tokens\": " +
+                       std::to_string(gen_tokens) + ", \"rounds\": " + std::to_string(rounds) + ", \"threads\": " + std::to_string(threads_get());
+    char b[160];
+    for (int i = 0; i < P; i++) {
+        std::snprintf(b, sizeof b, ", \"%s_decode_tokens_per_s\": %.2f, \"%s_decode_tokens_per_cpu_s\": %.2f", names[i], tps[i], names[i], cps[i]);
+        line += b;
+    }
+    // per CPU second: what a step costs on a machine other processes share (exact with --threads 1)
+    std::snprintf(b, sizeof b, ", \"cached_over_lora\": %.4f, \"cached_over_token_routing\": %.4f, \"cached_over_lora_cpu\": %.4f, "
+                  "\"cached_over_token_routing_cpu\": %.4f}", tps[1] > 0 ? tps[2] / tps[1] : 0.0, tps[3] > 0 ? tps[2] / tps[3] : 0.0,
+                  cps[1] > 0 ? cps[2] / cps[1] : 0.0, cps[3] > 0 ? cps[2] / cps[3] : 0.0);
+    std::printf("%s%s\n", line.c_str(), b);
+    return 0;
+}
+
 // Calibration for methods that ask for it (Deep LoRA's gradient, CorDA's covariances): rows of
 // random tokens, every one scored, as the timed batches.
 struct bench_calibration : calibration_source {
@@ -99,7 +211,8 @@ int cmd_bench(int argc, char ** argv) {
                  "  peft bench --shape small --method lora --lora-r 16 --batch 4 --seq 256 --steps 10 --threads 2\n"
                  "  peft bench --model ~/models/TinyLlama-1.1B --method frozen --batch 1 --seq 512 --steps 3\n"
                  "  peft bench --shape small --method generate --seq 128 --gen-tokens 64 --lora-r 16 --threads 2\n"
-                 "  peft bench --shape small --method generate --adapter-method dora --seq 64 --gen-tokens 32 --threads 2",
+                 "  peft bench --shape small --method generate --adapter-method dora --seq 64 --gen-tokens 32 --threads 2\n"
+                 "  peft bench --model models/tiny-llama --method milora_moe --lora-r 16 --router-top-k 2 --seq 64 --gen-tokens 64",
                  "peft bench"};
     std::string model_dir, shape, method = "full", storage = "f32";
     int64_t batch = 4, seq = 256, steps = 10, warmup = 2;
@@ -113,7 +226,8 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--method", method, "full (all weights trained, AdamW), frozen (input gradients only), an adapter "
                    "on all 7 projections of rank --lora-r: lora, dora, lora_fa, any registered method (vera, deep_lora, rosa, ...), or a LoRA init "
                    "(pissa, pissa_niter_N, milora, olora); or generate (decode tokens/s: base, adapter unmerged, adapter "
-                   "merged; --seq is the prompt length)")
+                   "merged; --seq is the prompt length); milora_moe: decode tokens/s of the mixture with cached routing vs "
+                   "one LoRA vs token-level routing (--seq is the prompt length)")
         ->check([](const std::string & v) {
             std::string cfg;
             return v == "full" || v == "frozen" || v == "generate" || bench_adapter_config(v, 8, 8.0f, cfg)
@@ -144,6 +258,8 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--lr", lr, "AdamW learning rate (full)");
     app.add_flag("--same-batch", same_batch, "train on one batch every step (the loss must fall: a smoke test)");
     app.add_flag("--peak", peak, "also measure the GEMM peak and report the achieved fraction");
+    int64_t top_k = 2;
+    app.add_option("--router-top-k", top_k, "milora_moe: experts active per layer (of 7)")->check(CLI::Range((int64_t) 1, (int64_t) 7));
     if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     if (model_dir.empty() == shape.empty()) {
         std::fprintf(stderr, "peft bench: give exactly one of --model DIR or --shape NAME\n");
@@ -173,6 +289,7 @@ int cmd_bench(int argc, char ** argv) {
         if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
         return 1;
     }
+    if (method == "milora_moe") return bench_milora_moe(m, seed, gen_lora_r, top_k, seq, gen_tokens, gen_rounds);
     adamw opt;
     train_config cfg;
     cfg.opt.lr = lr;

@@ -122,6 +122,11 @@ int cmd_merge(int argc, char ** argv) {
     adapter_set set;
     st = adapter_load(adapter_dir, m, set);
     if (!st.ok()) return cli_fail("merge", st);
+    if (const char * why = set.method->merge_refusal()) {
+        st = make_error(PEFT_STATUS_CONFIG, adapter_dir, std::string(set.method->name()) + " adapters cannot be merged: " + why);
+        st.hint = "apply it unmerged instead: peft generate --model DIR --adapter " + adapter_dir;
+        return cli_fail("merge", st);
+    }
     safetensors_model src;   // the base file again, for dtypes, raw bytes and extra tensors
     st = safetensors_open_model(model_dir, src);
     if (!st.ok()) return cli_fail("merge", st);

@@ -287,6 +287,7 @@ status adapter_load(const std::string & dir, llama_model & m, adapter_set & out)
     // from here on m.adapters points into `set`: detach on any failure
     auto fail = [&](status e) {
         m.adapters.clear();
+        m.layer_hook = nullptr;
         return e;
     };
     safetensors_file file;

@@ -276,6 +276,7 @@ struct llama_state::impl {
     float * emb_row;   // [C] conversion scratch is per row inside embedding; unused otherwise
     int64_t rows_per_chunk;
     bool    have_grad = false;        // forward ran with grad_scale > 0
+    float   grad_scale = 0.0f;        // of that forward (layer hooks scale their own losses by it)
 };
 
 // Rows per lm_head chunk: about 32 MB of logits, at least 16 rows.
@@ -427,11 +428,25 @@ const int32_t * positions(const llama_batch & b, std::vector<int32_t> & scratch)
     return scratch.data();
 }
 
+llama_layer_hook * active_hook(const llama_model & m) { return m.adapters.empty() ? nullptr : m.layer_hook; }
+
+llama_rows batch_rows(const llama_batch & b, float grad_scale) {
+    llama_rows r;
+    r.B = b.B;
+    r.T = b.T;
+    r.seg = b.seg;
+    r.prompt = b.prompt;
+    r.grad_scale = grad_scale;
+    return r;
+}
+
 void layer_forward(const llama_model & m, int64_t l, layer_acts & a, float * scratch, const float * x_in, float * x_out,
-                   const int32_t * pos, const int32_t * seg, int64_t B, int64_t T) {
+                   const int32_t * pos, const llama_rows & rows) {
     const llama_hparams & hp = m.hp;
     const llama_layer_weights & w = m.w.layers[(size_t) l];
-    const int64_t N = B * T, C = hp.n_embd, F = hp.n_ff;
+    const int64_t B = rows.B, T = rows.T, N = B * T, C = hp.n_embd, F = hp.n_ff;
+    const int32_t * seg = rows.seg;
+    if (llama_layer_hook * h = active_hook(m)) h->layer_forward(l, x_in, rows);
     rmsnorm_forward(a.xn1, a.rstd1, x_in, w.attn_norm, N, C, hp.rms_eps);
     llama_proj_forward(m, l, LLAMA_PROJ_Q, a.q, a.xn1, N, nullptr, scratch);
     llama_proj_forward(m, l, LLAMA_PROJ_K, a.k, a.xn1, N, nullptr, scratch);
@@ -468,9 +483,10 @@ float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch,
     }
 
     llama_embed(p.resid[0], m.w.embed, batch.tokens, N);
+    const llama_rows rows = batch_rows(batch, grad_scale);
     for (int64_t l = 0; l < L; l++) {
         layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
-        layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, batch.seg, B, T);
+        layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, rows);
     }
     rmsnorm_forward(p.xf, p.rstdf, p.resid[(size_t) L], m.w.final_norm, N, C, hp.rms_eps);
 
@@ -478,6 +494,7 @@ float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch,
     for (int64_t i = 0; i < N; i++) n_valid += batch.targets[i] != -100;
     s.n_valid = n_valid;
     p.have_grad = grad_scale > 0.0f;
+    p.grad_scale = grad_scale;
     const float dscale = n_valid > 0 ? grad_scale / (float) n_valid : 0.0f;
     llama_tensor * lm = nullptr;
     if (p.have_grad && m.trainable) lm = m.find(hp.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
@@ -585,12 +602,14 @@ void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch,
     std::memset(p.dres, 0, (size_t) (N * C) * 4);
     rmsnorm_backward(p.dres, dfinal, p.dxf, p.resid[(size_t) L], m.w.final_norm, p.rstdf, N, C);
 
+    const llama_rows rows = batch_rows(batch, p.grad_scale);
     for (int64_t l = L - 1; l >= 0; l--) {
         layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
         if (s.recompute) {  // rebuild this layer's activations from its saved input
-            layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, batch.seg, B, T);
+            layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, rows);
         }
         layer_backward(m, l, find_layer_grads(m, l), a, p, p.resid[(size_t) l], pos, batch.seg, B, T);
+        if (llama_layer_hook * h = active_hook(m)) h->layer_backward(l, p.resid[(size_t) l], rows, p.dres);
     }
     if (m.trainable) embedding_backward(m.tensors[0].grad, p.dres, batch.tokens, N, C, hp.n_vocab);
     if (d_inputs_embeds) std::memcpy(d_inputs_embeds, p.dres, (size_t) (N * C) * 4);

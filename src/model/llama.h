@@ -21,6 +21,8 @@
 namespace peft {
 
 struct adapter_module;
+struct llama_batch;
+struct llama_layer_hook;
 
 // The seven adaptable projections of a layer, in HF module-path order.
 enum llama_proj {
@@ -76,6 +78,10 @@ struct llama_model {
     // the adapter code (adapters own the modules); used by forward and backward. Adapters
     // need a frozen base (trainable == false).
     std::vector<adapter_module *> adapters;
+    // A model-wide adapter part that acts per layer on the residual stream (MiLoRA's prompt
+    // routers, adapters/milora_moe.h), or null. Set with adapters; runs only while adapters is
+    // non-empty (a detached or merged set detaches it too).
+    llama_layer_hook *            layer_hook = nullptr;
     adapter_module * adapter(int64_t layer, llama_proj p) const {
         return adapters.empty() ? nullptr : adapters[(size_t) (layer * LLAMA_PROJ_COUNT + p)];
     }
@@ -112,12 +118,43 @@ status llama_load(llama_model & m, const std::string & dir, bool trainable);
 
 // One batch of B rows of T tokens. targets are already shifted (targets[t] = labels[t+1],
 // -100 = ignored). pos and seg may be null (positions 0..T-1, one segment per row).
+// prompt may be null (no token marked as prompt); prompt-routed adapters read it.
 struct llama_batch {
     const int32_t * tokens = nullptr;   // [B*T]
     const int32_t * targets = nullptr;  // [B*T]
     const int32_t * pos = nullptr;      // [B*T]
     const int32_t * seg = nullptr;      // [B*T]
     int64_t         B = 0, T = 0;
+    const uint8_t * prompt = nullptr;   // [B*T] 1 = the token belongs to its sample's prompt
+};
+
+// Per-sequence state a layer hook keeps across the calls of incremental inference (MiLoRA's
+// cached routing); owned by llama_infer_state, dropped by llama_infer_reset.
+struct llama_seq_state {
+    virtual ~llama_seq_state() = default;
+};
+
+// The rows of one forward as a layer hook sees them.
+struct llama_rows {
+    int64_t         B = 0, T = 0;          // B rows of T tokens (inference: 1 row of the new tokens)
+    const int32_t * seg = nullptr;         // [B*T] sample ids, 0 = padding; null = one sample per row
+    const uint8_t * prompt = nullptr;      // [B*T] 1 = prompt token; null = none marked
+    float           grad_scale = 0.0f;     // > 0: a backward follows, with the loss scaled by this
+    // inference only: the sequence's hook state (null before its first eval after a reset)
+    std::shared_ptr<llama_seq_state> * seq = nullptr;
+};
+
+// Called by llama_forward / llama_backward (and llama_infer) around every layer.
+struct llama_layer_hook {
+    virtual ~llama_layer_hook() = default;
+    // Before layer l's projections: x [B*T, C] is the residual stream entering layer l.
+    virtual void layer_forward(int64_t l, const float * x, const llama_rows & rows) = 0;
+    // After layer l's backward (with the same x and rows): dx [B*T, C] += the hook's part of
+    // d loss / dx (and the hook's own parameter gradients +=).
+    virtual void layer_backward(int64_t l, const float * x, const llama_rows & rows, float * dx) = 0;
+    // true: incremental inference must see a whole prompt in one forward (the hook pools over it),
+    // so llama_infer_init plans chunks as long as the context.
+    virtual bool whole_prompt() const { return false; }
 };
 
 // Activations and scratch for a fixed (B, T); planned once, one arena.

@@ -1,7 +1,9 @@
 // llama_infer.cpp: KV-cached forward of the Llama-family decoder for generation (llama_infer.h).
 // The same math as llama_forward (llama.cpp) restricted to the new rows: each layer projects
 // only the new tokens, writes their K/V straight into the cache rows of their positions, and
-// attends over the cache. Not here: training (no activations are kept), sampling.
+// attends over the cache. A model's layer hook (llama_layer_hook: MiLoRA's routers) runs before
+// each layer with the sequence's adapter state (llama_infer_state::adapter_state).
+// Not here: training (no activations are kept), sampling.
 #include "model/llama_infer.h"
 
 #include <algorithm>
@@ -112,8 +114,14 @@ void forward_chunk(const llama_model & m, llama_infer_state & s, int64_t nb) {
     const int64_t C = hp.n_embd, F = hp.n_ff, KVD = hp.kv_dim();
     const int64_t p0 = s.n_past;
     for (int64_t i = 0; i < nb; i++) p.pos[i] = (int32_t) (p0 + i);
+    llama_layer_hook * hook = m.adapters.empty() ? nullptr : m.layer_hook;
+    llama_rows rows;
+    rows.B = 1;
+    rows.T = nb;
+    rows.seq = &s.adapter_state;
     for (int64_t l = 0; l < hp.n_layer; l++) {
         const llama_layer_weights & w = m.w.layers[(size_t) l];
+        if (hook) hook->layer_forward(l, p.x, rows);
         float * kc = p.k_cache[(size_t) l], * vc = p.v_cache[(size_t) l];
         float * k_new = kc + p0 * KVD, * v_new = vc + p0 * KVD;
         rmsnorm_forward(p.xn, p.rstd, p.x, w.attn_norm, nb, C, hp.rms_eps);
@@ -150,6 +158,7 @@ status llama_infer_init(llama_infer_state & s, const llama_model & m, int64_t ma
         st.hint = "shorten the prompt or lower --max-new-tokens";
         return st;
     }
+    if (!m.adapters.empty() && m.layer_hook && m.layer_hook->whole_prompt()) max_batch = max_ctx;
     max_batch = std::min(max_batch, max_ctx);
     const int n_threads = std::max(1, omp_get_max_threads());
     plan pl = infer_plan(hp, max_ctx, max_batch, n_threads);
@@ -181,11 +190,15 @@ status llama_infer_init(llama_infer_state & s, const llama_model & m, int64_t ma
     s.max_ctx = max_ctx;
     s.max_batch = max_batch;
     s.n_past = 0;
+    s.adapter_state.reset();
     s.p = std::move(p);
     return status::success();
 }
 
-void llama_infer_reset(llama_infer_state & s) { s.n_past = 0; }
+void llama_infer_reset(llama_infer_state & s) {
+    s.n_past = 0;
+    s.adapter_state.reset();
+}
 
 status llama_infer_eval(const llama_model & m, llama_infer_state & s, const int32_t * tokens, int64_t n, float * logits) {
     PEFT_ASSERT(s.p);
@@ -202,6 +215,12 @@ status llama_infer_eval(const llama_model & m, llama_infer_state & s, const int3
             return make_mismatch(PEFT_STATUS_ARGUMENT, "generation", "token id at " + std::to_string(i),
                                  "0.." + std::to_string(hp.n_vocab - 1), std::to_string(tokens[i]));
         }
+    }
+    if (!m.adapters.empty() && m.layer_hook && m.layer_hook->whole_prompt() && !s.adapter_state && n > s.max_batch) {
+        status st = make_error(PEFT_STATUS_ARGUMENT, "generation", "the adapter routes from the whole prompt, but " + std::to_string(n) +
+                               " prompt tokens exceed the " + std::to_string(s.max_batch) + " rows a forward of this state holds");
+        st.hint = "plan the inference state after attaching the adapter (llama_infer_init then sizes it for whole prompts)";
+        return st;
     }
     llama_infer_state::impl & p = *s.p;
     const int64_t C = hp.n_embd;

@@ -21,15 +21,20 @@ struct llama_infer_state {
     int64_t max_ctx = 0;     // positions the cache holds
     int64_t max_batch = 0;   // rows processed per forward chunk
     int64_t n_past = 0;      // positions already in the cache (the next token's position)
+    // The sequence's state of the model's layer hook (llama_layer_hook; MiLoRA's routing, decided
+    // by the first eval after a reset and reused by every later one); null until then.
+    std::shared_ptr<llama_seq_state> adapter_state;
     struct impl;
     std::shared_ptr<impl> p;
 };
 
 // Plans the cache for max_ctx positions (at most the model's max_position_embeddings) and
-// scratch for chunks of max_batch rows. Errors (bad sizes, memory refused) are statuses.
+// scratch for chunks of max_batch rows (max_ctx rows when the model's layer hook needs whole
+// prompts, llama_layer_hook::whole_prompt). Errors (bad sizes, memory refused) are statuses.
 status llama_infer_init(llama_infer_state & s, const llama_model & m, int64_t max_ctx, int64_t max_batch = 256);
 
-// Forgets the cached positions (the next eval starts at position 0).
+// Forgets the cached positions and the adapter state (the next eval starts at position 0 and
+// is a new prompt).
 void llama_infer_reset(llama_infer_state & s);
 
 // Appends tokens[0..n) at positions n_past..n_past+n-1 and writes the logits of the last one

@@ -53,7 +53,9 @@ status field_error(const std::string & where, const std::string & field, const s
 status encode_segments(const tokenizer & tok, const std::vector<chat_segment> & segs, bool train_all, const std::string & where,
                        const std::string & tmpl_name, data_sample & out) {
     std::vector<int32_t> ids;
+    bool in_prompt = true;   // until the first trained segment
     for (const chat_segment & s : segs) {
+        in_prompt = in_prompt && !s.trainable;
         if (s.special) {
             const int32_t id = tok.token_to_id(s.text);
             if (id < 0) {
@@ -71,6 +73,7 @@ status encode_segments(const tokenizer & tok, const std::vector<chat_segment> & 
             out.input_ids.push_back(id);
             out.labels.push_back(train ? id : IGNORE);
         }
+        if (in_prompt) out.prompt_len = (int64_t) out.input_ids.size();
     }
     return status::success();
 }
@@ -93,6 +96,7 @@ status data_parse_line(const std::string & line, const std::string & where, cons
                        const data_options & opt, int tmpl, data_sample & out) {
     out.input_ids.clear();
     out.labels.clear();
+    out.prompt_len = 0;
     const size_t bad = utf8_first_invalid(line.data(), line.size());
     if (bad != line.size()) return make_error(PEFT_STATUS_FORMAT, where, "invalid UTF-8 at byte " + std::to_string(bad + 1) + " of the line");
     json_document doc;
@@ -128,6 +132,9 @@ status data_parse_line(const std::string & line, const std::string & where, cons
                 lab = (int32_t) l.as_int();
             }
             out.labels.push_back(lab);
+        }
+        if (has_labels) {
+            while (out.prompt_len < (int64_t) out.labels.size() && out.labels[(size_t) out.prompt_len] == IGNORE) ++out.prompt_len;
         }
         return status::success();
     }
@@ -192,6 +199,7 @@ void data_build_rows(const std::vector<data_sample> & samples, const data_option
         out.labels.insert(out.labels.end(), (size_t) T, IGNORE);
         out.position_ids.insert(out.position_ids.end(), (size_t) T, 0);
         out.segment_ids.insert(out.segment_ids.end(), (size_t) T, 0);
+        out.prompt_mask.insert(out.prompt_mask.end(), (size_t) T, 0);
         ++out.n_rows;
         used = 0;
         seg = 0;
@@ -212,6 +220,7 @@ void data_build_rows(const std::vector<data_sample> & samples, const data_option
             out.labels[base + (size_t) i] = i == 0 ? IGNORE : s.labels[(size_t) i];
             out.position_ids[base + (size_t) i] = (int32_t) i;
             out.segment_ids[base + (size_t) i] = seg;
+            out.prompt_mask[base + (size_t) i] = i < s.prompt_len;
         }
         used += n;
     }

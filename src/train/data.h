@@ -18,6 +18,10 @@
 //   segment_ids: 1, 2, 3 ... per sample within a row; 0 = padding. Attention must stay within
 //                equal segment ids (packed samples do not see each other).
 //   position_ids: restart at 0 for each sample; 0 on padding.
+//   prompt_mask: 1 on a sample's prompt (the tokens before its first trained segment: system,
+//                user and template tokens up to the reply; with labels given, the leading -100
+//                run), whatever train_on_inputs says; 0 elsewhere. Prompt-routed adapters
+//                (milora_moe) route each sample from these tokens. {"text"} samples have none.
 // Padding uses pad_id (the tokenizer's pad, else its EOS, else 0) with labels -100.
 // Not here: batching and label shifting (trainer), tokenization itself (tokenizer/).
 #pragma once
@@ -52,6 +56,7 @@ struct data_options {
 struct data_sample {
     std::vector<int32_t> input_ids;
     std::vector<int32_t> labels;
+    int64_t              prompt_len = 0;   // leading prompt tokens (see prompt_mask above)
 };
 
 struct data_rows {
@@ -61,6 +66,7 @@ struct data_rows {
     std::vector<int32_t> labels;        // [n_rows, T], -100 = no loss
     std::vector<int32_t> position_ids;  // [n_rows, T]
     std::vector<int32_t> segment_ids;   // [n_rows, T], 0 = padding
+    std::vector<uint8_t> prompt_mask;   // [n_rows, T], or empty (rows made without one: no prompt marked)
 };
 
 struct dataset {

@@ -122,6 +122,10 @@ void append_rows(data_rows & dst, const data_rows & src) {
     dst.labels.insert(dst.labels.end(), src.labels.begin(), src.labels.end());
     dst.position_ids.insert(dst.position_ids.end(), src.position_ids.begin(), src.position_ids.end());
     dst.segment_ids.insert(dst.segment_ids.end(), src.segment_ids.begin(), src.segment_ids.end());
+    // a mask for every row or none (rows without one mark no prompt)
+    dst.prompt_mask.resize((size_t) ((dst.n_rows - src.n_rows) * dst.T), 0);
+    if (src.prompt_mask.empty()) dst.prompt_mask.resize((size_t) (dst.n_rows * dst.T), 0);
+    else dst.prompt_mask.insert(dst.prompt_mask.end(), src.prompt_mask.begin(), src.prompt_mask.end());
 }
 
 

@@ -168,6 +168,7 @@ void batch_buffers::init(int64_t B_, int64_t T_) {
     targets.assign((size_t) (B * T), -100);
     pos.assign((size_t) (B * T), 0);
     seg.assign((size_t) (B * T), 0);
+    prompt.assign((size_t) (B * T), 0);
 }
 
 void batch_buffers::fill(const data_rows & d, const int64_t * rows, int64_t n) {
@@ -180,6 +181,7 @@ void batch_buffers::fill(const data_rows & d, const int64_t * rows, int64_t n) {
                 tokens[o + (size_t) t] = d.input_ids[r + (size_t) t];
                 pos[o + (size_t) t] = d.position_ids[r + (size_t) t];
                 seg[o + (size_t) t] = d.segment_ids[r + (size_t) t];
+                prompt[o + (size_t) t] = d.prompt_mask.empty() ? 0 : d.prompt_mask[r + (size_t) t];
             }
             llama_shift_labels(targets.data() + o, d.labels.data() + r, 1, T);
         } else {
@@ -188,13 +190,14 @@ void batch_buffers::fill(const data_rows & d, const int64_t * rows, int64_t n) {
                 targets[o + (size_t) t] = -100;
                 pos[o + (size_t) t] = 0;
                 seg[o + (size_t) t] = 0;
+                prompt[o + (size_t) t] = 0;
             }
         }
     }
 }
 
 llama_batch batch_buffers::batch() const {
-    return llama_batch{tokens.data(), targets.data(), pos.data(), seg.data(), B, T};
+    return llama_batch{tokens.data(), targets.data(), pos.data(), seg.data(), B, T, prompt.data()};
 }
 
 int64_t batch_buffers::n_tokens() const {

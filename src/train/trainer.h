@@ -67,6 +67,7 @@ std::string first_nonfinite(const std::vector<optim_param> & ps, bool values, bo
 struct batch_buffers {
     int64_t B = 0, T = 0;
     std::vector<int32_t> tokens, targets, pos, seg;   // [B*T] each
+    std::vector<uint8_t> prompt;                      // [B*T] the rows' prompt_mask (0 without one)
 
     void init(int64_t B_, int64_t T_);
     // Copies rows `rows[0..n)` (n <= B) of `d`, shifting labels into targets per row.

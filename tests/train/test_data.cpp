@@ -280,3 +280,34 @@ TEST(data, chat_templates_render_known_text) {
     EXPECT_TRUE(chat_template_detect("{{ '[INST] ' + m + ' [/INST]' }}", k));
     EXPECT_EQ(k, PEFT_CHAT_LLAMA2);
 }
+
+// prompt_mask (read by prompt-routed adapters): the tokens before a sample's first trained
+// segment, whatever train_on_inputs says; the leading -100 labels of pre-tokenized samples;
+// nothing for text. Packed samples keep their own masks.
+TEST(data, prompt_mask_marks_each_samples_prompt) {
+    auto tok = load_tok();
+    const std::string path = write_file("prompt.jsonl",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":\"Yo\"}]}\n"
+        "{\"input_ids\":[10,11,12,13],\"labels\":[-100,-100,12,13]}\n"
+        "{\"text\":\"ab\"}\n");
+    for (bool train_inputs : {false, true}) {
+        data_options o = no_shuffle(128, true);
+        o.train_on_inputs = train_inputs;
+        dataset ds;
+        ASSERT_TRUE(dataset_load(path, *tok, o, ds).ok());
+        ASSERT_EQ(ds.train.n_rows, 1);
+        const data_rows & r = ds.train;
+        ASSERT_EQ(r.prompt_mask.size(), r.input_ids.size());
+        std::vector<int32_t> prompt_ids[4];
+        for (size_t i = 0; i < r.input_ids.size(); ++i) {
+            if (r.prompt_mask[i]) prompt_ids[r.segment_ids[i]].push_back(r.input_ids[i]);
+        }
+        EXPECT_EQ(tok->decode(prompt_ids[1]), "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                                              "<|start_header_id|>assistant<|end_header_id|>\n\n") << train_inputs;
+        EXPECT_EQ(prompt_ids[2], (std::vector<int32_t>{10, 11}));
+        EXPECT_TRUE(prompt_ids[3].empty());
+        for (size_t i = 0; i < r.input_ids.size(); ++i) {
+            if (r.segment_ids[i] == 0) EXPECT_EQ(r.prompt_mask[i], 0);
+        }
+    }
+}
