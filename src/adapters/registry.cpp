@@ -7,6 +7,7 @@
 #include "adapters/adapter_set.h"
 #include "adapters/deep_lora.h"
 #include "adapters/lora.h"
+#include "adapters/lora_drop.h"
 #include "adapters/rosa.h"
 #include "adapters/target.h"
 #include "adapters/vera.h"
@@ -21,6 +22,7 @@ enum adapter_method_kind {
     PEFT_METHOD_DEEP_LORA,
     PEFT_METHOD_ROSA,
     PEFT_METHOD_ADALORA,
+    PEFT_METHOD_LORA_DROP,
     PEFT_METHOD_COUNT,
 };
 
@@ -37,6 +39,7 @@ const method_entry METHODS[] = {
     {PEFT_METHOD_DEEP_LORA, "deep_lora", deep_lora_method_make, deep_lora_method_options},
     {PEFT_METHOD_ROSA, "rosa", rosa_method_make, rosa_method_options},
     {PEFT_METHOD_ADALORA, "adalora", adalora_method_make, adalora_method_options},
+    {PEFT_METHOD_LORA_DROP, "lora_drop", lora_drop_method_make, lora_drop_method_options},
 };
 static_assert(sizeof(METHODS) / sizeof(METHODS[0]) == PEFT_METHOD_COUNT, "one registry row per adapter method");
 
