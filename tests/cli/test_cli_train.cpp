@@ -573,3 +573,28 @@ TEST(cli_train, adalora_prunes_resumes_bit_exactly_evals_and_merges) {
 
     expect_eval_and_merge_reproduce_the_logged_loss(f, out + "/straight", 1e-6);
 }
+
+// LoRA-drop end to end: stage 1 prints the importance table and drops modules, the run writes
+// the PEFT form (plain LORA, loaded by eval and merge), the native form and the table (TSV and
+// report.html).
+TEST(cli_train, lora_drop_trains_writes_both_forms_and_the_table_evals_and_merges) {
+    const files & f = fixture();
+    const std::string out = temp_dir("cli_train_lora_drop");
+    child_result r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--test_datasets", f.test_data, "--output_dir", out,
+                            "--adapter", "lora_drop", "--r", "4", "--lora_alpha", "8", "--target_modules", "all-linear",
+                            "--lora_drop_fraction", "0.5", "--lora_drop_threshold", "0.7", "--learning_rate", "1e-2",
+                            "--micro_batch_size", "2", "--sequence_len", "32", "--max_steps", "4", "--threads", "1"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("probe training"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("lora_drop: importance"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" shared\n"), std::string::npos) << "threshold 0.7 should drop some modules: " << r.out;
+    EXPECT_NE(read_text(out + "/adapter_config.json").find("\"peft_type\": \"LORA\""), std::string::npos);
+    EXPECT_NE(read_text(out + "/native/adapter_config.json").find("\"peft_type\": \"LORA_DROP\""), std::string::npos);
+    const std::string tsv = read_text(out + "/lora_drop_importance.tsv");
+    EXPECT_EQ(tsv.rfind("module\tg\timportance\tlora\n", 0), 0u) << tsv;
+    EXPECT_NE(read_text(out + "/report.html").find("LoRA-drop importance"), std::string::npos);
+    expect_eval_and_merge_reproduce_the_logged_loss(f, out, 1e-6);
+    // the native form evaluates to the same loss
+    EXPECT_NEAR(eval_loss(f, {"--model", f.model, "--adapter", out + "/native"}), std::stod(last_eval_loss_text(out + "/metrics.jsonl")),
+                1e-6 * std::stod(last_eval_loss_text(out + "/metrics.jsonl")));
+}
