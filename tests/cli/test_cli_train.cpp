@@ -570,6 +570,12 @@ TEST(cli_train, adalora_prunes_resumes_bit_exactly_evals_and_merges) {
     const std::string cfg = read_text(out + "/straight/adapter_config.json");
     EXPECT_NE(cfg.find("\"peft_type\": \"ADALORA\""), std::string::npos);
     EXPECT_NE(cfg.find("\"model.layers.0.self_attn.q_proj.lora_E\": ["), std::string::npos) << cfg;
+    // the final ranks as a table beside the adapter and in the report, one row per module
+    const std::vector<std::string> ranks = read_lines(out + "/straight/adalora_ranks.tsv");
+    ASSERT_FALSE(ranks.empty());
+    EXPECT_EQ(ranks[0], "module\trank\tinit_r");
+    EXPECT_EQ(ranks.size(), 1u + 2u * 7u) << "2 layers x 7 projections";
+    EXPECT_NE(read_text(out + "/straight/report.html").find("AdaLoRA ranks"), std::string::npos);
 
     expect_eval_and_merge_reproduce_the_logged_loss(f, out + "/straight", 1e-6);
 }
