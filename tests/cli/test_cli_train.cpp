@@ -586,11 +586,22 @@ TEST(cli_train, adalora_prunes_resumes_bit_exactly_evals_and_merges) {
 TEST(cli_train, lora_drop_trains_writes_both_forms_and_the_table_evals_and_merges) {
     const files & f = fixture();
     const std::string out = temp_dir("cli_train_lora_drop");
-    child_result r = spawn({"train", "--base_model", f.model, "--datasets", f.data, "--test_datasets", f.test_data, "--output_dir", out,
-                            "--adapter", "lora_drop", "--r", "4", "--lora_alpha", "8", "--target_modules", "all-linear",
-                            "--lora_drop_fraction", "0.5", "--lora_drop_threshold", "0.7", "--learning_rate", "1e-2",
-                            "--micro_batch_size", "2", "--sequence_len", "32", "--max_steps", "4", "--threads", "1"});
+    auto args = [&](const std::string & dir) {
+        return std::vector<std::string>{"train", "--base_model", f.model, "--datasets", f.data, "--test_datasets", f.test_data,
+                                        "--output_dir", dir, "--adapter", "lora_drop", "--r", "4", "--lora_alpha", "8",
+                                        "--target_modules", "all-linear", "--lora_drop_fraction", "0.5", "--lora_drop_threshold", "0.7",
+                                        "--learning_rate", "1e-2", "--micro_batch_size", "2", "--sequence_len", "32", "--max_steps", "4",
+                                        "--save_steps", "2", "--threads", "1"};
+    };
+    child_result r = spawn(args(out));
     ASSERT_EQ(r.code, 0) << r.out;
+    // a resumed run repeats stage 1, finds the same structure and continues bit for bit
+    auto resumed = args(out + "-resumed");
+    resumed.insert(resumed.end(), {"--resume_from_checkpoint", out + "/checkpoint-2"});
+    const child_result rr = spawn(resumed);
+    ASSERT_EQ(rr.code, 0) << rr.out;
+    EXPECT_TRUE(read_text(out + "-resumed/adapter_model.safetensors") == read_text(out + "/adapter_model.safetensors"));
+    EXPECT_TRUE(read_text(out + "-resumed/native/adapter_model.safetensors") == read_text(out + "/native/adapter_model.safetensors"));
     EXPECT_NE(r.out.find("probe training"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("lora_drop: importance"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find(" shared\n"), std::string::npos) << "threshold 0.7 should drop some modules: " << r.out;
