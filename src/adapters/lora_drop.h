@@ -10,7 +10,7 @@
 // their gradients into its dA, dB, so the optimizer sees one tensor per type.
 // Files: adapter_config.json + adapter_model.safetensors are a plain PEFT LoRA (the shared factors
 // written under every module that uses them); native/ keeps the sharing (peft_type LORA_DROP,
-// lora_drop_shared lists the followers' group members) and loads back into it. The importance
+// lora_drop_shared lists the modules on a shared LoRA) and loads back into it. The importance
 // table is printed, saved as lora_drop_importance.tsv and shown in report.html.
 // [UNVERIFIED] (METHODS §18.9): no stratified sampling (data rows carry no labels: the first rows
 // of the shuffled set are the sample), per-type sharing, stage 2 re-initialised.

@@ -108,8 +108,8 @@ status calibrate_rows(llama_model & m, const data_rows & rows, int64_t max_rows,
 status calibrate_train_rows(llama_model & m, const data_rows & rows, double fraction, int64_t batch, int64_t steps,
                             const train_config & cfg, adapter_module * const * mods, const target_info * targets, int64_t n,
                             calibration_observer & obs) {
-    const int64_t n_rows = std::min(rows.n_rows, std::max<int64_t>(1, (int64_t) std::ceil(fraction * (double) rows.n_rows)));
     if (rows.n_rows <= 0) return make_error(PEFT_STATUS_FORMAT, "probe training data", "no rows to train on");
+    const int64_t n_rows = std::min(rows.n_rows, std::max<int64_t>(1, (int64_t) std::ceil(fraction * (double) rows.n_rows)));
     batch = std::max<int64_t>(1, std::min(batch, n_rows));
     if (steps <= 0) steps = (n_rows + batch - 1) / batch;
     std::vector<adapter_module *> saved = m.adapters;
