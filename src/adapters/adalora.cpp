@@ -631,6 +631,19 @@ void adalora_method::on_step_end(const step_info & s, adapter_module * const * m
     }
 }
 
+void adalora_method::tables(std::vector<module_table> & out) const {
+    module_table tb;
+    tb.file = "adalora_ranks";
+    tb.title = "AdaLoRA ranks";
+    tb.note = "ranks each module keeps (the saved rank_pattern) of init_r " + std::to_string(sched.init_r) + "; budget target_r " +
+              std::to_string(sched.target_r) + " per module on average";
+    tb.columns = {"module", "rank", "init_r"};
+    for (const adalora_module * m : modules) {
+        tb.rows.push_back({m->t.path, std::to_string(m->patterned ? m->kept() : m->R), std::to_string(sched.init_r)});
+    }
+    out.push_back(tb);
+}
+
 // Every key PEFT 0.18 writes for an AdaLoraConfig (LoraConfig's and its own), at its default
 // unless we set it; rank_pattern once an allocation (or the loaded file) made one.
 std::string adalora_method::config_json() const {

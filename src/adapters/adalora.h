@@ -104,6 +104,8 @@ struct adalora_method : adapter_method {
     status create(const target_info & t, rng & r, std::unique_ptr<adapter_module> & out) override;
     // RankAllocator.update_and_allocate(t = s.step - 1); prints the final ranks after the last step
     void on_step_end(const step_info & s, adapter_module * const * mods, int64_t n_mods, optimizer_view & opt) override;
+    // adalora_ranks: each module's kept rank (what the saved file holds) of init_r
+    void tables(std::vector<module_table> & out) const override;
     adalora_method();
     ~adalora_method() override;
 

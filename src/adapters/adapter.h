@@ -88,6 +88,8 @@ struct calibration_observer {
     }
 };
 
+struct adapter_module;
+
 struct calibration_source {
     virtual ~calibration_source() = default;
     // Streams up to n_samples samples of data_path (empty: the training rows, Deep LoRA's
@@ -95,6 +97,26 @@ struct calibration_source {
     // gradients) of targets[0..n) to obs.
     virtual status run(const std::string & data_path, int64_t n_samples, const target_info * targets, int64_t n,
                        calibration_observer & obs) = 0;
+    // Trains probe modules before the real adapter exists (LoRA-drop's stage 1): mods[i], one per
+    // targets[i], takes that target's place for the call; `steps` optimizer steps (0: one pass)
+    // over the first max(1, ceil(fraction * rows)) training rows (shuffled by the loader: a random
+    // sample) with the run's AdamW settings at a constant learning rate; then those rows stream
+    // once more through the trained model (dropout off), reporting each target's input to obs.
+    // The trained values stay in mods.
+    virtual status train_probe(double fraction, int64_t steps, adapter_module * const * mods, const target_info * targets, int64_t n,
+                               calibration_observer & obs) {
+        (void) fraction; (void) steps; (void) mods; (void) targets; (void) n; (void) obs;
+        return make_error(PEFT_STATUS_CONFIG, "calibration", "this command cannot train probe adapters");
+    }
+};
+
+// A per-module table a method shows in the training report and writes beside its adapter as
+// TSV (AdaLoRA's final ranks, LoRA-drop's importance).
+struct module_table {
+    std::string                           file;    // "lora_drop_importance": <file>.tsv beside the adapter
+    std::string                           title, note;
+    std::vector<std::string>              columns;
+    std::vector<std::vector<std::string>> rows;
 };
 
 // Per adapted linear layer.
@@ -175,6 +197,22 @@ struct adapter_method {
         (void) data_path; (void) n_samples;
         return nullptr;
     }
+    // After begin() and calibration, before the first create(), also when resuming: a method
+    // whose very structure comes from data (LoRA-drop's kept set, from training probe LoRAs)
+    // drives `src` itself (null: the caller has no data; fail unless the config fixes it). A
+    // resumed run repeats it: the checkpoint's tensors must find the same structure. seed: the
+    // attach seed (create()'s rng is drawn from it too; a method draws its own stream).
+    virtual status prepare(calibration_source * src, const target_info * targets, int64_t n, uint64_t seed) {
+        (void) src; (void) targets; (void) n; (void) seed;
+        return {};
+    }
+    // Non-empty when the adapter_config.json a method writes describes another structure than it
+    // trains (LoRA-drop's shared LoRAs, written for PEFT as one LoRA per module): its own config.
+    // adapter_save then also writes the training form (this config and the saved params()) into
+    // the subdirectory ADAPTER_NATIVE_DIR, which adapter_load reads back into the same structure.
+    virtual std::string native_config_json() const { return {}; }
+    // Tables for the training report and the adapter directory (module_table).
+    virtual void tables(std::vector<module_table> & out) const { (void) out; }
     // Lifecycle, called by adapters_attach (begin) and by train_step itself (the rest), so the
     // trainer, bench and tests all run them:
     // every selected target, before the first create() (VeRA sizes its shared projections)

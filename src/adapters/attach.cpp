@@ -96,6 +96,7 @@ status adapters_attach(llama_model & m, const json_value & cfg, uint64_t seed, a
         }
         PEFT_TRY(calib->run(calib_data, calib_samples, set.targets.data(), (int64_t) set.targets.size(), *obs));
     }
+    PEFT_TRY(set.method->prepare(calib, set.targets.data(), (int64_t) set.targets.size(), seed));
     // layer order, then projection order: the rng stream (and so every init) depends only on
     // the seed and the selection
     rng r(seed);

@@ -7,6 +7,7 @@
 #include "adapters/adapter_set.h"
 #include "adapters/deep_lora.h"
 #include "adapters/lora.h"
+#include "adapters/lora_drop.h"
 #include "adapters/milora_moe.h"
 #include "adapters/rosa.h"
 #include "adapters/target.h"
@@ -23,6 +24,7 @@ enum adapter_method_kind {
     PEFT_METHOD_ROSA,
     PEFT_METHOD_ADALORA,
     PEFT_METHOD_MILORA_MOE,
+    PEFT_METHOD_LORA_DROP,
     PEFT_METHOD_COUNT,
 };
 
@@ -40,6 +42,7 @@ const method_entry METHODS[] = {
     {PEFT_METHOD_ROSA, "rosa", rosa_method_make, rosa_method_options},
     {PEFT_METHOD_ADALORA, "adalora", adalora_method_make, adalora_method_options},
     {PEFT_METHOD_MILORA_MOE, "milora_moe", milora_moe_method_make, milora_moe_method_options},
+    {PEFT_METHOD_LORA_DROP, "lora_drop", lora_drop_method_make, lora_drop_method_options},
 };
 static_assert(sizeof(METHODS) / sizeof(METHODS[0]) == PEFT_METHOD_COUNT, "one registry row per adapter method");
 

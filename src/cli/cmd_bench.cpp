@@ -64,7 +64,7 @@ static double gemm_peak_gflops() {
 
 // The adapter config `--method` names, at rank r (false: not an adapter method). Every one is
 // on all 7 projections, as the PyTorch baseline's LoRA.
-static bool bench_adapter_config(const std::string & method, int64_t r, float alpha, std::string & cfg) {
+static bool bench_adapter_config(const std::string & method, int64_t r, float alpha, std::string & cfg, int64_t total_step = 3) {
     const std::string lora = "{\"r\": " + std::to_string(r) + ", \"lora_alpha\": " + std::to_string(alpha) +
                              ", \"target_modules\": \"all-linear\"";
     const bool init = method == "pissa" || method == "milora" || method == "olora" || method.rfind("pissa_niter_", 0) == 0;
@@ -72,6 +72,12 @@ static bool bench_adapter_config(const std::string & method, int64_t r, float al
     else if (method == "dora") cfg = lora + ", \"use_dora\": true}";
     else if (method == "lora_fa") cfg = lora + ", \"lora_fa\": true}";
     else if (init) cfg = lora + ", \"init_lora_weights\": \"" + method + "\"}";
+    // AdaLoRA at init_r = r, pruned towards r/2 over the run: total_step = warmup + timed steps
+    // (at least 3, so that tinit 1 and tfinal 1 leave a budget phase)
+    else if (method == "adalora") cfg = "{\"adapter\": \"adalora\", \"init_r\": " + std::to_string(r) + ", \"target_r\": " +
+                                        std::to_string(std::max<int64_t>(1, r / 2)) + ", \"lora_alpha\": " + std::to_string(alpha) +
+                                        ", \"total_step\": " + std::to_string(std::max<int64_t>(total_step, 3)) +
+                                        ", \"tinit\": 1, \"tfinal\": 1, \"target_modules\": \"all-linear\"}";
     else if (method != "full" && method != "frozen" && method != "generate") {
         // another registered method (vera, deep_lora, rosa, ...) at rank r on the same projections
         bool known = false;
@@ -189,7 +195,7 @@ struct bench_calibration : calibration_source {
     int64_t       T;
     uint64_t      seed;
     bench_calibration(llama_model & mm, int64_t t, uint64_t s) : m(mm), T(t), seed(s) {}
-    status run(const std::string &, int64_t n_samples, const target_info * targets, int64_t n, calibration_observer & obs) override {
+    data_rows rows(int64_t n_samples) const {
         data_rows d;
         d.T = T;
         d.n_rows = std::max<int64_t>(1, std::min<int64_t>(n_samples, 64));
@@ -201,7 +207,16 @@ struct bench_calibration : calibration_source {
             d.position_ids.push_back((int32_t) (i % T));
             d.segment_ids.push_back(1);
         }
+        return d;
+    }
+    status run(const std::string &, int64_t n_samples, const target_info * targets, int64_t n, calibration_observer & obs) override {
+        const data_rows d = rows(n_samples);
         return calibrate_rows(m, d, d.n_rows, 4, targets, n, obs);
+    }
+    // LoRA-drop's stage 1: a fraction of 64 such rows, AdamW at its defaults
+    status train_probe(double fraction, int64_t steps, adapter_module * const * mods, const target_info * targets, int64_t n,
+                       calibration_observer & obs) override {
+        return calibrate_train_rows(m, rows(64), fraction, 4, steps, train_config{}, mods, targets, n, obs);
     }
 };
 
@@ -299,7 +314,7 @@ int cmd_bench(int argc, char ** argv) {
     adapter_set lora;
     std::vector<optim_param> train_params;
     std::string cfg_text;
-    const bool is_lora = bench_adapter_config(method, gen_lora_r, lora_alpha, cfg_text);
+    const bool is_lora = bench_adapter_config(method, gen_lora_r, lora_alpha, cfg_text, warmup + steps);
     if (init_only && !is_lora) {
         std::fprintf(stderr, "peft bench: --init-only times attaching an adapter: give --method lora, dora, ... or an init such as pissa_niter_4\n");
         return 2;

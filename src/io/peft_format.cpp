@@ -181,8 +181,12 @@ std::string json_dump_python(const json_value & v, int indent,
 
 // ---- save ------------------------------------------------------------------------------------
 
-status adapter_save(const std::string & dir, adapter_set & s, const std::string & base_model_name) {
-    if (!s.method) return make_error(PEFT_STATUS_CONFIG, dir, "no adapter to save");
+namespace {
+
+// adapter_config.json (cfg_text, sorted and indented as Python writes it) and
+// adapter_model.safetensors (params) into dir.
+status write_adapter_dir(const std::string & dir, const std::string & cfg_text, const std::string & what,
+                         const std::vector<param_ref> & params, const std::string & base_model_name) {
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec || !std::filesystem::is_directory(dir, ec)) {
@@ -191,17 +195,14 @@ status adapter_save(const std::string & dir, adapter_set & s, const std::string 
         return st;
     }
 
-    // adapter_config.json: the method's keys, sorted and indented as Python writes them
     json_document cfg;
-    const std::string cfg_text = s.method->config_json();
-    PEFT_TRY(cfg.parse(cfg_text.data(), cfg_text.size(), std::string("adapter config of ") + s.method->name()));
+    PEFT_TRY(cfg.parse(cfg_text.data(), cfg_text.size(), what));
     json_document extra;
     const std::string extra_text = "{\"base_model_name_or_path\":" +
                                    (base_model_name.empty() ? std::string("null") : json_quote(base_model_name)) + "}";
     PEFT_TRY(extra.parse(extra_text.data(), extra_text.size(), "base_model_name_or_path"));
     const std::string config = json_dump_python(cfg.root(), 2, {{"base_model_name_or_path", extra.root().get("base_model_name_or_path")}});
 
-    std::vector<param_ref> params = adapter_set_exported(s);
     std::vector<safetensors_tensor_to_write> tensors;
     for (const param_ref & p : params) {
         safetensors_tensor_to_write t;
@@ -216,6 +217,36 @@ status adapter_save(const std::string & dir, adapter_set & s, const std::string 
     // weights at worst only when the shapes changed, and load then fails loudly on shapes
     PEFT_TRY(safetensors_write((d / PEFT_WEIGHTS_NAME).string(), tensors, {{"format", "pt"}}));
     PEFT_TRY(write_file_atomic((d / PEFT_CONFIG_NAME).string(), config));
+    return {};
+}
+
+} // namespace
+
+status adapter_save(const std::string & dir, adapter_set & s, const std::string & base_model_name) {
+    if (!s.method) return make_error(PEFT_STATUS_CONFIG, dir, "no adapter to save");
+    PEFT_TRY(write_adapter_dir(dir, s.method->config_json(), std::string("adapter config of ") + s.method->name(), adapter_set_exported(s),
+                               base_model_name));
+    const std::string native = s.method->native_config_json();
+    if (!native.empty()) {
+        std::vector<param_ref> own;   // the training form: every saved parameter, shared ones once
+        for (const param_ref & p : adapter_set_params(s)) {
+            if (p.saved && p.value) own.push_back(p);
+        }
+        PEFT_TRY(write_adapter_dir((std::filesystem::path(dir) / ADAPTER_NATIVE_DIR).string(), native,
+                                   std::string("native config of ") + s.method->name(), own, base_model_name));
+    }
+    std::vector<module_table> tables;
+    s.method->tables(tables);
+    for (const module_table & t : tables) {
+        std::string tsv;
+        for (size_t i = 0; i < t.columns.size(); i++) tsv += (i ? "\t" : "") + t.columns[i];
+        tsv += "\n";
+        for (const auto & row : t.rows) {
+            for (size_t i = 0; i < row.size(); i++) tsv += (i ? "\t" : "") + row[i];
+            tsv += "\n";
+        }
+        PEFT_TRY(write_file_atomic((std::filesystem::path(dir) / (t.file + ".tsv")).string(), tsv));
+    }
     return {};
 }
 

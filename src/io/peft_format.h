@@ -16,6 +16,8 @@ namespace peft {
 
 constexpr const char * PEFT_CONFIG_NAME = "adapter_config.json";
 constexpr const char * PEFT_WEIGHTS_NAME = "adapter_model.safetensors";
+// adapter_method::native_config_json: the training form, beside the PEFT form
+constexpr const char * ADAPTER_NATIVE_DIR = "native";
 
 // Python's repr() of a float: "0.05", "8.0", "1e-05", "1e+16" (shortest round-trip digits).
 std::string json_python_float(double v);

@@ -29,10 +29,13 @@ struct probe_module : adapter_module {
     int64_t                index;
     calibration_observer & obs;
     batch_view &           view;
-    probe_module(const target_info & ti, int64_t i, calibration_observer & o, batch_view & v) : t(ti), index(i), obs(o), view(v) {}
+    adapter_module *       inner;   // runs instead of the bare base, or null
+    probe_module(const target_info & ti, int64_t i, calibration_observer & o, batch_view & v, adapter_module * in)
+        : t(ti), index(i), obs(o), view(v), inner(in) {}
 
     void forward(const float * x, int64_t N, float * y) override {
-        linear_forward(y, x, *t.base, t.bias, N);
+        if (inner) inner->forward(x, N, y);
+        else linear_forward(y, x, *t.base, t.bias, N);
         PEFT_ASSERT(N == view.rows * view.T);
         if (view.failed.ok()) view.failed = obs.observe(index, x, view.seg, view.rows, view.T);
     }
@@ -45,10 +48,20 @@ struct probe_module : adapter_module {
     void params(std::vector<param_ref> &) override {}
 };
 
+// The model slot (layer * LLAMA_PROJ_COUNT + projection) of a target.
+int64_t target_slot(const llama_model & m, const target_info & t) {
+    for (int q = 0; q < LLAMA_PROJ_COUNT; q++) {
+        if (&m.proj_weight(t.layer, (llama_proj) q) == t.base) return t.layer * LLAMA_PROJ_COUNT + q;
+    }
+    PEFT_ASSERT(false);
+    return -1;
+}
+
 } // namespace
 
 status calibrate_rows(llama_model & m, const data_rows & rows, int64_t max_rows, int64_t batch, const target_info * targets,
-                      int64_t n, calibration_observer & obs) {
+                      int64_t n, calibration_observer & obs, adapter_module * const * inner) {
+    PEFT_ASSERT(!inner || !obs.wants_gradients());
     const int64_t n_rows = std::min(max_rows, rows.n_rows);
     if (n_rows <= 0) return make_error(PEFT_STATUS_FORMAT, "calibration data", "no rows to calibrate on");
     batch = std::max<int64_t>(1, std::min(batch, n_rows));
@@ -57,13 +70,8 @@ status calibrate_rows(llama_model & m, const data_rows & rows, int64_t max_rows,
     std::vector<adapter_module *> saved = m.adapters;
     m.adapters.assign((size_t) (m.hp.n_layer * LLAMA_PROJ_COUNT), nullptr);
     for (int64_t i = 0; i < n; i++) {
-        int64_t slot = -1;
-        for (int q = 0; q < LLAMA_PROJ_COUNT; q++) {
-            if (&m.proj_weight(targets[i].layer, (llama_proj) q) == targets[i].base) slot = targets[i].layer * LLAMA_PROJ_COUNT + q;
-        }
-        PEFT_ASSERT(slot >= 0);
-        probes.push_back(std::make_unique<probe_module>(targets[i], i, obs, view));
-        m.adapters[(size_t) slot] = probes.back().get();
+        probes.push_back(std::make_unique<probe_module>(targets[i], i, obs, view, inner ? inner[i] : nullptr));
+        m.adapters[(size_t) target_slot(m, targets[i])] = probes.back().get();
     }
     llama_state s;
     status st = llama_state_init(s, m, batch, rows.T, false);
@@ -95,6 +103,54 @@ status calibrate_rows(llama_model & m, const data_rows & rows, int64_t max_rows,
     }
     m.adapters = saved;
     return st;
+}
+
+status calibrate_train_rows(llama_model & m, const data_rows & rows, double fraction, int64_t batch, int64_t steps,
+                            const train_config & cfg, adapter_module * const * mods, const target_info * targets, int64_t n,
+                            calibration_observer & obs) {
+    if (rows.n_rows <= 0) return make_error(PEFT_STATUS_FORMAT, "probe training data", "no rows to train on");
+    const int64_t n_rows = std::min(rows.n_rows, std::max<int64_t>(1, (int64_t) std::ceil(fraction * (double) rows.n_rows)));
+    batch = std::max<int64_t>(1, std::min(batch, n_rows));
+    if (steps <= 0) steps = (n_rows + batch - 1) / batch;
+    std::vector<adapter_module *> saved = m.adapters;
+    m.adapters.assign((size_t) (m.hp.n_layer * LLAMA_PROJ_COUNT), nullptr);
+    std::vector<optim_param> ps;
+    for (int64_t i = 0; i < n; i++) {
+        m.adapters[(size_t) target_slot(m, targets[i])] = mods[i];
+        mods[i]->set_training(true);
+        std::vector<param_ref> mine;
+        mods[i]->params(mine);
+        for (const param_ref & p : mine) {
+            if (!p.trainable || !p.grad) continue;
+            int64_t k = 1;
+            for (int64_t d : p.shape) k *= d;
+            ps.push_back({targets[i].path + "." + p.name, p.value, p.grad, k, p.lr_scale});
+        }
+    }
+    train_config c = cfg;
+    c.schedule = PEFT_SCHEDULE_CONSTANT;
+    c.warmup_steps = 0;
+    c.total_steps = steps;
+    c.comm = nullptr;
+    adamw opt;
+    status st = opt.init(ps, c.opt);
+    llama_state s;
+    if (st.ok()) st = llama_state_init(s, m, batch, rows.T, false);
+    batch_buffers buf;
+    buf.init(batch, rows.T);
+    std::vector<int64_t> idx((size_t) batch);
+    for (int64_t step = 0; st.ok() && step < steps; step++) {
+        for (int64_t i = 0; i < batch; i++) idx[(size_t) i] = (step * batch + i) % n_rows;
+        buf.fill(rows, idx.data(), batch);
+        const llama_batch b = buf.batch();
+        step_result r;
+        st = train_step(m, s, opt, c, &b, 1, step, r);
+        if (!st.ok()) st.message = "probe training: " + st.message;
+    }
+    m.adapters = saved;
+    if (!st.ok()) return st;
+    for (int64_t i = 0; i < n; i++) mods[i]->set_training(false);
+    return calibrate_rows(m, rows, n_rows, batch, targets, n, obs, mods);
 }
 
 } // namespace peft

@@ -155,11 +155,25 @@ std::string report_html(const report_data & d) {
     std::string h = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>" + html_escape(d.title) + "</title>\n"
                     "<style>body{font-family:system-ui,sans-serif;max-width:880px;margin:2em auto;color:#222}"
                     "table{border-collapse:collapse}td{padding:2px 14px 2px 0}td:first-child{color:#555}"
+                    "table.grid td,table.grid th{padding:2px 10px;border-bottom:1px solid #eee;text-align:left;color:#222}"
                     "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}</style>\n</head><body>\n";
     h += "<h1>" + html_escape(d.title) + "</h1>\n<h2>Results</h2>\n<table>\n";
     for (const auto & kv : d.results) h += "<tr><td>" + html_escape(kv.first) + "</td><td>" + html_escape(kv.second) + "</td></tr>\n";
     h += "</table>\n<h2>Loss</h2>\n";
     h += report_svg(d.train_loss, "train loss", d.eval_loss, "eval loss", "optimizer step", "cross-entropy loss");
+    for (const module_table & t : d.tables) {
+        h += "<h2>" + html_escape(t.title) + "</h2>\n";
+        if (!t.note.empty()) h += "<p>" + html_escape(t.note) + "</p>\n";
+        h += "<table class=\"grid\">\n<tr>";
+        for (const std::string & c : t.columns) h += "<th>" + html_escape(c) + "</th>";
+        h += "</tr>\n";
+        for (const auto & row : t.rows) {
+            h += "<tr>";
+            for (const std::string & c : row) h += "<td>" + html_escape(c) + "</td>";
+            h += "</tr>\n";
+        }
+        h += "</table>\n";
+    }
     h += "<h2>Configuration</h2>\n<pre>" + html_escape(pretty_json(d.config_json)) + "</pre>\n";
     h += "<p style=\"color:#888;font-size:12px\">written by peft.cpp</p>\n</body></html>\n";
     return h;

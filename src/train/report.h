@@ -1,11 +1,12 @@
 // report.h: the self-contained HTML report `peft train` writes next to its output: train and
 // eval loss curves as inline SVG (axes, ticks, labels; no scripts, no external files), the
-// final numbers and the resolved configuration. Not here: collecting the numbers (train_loop).
+// final numbers, the adapter method's per-module tables and the resolved configuration. Not here: collecting the numbers (train_loop).
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "adapters/adapter.h"
 #include "core/status.h"
 
 namespace peft {
@@ -20,6 +21,7 @@ struct report_data {
     std::vector<report_point> train_loss, eval_loss;
     std::vector<std::pair<std::string, std::string>> results;     // final numbers, in order
     std::string config_json;                                      // shown pretty-printed
+    std::vector<module_table> tables;                             // the method's (AdaLoRA's ranks ...)
 };
 
 // Inline SVG of one or two series with axes and labels (also used alone by tests).

@@ -225,6 +225,9 @@ std::vector<std::string> train_output_names() {
     std::vector<std::string> n = {"adapter_config.json", "adapter_model.safetensors", "model.safetensors", "config.json",
                                   "metrics.jsonl", "train_config.json", "report.html", "checkpoint-*", "residual_model"};
     for (const std::string & t : hf_companion_files()) n.push_back(t);
+    // beside the adapter (adapter_save): a method's native form and its tables (<method>_*.tsv)
+    n.push_back(ADAPTER_NATIVE_DIR);
+    for (const std::string & m : adapter_method_names()) n.push_back(m + "_*");
     return n;
 }
 
@@ -404,6 +407,13 @@ struct train_session {
                  std::to_string(n) + " target modules");
             return calibrate_rows(t.m, ds.train, n_samples, t.o.micro_batch_size, targets, n, obs);
         }
+        status train_probe(double fraction, int64_t steps, adapter_module * const * mods, const target_info * targets, int64_t n,
+                           calibration_observer & obs) override {
+            info("probe training: LoRA on " + std::to_string(n) + " target modules, " + fmt("%.3g", fraction) + " of the training rows");
+            train_config c;
+            t.optimizer_settings(c);
+            return calibrate_train_rows(t.m, t.train, fraction, t.o.micro_batch_size, steps, c, mods, targets, n, obs);
+        }
     };
 
     status open_inputs();
@@ -413,6 +423,8 @@ struct train_session {
     status finish();
 
     void start_epoch(int64_t epoch);
+    // the run's AdamW and clipping settings (the step loop's, and probe training's)
+    void optimizer_settings(train_config & c) const;
     status run_eval(int64_t step);
     status save_checkpoint_in(const std::string & parent);
     status write_final(const std::string & dir);
@@ -521,20 +533,24 @@ status train_session::attach() {
     n_micro_epoch = (train.n_rows + B * comm.size - 1) / (B * comm.size);
     steps_per_epoch = (n_micro_epoch + GA - 1) / GA;
     total = o.max_steps > 0 ? o.max_steps : o.num_epochs * steps_per_epoch;
-    tc.opt.lr = (float) o.learning_rate;
-    tc.opt.beta1 = (float) o.adam_beta1;
-    tc.opt.beta2 = (float) o.adam_beta2;
-    tc.opt.eps = (float) o.adam_epsilon;
-    tc.opt.weight_decay = (float) o.weight_decay;
+    optimizer_settings(tc);
     if (!lr_schedule_from_name(o.lr_scheduler, &tc.schedule)) {
         return make_mismatch(PEFT_STATUS_CONFIG, "config", "key 'lr_scheduler'", "constant, linear or cosine", o.lr_scheduler);
     }
     tc.total_steps = total;
     tc.warmup_steps = o.warmup_steps > 0 ? o.warmup_steps : (int64_t) std::ceil(o.warmup_ratio * (double) total);
-    tc.max_grad_norm = (float) o.max_grad_norm;
     tc.comm = &comm;
     PEFT_TRY(opt.init(params, tc.opt));
     return llama_state_init(s, m, B, T, o.gradient_checkpointing);
+}
+
+void train_session::optimizer_settings(train_config & c) const {
+    c.opt.lr = (float) o.learning_rate;
+    c.opt.beta1 = (float) o.adam_beta1;
+    c.opt.beta2 = (float) o.adam_beta2;
+    c.opt.eps = (float) o.adam_epsilon;
+    c.opt.weight_decay = (float) o.weight_decay;
+    c.max_grad_norm = (float) o.max_grad_norm;
 }
 
 void train_session::start_epoch(int64_t epoch) {
@@ -820,6 +836,7 @@ status train_session::finish() {
     if (out.seconds > 0) rep.results.push_back({"throughput", fmt("%.0f tokens/s", (double) out.tokens / out.seconds)});
     rep.results.push_back({"threads", std::to_string(threads_get())});
     rep.config_json = config_to_json(o);
+    if (!o.full()) aset.method->tables(rep.tables);
     PEFT_TRY(report_write(o.output_dir + "/report.html", rep));
     info("done: " + std::to_string(ts.step) + " steps in " + duration_text(out.seconds) + "; " +
          (o.full() ? "model" : "adapter") + " in " + o.output_dir + ", report " + o.output_dir + "/report.html");

@@ -13,6 +13,7 @@
 #include "model/llama.h"
 #include "train/calibrate.h"
 #include "train/data.h"
+#include "train/trainer.h"
 #include "testing.h"
 
 namespace peft::adapter_test {
@@ -53,7 +54,7 @@ struct config {
 // Calibration for inits that ask for it (CorDA's forward, Deep LoRA's forward + backward):
 // 6 fixed rows of 8 tokens, every token scored, whatever the path.
 struct test_calibration : calibration_source {
-    status run(const std::string &, int64_t n_samples, const target_info * targets, int64_t n, calibration_observer & obs) override {
+    static data_rows rows() {
         data_rows d;
         d.T = 8;
         d.n_rows = 6;
@@ -65,7 +66,18 @@ struct test_calibration : calibration_source {
                 d.segment_ids.push_back(1);
             }
         }
-        return calibrate_rows(*model, d, n_samples, 2, targets, n, obs);
+        return d;
+    }
+    status run(const std::string &, int64_t n_samples, const target_info * targets, int64_t n, calibration_observer & obs) override {
+        return calibrate_rows(*model, rows(), n_samples, 2, targets, n, obs);
+    }
+    // probe training (LoRA-drop's stage 1): AdamW at lr 1e-2, no weight decay
+    status train_probe(double fraction, int64_t steps, adapter_module * const * mods, const target_info * targets, int64_t n,
+                       calibration_observer & obs) override {
+        train_config c;
+        c.opt.lr = 1e-2f;
+        c.opt.weight_decay = 0.0f;
+        return calibrate_train_rows(*model, rows(), fraction, 2, steps, c, mods, targets, n, obs);
     }
     llama_model * model = nullptr;
 };

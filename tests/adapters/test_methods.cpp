@@ -41,6 +41,14 @@ int64_t dora_in_count(int64_t in, int64_t out) { return 4 * (in + out) + in; }  
 int64_t adalora_count(int64_t in, int64_t out) { return 4 * (in + out) + 4; }    // A [r,in], B [out,r], E [r,1]
 // MiLoRA mixture: each expert is a LoRA and adds one row [C = 32] and one bias to its layer's router
 int64_t milora_moe_count(int64_t in, int64_t out) { return 4 * (in + out) + 32 + 1; }
+// LoRA-drop with every module shared: the 2 layers' modules of a type hold one LoRA, half each
+int64_t lora_drop_all_shared_count(int64_t in, int64_t out) { return 2 * (in + out); }
+
+#define LORA_DROP_LAYER(l)                                                                                                  \
+    "\"model.layers." l ".self_attn.q_proj\",\"model.layers." l ".self_attn.k_proj\",\"model.layers." l ".self_attn.v_proj\","     \
+    "\"model.layers." l ".self_attn.o_proj\",\"model.layers." l ".mlp.gate_proj\",\"model.layers." l ".mlp.up_proj\","               \
+    "\"model.layers." l ".mlp.down_proj\""
+#define LORA_DROP_ALL LORA_DROP_LAYER("0") "," LORA_DROP_LAYER("1")
 
 const method_case METHODS[] = {
     {"lora", "{\"r\":4,\"lora_alpha\":8}", 0.0, true, lora_count},
@@ -87,6 +95,13 @@ const method_case METHODS[] = {
     {"milora_moe_token_max_softmax",
      "{\"adapter\":\"milora_moe\",\"r\":4,\"lora_alpha\":8,\"routing\":\"token\",\"router_pool\":\"max\",\"router_gate\":\"softmax\",\"router_top_k\":7}",
      0.0, true, milora_moe_count, "routing depends on each token"},
+    // LoRA-drop, stage 1 on the test calibration rows: threshold 1 keeps every module its own LoRA
+    {"lora_drop_stage1_keeps_all", "{\"adapter\":\"lora_drop\",\"r\":4,\"lora_alpha\":8,\"lora_drop_threshold\":1.0,\"lora_drop_fraction\":0.5}",
+     0.0, true, lora_count},
+    // the sharing as a native file gives it: every module on its type's shared LoRA; the PEFT file
+    // repeats the shared factors under each module (not the training form)
+    {"lora_drop_all_shared", "{\"adapter\":\"lora_drop\",\"r\":4,\"lora_alpha\":8,\"lora_drop_shared\":[" LORA_DROP_ALL "]}", 0.0, false,
+     lora_drop_all_shared_count},
 };
 
 void PrintTo(const method_case & c, std::ostream * os) { *os << c.name; }

@@ -570,6 +570,48 @@ TEST(cli_train, adalora_prunes_resumes_bit_exactly_evals_and_merges) {
     const std::string cfg = read_text(out + "/straight/adapter_config.json");
     EXPECT_NE(cfg.find("\"peft_type\": \"ADALORA\""), std::string::npos);
     EXPECT_NE(cfg.find("\"model.layers.0.self_attn.q_proj.lora_E\": ["), std::string::npos) << cfg;
+    // the final ranks as a table beside the adapter and in the report, one row per module
+    const std::vector<std::string> ranks = read_lines(out + "/straight/adalora_ranks.tsv");
+    ASSERT_FALSE(ranks.empty());
+    EXPECT_EQ(ranks[0], "module\trank\tinit_r");
+    EXPECT_EQ(ranks.size(), 1u + 2u * 7u) << "2 layers x 7 projections";
+    EXPECT_NE(read_text(out + "/straight/report.html").find("AdaLoRA ranks"), std::string::npos);
 
     expect_eval_and_merge_reproduce_the_logged_loss(f, out + "/straight", 1e-6);
+}
+
+// LoRA-drop end to end: stage 1 prints the importance table and drops modules, the run writes
+// the PEFT form (plain LORA, loaded by eval and merge), the native form and the table (TSV and
+// report.html).
+TEST(cli_train, lora_drop_trains_writes_both_forms_and_the_table_evals_and_merges) {
+    const files & f = fixture();
+    const std::string out = temp_dir("cli_train_lora_drop");
+    auto args = [&](const std::string & dir) {
+        return std::vector<std::string>{"train", "--base_model", f.model, "--datasets", f.data, "--test_datasets", f.test_data,
+                                        "--output_dir", dir, "--adapter", "lora_drop", "--r", "4", "--lora_alpha", "8",
+                                        "--target_modules", "all-linear", "--lora_drop_fraction", "0.5", "--lora_drop_threshold", "0.7",
+                                        "--learning_rate", "1e-2", "--micro_batch_size", "2", "--sequence_len", "32", "--max_steps", "4",
+                                        "--save_steps", "2", "--threads", "1"};
+    };
+    child_result r = spawn(args(out));
+    ASSERT_EQ(r.code, 0) << r.out;
+    // a resumed run repeats stage 1, finds the same structure and continues bit for bit
+    auto resumed = args(out + "-resumed");
+    resumed.insert(resumed.end(), {"--resume_from_checkpoint", out + "/checkpoint-2"});
+    const child_result rr = spawn(resumed);
+    ASSERT_EQ(rr.code, 0) << rr.out;
+    EXPECT_TRUE(read_text(out + "-resumed/adapter_model.safetensors") == read_text(out + "/adapter_model.safetensors"));
+    EXPECT_TRUE(read_text(out + "-resumed/native/adapter_model.safetensors") == read_text(out + "/native/adapter_model.safetensors"));
+    EXPECT_NE(r.out.find("probe training"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("lora_drop: importance"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" shared\n"), std::string::npos) << "threshold 0.7 should drop some modules: " << r.out;
+    EXPECT_NE(read_text(out + "/adapter_config.json").find("\"peft_type\": \"LORA\""), std::string::npos);
+    EXPECT_NE(read_text(out + "/native/adapter_config.json").find("\"peft_type\": \"LORA_DROP\""), std::string::npos);
+    const std::string tsv = read_text(out + "/lora_drop_importance.tsv");
+    EXPECT_EQ(tsv.rfind("module\tg\timportance\tlora\n", 0), 0u) << tsv;
+    EXPECT_NE(read_text(out + "/report.html").find("LoRA-drop importance"), std::string::npos);
+    expect_eval_and_merge_reproduce_the_logged_loss(f, out, 1e-6);
+    // the native form evaluates to the same loss
+    EXPECT_NEAR(eval_loss(f, {"--model", f.model, "--adapter", out + "/native"}), std::stod(last_eval_loss_text(out + "/metrics.jsonl")),
+                1e-6 * std::stod(last_eval_loss_text(out + "/metrics.jsonl")));
 }

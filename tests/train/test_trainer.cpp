@@ -382,9 +382,14 @@ TEST(trainer, report_svg_has_axes_labels_and_escapes_text) {
     report_data d;
     d.title = "t & t";
     d.config_json = "{\"a\": 1, \"b\": [1, 2]}";
+    d.tables.push_back({"adalora_ranks", "AdaLoRA <ranks>", "note", {"module", "rank"}, {{"model.layers.0.self_attn.q_proj", "3"}}});
     const std::string html = report_html(d);
     EXPECT_NE(html.find("t &amp; t"), std::string::npos);
     EXPECT_NE(html.find("&quot;a&quot;: 1"), std::string::npos);
+    // a method's table: its title (escaped), header and rows
+    EXPECT_NE(html.find("<h2>AdaLoRA &lt;ranks&gt;</h2>"), std::string::npos) << html;
+    EXPECT_NE(html.find("<th>module</th><th>rank</th>"), std::string::npos);
+    EXPECT_NE(html.find("<td>model.layers.0.self_attn.q_proj</td><td>3</td>"), std::string::npos);
 }
 
 // ---- checkpoint integrity ----------------------------------------------------------------
