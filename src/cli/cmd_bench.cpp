@@ -147,6 +147,9 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--lr", lr, "AdamW learning rate (full, galore)");
     galore_config gc;
     app.add_option("--galore-rank", gc.rank, "galore: projection rank")->check(CLI::Range((int64_t) 1, (int64_t) 1 << 20));
+    std::string galore_targets = "attn,mlp";
+    app.add_option("--galore-targets", galore_targets, "galore: name parts of the projected 2-D weights (attn,mlp as the reference; "
+                   "add embed_tokens,lm_head to project those too)");
     app.add_flag("--same-batch", same_batch, "train on one batch every step (the loss must fall: a smoke test)");
     app.add_flag("--peak", peak, "also measure the GEMM peak and report the achieved fraction");
     if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
@@ -224,6 +227,7 @@ int cmd_bench(int argc, char ** argv) {
     if (!train_params.empty()) {
         if (method == "galore") {
             auto g = std::make_unique<galore_adamw>();
+            gc.targets = galore_split_targets(galore_targets);
             st = g->init(train_params, cfg.opt, gc);
             opt = std::move(g);
         } else {

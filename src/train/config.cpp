@@ -63,6 +63,7 @@ const option_def TRAINER_KEYS[] = {
     {"galore_update_proj_gap", OPT_INT, "200", "galore_adamw: steps between projector refreshes (SVD of the gradient)"},
     {"galore_scale", OPT_FLOAT, "0.25", "galore_adamw: scale of the projected-back update"},
     {"galore_proj_type", OPT_STRING, "std", "galore_adamw: std, reverse_std, right, left or full (the sides projected)"},
+    {"galore_target_modules", OPT_STRING, "attn,mlp", "galore_adamw: comma-separated name parts of the 2-D weights projected (add embed_tokens,lm_head to project those too)"},
     {"seed", OPT_INT, "42", "seed of adapter init, shuffling and dropout"},
     {"val_set_size", OPT_FLOAT, "0", "fraction of samples held out for evaluation"},
     {"eval_steps", OPT_INT, "0", "evaluate every N steps (0: at the end only)"},
@@ -651,6 +652,11 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
             if (!galore_proj_from_name(o.galore_proj_type, &t)) return rd.range_error(key, "std, reverse_std, right, left or full", v);
             galore_keys.push_back(key);
         }
+        else if (key == "galore_target_modules") {
+            PEFT_TRY(rd.get_string(key, v, o.galore_target_modules));
+            if (galore_split_targets(o.galore_target_modules).empty()) return rd.range_error(key, "comma-separated name parts such as attn,mlp", v);
+            galore_keys.push_back(key);
+        }
         else if (key == "seed") { PEFT_TRY(rd.get_int(key, v, 0, INT64_MAX, i)); o.seed = (uint64_t) i; }
         else if (key == "val_set_size") { PEFT_TRY(rd.get_float(key, v, 0.0, 1.0, false, true, d)); o.val_set_size = d; }
         else if (key == "eval_steps") PEFT_TRY(rd.get_int(key, v, 0, BIG, o.eval_steps));
@@ -781,6 +787,7 @@ std::string config_to_json(const train_options & o) {
         add("galore_update_proj_gap", std::to_string(o.galore_update_proj_gap));
         add("galore_scale", num(o.galore_scale));
         add("galore_proj_type", str(o.galore_proj_type));
+        add("galore_target_modules", str(o.galore_target_modules));
     }
     add("seed", std::to_string(o.seed));
     add("val_set_size", num(o.val_set_size));

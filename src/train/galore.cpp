@@ -23,8 +23,27 @@ bool galore_proj_from_name(const std::string & name, galore_proj_type * out) {
     return false;
 }
 
-bool galore_targets(const optim_param & p) {
-    return p.shape.size() == 2 && (p.name.find("attn") != std::string::npos || p.name.find("mlp") != std::string::npos);
+bool galore_targets(const optim_param & p, const std::vector<std::string> & targets) {
+    if (p.shape.size() != 2) return false;
+    for (const std::string & t : targets) {
+        if (p.name.find(t) != std::string::npos) return true;
+    }
+    return false;
+}
+
+std::vector<std::string> galore_split_targets(const std::string & text) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= text.size()) {
+        size_t end = text.find(',', start);
+        if (end == std::string::npos) end = text.size();
+        std::string part = text.substr(start, end - start);
+        part.erase(0, part.find_first_not_of(' '));
+        part.erase(part.find_last_not_of(' ') + 1);
+        if (!part.empty()) out.push_back(part);
+        start = end + 1;
+    }
+    return out;
 }
 
 // 0 right, 1 left, 2 full, for a weight [m, n].
@@ -51,7 +70,7 @@ status galore_adamw::init(const std::vector<optim_param> & ps, const adamw_confi
         slot & s = slots[i];
         s.rows = 1;
         s.cols = p.n;
-        if (galore_targets(p)) {
+        if (galore_targets(p, g.targets)) {
             s.projected = true;
             s.m = p.shape[0];
             s.n = p.shape[1];

@@ -91,11 +91,15 @@ struct galore_config {
     int64_t          update_proj_gap = 200;
     float            scale = 0.25f;
     galore_proj_type proj_type = GALORE_PROJ_STD;
+    // name parts of the 2-D weights projected: the reference's target_modules_list; embeddings,
+    // norms and lm_head get plain AdamW unless named ("embed_tokens", "lm_head")
+    std::vector<std::string> targets = {"attn", "mlp"};
 };
 
-// The parameters GaLore projects: 2-D weights of modules named attn or mlp (the reference's
-// target_modules_list); embeddings, norms and lm_head get plain AdamW.
-bool galore_targets(const optim_param & p);
+// Whether GaLore projects p: a 2-D weight whose name contains one of `targets`.
+bool galore_targets(const optim_param & p, const std::vector<std::string> & targets);
+// "attn, mlp" -> {"attn", "mlp"} (empty parts dropped)
+std::vector<std::string> galore_split_targets(const std::string & text);
 
 struct galore_adamw : optimizer {
     // One parameter's layout: R is [rows, cols]; the projector P (and Q for full) as the sides say.

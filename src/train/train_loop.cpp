@@ -535,6 +535,7 @@ status train_session::attach() {
         gc.rank = o.galore_rank;
         gc.update_proj_gap = o.galore_update_proj_gap;
         gc.scale = (float) o.galore_scale;
+        gc.targets = galore_split_targets(o.galore_target_modules);
         (void) galore_proj_from_name(o.galore_proj_type, &gc.proj_type);   // checked by config_build
         auto g = std::make_unique<galore_adamw>();
         PEFT_TRY(g->init(params, tc.opt, gc));

@@ -232,6 +232,7 @@ TEST(galore, projector_invariants_and_state_shapes) {
     }
 }
 
+// The rank against a targeted weight; galore_target_modules decides which weights those are.
 TEST(galore, rank_larger_than_a_weight_is_refused_naming_the_key_and_tensor) {
     owned_param w("model.layers.0.self_attn.k_proj.weight", {16, 32}, 6);
     galore_adamw opt;
@@ -244,6 +245,12 @@ TEST(galore, rank_larger_than_a_weight_is_refused_naming_the_key_and_tensor) {
     EXPECT_NE(st.hint.find("16"), std::string::npos) << st.hint;
     g.rank = 16;
     EXPECT_TRUE(opt.init({w.p}, adamw_config{}, g).ok());
+    // a weight not among the targets is plain AdamW, whatever the rank
+    g.rank = 17;
+    g.targets = galore_split_targets(" embed_tokens, lm_head");
+    ASSERT_EQ(g.targets.size(), 2u);
+    EXPECT_TRUE(opt.init({w.p}, adamw_config{}, g).ok());
+    EXPECT_FALSE(opt.slots[0].projected);
 }
 
 // Six steps of full fine-tuning with GaLore (rank 8, T 3, scale 0.25, std) on the llama_gqa
@@ -414,6 +421,7 @@ TEST(galore, bad_keys_are_refused_naming_the_key) {
         {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_rank", "0"}}, "galore_rank"},
         {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_update_proj_gap", "0"}}, "galore_update_proj_gap"},
         {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_scale", "0"}}, "galore_scale"},
+        {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_target_modules", " , "}}, "galore_target_modules"},
     };
     for (const auto & cs : cases) {
         config_entries e;
