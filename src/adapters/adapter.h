@@ -62,7 +62,9 @@ struct step_info {
 // it re-initialises a parameter (ROSA's resampled subspace, AdaLoRA's pruned ranks).
 struct optimizer_view {
     virtual ~optimizer_view() = default;
-    // Zeroes the moments of the parameter whose values are at `value`; false if it is not one.
+    // Resets the state of the parameter whose values are at `value` as a fresh optimizer's:
+    // moments zeroed and its own step count back to 0 (its bias correction restarts); false if
+    // it is not one.
     virtual bool reset_state(const float * value) = 0;
 };
 

@@ -2,10 +2,9 @@
 // periodic re-factorisation, the file form), METHODS §17. The math of the split is in rosa.h.
 //
 // Optimizer reset: the reference builds a new AdamW at every re-factorisation (bias correction
-// restarts at step 1); here the method zeroes the moments of A and B through optimizer_view,
-// and the bias correction follows the optimizer's global step count (one count for every
-// parameter until the optimizer interface keeps one per parameter, issue 10 item 1). The lr
-// schedule is the trainer's and continues untouched (the reference fast-forwards a new one).
+// restarts at step 1); here the method resets the state of A and B through optimizer_view,
+// which zeroes their moments and their own step counts (train/optim.h), the same first update.
+// The lr schedule is the trainer's and continues untouched (the reference fast-forwards a new one).
 //
 // Output: adapter_model.safetensors is a plain PEFT LoRA of the change from the original
 // weight D = W_fixed + B A - W0, factored by its SVD at rank q = min(2 r P, k) after P periods

@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <cstdio>
 #include <ctime>
 #include <sys/resource.h>
@@ -224,6 +225,7 @@ int cmd_bench(int argc, char ** argv) {
     CLI::App app{"Times training steps and prints one JSON line (tokens/s, ms/step, peak RSS, FLOPs).\n\n"
                  "example:\n  peft bench --shape small --method full --batch 4 --seq 256 --steps 10 --threads 2\n"
                  "  peft bench --shape small --method lora --lora-r 16 --batch 4 --seq 256 --steps 10 --threads 2\n"
+                 "  peft bench --shape small --method galore --galore-rank 32 --batch 4 --seq 256 --steps 10 --threads 2\n"
                  "  peft bench --model ~/models/TinyLlama-1.1B --method frozen --batch 1 --seq 512 --steps 3\n"
                  "  peft bench --shape small --method generate --seq 128 --gen-tokens 64 --lora-r 16 --threads 2\n"
                  "  peft bench --shape small --method generate --adapter-method dora --seq 64 --gen-tokens 32 --threads 2\n"
@@ -238,16 +240,17 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--model", model_dir, "Hugging Face model directory (config.json + safetensors)");
     app.add_option("--shape", shape, "named shape with random weights: tiny, small, 1b")
         ->check(CLI::IsMember({"tiny", "small", "1b"}));
-    app.add_option("--method", method, "full (all weights trained, AdamW), frozen (input gradients only), an adapter "
+    app.add_option("--method", method, "full (all weights trained, AdamW), galore (all weights trained, GaLore's AdamW on "
+                   "attn/mlp weights at --galore-rank), frozen (input gradients only), an adapter "
                    "on all 7 projections of rank --lora-r: lora, dora, lora_fa, any registered method (vera, deep_lora, rosa, ...), or a LoRA init "
                    "(pissa, pissa_niter_N, milora, olora); or generate (decode tokens/s: base, adapter unmerged, adapter "
                    "merged; --seq is the prompt length); milora_moe: decode tokens/s of the mixture with cached routing vs "
                    "one LoRA vs token-level routing (--seq is the prompt length)")
         ->check([](const std::string & v) {
             std::string cfg;
-            return v == "full" || v == "frozen" || v == "generate" || bench_adapter_config(v, 8, 8.0f, cfg)
+            return v == "full" || v == "galore" || v == "frozen" || v == "generate" || bench_adapter_config(v, 8, 8.0f, cfg)
                        ? std::string()
-                       : "--method: full, frozen, generate, lora, dora, lora_fa, a registered adapter method (vera, "
+                       : "--method: full, galore, frozen, generate, lora, dora, lora_fa, a registered adapter method (vera, "
                          "deep_lora, rosa, ...), or a LoRA init (pissa, pissa_niter_N, milora, olora), not " + v;
         });
     bool init_only = false;
@@ -270,7 +273,12 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--seed", seed, "seed for random weights and tokens");
     app.add_option("--dtype", storage, "storage of frozen random weights: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
     app.add_flag("--recompute", recompute, "recompute activations per layer in backward (less memory)");
-    app.add_option("--lr", lr, "AdamW learning rate (full)");
+    app.add_option("--lr", lr, "AdamW learning rate (full, galore)");
+    galore_config gc;
+    app.add_option("--galore-rank", gc.rank, "galore: projection rank")->check(CLI::Range((int64_t) 1, (int64_t) 1 << 20));
+    std::string galore_targets = "attn,mlp";
+    app.add_option("--galore-targets", galore_targets, "galore: name parts of the projected 2-D weights (attn,mlp as the reference; "
+                   "add embed_tokens,lm_head to project those too)");
     app.add_flag("--same-batch", same_batch, "train on one batch every step (the loss must fall: a smoke test)");
     app.add_flag("--peak", peak, "also measure the GEMM peak and report the achieved fraction");
     int64_t top_k = 2;
@@ -289,7 +297,7 @@ int cmd_bench(int argc, char ** argv) {
         }
         return bench_generate(model_dir, shape, storage == "bf16", seed, gen_adapter, cfg_text, seq, gen_tokens, gen_rounds);
     }
-    const bool trainable = method == "full";
+    const bool trainable = method == "full" || method == "galore";
 
     llama_model m;
     status st = model_dir.empty()
@@ -305,7 +313,7 @@ int cmd_bench(int argc, char ** argv) {
         return 1;
     }
     if (method == "milora_moe") return bench_milora_moe(m, seed, gen_lora_r, top_k, seq, gen_tokens, gen_rounds);
-    adamw opt;
+    std::unique_ptr<optimizer> opt;
     train_config cfg;
     cfg.opt.lr = lr;
     cfg.schedule = PEFT_SCHEDULE_CONSTANT;
@@ -348,9 +356,22 @@ int cmd_bench(int argc, char ** argv) {
         std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
         return 1;
     }
-    if (!train_params.empty() && !opt.init(train_params, cfg.opt).ok()) {
-        std::fprintf(stderr, "peft bench: cannot allocate optimizer state\n");
-        return 1;
+    if (!train_params.empty()) {
+        if (method == "galore") {
+            auto g = std::make_unique<galore_adamw>();
+            gc.targets = galore_split_targets(galore_targets);
+            st = g->init(train_params, cfg.opt, gc);
+            opt = std::move(g);
+        } else {
+            auto a = std::make_unique<adamw>();
+            st = a->init(train_params, cfg.opt);
+            opt = std::move(a);
+        }
+        if (!st.ok()) {
+            std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
+            if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
+            return 1;
+        }
     }
 
     const int64_t N = batch * seq;
@@ -368,7 +389,7 @@ int cmd_bench(int argc, char ** argv) {
         float loss;
         if (!train_params.empty()) {
             step_result res;
-            st = train_step(m, s, opt, cfg, &b, 1, i, res, is_lora ? &lora : nullptr);
+            st = train_step(m, s, *opt, cfg, &b, 1, i, res, is_lora ? &lora : nullptr);
             if (!st.ok()) {
                 std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
                 return 1;
@@ -415,6 +436,8 @@ int cmd_bench(int argc, char ** argv) {
     int64_t n_trainable = 0;
     for (const optim_param & p : train_params) n_trainable += p.n;
     add("trainable_params", std::to_string(n_trainable));
+    // the optimizer's state tensors (AdamW: m and v; GaLore: projected moments and projectors)
+    add("optimizer_state_bytes", std::to_string(opt ? opt->state_bytes() : 0));
     add("model_flops_per_token", num(fpt, 0));
     add("achieved_gflops", num(gflops, 2));
     add("loss_first", num(first_loss, 5));

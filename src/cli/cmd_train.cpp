@@ -30,6 +30,8 @@ static const char * TRAIN_USAGE =
     "             --gradient_accumulation_steps 4 --val_set_size 0.05 --eval_steps 50 --save_steps 100\n"
     "  peft train lora.yaml --base_model ~/models/Qwen2.5-0.5B --chat_template chatml --resume_from_checkpoint latest\n"
     "  peft train --base_model ~/models/TinyLlama-1.1B --datasets chat.jsonl --adapter full --learning_rate 1e-5\n"
+    "  peft train --base_model ~/models/TinyLlama-1.1B --datasets chat.jsonl --adapter full --optimizer galore_adamw \\\n"
+    "             --galore_rank 128 --galore_update_proj_gap 200 --galore_scale 0.25   # GaLore: low-rank Adam state\n"
     "  mpirun -np 4 --hostfile hosts peft train lora.yaml   # data parallel (a build with -DPEFT_MPI=ON):\n"
     "             # each rank takes micro_batch_size rows of every batch, rank 0 writes output_dir\n"
     "\n"

@@ -98,14 +98,19 @@ static status file_manifest(const std::string & dir, std::vector<std::pair<std::
     return {};
 }
 
-status trainer_state_save(const std::string & path, const trainer_state & st, const adamw & opt,
+// The per-parameter step counts as "3,3,0,3" (parameter order).
+static std::string steps_text(const std::vector<int64_t> & steps) {
+    std::string s;
+    for (size_t i = 0; i < steps.size(); i++) s += (i ? "," : "") + std::to_string(steps[i]);
+    return s;
+}
+
+status trainer_state_save(const std::string & path, const trainer_state & st, optimizer & opt,
                           const std::vector<named_f32> & params) {
     std::vector<safetensors_tensor_to_write> ts;
-    for (size_t i = 0; i < opt.params.size(); i++) {
-        const optim_param & p = opt.params[i];
-        ts.push_back({"optimizer.m." + p.name, PEFT_DTYPE_F32, {p.n}, opt.m[i], ""});
-        ts.push_back({"optimizer.v." + p.name, PEFT_DTYPE_F32, {p.n}, opt.v[i], ""});
-    }
+    std::vector<optim_state_ref> state;
+    opt.state_tensors(state);
+    for (const optim_state_ref & t : state) ts.push_back({t.name, PEFT_DTYPE_F32, t.shape, t.data, ""});
     for (const named_f32 & p : params) ts.push_back({"param." + p.name, PEFT_DTYPE_F32, p.shape, p.data, ""});
     ts.push_back({"data.epoch_order", PEFT_DTYPE_F32, {(int64_t) st.epoch_order.size()}, st.epoch_order.data(), "I32"});
     std::vector<std::pair<std::string, std::string>> meta = {
@@ -114,7 +119,9 @@ status trainer_state_save(const std::string & path, const trainer_state & st, co
         {"epoch", std::to_string(st.epoch)},
         {"micro_in_epoch", std::to_string(st.micro_in_epoch)},
         {"total_steps", std::to_string(st.total_steps)},
+        {"optimizer", opt.name()},
         {"optimizer_step_count", std::to_string(opt.step_count)},
+        {"optimizer_param_steps", steps_text(opt.steps)},
         {"rng", st.rng_state},
         {"data_fingerprint", st.data_fingerprint},
         {"module_count", std::to_string(st.module_states.size())},
@@ -160,13 +167,46 @@ static status read_into(const safetensors_file & f, const std::string & name, fl
     return read_f32(*t, dst);
 }
 
-status trainer_state_load(const std::string & path, trainer_state & st, adamw & opt, const std::vector<named_f32> & params) {
+status trainer_state_load(const std::string & path, trainer_state & st, optimizer & opt, const std::vector<named_f32> & params) {
     safetensors_file f;
     PEFT_TRY(safetensors_open(path, f));
     return trainer_state_read(f, st, opt, params);
 }
 
-status trainer_state_read(const safetensors_file & f, trainer_state & st, adamw & opt, const std::vector<named_f32> & params) {
+// The optimizer's name and per-parameter step counts; a checkpoint older than them was
+// written by AdamW with one count for every parameter (`count`).
+static status read_optimizer_meta(const safetensors_file & f, optimizer & opt, int64_t count, std::vector<int64_t> & steps) {
+    const std::string * name = f.metadata_get("optimizer");
+    const std::string saved = name ? *name : "adamw";
+    if (saved != opt.name()) {
+        status st = make_mismatch(PEFT_STATUS_CONFIG, f.path, "metadata 'optimizer'", opt.name(), saved);
+        st.hint = "resume with the optimizer the checkpoint was trained with (key 'optimizer: " + saved + "')";
+        return st;
+    }
+    steps.assign(opt.params.size(), count);
+    const std::string * text = f.metadata_get("optimizer_param_steps");
+    if (!text) return {};
+    steps.clear();
+    const char * c = text->c_str();
+    while (*c) {
+        errno = 0;
+        char * end = nullptr;
+        const long long x = std::strtoll(c, &end, 10);
+        if (errno || end == c || x < 0 || x > count || (*end && *end != ',') || (*end == ',' && !end[1])) {
+            return make_mismatch(PEFT_STATUS_FORMAT, f.path, "metadata 'optimizer_param_steps'",
+                                 "comma-separated step counts, each at most optimizer_step_count", *text);
+        }
+        steps.push_back(x);
+        c = *end ? end + 1 : end;
+    }
+    if (steps.size() != opt.params.size()) {
+        return make_mismatch(PEFT_STATUS_FORMAT, f.path, "metadata 'optimizer_param_steps' entries", std::to_string(opt.params.size()),
+                             std::to_string(steps.size()));
+    }
+    return {};
+}
+
+status trainer_state_read(const safetensors_file & f, trainer_state & st, optimizer & opt, const std::vector<named_f32> & params) {
     const std::string & path = f.path;
     const std::string * fmt = f.metadata_get("format");
     if (!fmt || *fmt != STATE_FORMAT) return make_mismatch(PEFT_STATUS_FORMAT, path, "metadata 'format'", STATE_FORMAT, fmt ? *fmt : "(none)");
@@ -190,11 +230,13 @@ status trainer_state_read(const safetensors_file & f, trainer_state & st, adamw 
         if (!ms) return make_error(PEFT_STATUS_FORMAT, path, "metadata 'module_state." + std::to_string(i) + "' is missing");
         st.module_states[(size_t) i] = *ms;
     }
-    for (size_t i = 0; i < opt.params.size(); i++) {
-        PEFT_TRY(read_into(f, "optimizer.m." + opt.params[i].name, opt.m[i], opt.params[i].n));
-        PEFT_TRY(read_into(f, "optimizer.v." + opt.params[i].name, opt.v[i], opt.params[i].n));
-    }
+    std::vector<int64_t> steps;
+    PEFT_TRY(read_optimizer_meta(f, opt, count, steps));
+    std::vector<optim_state_ref> state;
+    opt.state_tensors(state);
+    for (const optim_state_ref & t : state) PEFT_TRY(read_into(f, t.name, t.data, t.numel()));
     opt.step_count = count;
+    opt.steps = steps;
     for (const named_f32 & p : params) PEFT_TRY(read_into(f, "param." + p.name, p.data, p.numel()));
     const tensor_info * eo = f.find("data.epoch_order");
     if (!eo || eo->st_dtype != SAFETENSORS_DTYPE_I32 || eo->shape.size() != 1) {

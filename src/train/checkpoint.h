@@ -1,7 +1,9 @@
 // checkpoint.h: what `peft train` needs to continue a run bit for bit, and the directory
 // discipline around it. A checkpoint directory output_dir/checkpoint-N/ holds the trained
 // weights (a PEFT adapter directory, or model.safetensors in f32 for full fine-tuning) and
-// trainer_state.safetensors: AdamW m/v per parameter ("optimizer.m.<name>", "optimizer.v.<name>"),
+// trainer_state.safetensors: the optimizer's state tensors ("optimizer.<kind>.<name>": AdamW's m
+// and v, GaLore's projected moments and projector "optimizer.proj.<name>"), its name ("optimizer")
+// and per-parameter step counts ("optimizer_param_steps"),
 // the trained tensors again in f32 ("param.<name>", adapters only: exact and independent of the
 // adapter file format), the current epoch's row order ("data.epoch_order", I32), and in the
 // metadata: step, epoch, position in the epoch, total steps, AdamW step count, the trainer's
@@ -21,7 +23,7 @@
 
 namespace peft {
 
-struct adamw;
+struct optimizer;
 struct safetensors_file;
 
 struct trainer_state {
@@ -45,15 +47,15 @@ struct named_f32 {
 
 // Writes trainer_state.safetensors at path (atomically), with the checksums of every other
 // regular file already in its directory: write the checkpoint's other files first.
-status trainer_state_save(const std::string & path, const trainer_state & st, const adamw & opt,
+status trainer_state_save(const std::string & path, const trainer_state & st, optimizer & opt,
                           const std::vector<named_f32> & params);
-// Reads it back into st, opt (m, v, step count; opt must be initialised with the same
+// Reads it back into st, opt (state tensors, step counts; opt must be initialised with the same
 // parameters) and params (each must be present with the same size). Errors name the tensor.
 // Checksums are not checked here (hashing GBs twice is wasteful): call checkpoint_verify first.
-status trainer_state_load(const std::string & path, trainer_state & st, adamw & opt,
+status trainer_state_load(const std::string & path, trainer_state & st, optimizer & opt,
                           const std::vector<named_f32> & params);
 // The same from a parsed file (the fuzzable part: metadata and tensor checks).
-status trainer_state_read(const safetensors_file & f, trainer_state & st, adamw & opt,
+status trainer_state_read(const safetensors_file & f, trainer_state & st, optimizer & opt,
                           const std::vector<named_f32> & params);
 // f32 tensors by name from any safetensors file into `params` (full fine-tuning resume).
 status load_named_f32(const std::string & path, const std::vector<named_f32> & params);

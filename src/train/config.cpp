@@ -58,6 +58,12 @@ const option_def TRAINER_KEYS[] = {
     {"adam_beta2", OPT_FLOAT, "0.999", "AdamW beta2"},
     {"adam_epsilon", OPT_FLOAT, "1e-8", "AdamW epsilon"},
     {"max_grad_norm", OPT_FLOAT, "1.0", "global gradient-norm clip; 0 disables"},
+    {"optimizer", OPT_STRING, "adamw", "adamw, or galore_adamw (adapter: full; Adam state in a low-rank gradient projection)"},
+    {"galore_rank", OPT_INT, "128", "galore_adamw: rank of the projection of every attn/mlp weight's gradient"},
+    {"galore_update_proj_gap", OPT_INT, "200", "galore_adamw: steps between projector refreshes (SVD of the gradient)"},
+    {"galore_scale", OPT_FLOAT, "0.25", "galore_adamw: scale of the projected-back update"},
+    {"galore_proj_type", OPT_STRING, "std", "galore_adamw: std, reverse_std, right, left or full (the sides projected)"},
+    {"galore_target_modules", OPT_STRING, "attn,mlp", "galore_adamw: comma-separated name parts of the 2-D weights projected (add embed_tokens,lm_head to project those too)"},
     {"seed", OPT_INT, "42", "seed of adapter init, shuffling and dropout"},
     {"val_set_size", OPT_FLOAT, "0", "fraction of samples held out for evaluation"},
     {"eval_steps", OPT_INT, "0", "evaluate every N steps (0: at the end only)"},
@@ -554,6 +560,7 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
     reader rd{"config"};
     std::string adapter_members;   // "\"r\":8,..."
     std::string adapter_args;      // members of adapter_args
+    std::vector<std::string> galore_keys;   // galore_* keys given (they need optimizer: galore_adamw)
     bool have_base = false, have_data = false;
     for (const auto & kv : e.items) {
         const std::string & key = kv.first;
@@ -632,6 +639,24 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
         else if (key == "adam_beta2") { PEFT_TRY(rd.get_float(key, v, 0.0, 1.0, false, true, d)); o.adam_beta2 = d; }
         else if (key == "adam_epsilon") { PEFT_TRY(rd.get_float(key, v, 0.0, 1.0, true, false, d)); o.adam_epsilon = d; }
         else if (key == "max_grad_norm") { PEFT_TRY(rd.get_float(key, v, 0.0, 1e30, false, false, d)); o.max_grad_norm = d; }
+        else if (key == "optimizer") {
+            PEFT_TRY(rd.get_string(key, v, o.optimizer));
+            if (o.optimizer != "adamw" && o.optimizer != "galore_adamw") return rd.range_error(key, "adamw or galore_adamw", v);
+        }
+        else if (key == "galore_rank") { PEFT_TRY(rd.get_int(key, v, 1, (int64_t) 1 << 20, o.galore_rank)); galore_keys.push_back(key); }
+        else if (key == "galore_update_proj_gap") { PEFT_TRY(rd.get_int(key, v, 1, BIG, o.galore_update_proj_gap)); galore_keys.push_back(key); }
+        else if (key == "galore_scale") { PEFT_TRY(rd.get_float(key, v, 0.0, 1e6, true, false, d)); o.galore_scale = d; galore_keys.push_back(key); }
+        else if (key == "galore_proj_type") {
+            PEFT_TRY(rd.get_string(key, v, o.galore_proj_type));
+            galore_proj_type t;
+            if (!galore_proj_from_name(o.galore_proj_type, &t)) return rd.range_error(key, "std, reverse_std, right, left or full", v);
+            galore_keys.push_back(key);
+        }
+        else if (key == "galore_target_modules") {
+            PEFT_TRY(rd.get_string(key, v, o.galore_target_modules));
+            if (galore_split_targets(o.galore_target_modules).empty()) return rd.range_error(key, "comma-separated name parts such as attn,mlp", v);
+            galore_keys.push_back(key);
+        }
         else if (key == "seed") { PEFT_TRY(rd.get_int(key, v, 0, INT64_MAX, i)); o.seed = (uint64_t) i; }
         else if (key == "val_set_size") { PEFT_TRY(rd.get_float(key, v, 0.0, 1.0, false, true, d)); o.val_set_size = d; }
         else if (key == "eval_steps") PEFT_TRY(rd.get_int(key, v, 0, BIG, o.eval_steps));
@@ -653,6 +678,16 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
         else return unknown_key("config", key);   // a table entry without a reader: keep them in sync
     }
     if (o.adapter.empty()) return make_error(PEFT_STATUS_CONFIG, "config", "key 'adapter' is empty (lora or full)");
+    if (o.optimizer == "galore_adamw" && !o.full()) {
+        status st = make_error(PEFT_STATUS_CONFIG, "config", "key 'optimizer' = galore_adamw needs adapter: full");
+        st.hint = "GaLore trains every weight (it compresses the optimizer, not the model): set adapter: full";
+        return st;
+    }
+    if (o.optimizer != "galore_adamw" && !galore_keys.empty()) {
+        status st = make_error(PEFT_STATUS_CONFIG, "config", "key '" + galore_keys[0] + "' given without optimizer: galore_adamw");
+        st.hint = "set optimizer: galore_adamw, or remove the galore_* keys";
+        return st;
+    }
     if (o.full()) {
         if (!adapter_members.empty() || !adapter_args.empty()) {
             status st = make_error(PEFT_STATUS_CONFIG, "config", "adapter keys (r, lora_alpha, target_modules, ...) given with adapter: full");
@@ -746,6 +781,14 @@ std::string config_to_json(const train_options & o) {
     add("adam_beta2", num(o.adam_beta2));
     add("adam_epsilon", num(o.adam_epsilon));
     add("max_grad_norm", num(o.max_grad_norm));
+    add("optimizer", str(o.optimizer));
+    if (o.optimizer == "galore_adamw") {
+        add("galore_rank", std::to_string(o.galore_rank));
+        add("galore_update_proj_gap", std::to_string(o.galore_update_proj_gap));
+        add("galore_scale", num(o.galore_scale));
+        add("galore_proj_type", str(o.galore_proj_type));
+        add("galore_target_modules", str(o.galore_target_modules));
+    }
     add("seed", std::to_string(o.seed));
     add("val_set_size", num(o.val_set_size));
     add("eval_steps", std::to_string(o.eval_steps));

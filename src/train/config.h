@@ -46,6 +46,12 @@ struct train_options {
     double  weight_decay = 0.0;
     double  adam_beta1 = 0.9, adam_beta2 = 0.999, adam_epsilon = 1e-8;
     double  max_grad_norm = 1.0;            // <= 0 disables clipping
+    std::string optimizer = "adamw";        // adamw | galore_adamw (adapter: full only)
+    int64_t galore_rank = 128;              // GaLore (train/optim.h): projection rank
+    int64_t galore_update_proj_gap = 200;   // steps between projector refreshes
+    double  galore_scale = 0.25;            // scale of the back-projected update
+    std::string galore_proj_type = "std";   // std | reverse_std | right | left | full
+    std::string galore_target_modules = "attn,mlp";   // name parts of the projected 2-D weights
     uint64_t seed = 42;
     double  val_set_size = 0.0;             // held-out fraction of samples, in [0, 1)
     // cadence and outputs

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <memory>
 #include <fstream>
 #include <sstream>
 #include <unistd.h>
@@ -366,7 +367,7 @@ struct train_session {
     int64_t               n_trainable = 0, n_total = 0;
     int64_t               B = 0, GA = 0, n_micro_epoch = 0, steps_per_epoch = 0, total = 0;
     train_config          tc;
-    adamw                 opt;
+    std::unique_ptr<optimizer> opt;   // AdamW, or GaLore's (optimizer: galore_adamw)
     llama_state           s;
     trainer_state         ts;
     rng                   gen;   // the trainer's generator: epoch orders
@@ -540,7 +541,21 @@ status train_session::attach() {
     tc.total_steps = total;
     tc.warmup_steps = o.warmup_steps > 0 ? o.warmup_steps : (int64_t) std::ceil(o.warmup_ratio * (double) total);
     tc.comm = &comm;
-    PEFT_TRY(opt.init(params, tc.opt));
+    if (o.optimizer == "galore_adamw") {
+        galore_config gc;
+        gc.rank = o.galore_rank;
+        gc.update_proj_gap = o.galore_update_proj_gap;
+        gc.scale = (float) o.galore_scale;
+        gc.targets = galore_split_targets(o.galore_target_modules);
+        (void) galore_proj_from_name(o.galore_proj_type, &gc.proj_type);   // checked by config_build
+        auto g = std::make_unique<galore_adamw>();
+        PEFT_TRY(g->init(params, tc.opt, gc));
+        opt = std::move(g);
+    } else {
+        auto a = std::make_unique<adamw>();
+        PEFT_TRY(a->init(params, tc.opt));
+        opt = std::move(a);
+    }
     return llama_state_init(s, m, B, T, o.gradient_checkpointing);
 }
 
@@ -579,7 +594,7 @@ status train_session::resume() {
             PEFT_TRY(checkpoint_verify(dir));
         }
         trainer_state loaded;
-        PEFT_TRY(trainer_state_load(dir + "/trainer_state.safetensors", loaded, opt, state_params));
+        PEFT_TRY(trainer_state_load(dir + "/trainer_state.safetensors", loaded, *opt, state_params));
         if (o.full()) PEFT_TRY(load_named_f32(dir + "/model.safetensors", model_params));
         if (loaded.data_fingerprint != ts.data_fingerprint) {
             status st = make_error(PEFT_STATUS_CONFIG, dir, "the training rows differ from the ones this checkpoint was trained on");
@@ -672,7 +687,7 @@ status train_session::save_checkpoint_in(const std::string & parent) {
     if (o.full()) PEFT_TRY(write_hf_model_dir(ad.path(), m, "f32", o.base_model, tok_path));
     else PEFT_TRY(adapter_save(ad.path(), aset, o.base_model));
     PEFT_TRY(write_file_atomic(ad.path() + "/train_config.json", config_to_json(o) + "\n"));
-    PEFT_TRY(trainer_state_save(ad.path() + "/trainer_state.safetensors", ts, opt, state_params));   // last: checksums the rest
+    PEFT_TRY(trainer_state_save(ad.path() + "/trainer_state.safetensors", ts, *opt, state_params));   // last: checksums the rest
     PEFT_TRY(ad.commit());
     out.last_checkpoint = dir;
     if (parent == o.output_dir) checkpoint_prune(o.output_dir, o.save_total_limit);
@@ -769,7 +784,7 @@ status train_session::run() {
         }
         const double t0 = now_s();
         step_result r;
-        status st = train_step(m, s, opt, tc, batches.data(), n_mb, ts.step, r, o.full() ? nullptr : &aset);
+        status st = train_step(m, s, *opt, tc, batches.data(), n_mb, ts.step, r, o.full() ? nullptr : &aset);
         if (!st.ok()) {
             bar.finish();
             st.message += "; training stopped at step " + std::to_string(ts.step + 1) + " of " + std::to_string(total) +

@@ -22,6 +22,7 @@ std::vector<optim_param> llama_optim_params(llama_model & m) {
         p.value = (float *) t.data;
         p.grad = t.grad;
         p.n = t.numel();
+        p.shape = t.shape;
         ps.push_back(p);
     }
     return ps;
@@ -35,6 +36,7 @@ std::vector<optim_param> adapter_optim_params(adapter_set & s) {
         q.name = p.name;
         q.value = p.value;
         q.grad = p.grad;
+        q.shape = p.shape;
         q.n = 1;
         for (int64_t d : p.shape) q.n *= d;
         q.lr_scale = p.lr_scale;
@@ -76,7 +78,7 @@ static void sum_gradients(const dist_comm & c, const std::vector<optim_param> & 
     }
 }
 
-status train_step(llama_model & m, llama_state & s, adamw & opt, const train_config & cfg, const llama_batch * micro,
+status train_step(llama_model & m, llama_state & s, optimizer & opt, const train_config & cfg, const llama_batch * micro,
                   int64_t n_micro, int64_t step, step_result & out, adapter_set * adapters) {
     std::vector<adapter_module *> mods;
     if (adapters) {

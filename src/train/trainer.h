@@ -51,11 +51,11 @@ std::vector<optim_param> adapter_optim_params(adapter_set & s);
 // Zeroes the gradients of opt.params, runs forward+backward on each micro-batch (loss scaled by
 // 1/n_micro, as gradient accumulation in transformers; across the ranks of cfg.comm, micro-batch
 // i is the union of every rank's i-th one), adds each module's regularize(1) once,
-// checks finiteness, clips, and applies AdamW with the scheduled lr for optimizer step `step`
+// checks finiteness, clips, and applies the optimizer (AdamW, GaLore) with the scheduled lr for optimizer step `step`
 // (0-based). With adapters, their method's before_update / after_update / on_step_end hooks run
 // around the update (adapter.h). On NaN/Inf nothing is updated and a PEFT_STATUS_NUMERIC error names the first
 // non-finite tensor (parameter or gradient).
-status train_step(llama_model & m, llama_state & s, adamw & opt, const train_config & cfg,
+status train_step(llama_model & m, llama_state & s, optimizer & opt, const train_config & cfg,
                   const llama_batch * micro, int64_t n_micro, int64_t step, step_result & out,
                   adapter_set * adapters = nullptr);
 

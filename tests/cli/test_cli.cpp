@@ -1,5 +1,6 @@
 // Golden CLI runs of the `peft` binary (path compiled in as PEFT_BIN): exit codes, one
 // JSON line from bench, clear errors on bad input.
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -59,6 +60,30 @@ TEST(cli, bench_lora_trains_only_the_adapter_and_the_loss_falls) {
     const double per_layer = 32 * 2 + (32 + 16) * 2 + 32 * 2 + (32 + 48) * 3;   // sum of in + out of the 7 projections
     EXPECT_DOUBLE_EQ(j.get("model_flops_per_token").as_double() - fd.root().get("model_flops_per_token").as_double(),
                      6.0 * 4 * per_layer * 2);
+}
+
+// --method galore at rank 4 on the fixture model: the loss falls, and optimizer_state_bytes is
+// the closed form: per projected [m, n] weight 2 r max(m, n) + r min(m, n) floats (q, o 32x32;
+// k, v 16x32; gate, up 48x32; down 32x48; two layers), 2 floats per element elsewhere
+// (embeddings and lm_head 64x32, five norms of 32); full fine-tuning's is 8 bytes per parameter.
+TEST(cli, bench_galore_reports_its_optimizer_state_and_the_loss_falls) {
+    std::string model = peft::testing::source_path("tests/fixtures/llama_gqa");
+    auto bench = [&](const std::string & method) {
+        run_result r = run_peft("bench --model " + model + " --method " + method + " --batch 2 --seq 12 --steps 15 --warmup 0 "
+                                "--threads 2 --same-batch --lr 3e-3");
+        EXPECT_EQ(r.code, 0) << r.out;
+        peft::json_document doc;
+        EXPECT_TRUE(doc.parse(r.out.data(), r.out.size(), "bench output").ok()) << r.out;
+        return doc;
+    };
+    peft::json_document g = bench("galore --galore-rank 4"), f = bench("full");
+    const int64_t r = 4;
+    auto proj = [&](int64_t m, int64_t n) { return 2 * r * std::max(m, n) + r * std::min(m, n); };
+    const int64_t layer = 2 * proj(32, 32) + 2 * proj(16, 32) + 2 * proj(48, 32) + proj(32, 48);
+    const int64_t plain = 2 * (2 * 64 * 32 + 5 * 32);
+    EXPECT_EQ(g.root().get("optimizer_state_bytes").as_int(), 4 * (2 * layer + plain));
+    EXPECT_EQ(f.root().get("optimizer_state_bytes").as_int(), 8 * f.root().get("trainable_params").as_int());
+    EXPECT_LT(g.root().get("loss_final").as_double(), 0.8 * g.root().get("loss_first").as_double());
 }
 
 TEST(cli, bench_is_deterministic_for_a_fixed_seed_and_thread_count) {
