@@ -124,7 +124,7 @@ status calibrate_train_rows(llama_model & m, const data_rows & rows, double frac
             if (!p.trainable || !p.grad) continue;
             int64_t k = 1;
             for (int64_t d : p.shape) k *= d;
-            ps.push_back({targets[i].path + "." + p.name, p.value, p.grad, k, p.lr_scale});
+            ps.push_back({targets[i].path + "." + p.name, p.value, p.grad, k, p.shape, p.lr_scale});
         }
     }
     train_config c = cfg;
