@@ -28,8 +28,8 @@ uint32_t file_type_of(gguf_tensor_type t) {
         case GGUF_TENSOR_F16: return 1;    // LLAMA_FTYPE_MOSTLY_F16
         case GGUF_TENSOR_Q8_0: return 7;   // LLAMA_FTYPE_MOSTLY_Q8_0
         case GGUF_TENSOR_BF16: return 32;  // LLAMA_FTYPE_MOSTLY_BF16
+        default: return 0;                 // never written (gguf_encode)
     }
-    return 0;
 }
 
 // llama_token_type (llama.h) as written in tokenizer.ggml.token_type
