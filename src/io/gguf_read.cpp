@@ -128,7 +128,10 @@ status read_tensor_info(cursor & c, gguf_tensor_view & t) {
     }
     t.type = (gguf_tensor_type) type;
     status st = gguf_tensor_nbytes(t.type, t.ne, what, &t.nbytes);   // negative dims, overflow, ne[0] % block
-    if (!st.ok()) st.message = c.where + ": " + st.message;
+    if (!st.ok()) {
+        st.code = PEFT_STATUS_FORMAT;   // file content, not a model mismatch
+        st.message = c.where + ": " + st.message;
+    }
     return st;
 }
 
