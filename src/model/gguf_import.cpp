@@ -219,6 +219,11 @@ status gguf_require_unquantized(const std::string & path, const std::string & wh
 status llama_load_gguf(llama_model & m, const std::string & path, bool trainable) {
     auto f = std::make_shared<gguf_file>();
     PEFT_TRY(gguf_open(path, *f));
+    return llama_load_gguf_file(m, f, trainable);
+}
+
+status llama_load_gguf_file(llama_model & m, const std::shared_ptr<const gguf_file> & f, bool trainable) {
+    const std::string & path = f->path;
     PEFT_TRY(gguf_model_hparams(*f, m.hp));
 
     // look everything up and validate before allocating
@@ -302,7 +307,7 @@ status llama_load_gguf(llama_model & m, const std::string & path, bool trainable
             return make_error(PEFT_STATUS_NUMERIC, path, "tensor '" + found[i]->name + "' has a NaN or Inf at element " + std::to_string(bad[i]));
         }
     }
-    m.source = f;
+    m.source = std::const_pointer_cast<gguf_file>(f);
     llama_bind_weights(m);
     return {};
 }

@@ -10,6 +10,7 @@
 //    against the base model.
 // Not here: tokenizer.ggml.* (tokenizer/gguf_vocab.h), the container (io/gguf_read.h).
 #pragma once
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,8 @@ struct gguf_file;
 status gguf_model_hparams(const gguf_file & f, llama_hparams & hp);
 // Loads the GGUF model at path into m (llama_load calls this for a .gguf file).
 status llama_load_gguf(llama_model & m, const std::string & path, bool trainable);
+// The same from a parsed file (kept alive by m.source; the fuzz target parses from memory).
+status llama_load_gguf_file(llama_model & m, const std::shared_ptr<const gguf_file> & f, bool trainable);
 // An error naming the first block-quantized tensor of the GGUF model at path and its type, for
 // commands that cannot use a dequantized copy (training over a quantized base). `what` is the
 // command ("training").

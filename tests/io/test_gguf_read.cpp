@@ -7,11 +7,14 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "io/gguf.h"
 #include "io/gguf_read.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
 #include "testing.h"
 
 using namespace peft;
@@ -241,4 +244,24 @@ TEST(gguf_read, writer_files_read_back) {
     EXPECT_TRUE(f.tensors[0].aligned);
     for (uint64_t i = 0; i < f.tensors[1].nbytes; i++) ASSERT_EQ(f.tensors[1].data[i], 2);
     EXPECT_FALSE(gguf_is_file(peft::testing::source_path("models/tiny-llama/config.json")));
+}
+
+// The fuzz seed tests/fuzz/corpus_gguf/tiny_llama.gguf reaches the model and tokenizer paths
+// (so mutations of it exercise them): it loads, and its vocabulary encodes as its merges say.
+TEST(gguf_read, fuzz_seed_tiny_llama_loads_as_model_and_tokenizer) {
+    const std::string path = peft::testing::source_path("tests/fuzz/corpus_gguf/tiny_llama.gguf");
+    llama_model m;
+    status st = llama_load(m, path, false);
+    ASSERT_TRUE(st.ok()) << st.message;
+    EXPECT_EQ(m.hp.n_layer, 1);
+    EXPECT_EQ(m.hp.n_head_kv, 1);
+    EXPECT_TRUE(m.hp.tie_embeddings);
+    std::unique_ptr<tokenizer> tok;
+    st = tokenizer::load(path, tok);
+    ASSERT_TRUE(st.ok()) << st.message;
+    // BOS from add_bos_token, "ab" by the merge a+b, " a" by the merge \u0120+a
+    EXPECT_EQ(tok->encode("ab a", true), (std::vector<int32_t>{6, 2, 4}));
+    EXPECT_EQ(tok->decode({2, 4}), "ab a");
+    EXPECT_EQ(tok->chat_template(), "{{ messages }}");
+    EXPECT_EQ(tok->bos_id(), 6);
 }
