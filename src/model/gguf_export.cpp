@@ -10,6 +10,7 @@
 #include "adapters/adapter_set.h"
 #include "adapters/lora.h"
 #include "core/dtype.h"
+#include "io/gguf_read.h"
 #include "io/json.h"
 #include "model/llama.h"
 #include "model/llama_names.h"
@@ -65,7 +66,33 @@ std::string merge_text(const json_value & m) {
     return {};
 }
 
+// A GGUF source model: its tokenizer.* metadata as it is (the vocabulary llama.cpp already runs).
+status copy_tokenizer_metadata(gguf_writer & w, const std::string & path) {
+    gguf_file f;
+    PEFT_TRY(gguf_open(path, f));
+    for (const gguf_kv & kv : f.kv) {
+        if (kv.key.rfind("tokenizer.", 0) != 0) continue;
+        const bool arr = kv.type == GGUF_VALUE_ARRAY;
+        std::vector<std::string> strs(kv.strs.begin(), kv.strs.end());
+        std::vector<int32_t> ints;
+        std::vector<float> floats;
+        uint32_t u = 0;
+        float x = 0.0f;
+        bool b = false;
+        if (!arr && kv.type == GGUF_VALUE_STRING) w.set_str(kv.key, strs[0]);
+        else if (!arr && kv.type == GGUF_VALUE_BOOL && f.get_bool(kv.key, b, true).ok()) w.set_bool(kv.key, b);
+        else if (!arr && kv.type == GGUF_VALUE_FLOAT32 && f.get_f32(kv.key, x, true).ok()) w.set_f32(kv.key, x);
+        else if (!arr && f.get_u32(kv.key, u, true).ok()) w.set_u32(kv.key, u);
+        else if (arr && kv.elem_type == GGUF_VALUE_STRING) w.set_arr_str(kv.key, strs);
+        else if (arr && f.get_arr_i32(kv.key, ints, true).ok()) w.set_arr_i32(kv.key, ints);
+        else if (arr && f.get_arr_f32(kv.key, floats, true).ok()) w.set_arr_f32(kv.key, floats);
+        else return make_error(PEFT_STATUS_FORMAT, path, "key '" + kv.key + "' has a type peft export does not copy");
+    }
+    return {};
+}
+
 status tokenizer_metadata(gguf_writer & w, const std::string & model_dir, int64_t n_vocab, std::string & note) {
+    if (gguf_is_file(model_dir)) return copy_tokenizer_metadata(w, model_dir);
     const std::string path = model_dir + "/tokenizer.json";
     std::error_code ec;
     if (!fs::is_regular_file(path, ec)) {

@@ -27,10 +27,12 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "io/atomic_file.h"
+#include "io/gguf_read.h"
 #include "io/json.h"
 #include "io/output_guard.h"
 #include "io/peft_format.h"
 #include "io/safetensors.h"
+#include "model/gguf_import.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 #include "train/calibrate.h"
@@ -431,6 +433,8 @@ status train_session::open_inputs() {
         PEFT_TRY(llama_hparams_load(o.base_model + "/config.json", hp));
         PEFT_TRY(llama_init_random(m, hp, true, o.seed));
     } else {
+        // a dequantized copy would train, but the point of a quantized base is not holding one
+        if (gguf_is_file(o.base_model)) PEFT_TRY(gguf_require_unquantized(o.base_model, "training"));
         PEFT_TRY(llama_load(m, o.base_model, o.full()));
     }
     const llama_hparams & hp = m.hp;
