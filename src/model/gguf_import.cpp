@@ -106,39 +106,48 @@ status model_arch(const gguf_file & f, std::string & arch) {
     return {};
 }
 
-// Llama 3 rope scaling from rope_freqs.weight: the tensor holds the factors only, so we find
-// the rope_scaling that gives them (factor = the largest divisor; low/high_freq_factor and
-// original_max_position_embeddings as every Llama 3.x release sets them) and refuse others.
+// Llama 3 rope scaling from rope_freqs.weight. The tensor holds the divisors only; with
+// low_freq_factor 1 and high_freq_factor 4 (every Llama 3.x release) the largest divisor is the
+// factor, and a divisor between 1 and the factor fixes original_max_position_embeddings
+// (8192 when none is). The parameters found must reproduce the tensor, else it is refused.
 status rope_freqs(const gguf_file & f, llama_hparams & hp) {
     const gguf_tensor_view * t = f.find("rope_freqs.weight");
     if (!t) return {};
     const std::string what = "tensor 'rope_freqs.weight'";
     if (t->type != GGUF_TENSOR_F32 || t->ne.size() != 1 || t->ne[0] != hp.head_dim / 2) {
-        return make_mismatch(PEFT_STATUS_SHAPE, f.path, what, "F32 [" + std::to_string(hp.head_dim / 2) + "]",
+        return make_mismatch(PEFT_STATUS_SHAPE, f.path, what, "F32 ne [" + std::to_string(hp.head_dim / 2) + "]",
                              std::string(gguf_tensor_type_name(t->type)) + " ne " + shape_str(t->ne));
     }
     std::vector<float> got((size_t) t->ne[0]);
     std::memcpy(got.data(), t->data, got.size() * 4);
-    float factor = 0.0f;
-    for (float v : got) factor = std::fmax(factor, v);
     llama_hparams guess = hp;
-    guess.rope.llama3 = true;
-    guess.rope.factor = factor;
-    guess.rope.low_freq_factor = 1.0f;
-    guess.rope.high_freq_factor = 4.0f;
-    guess.rope.original_max_position = 8192;
-    const std::vector<float> want = llama_gguf_rope_factors(guess);
-    for (size_t i = 0; i < want.size(); i++) {
-        if (!(std::fabs(want[i] - got[i]) <= 1e-6f * std::fabs(want[i]))) {
-            status st = make_error(PEFT_STATUS_CONFIG, f.path, what + ": element " + std::to_string(i) + " is " + std::to_string(got[i]) +
-                                   ", not Llama 3 rope scaling (factor " + std::to_string(factor) +
-                                   ", low_freq_factor 1, high_freq_factor 4, original_max_position_embeddings 8192): " + std::to_string(want[i]));
-            st.hint = "peft reads the rope scaling of Llama 3.x GGUF files only";
-            return st;
+    rope_config & r = guess.rope;
+    r.llama3 = true;
+    r.factor = 0.0f;
+    for (float v : got) r.factor = std::fmax(r.factor, v);
+    r.low_freq_factor = 1.0f;
+    r.high_freq_factor = 4.0f;
+    std::vector<int64_t> candidates = {8192};
+    for (size_t i = 0; i < got.size(); i++) {
+        if (!(got[i] > 1.0f && got[i] < r.factor)) continue;
+        // 1/d = (1 - s)/factor + s with s = (orig / wavelen - low) / (high - low)
+        const double s = (1.0 / got[i] - 1.0 / r.factor) / (1.0 - 1.0 / r.factor);
+        const double wavelen = 2.0 * M_PI * std::pow((double) hp.rope.theta, 2.0 * (double) i / (double) hp.head_dim);
+        candidates.push_back((int64_t) std::llround(wavelen * (s * (r.high_freq_factor - r.low_freq_factor) + r.low_freq_factor)));
+    }
+    for (int64_t orig : candidates) {
+        r.original_max_position = orig;
+        const std::vector<float> want = llama_gguf_rope_factors(guess);
+        bool same = orig > 0;
+        for (size_t i = 0; i < want.size() && same; i++) same = std::fabs(want[i] - got[i]) <= 1e-6f * std::fabs(want[i]);
+        if (same) {
+            hp.rope = r;
+            return {};
         }
     }
-    hp.rope = guess.rope;
-    return {};
+    status st = make_error(PEFT_STATUS_CONFIG, f.path, what + " is not Llama 3 rope scaling with low_freq_factor 1 and high_freq_factor 4");
+    st.hint = "peft reads the rope scaling of Llama 3.x GGUF files only";
+    return st;
 }
 
 } // namespace
