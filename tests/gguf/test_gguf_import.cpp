@@ -8,6 +8,7 @@
 //   - PEFT LoRA -> export gguf-lora -> peft convert: the same tensors (rank_pattern too);
 //     --adapter FILE.gguf gives the same logits as the PEFT directory; an adapter for another
 //     base is refused naming the tensor and shapes; training over Q8_0 is refused naming it;
+//   - peft merge of the GGUF base + GGUF LoRA writes the same checkpoint as from the directories;
 //   - our Q8_0 / Q4_0 / Q4_K dequantization against libggml's own (to_float of ggml's
 //     quantize_chunk output), bit for bit, and our type table against ggml's.
 #include <gtest/gtest.h>
@@ -25,6 +26,7 @@
 #include "io/safetensors.h"
 #include "kernels/ggml_quant.h"
 #include "model/llama.h"
+#include "model/llama_hparams.h"
 #include "testing.h"
 #include "tokenizer/tokenizer.h"
 
@@ -266,3 +268,48 @@ TEST(gguf_import, type_table_matches_ggml) {
 }
 
 #endif
+
+// peft merge of the GGUF base with the GGUF LoRA writes the checkpoint peft merge writes from
+// the directory and the PEFT adapter: the same tensors (bf16 matrices, merged ones rounded back), and a
+// config.json and tokenizer that load to the same model and ids.
+TEST(gguf_import, merge_of_gguf_base_and_gguf_lora_equals_merge_of_the_directories) {
+    const std::string dir = pt::source_path("models/tiny-llama");
+    const std::string base = export_model(dir, "bf16", "merge_base");
+    const std::string adapter = gguf_test_adapter(dir, "import_merge", "");
+    const std::string work = pt::temp_dir("gguf_import_merge");
+    pt::child_result r = pt::spawn_peft({"export", "gguf-lora", "--model", dir, "--adapter", adapter, "--out", work + "/lora.gguf"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    r = pt::spawn_peft({"merge", "--model", base, "--adapter", work + "/lora.gguf", "--out", work + "/from_gguf"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    r = pt::spawn_peft({"merge", "--model", dir, "--adapter", adapter, "--out", work + "/from_dir"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    peft::safetensors_file want, got;
+    ASSERT_TRUE(peft::safetensors_open(work + "/from_dir/model.safetensors", want).ok());
+    ASSERT_TRUE(peft::safetensors_open(work + "/from_gguf/model.safetensors", got).ok());
+    ASSERT_EQ(want.tensors.size(), got.tensors.size());
+    for (const peft::tensor_info & t : want.tensors) {
+        const peft::tensor_info * u = got.find(t.name);
+        ASSERT_NE(u, nullptr) << t.name;
+        // GGUF keeps vectors F32 (export writes them so): those are the bf16 values widened
+        if (t.shape.size() == 2) {
+            EXPECT_EQ(u->st_dtype, t.st_dtype) << t.name;
+        }
+        std::vector<float> x((size_t) t.n_elements), y((size_t) u->n_elements);
+        ASSERT_TRUE(peft::read_f32(t, x.data()).ok());
+        ASSERT_TRUE(peft::read_f32(*u, y.data()).ok());
+        EXPECT_EQ(x, y) << t.name;
+    }
+    peft::llama_hparams a, b;
+    ASSERT_TRUE(peft::llama_hparams_load(dir + "/config.json", a).ok());
+    status st = peft::llama_hparams_load(work + "/from_gguf/config.json", b);
+    ASSERT_TRUE(st.ok()) << st.message;
+    EXPECT_EQ(peft::llama_hparams_config_json(a, "x"), peft::llama_hparams_config_json(b, "x"));
+    std::unique_ptr<peft::tokenizer> ta, tb;
+    ASSERT_TRUE(peft::tokenizer::load(dir, ta).ok());
+    st = peft::tokenizer::load(work + "/from_gguf", tb);
+    ASSERT_TRUE(st.ok()) << st.message;
+    const std::string text = "<|begin_of_text|>Which book of the Bible is this verse from? Jesus wept.";
+    EXPECT_EQ(ta->encode(text, true), tb->encode(text, true));
+    EXPECT_EQ(ta->chat_template(), tb->chat_template());
+    EXPECT_EQ(ta->eos_id(), tb->eos_id());
+}
