@@ -19,12 +19,10 @@
 #include "core/dtype.h"
 #include "io/atomic_file.h"
 #include "io/gguf_read.h"
-#include "io/json.h"
 #include "io/output_guard.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
-#include "model/llama_hparams.h"
-#include "tokenizer/gguf_vocab.h"
+#include "model/gguf_import.h"
 #include "tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -96,25 +94,11 @@ status merge_gguf_base(const std::string & path, llama_model & m, adapter_set & 
         convert_from_f32(type, f32.data(), buffers.back().data(), n);
         outs.push_back({t.name, type, t.shape, buffers.back().data(), ""});
     }
-    cfg = llama_hparams_config_json(m.hp, torch_dtype_name(written));
-    gguf_file f;
-    PEFT_TRY(gguf_open(path, f));
-    std::string tok_json;
-    gguf_vocab_extra extra;
-    const status st = gguf_tokenizer_json(f, tok_json, extra);
-    if (!st.ok()) {
-        std::fprintf(stderr, "peft merge: note: no tokenizer files written: %s\n", st.message.c_str());
-        return {};
-    }
-    std::vector<std::string_view> tokens;
-    PEFT_TRY(f.get_arr_str("tokenizer.ggml.tokens", tokens, true));
-    std::string tc = "{\n";
-    if (extra.bos >= 0) tc += "  \"bos_token\": " + json_quote(std::string(tokens[(size_t) extra.bos])) + ",\n";
-    if (extra.eos >= 0) tc += "  \"eos_token\": " + json_quote(std::string(tokens[(size_t) extra.eos])) + ",\n";
-    if (extra.pad >= 0) tc += "  \"pad_token\": " + json_quote(std::string(tokens[(size_t) extra.pad])) + ",\n";
-    if (!extra.chat_template.empty()) tc += "  \"chat_template\": " + json_quote(extra.chat_template) + ",\n";
-    tc += "  \"tokenizer_class\": \"PreTrainedTokenizerFast\"\n}\n";
-    made = {{"tokenizer.json", tok_json}, {"tokenizer_config.json", tc}};
+    std::string note;
+    PEFT_TRY(gguf_hf_files(path, m.hp, torch_dtype_name(written), made, note));
+    if (!note.empty()) std::fprintf(stderr, "peft merge: note: %s", note.c_str());
+    cfg = made[0].second;   // config.json, written as the directory case writes its own
+    made.erase(made.begin());
     return {};
 }
 

@@ -18,6 +18,7 @@
 #include "model/gguf_export.h"
 #include "model/llama.h"
 #include "model/llama_names.h"
+#include "tokenizer/gguf_vocab.h"
 
 namespace peft {
 
@@ -318,6 +319,31 @@ status llama_load_gguf_file(llama_model & m, const std::shared_ptr<const gguf_fi
     }
     m.source = std::const_pointer_cast<gguf_file>(f);
     llama_bind_weights(m);
+    return {};
+}
+
+status gguf_hf_files(const std::string & path, const llama_hparams & hp, const std::string & torch_dtype,
+                     std::vector<std::pair<std::string, std::string>> & files, std::string & note) {
+    files = {{"config.json", llama_hparams_config_json(hp, torch_dtype)}};
+    gguf_file f;
+    PEFT_TRY(gguf_open(path, f));
+    std::string tok_json;
+    gguf_vocab_extra extra;
+    const status st = gguf_tokenizer_json(f, tok_json, extra);
+    if (!st.ok()) {
+        note += "no tokenizer files written: " + st.message + "\n";
+        return {};
+    }
+    std::vector<std::string_view> tokens;
+    PEFT_TRY(f.get_arr_str("tokenizer.ggml.tokens", tokens, true));
+    std::string tc = "{\n";
+    for (auto [key, id] : {std::pair<const char *, int32_t>{"bos_token", extra.bos}, {"eos_token", extra.eos}, {"pad_token", extra.pad}}) {
+        if (id >= 0) tc += std::string("  \"") + key + "\": " + json_quote(std::string(tokens[(size_t) id])) + ",\n";
+    }
+    if (!extra.chat_template.empty()) tc += "  \"chat_template\": " + json_quote(extra.chat_template) + ",\n";
+    tc += "  \"tokenizer_class\": \"PreTrainedTokenizerFast\"\n}\n";
+    files.push_back({"tokenizer.json", tok_json});
+    files.push_back({"tokenizer_config.json", tc});
     return {};
 }
 

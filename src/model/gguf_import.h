@@ -12,6 +12,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
@@ -33,6 +34,13 @@ status llama_load_gguf_file(llama_model & m, const std::shared_ptr<const gguf_fi
 // commands that cannot use a dequantized copy (training over a quantized base). `what` is the
 // command ("training").
 status gguf_require_unquantized(const std::string & path, const std::string & what);
+
+// The files beside model.safetensors of a Hugging Face checkpoint made from the GGUF model at
+// path (peft merge, full fine-tuning, residual models): config.json from hp, tokenizer.json and
+// tokenizer_config.json from its tokenizer.ggml.* metadata (left out, with a note, when that
+// vocabulary is not one peft rebuilds). files: name -> content.
+status gguf_hf_files(const std::string & path, const llama_hparams & hp, const std::string & torch_dtype,
+                     std::vector<std::pair<std::string, std::string>> & files, std::string & note);
 
 // A GGUF LoRA as PEFT would save it for base m: adapter_config.json text and tensors
 // (PEFT names and orientation, f32, B's Q/K rows un-permuted). Refuses a file for another base

@@ -9,6 +9,7 @@
 //     --adapter FILE.gguf gives the same logits as the PEFT directory; an adapter for another
 //     base is refused naming the tensor and shapes; training over Q8_0 is refused naming it;
 //   - peft merge of the GGUF base + GGUF LoRA writes the same checkpoint as from the directories;
+//     peft train (LoRA and full) over the GGUF writes what it writes over the directory;
 //   - our Q8_0 / Q4_0 / Q4_K dequantization against libggml's own (to_float of ggml's
 //     quantize_chunk output), bit for bit, and our type table against ggml's.
 #include <gtest/gtest.h>
@@ -312,4 +313,41 @@ TEST(gguf_import, merge_of_gguf_base_and_gguf_lora_equals_merge_of_the_directori
     EXPECT_EQ(ta->encode(text, true), tb->encode(text, true));
     EXPECT_EQ(ta->chat_template(), tb->chat_template());
     EXPECT_EQ(ta->eos_id(), tb->eos_id());
+}
+
+// peft train over the bf16 GGUF of tiny-llama trains what it trains over the directory: the same
+// adapter file byte for byte; a full fine-tune writes a checkpoint (config.json and tokenizer
+// made from the GGUF) with the same weights.
+TEST(gguf_import, training_over_the_gguf_equals_training_over_the_directory) {
+    const std::string dir = pt::source_path("models/tiny-llama");
+    const std::string gguf = export_model(dir, "bf16", "train_base");
+    const std::string work = pt::temp_dir("gguf_import_train");
+    pt::spawn_options passive;
+    passive.passive_omp = true;
+    for (const char * method_c : {"lora", "full"}) {
+        const std::string method = method_c;
+        for (const std::string & base : {dir, gguf}) {
+            const std::string out = work + "/" + method + (base == dir ? "_dir" : "_gguf");
+            const pt::child_result r = pt::spawn_peft({"train", "--base_model", base, "--adapter", method, "--datasets",
+                                                       pt::source_path("data/demo/train.jsonl"), "--output_dir", out, "--max_steps", "2",
+                                                       "--sequence_len", "64", "--threads", "2"}, passive);
+            ASSERT_EQ(r.code, 0) << r.out;
+        }
+        const std::string file = method == "lora" ? "/adapter_model.safetensors" : "/model.safetensors";
+        peft::safetensors_file a, b;
+        ASSERT_TRUE(peft::safetensors_open(work + "/" + method + "_dir" + file, a).ok());
+        ASSERT_TRUE(peft::safetensors_open(work + "/" + method + "_gguf" + file, b).ok());
+        ASSERT_EQ(a.tensors.size(), b.tensors.size());
+        for (const peft::tensor_info & t : a.tensors) {
+            const peft::tensor_info * u = b.find(t.name);
+            ASSERT_TRUE(u && u->n_bytes == t.n_bytes) << t.name;
+            EXPECT_EQ(std::memcmp(u->data, t.data, (size_t) t.n_bytes), 0) << method << " " << t.name;
+        }
+    }
+    peft::llama_model m;
+    status st = peft::llama_load(m, work + "/full_gguf", false);
+    EXPECT_TRUE(st.ok()) << st.message;
+    std::unique_ptr<peft::tokenizer> tok;
+    st = peft::tokenizer::load(work + "/full_gguf", tok);
+    EXPECT_TRUE(st.ok()) << st.message;
 }
