@@ -306,6 +306,16 @@ status typed(const gguf_file & f, const std::string & key, bool array, std::init
     return make_mismatch(PEFT_STATUS_FORMAT, f.path, key_label(key) + " type", want, got);
 }
 
+// An array of 4-byte numbers of element type `type` (copied: the file's bytes are unaligned).
+template <typename T> status numeric_array(const gguf_file & f, const std::string & key, uint32_t type, std::vector<T> & out, bool required) {
+    const gguf_kv * k = nullptr;
+    PEFT_TRY(typed(f, key, true, {type}, required, k));
+    if (!k) return {};
+    out.resize((size_t) k->count);
+    std::memcpy(out.data(), k->data, out.size() * sizeof(T));
+    return {};
+}
+
 template <typename T> T load(const uint8_t * p) {
     T v;
     std::memcpy(&v, p, sizeof(T));
@@ -364,21 +374,11 @@ status gguf_file::get_arr_str(const std::string & key, std::vector<std::string_v
 }
 
 status gguf_file::get_arr_i32(const std::string & key, std::vector<int32_t> & out, bool required) const {
-    const gguf_kv * k = nullptr;
-    PEFT_TRY(typed(*this, key, true, {GGUF_VALUE_INT32}, required, k));
-    if (!k) return {};
-    out.resize((size_t) k->count);
-    std::memcpy(out.data(), k->data, out.size() * 4);
-    return {};
+    return numeric_array(*this, key, GGUF_VALUE_INT32, out, required);
 }
 
 status gguf_file::get_arr_f32(const std::string & key, std::vector<float> & out, bool required) const {
-    const gguf_kv * k = nullptr;
-    PEFT_TRY(typed(*this, key, true, {GGUF_VALUE_FLOAT32}, required, k));
-    if (!k) return {};
-    out.resize((size_t) k->count);
-    std::memcpy(out.data(), k->data, out.size() * 4);
-    return {};
+    return numeric_array(*this, key, GGUF_VALUE_FLOAT32, out, required);
 }
 
 } // namespace peft

@@ -97,6 +97,27 @@ void expect_same_model(const std::string & dir, const std::string & gguf) {
     EXPECT_EQ(std::memcmp(la.data(), lb.data(), la.size() * 4), 0) << dir << ": logits differ";
 }
 
+// Every tensor of safetensors file a is in b with the same values (as f32; matrices also of the
+// same dtype).
+void expect_same_tensors(const std::string & a_path, const std::string & b_path) {
+    peft::safetensors_file a, b;
+    ASSERT_TRUE(peft::safetensors_open(a_path, a).ok());
+    ASSERT_TRUE(peft::safetensors_open(b_path, b).ok());
+    ASSERT_EQ(a.tensors.size(), b.tensors.size());
+    for (const peft::tensor_info & t : a.tensors) {
+        const peft::tensor_info * u = b.find(t.name);
+        ASSERT_NE(u, nullptr) << t.name;
+        EXPECT_EQ(u->shape, t.shape) << t.name;
+        if (t.shape.size() == 2) {
+            EXPECT_EQ(u->st_dtype, t.st_dtype) << t.name;
+        }
+        std::vector<float> x((size_t) t.n_elements), y((size_t) u->n_elements);
+        ASSERT_TRUE(peft::read_f32(t, x.data()).ok());
+        ASSERT_TRUE(peft::read_f32(*u, y.data()).ok());
+        EXPECT_EQ(x, y) << b_path << ": " << t.name;
+    }
+}
+
 } // namespace
 
 TEST(gguf_import, f32_exports_read_back_bit_for_bit) {
@@ -179,19 +200,7 @@ TEST(gguf_import, lora_round_trip_export_convert_gives_the_same_tensors) {
         ASSERT_EQ(r.code, 0) << r.out;
         r = pt::spawn_peft({"convert", "--model", dir, "--adapter", work + "/lora.gguf", "--out", work + "/peft"});
         ASSERT_EQ(r.code, 0) << r.out;
-        peft::safetensors_file want, got;
-        ASSERT_TRUE(peft::safetensors_open(adapter + "/adapter_model.safetensors", want).ok());
-        ASSERT_TRUE(peft::safetensors_open(work + "/peft/adapter_model.safetensors", got).ok());
-        ASSERT_EQ(want.tensors.size(), got.tensors.size());
-        for (const peft::tensor_info & t : want.tensors) {
-            const peft::tensor_info * u = got.find(t.name);
-            ASSERT_NE(u, nullptr) << t.name;
-            EXPECT_EQ(u->shape, t.shape) << t.name;
-            std::vector<float> a((size_t) t.n_elements), b((size_t) u->n_elements);
-            ASSERT_TRUE(peft::read_f32(t, a.data()).ok());
-            ASSERT_TRUE(peft::read_f32(*u, b.data()).ok());
-            EXPECT_EQ(a, b) << t.name;
-        }
+        expect_same_tensors(adapter + "/adapter_model.safetensors", work + "/peft/adapter_model.safetensors");
         // the GGUF adapter and the PEFT directory run the same
         peft::llama_model m1, m2;
         peft::adapter_set s1, s2;
@@ -284,22 +293,8 @@ TEST(gguf_import, merge_of_gguf_base_and_gguf_lora_equals_merge_of_the_directori
     ASSERT_EQ(r.code, 0) << r.out;
     r = pt::spawn_peft({"merge", "--model", dir, "--adapter", adapter, "--out", work + "/from_dir"});
     ASSERT_EQ(r.code, 0) << r.out;
-    peft::safetensors_file want, got;
-    ASSERT_TRUE(peft::safetensors_open(work + "/from_dir/model.safetensors", want).ok());
-    ASSERT_TRUE(peft::safetensors_open(work + "/from_gguf/model.safetensors", got).ok());
-    ASSERT_EQ(want.tensors.size(), got.tensors.size());
-    for (const peft::tensor_info & t : want.tensors) {
-        const peft::tensor_info * u = got.find(t.name);
-        ASSERT_NE(u, nullptr) << t.name;
-        // GGUF keeps vectors F32 (export writes them so): those are the bf16 values widened
-        if (t.shape.size() == 2) {
-            EXPECT_EQ(u->st_dtype, t.st_dtype) << t.name;
-        }
-        std::vector<float> x((size_t) t.n_elements), y((size_t) u->n_elements);
-        ASSERT_TRUE(peft::read_f32(t, x.data()).ok());
-        ASSERT_TRUE(peft::read_f32(*u, y.data()).ok());
-        EXPECT_EQ(x, y) << t.name;
-    }
+    // GGUF keeps vectors F32 (export writes them so): those are the bf16 values widened
+    expect_same_tensors(work + "/from_dir/model.safetensors", work + "/from_gguf/model.safetensors");
     peft::llama_hparams a, b;
     ASSERT_TRUE(peft::llama_hparams_load(dir + "/config.json", a).ok());
     status st = peft::llama_hparams_load(work + "/from_gguf/config.json", b);
@@ -334,15 +329,7 @@ TEST(gguf_import, training_over_the_gguf_equals_training_over_the_directory) {
             ASSERT_EQ(r.code, 0) << r.out;
         }
         const std::string file = method == "lora" ? "/adapter_model.safetensors" : "/model.safetensors";
-        peft::safetensors_file a, b;
-        ASSERT_TRUE(peft::safetensors_open(work + "/" + method + "_dir" + file, a).ok());
-        ASSERT_TRUE(peft::safetensors_open(work + "/" + method + "_gguf" + file, b).ok());
-        ASSERT_EQ(a.tensors.size(), b.tensors.size());
-        for (const peft::tensor_info & t : a.tensors) {
-            const peft::tensor_info * u = b.find(t.name);
-            ASSERT_TRUE(u && u->n_bytes == t.n_bytes) << t.name;
-            EXPECT_EQ(std::memcmp(u->data, t.data, (size_t) t.n_bytes), 0) << method << " " << t.name;
-        }
+        expect_same_tensors(work + "/" + method + "_dir" + file, work + "/" + method + "_gguf" + file);
     }
     peft::llama_model m;
     status st = peft::llama_load(m, work + "/full_gguf", false);
