@@ -21,7 +21,7 @@ target_compile_options(peft_fuzz_core PRIVATE -fsanitize=fuzzer-no-link ${PEFT_F
 set(PEFT_FUZZ_SECONDS 60 CACHE STRING "length of the ctest fuzz runs (label fuzz;slow)")
 
 # target name -> seed corpus tests/fuzz/corpus_<name>, dictionary tests/fuzz/<name>.dict
-set(PEFT_FUZZ_TARGETS safetensors json tokenizer config data adapter_config hparams trainer_state)
+set(PEFT_FUZZ_TARGETS safetensors json tokenizer config data adapter_config hparams trainer_state gguf)
 add_custom_target(fuzz_all)
 foreach(name ${PEFT_FUZZ_TARGETS})
   add_executable(fuzz_${name} tests/fuzz/fuzz_target.cpp)

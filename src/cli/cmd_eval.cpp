@@ -26,14 +26,15 @@ int cmd_eval(int argc, char ** argv) {
                  "  peft eval --model ~/models/SmolLM2-135M --data heldout.jsonl\n"
                  "  peft eval --model ~/models/Llama-3.2-1B --adapter out/llama-lora --data heldout.jsonl --json\n"
                  "  peft eval --model ~/models/Qwen2.5-0.5B --adapter out/qwen-lora --data chat.jsonl --chat_template chatml \\\n"
-                 "            --sequence_len 512 --batch 4",
+                 "            --sequence_len 512 --batch 4\n"
+                 "  peft eval --model tiny.gguf --adapter lora.gguf --data heldout.jsonl   (llama.cpp files)",
                  "peft eval"};
     std::string model_dir, adapter_dir, data_path, tok_path, chat_template;
     bool as_json = false, no_packing = false, train_on_inputs = false, skip_bad_lines = false;
     int64_t seq = 0, batch = 1;
     int threads = 0;
-    app.add_option("--model", model_dir, "Hugging Face model directory")->required();
-    app.add_option("--adapter", adapter_dir, "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)");
+    app.add_option("--model", model_dir, "Hugging Face model directory or .gguf file")->required();
+    app.add_option("--adapter", adapter_dir, "PEFT adapter directory (adapter_config.json + adapter_model.safetensors) or GGUF LoRA");
     app.add_option("--data", data_path, "JSONL (text / alpaca / messages / input_ids lines) or .txt")->required();
     app.add_flag("--json", as_json, "print one JSON object {loss, perplexity, tokens, ...}");
     app.add_option("--sequence_len,--sequence-len", seq, "tokens per row (default min(2048, max_position_embeddings), as peft train)")

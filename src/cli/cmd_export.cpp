@@ -83,8 +83,8 @@ int export_gguf(int argc, char ** argv) {
     std::string model_dir, adapter_dir, out, type_s = "f16", name;
     bool force = false;
     int threads = 0;
-    app.add_option("--model", model_dir, "base model directory (config.json + safetensors + tokenizer.json)")->required();
-    app.add_option("--adapter", adapter_dir, "PEFT adapter directory to merge first (any method)");
+    app.add_option("--model", model_dir, "base model directory (config.json + safetensors + tokenizer.json) or .gguf file")->required();
+    app.add_option("--adapter", adapter_dir, "PEFT adapter directory (any method) or GGUF LoRA to merge first");
     app.add_option("--out", out, "output .gguf file")->required();
     app.add_option("--type", type_s, "type of the 2-D weights: f32, f16, bf16 or q8_0 (norms stay f32)")->capture_default_str()
         ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}));
@@ -133,7 +133,7 @@ int export_gguf_lora(int argc, char ** argv) {
                  "peft export gguf-lora"};
     std::string model_dir, adapter_dir, out, type_s = "f32", name;
     bool force = false;
-    app.add_option("--model", model_dir, "the base model directory the adapter was trained on")->required();
+    app.add_option("--model", model_dir, "the base model the adapter was trained on (directory or .gguf)")->required();
     app.add_option("--adapter", adapter_dir, "PEFT LoRA adapter directory")->required();
     app.add_option("--out", out, "output .gguf file")->required();
     app.add_option("--type", type_s, "type of lora_a / lora_b: f32, f16 or bf16")->capture_default_str()->check(CLI::IsMember({"f32", "f16", "bf16"}));

@@ -197,7 +197,8 @@ int cmd_generate(int argc, char ** argv) {
                  "  peft generate --model ~/models/TinyLlama-1.1B-Chat-v1.0 --chat \"Write a haiku about CPUs.\"\n"
                  "  peft generate --model ~/models/Llama-3.2-1B-Instruct --adapter out/lora --chat \"Hi!\" --system \"Be brief.\"\n"
                  "  peft generate --model ~/models/Qwen2.5-0.5B-Instruct --adapter out/lora --merge --chat \"2+2?\" --max-new-tokens 32\n"
-                 "  peft generate --model ~/models/SmolLM2-135M --prompt \"Once upon a time\" --temperature 0.8 --top-p 0.95 --seed 1",
+                 "  peft generate --model ~/models/SmolLM2-135M --prompt \"Once upon a time\" --temperature 0.8 --top-p 0.95 --seed 1\n"
+                 "  peft generate --model tiny.gguf --adapter lora.gguf --chat \"Hi!\"   (llama.cpp files)",
                  "peft generate"};
     std::string model_dir, adapter_dir, prompt, chat, system, tmpl = "auto", tok_path;
     bool merge = false, ignore_eos = false, show_prompt = false;
@@ -205,8 +206,8 @@ int cmd_generate(int argc, char ** argv) {
     float temperature = 0.0f, top_p = 1.0f, rep = 1.0f;
     uint64_t seed = 0;
     int threads = 0;
-    app.add_option("--model", model_dir, "Hugging Face model directory (config.json + safetensors + tokenizer)")->required();
-    app.add_option("--adapter", adapter_dir, "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)");
+    app.add_option("--model", model_dir, "Hugging Face model directory (config.json + safetensors + tokenizer) or .gguf file")->required();
+    app.add_option("--adapter", adapter_dir, "PEFT adapter directory (adapter_config.json + adapter_model.safetensors) or GGUF LoRA");
     app.add_flag("--merge", merge, "merge the adapter into the weights before generating (default: applied unmerged)");
     auto * p_opt = app.add_option("--prompt", prompt, "raw prompt text (BOS added as the tokenizer's post-processor says)");
     auto * c_opt = app.add_option("--chat", chat, "a user message, wrapped in the chat template");

@@ -16,10 +16,13 @@
 #include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "core/threads.h"
+#include "core/dtype.h"
 #include "io/atomic_file.h"
+#include "io/gguf_read.h"
 #include "io/output_guard.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
+#include "model/gguf_import.h"
 #include "tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -65,6 +68,40 @@ status copy_file_into(const std::string & src, const std::string & dst) {
     return write_file_atomic(dst, text);
 }
 
+// A GGUF base (held in m, un-permuted): merged in memory (adapters_merge) and written with a
+// config.json and tokenizer files made from the GGUF metadata. Merged tensors go back to their
+// base dtype (a quantized base, dequantized at load, is written f32), or --dtype.
+status merge_gguf_base(const std::string & path, llama_model & m, adapter_set & set, bool have_dtype, dtype want,
+                       std::vector<safetensors_tensor_to_write> & outs, std::vector<std::vector<uint8_t>> & buffers, dtype & written,
+                       std::string & cfg, std::vector<std::pair<std::string, std::string>> & made) {
+    std::vector<dtype> base_types;
+    for (const llama_tensor & t : m.tensors) base_types.push_back(t.type);
+    PEFT_TRY(adapters_merge(m, set));
+    buffers.reserve(m.tensors.size());
+    std::vector<float> f32;
+    for (size_t i = 0; i < m.tensors.size(); i++) {
+        const llama_tensor & t = m.tensors[i];
+        const dtype type = have_dtype ? want : base_types[i];
+        if (t.shape.size() == 2) written = type;
+        if (type == t.type) {
+            outs.push_back({t.name, t.type, t.shape, t.data, ""});
+            continue;
+        }
+        const size_t n = (size_t) t.numel();
+        f32.resize(n);
+        convert_to_f32(t.type, t.data, f32.data(), n);
+        buffers.emplace_back(n * dtype_size(type));
+        convert_from_f32(type, f32.data(), buffers.back().data(), n);
+        outs.push_back({t.name, type, t.shape, buffers.back().data(), ""});
+    }
+    std::string note;
+    PEFT_TRY(gguf_hf_files(path, m.hp, torch_dtype_name(written), made, note));
+    if (!note.empty()) std::fprintf(stderr, "peft merge: note: %s", note.c_str());
+    cfg = made[0].second;   // config.json, written as the directory case writes its own
+    made.erase(made.begin());
+    return {};
+}
+
 } // namespace
 
 int cmd_merge(int argc, char ** argv) {
@@ -74,13 +111,14 @@ int cmd_merge(int argc, char ** argv) {
                  "  peft merge --model ~/models/TinyLlama-1.1B-Chat-v1.0 --adapter out/lora --out out/merged\n"
                  "  peft merge --model ~/models/Llama-3.2-1B --adapter out/lora --out out/merged --dtype f32\n"
                  "  peft merge --model ~/models/Qwen2.5-0.5B --adapter out/lora --out out/merged --force\n"
-                 "  peft merge --model ~/models/SmolLM2-135M --adapter out/lora --out out/merged-f16 --dtype f16",
+                 "  peft merge --model ~/models/SmolLM2-135M --adapter out/lora --out out/merged-f16 --dtype f16\n"
+                 "  peft merge --model tiny.gguf --adapter lora.gguf --out out/merged   (config and tokenizer from the GGUF)",
                  "peft merge"};
     std::string model_dir, adapter_dir, out_dir, dtype_opt;
     bool force = false;
     int threads = 0;
-    app.add_option("--model", model_dir, "base model directory (config.json + safetensors)")->required();
-    app.add_option("--adapter", adapter_dir, "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")->required();
+    app.add_option("--model", model_dir, "base model: directory (config.json + safetensors) or .gguf file")->required();
+    app.add_option("--adapter", adapter_dir, "PEFT adapter directory (adapter_config.json + adapter_model.safetensors) or GGUF LoRA")->required();
     app.add_option("--out", out_dir, "output directory (must not exist or be empty, unless --force)")->required();
     app.add_option("--dtype", dtype_opt, "dtype of the written weights: bf16, f16 or f32 (default: each tensor's base dtype)")
         ->check(CLI::IsMember({"bf16", "f16", "f32"}));
@@ -110,9 +148,9 @@ int cmd_merge(int argc, char ** argv) {
         st = output_check_replace(out_dir, "merge");
         if (!st.ok()) return cli_fail("merge", st);
     }
-    if (!fs::is_directory(adapter_dir, ec)) {
+    if (!fs::is_directory(adapter_dir, ec) && !gguf_is_file(adapter_dir)) {
         st = make_error(PEFT_STATUS_IO, adapter_dir, "adapter directory not found");
-        st.hint = "--adapter takes a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)";
+        st.hint = "--adapter takes a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) or a GGUF LoRA";
         return cli_fail("merge", st);
     }
 
@@ -128,61 +166,70 @@ int cmd_merge(int argc, char ** argv) {
         return cli_fail("merge", st);
     }
     safetensors_model src;   // the base file again, for dtypes, raw bytes and extra tensors
-    st = safetensors_open_model(model_dir, src);
-    if (!st.ok()) return cli_fail("merge", st);
-
-    // Merged one tensor at a time with the module's own merge (what adapters_merge does for the
-    // whole model at once): only one f32 copy exists at a time, so merging a bf16 model needs
-    // about its own size in memory for the output instead of twice that in f32.
-    std::map<std::string, size_t> merged;   // tensor name -> module index
-    for (size_t i = 0; i < set.targets.size(); i++) merged[set.targets[i].path + ".weight"] = i;
-
     std::vector<safetensors_tensor_to_write> outs;
     std::vector<std::vector<uint8_t>> buffers;   // converted tensors, alive until written
-    buffers.reserve(src.names().size());
-    std::vector<float> f32;
     dtype written = PEFT_DTYPE_F32;
-    for (const std::string & name : src.names()) {
-        const tensor_info & ti = *src.find(name);
-        safetensors_tensor_to_write w;
-        w.name = name;
-        w.shape = ti.shape;
-        if (!ti.is_float) {   // not ours to convert (e.g. an integer buffer): copied verbatim
-            w.raw_dtype = safetensors_dtype_name(ti.st_dtype);
-            w.data = ti.data;
+    std::string cfg;
+    std::vector<std::pair<std::string, std::string>> made;   // a GGUF base: files made from its metadata
+    if (gguf_is_file(model_dir)) {
+        st = merge_gguf_base(model_dir, m, set, have_dtype, want, outs, buffers, written, cfg, made);
+        if (!st.ok()) return cli_fail("merge", st);
+    } else {
+        st = safetensors_open_model(model_dir, src);
+        if (!st.ok()) return cli_fail("merge", st);
+        if (!read_text(model_dir + "/config.json", cfg)) return cli_fail("merge", make_error(PEFT_STATUS_IO, model_dir + "/config.json", "cannot read"));
+        if (have_dtype) cfg = config_with_dtype(cfg, want);
+
+        // Merged one tensor at a time with the module's own merge (what adapters_merge does for the
+        // whole model at once): only one f32 copy exists at a time, so merging a bf16 model needs
+        // about its own size in memory for the output instead of twice that in f32.
+        std::map<std::string, size_t> merged;   // tensor name -> module index
+        for (size_t i = 0; i < set.targets.size(); i++) merged[set.targets[i].path + ".weight"] = i;
+
+        buffers.reserve(src.names().size());
+        std::vector<float> f32;
+        for (const std::string & name : src.names()) {
+            const tensor_info & ti = *src.find(name);
+            safetensors_tensor_to_write w;
+            w.name = name;
+            w.shape = ti.shape;
+            if (!ti.is_float) {   // not ours to convert (e.g. an integer buffer): copied verbatim
+                w.raw_dtype = safetensors_dtype_name(ti.st_dtype);
+                w.data = ti.data;
+                outs.push_back(std::move(w));
+                continue;
+            }
+            w.type = have_dtype ? want : ti.type;
+            if (ti.shape.size() == 2) written = w.type;
+            auto it = merged.find(name);
+            const size_t n = (size_t) ti.n_elements;
+            if (it != merged.end()) {
+                const linear_weight & lw = *set.targets[it->second].base;
+                PEFT_ASSERT((size_t) (lw.OC * lw.IC) == n);
+                f32.resize(n);
+                linear_weight_rows_f32(f32.data(), lw, 0, lw.OC);
+                set.modules[it->second]->merge(f32.data(), lw.OC, lw.IC);
+                buffers.emplace_back(n * dtype_size(w.type));
+                convert_from_f32(w.type, f32.data(), buffers.back().data(), n);
+                w.data = buffers.back().data();
+            } else if (w.type == ti.type) {
+                w.data = ti.data;   // untouched tensor: the base's bytes exactly
+            } else {
+                f32.resize(n);
+                st = read_f32(ti, f32.data());
+                if (!st.ok()) return cli_fail("merge", st);
+                buffers.emplace_back(n * dtype_size(w.type));
+                convert_from_f32(w.type, f32.data(), buffers.back().data(), n);
+                w.data = buffers.back().data();
+            }
             outs.push_back(std::move(w));
-            continue;
         }
-        w.type = have_dtype ? want : ti.type;
-        if (ti.shape.size() == 2) written = w.type;
-        auto it = merged.find(name);
-        const size_t n = (size_t) ti.n_elements;
-        if (it != merged.end()) {
-            const linear_weight & lw = *set.targets[it->second].base;
-            PEFT_ASSERT((size_t) (lw.OC * lw.IC) == n);
-            f32.resize(n);
-            linear_weight_rows_f32(f32.data(), lw, 0, lw.OC);
-            set.modules[it->second]->merge(f32.data(), lw.OC, lw.IC);
-            buffers.emplace_back(n * dtype_size(w.type));
-            convert_from_f32(w.type, f32.data(), buffers.back().data(), n);
-            w.data = buffers.back().data();
-        } else if (w.type == ti.type) {
-            w.data = ti.data;   // untouched tensor: the base's bytes exactly
-        } else {
-            f32.resize(n);
-            st = read_f32(ti, f32.data());
-            if (!st.ok()) return cli_fail("merge", st);
-            buffers.emplace_back(n * dtype_size(w.type));
-            convert_from_f32(w.type, f32.data(), buffers.back().data(), n);
-            w.data = buffers.back().data();
+        if (merged.size() != set.targets.size() || set.targets.empty()) {
+            return cli_fail("merge", make_error(PEFT_STATUS_SHAPE, adapter_dir, "the adapter has no mergeable target modules"));
         }
-        outs.push_back(std::move(w));
-    }
-    if (merged.size() != set.targets.size() || set.targets.empty()) {
-        return cli_fail("merge", make_error(PEFT_STATUS_SHAPE, adapter_dir, "the adapter has no mergeable target modules"));
-    }
-    for (const auto & kv : merged) {
-        if (!src.find(kv.first)) return cli_fail("merge", make_error(PEFT_STATUS_SHAPE, model_dir, "merged tensor '" + kv.first + "' is not in the base checkpoint"));
+        for (const auto & kv : merged) {
+            if (!src.find(kv.first)) return cli_fail("merge", make_error(PEFT_STATUS_SHAPE, model_dir, "merged tensor '" + kv.first + "' is not in the base checkpoint"));
+        }
     }
 
     // build OUT.tmp, then swap it into place (atomic_dir): OUT is at every moment absent, the
@@ -200,14 +247,16 @@ int cmd_merge(int argc, char ** argv) {
     st = ad.begin(out_dir);
     if (st.ok()) st = output_mark(ad.path(), "merge", out_names);   // first, so an interrupted tmp is recognised
     if (st.ok()) st = safetensors_write(ad.path() + "/model.safetensors", outs, {{"format", "pt"}});
-    std::string cfg;
-    if (st.ok() && !read_text(model_dir + "/config.json", cfg)) st = make_error(PEFT_STATUS_IO, model_dir + "/config.json", "cannot read");
-    if (st.ok()) st = write_file_atomic(ad.path() + "/config.json", have_dtype ? config_with_dtype(cfg, want) : cfg);
+    if (st.ok()) st = write_file_atomic(ad.path() + "/config.json", cfg);
     int copied = 0;
     for (const std::string & f : hf_companion_files()) {
         const std::string p = model_dir + "/" + f;
         if (!st.ok() || !fs::is_regular_file(p, ec)) continue;
         st = copy_file_into(p, ad.path() + "/" + f);
+        copied++;
+    }
+    for (const auto & [name, text] : made) {
+        if (st.ok()) st = write_file_atomic(ad.path() + "/" + name, text);
         copied++;
     }
     if (st.ok()) st = ad.commit();

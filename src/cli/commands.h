@@ -10,4 +10,5 @@ int cmd_eval(int argc, char ** argv);
 int cmd_generate(int argc, char ** argv);
 int cmd_merge(int argc, char ** argv);
 int cmd_export(int argc, char ** argv);
+int cmd_convert(int argc, char ** argv);
 }

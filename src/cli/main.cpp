@@ -21,6 +21,7 @@ const subcommand SUBCOMMANDS[] = {
     {"generate", peft::cmd_generate, "generate text with a model, optionally with an adapter (unmerged or merged)"},
     {"merge", peft::cmd_merge, "merge an adapter into its base model and write a full HF checkpoint"},
     {"export", peft::cmd_export, "write a model (+ merged adapter) or a LoRA as GGUF for llama.cpp"},
+    {"convert", peft::cmd_convert, "a llama.cpp GGUF LoRA as a PEFT adapter directory"},
 };
 
 void print_usage() {

@@ -40,31 +40,43 @@ uint64_t pad_to(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
 } // namespace
 
-const char * gguf_tensor_type_name(gguf_tensor_type t) {
-    switch (t) {
-        case GGUF_TENSOR_F32: return "F32";
-        case GGUF_TENSOR_F16: return "F16";
-        case GGUF_TENSOR_Q8_0: return "Q8_0";
-        case GGUF_TENSOR_BF16: return "BF16";
+namespace {
+
+struct type_row {
+    uint32_t     id;
+    const char * name;
+    int64_t      block;   // elements per block
+    size_t       bytes;   // bytes per block
+};
+// ggml.c type_traits: blck_size and type_size of the fixed-layout types (QK_K = 256)
+const type_row TYPES[] = {
+    {0, "F32", 1, 4},        {1, "F16", 1, 2},        {2, "Q4_0", 32, 18},     {3, "Q4_1", 32, 20},
+    {6, "Q5_0", 32, 22},     {7, "Q5_1", 32, 24},     {8, "Q8_0", 32, 34},     {9, "Q8_1", 32, 36},
+    {10, "Q2_K", 256, 84},   {11, "Q3_K", 256, 110},  {12, "Q4_K", 256, 144},  {13, "Q5_K", 256, 176},
+    {14, "Q6_K", 256, 210},  {15, "Q8_K", 256, 292},  {24, "I8", 1, 1},        {25, "I16", 1, 2},
+    {26, "I32", 1, 4},       {27, "I64", 1, 8},       {28, "F64", 1, 8},       {30, "BF16", 1, 2},
+};
+
+const type_row * type_of(uint32_t t) {
+    for (const type_row & r : TYPES) {
+        if (r.id == t) return &r;
     }
-    return "?";
+    return nullptr;
 }
 
-int64_t gguf_tensor_type_block(gguf_tensor_type t) { return t == GGUF_TENSOR_Q8_0 ? GGUF_Q8_0_BLOCK : 1; }
+} // namespace
 
-size_t gguf_tensor_type_block_bytes(gguf_tensor_type t) {
-    switch (t) {
-        case GGUF_TENSOR_F32: return 4;
-        case GGUF_TENSOR_F16:
-        case GGUF_TENSOR_BF16: return 2;
-        case GGUF_TENSOR_Q8_0: return 2 + GGUF_Q8_0_BLOCK;   // f16 scale + 32 int8
-    }
-    return 0;
-}
+bool gguf_tensor_type_known(uint32_t t) { return type_of(t) != nullptr; }
+const char * gguf_tensor_type_name(gguf_tensor_type t) { return type_of(t) ? type_of(t)->name : "?"; }
+int64_t gguf_tensor_type_block(gguf_tensor_type t) { return type_of(t) ? type_of(t)->block : 1; }
+size_t gguf_tensor_type_block_bytes(gguf_tensor_type t) { return type_of(t) ? type_of(t)->bytes : 0; }
 
 status gguf_tensor_nbytes(gguf_tensor_type t, const std::vector<int64_t> & ne, const std::string & name, uint64_t * out) {
     if (ne.empty() || ne.size() > (size_t) GGUF_MAX_DIMS) {
         return make_error(PEFT_STATUS_SHAPE, name, "GGUF tensors have 1 to 4 dims, got " + std::to_string(ne.size()));
+    }
+    if (!gguf_tensor_type_known(t)) {
+        return make_error(PEFT_STATUS_FORMAT, name, "unknown ggml tensor type " + std::to_string((uint32_t) t));
     }
     uint64_t n = 1;
     for (int64_t d : ne) {
@@ -100,17 +112,6 @@ void gguf_quantize_q8_0(const float * x, uint8_t * out, int64_t n) {
     }
 }
 
-void gguf_dequantize_q8_0(const uint8_t * in, float * x, int64_t n) {
-    PEFT_ASSERT(n % GGUF_Q8_0_BLOCK == 0);
-    for (int64_t b = 0; b < n / GGUF_Q8_0_BLOCK; b++) {
-        const uint8_t * ib = in + b * (2 + GGUF_Q8_0_BLOCK);
-        uint16_t dh;
-        std::memcpy(&dh, ib, 2);
-        const float d = f16_to_f32(dh);
-        for (int64_t j = 0; j < GGUF_Q8_0_BLOCK; j++) x[b * GGUF_Q8_0_BLOCK + j] = d * (float) (int8_t) ib[2 + j];
-    }
-}
-
 void gguf_encode(gguf_tensor_type t, const float * x, uint8_t * out, int64_t n) {
     switch (t) {
         case GGUF_TENSOR_F32: std::memcpy(out, x, (size_t) n * 4); break;
@@ -128,6 +129,7 @@ void gguf_encode(gguf_tensor_type t, const float * x, uint8_t * out, int64_t n) 
         }
         case GGUF_TENSOR_BF16: convert_from_f32(PEFT_DTYPE_BF16, x, out, (size_t) n); break;
         case GGUF_TENSOR_Q8_0: gguf_quantize_q8_0(x, out, n); break;
+        default: PEFT_ASSERT(!"gguf_encode: F32, F16, BF16 and Q8_0 are written");
     }
 }
 

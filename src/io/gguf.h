@@ -6,7 +6,8 @@
 // Tensor data is produced one tensor at a time by a gguf_tensor_source (a whole model is never
 // held twice in memory). Also here: the element encodings GGUF tensors use that we write (F32,
 // F16, BF16, Q8_0 blocks exactly as ggml's quantize_row_q8_0_ref).
-// Not here: reading GGUF (a later issue), what the tensors and keys mean (model/gguf_export).
+// Not here: reading GGUF (io/gguf_read.h), what the tensors and keys mean (model/gguf_export,
+// model/gguf_import), dequantizing block types (kernels/ggml_quant.h).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -17,16 +18,23 @@
 
 namespace peft {
 
-// ggml_type values (ggml.h) of the tensor types we write.
+// ggml_type values (ggml.h) of the tensor types we write (F32, F16, BF16, Q8_0) or dequantize
+// when reading (also Q4_0, Q4_K). The reader knows the sizes of more (gguf_tensor_type_known).
 enum gguf_tensor_type : uint32_t {
     GGUF_TENSOR_F32 = 0,
     GGUF_TENSOR_F16 = 1,
+    GGUF_TENSOR_Q4_0 = 2,
     GGUF_TENSOR_Q8_0 = 8,
+    GGUF_TENSOR_Q4_K = 12,
     GGUF_TENSOR_BF16 = 30,
 };
-const char * gguf_tensor_type_name(gguf_tensor_type t);    // "F32", "F16", "Q8_0", "BF16"
-int64_t      gguf_tensor_type_block(gguf_tensor_type t);   // elements per block: 1 or 32
-size_t       gguf_tensor_type_block_bytes(gguf_tensor_type t);  // bytes per block: 4, 2, 34
+// Name, elements and bytes per block of a ggml_type (ggml.c type_traits), for every type whose
+// layout is fixed by ggml: F32, F16, BF16, F64, I8..I64, Q4_0..Q8_1, Q2_K..Q8_K. An id outside
+// that list is not known (the reader refuses it; IQ* and later types are among them).
+bool         gguf_tensor_type_known(uint32_t t);
+const char * gguf_tensor_type_name(gguf_tensor_type t);          // "F32", "Q4_K", ...; "?" when unknown
+int64_t      gguf_tensor_type_block(gguf_tensor_type t);         // elements per block: 1, 32 or 256
+size_t       gguf_tensor_type_block_bytes(gguf_tensor_type t);   // bytes per block: 4, 2, 34, 144, ...
 
 constexpr uint32_t GGUF_WRITE_VERSION = 3;
 constexpr uint32_t GGUF_ALIGNMENT = 32;          // general.alignment (the default; we write it)
@@ -42,7 +50,6 @@ status gguf_tensor_nbytes(gguf_tensor_type t, const std::vector<int64_t> & ne, c
 void gguf_encode(gguf_tensor_type t, const float * x, uint8_t * out, int64_t n);
 // One Q8_0 block as ggml writes it: d = max|x| / 127 stored as f16, q = round(x / d).
 void gguf_quantize_q8_0(const float * x /*[n]*/, uint8_t * out /*[n/32 * 34]*/, int64_t n);
-void gguf_dequantize_q8_0(const uint8_t * in, float * x /*[n]*/, int64_t n);   // for tests
 
 // Produces the data of tensor i (in add_tensor order) into out; the writer checks its size.
 struct gguf_tensor_source {

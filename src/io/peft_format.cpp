@@ -18,7 +18,9 @@
 
 #include "adapters/adapter_set.h"
 #include "io/atomic_file.h"
+#include "io/gguf_read.h"
 #include "io/safetensors.h"
+#include "model/gguf_import.h"
 #include "model/llama.h"
 
 namespace peft {
@@ -285,6 +287,7 @@ static status check_residual_base(const json_value & root, const std::string & w
 }
 
 status adapter_load(const std::string & dir, llama_model & m, adapter_set & out) {
+    if (gguf_is_file(dir)) return gguf_lora_load(dir, m, out);   // a llama.cpp LoRA
     const std::filesystem::path d(dir);
     const std::string cfg_path = (d / PEFT_CONFIG_NAME).string();
     const std::string st_path = (d / PEFT_WEIGHTS_NAME).string();

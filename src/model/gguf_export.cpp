@@ -10,9 +10,12 @@
 #include "adapters/adapter_set.h"
 #include "adapters/lora.h"
 #include "core/dtype.h"
+#include "io/gguf_read.h"
 #include "io/json.h"
 #include "model/llama.h"
 #include "model/llama_names.h"
+#include "tokenizer/gguf_vocab.h"
+#include "tokenizer/pretok.h"
 #include "tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -28,28 +31,9 @@ uint32_t file_type_of(gguf_tensor_type t) {
         case GGUF_TENSOR_F16: return 1;    // LLAMA_FTYPE_MOSTLY_F16
         case GGUF_TENSOR_Q8_0: return 7;   // LLAMA_FTYPE_MOSTLY_Q8_0
         case GGUF_TENSOR_BF16: return 32;  // LLAMA_FTYPE_MOSTLY_BF16
+        default: return 0;                 // never written (gguf_encode)
     }
-    return 0;
 }
-
-// llama_token_type (llama.h) as written in tokenizer.ggml.token_type
-enum : int32_t { TOKEN_NORMAL = 1, TOKEN_CONTROL = 3, TOKEN_USER_DEFINED = 4, TOKEN_UNUSED = 5 };
-
-// The Split regexes of the tokenizer.json files whose pre-tokenizer llama.cpp implements, and
-// the name convert_hf_to_gguf.py's get_vocab_base_pre gives those tokenizers. (The converter
-// recognises a tokenizer by hashing its output on a test text; a tokenizer trained here is in
-// no such list, so we recognise it by the regex it actually runs.)
-struct pre_row {
-    const char * regex;
-    const char * name;
-};
-const pre_row PRE_TOKENIZERS[] = {
-    {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-     "llama-bpe"},
-    {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-     "qwen2"},
-    {"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", "gpt-2"},
-};
 
 // The pre-tokenizer name for tokenizer.json's pre_tokenizer: its Split regex, or a bare
 // ByteLevel with use_regex (GPT-2's own regex).
@@ -67,9 +51,9 @@ std::string pre_tokenizer_name(const json_value & pre, std::string & note) {
     } else if (pre.is_object()) {
         visit(pre);
     }
-    if (regex.empty() && bytelevel_regex) regex = PRE_TOKENIZERS[2].regex;
-    for (const pre_row & r : PRE_TOKENIZERS) {
-        if (regex == r.regex) return r.name;
+    if (regex.empty() && bytelevel_regex) regex = PRETOK_GPT2_PATTERN;
+    for (const gguf_pre_tokenizer * r = GGUF_PRE_TOKENIZERS; r->name; r++) {
+        if (regex == r->regex) return r->name;
     }
     note += "tokenizer.ggml.pre = \"default\": llama.cpp implements no pre-tokenizer with this tokenizer's regex, so its "
             "tokenization of text may differ from peft's (token ids given directly are unaffected)\n";
@@ -82,7 +66,33 @@ std::string merge_text(const json_value & m) {
     return {};
 }
 
+// A GGUF source model: its tokenizer.* metadata as it is (the vocabulary llama.cpp already runs).
+status copy_tokenizer_metadata(gguf_writer & w, const std::string & path) {
+    gguf_file f;
+    PEFT_TRY(gguf_open(path, f));
+    for (const gguf_kv & kv : f.kv) {
+        if (kv.key.rfind("tokenizer.", 0) != 0) continue;
+        const bool arr = kv.type == GGUF_VALUE_ARRAY;
+        std::vector<std::string> strs(kv.strs.begin(), kv.strs.end());
+        std::vector<int32_t> ints;
+        std::vector<float> floats;
+        uint32_t u = 0;
+        float x = 0.0f;
+        bool b = false;
+        if (!arr && kv.type == GGUF_VALUE_STRING) w.set_str(kv.key, strs[0]);
+        else if (!arr && kv.type == GGUF_VALUE_BOOL && f.get_bool(kv.key, b, true).ok()) w.set_bool(kv.key, b);
+        else if (!arr && kv.type == GGUF_VALUE_FLOAT32 && f.get_f32(kv.key, x, true).ok()) w.set_f32(kv.key, x);
+        else if (!arr && f.get_u32(kv.key, u, true).ok()) w.set_u32(kv.key, u);
+        else if (arr && kv.elem_type == GGUF_VALUE_STRING) w.set_arr_str(kv.key, strs);
+        else if (arr && f.get_arr_i32(kv.key, ints, true).ok()) w.set_arr_i32(kv.key, ints);
+        else if (arr && f.get_arr_f32(kv.key, floats, true).ok()) w.set_arr_f32(kv.key, floats);
+        else return make_error(PEFT_STATUS_FORMAT, path, "key '" + kv.key + "' has a type peft export does not copy");
+    }
+    return {};
+}
+
 status tokenizer_metadata(gguf_writer & w, const std::string & model_dir, int64_t n_vocab, std::string & note) {
+    if (gguf_is_file(model_dir)) return copy_tokenizer_metadata(w, model_dir);
     const std::string path = model_dir + "/tokenizer.json";
     std::error_code ec;
     if (!fs::is_regular_file(path, ec)) {
@@ -107,7 +117,7 @@ status tokenizer_metadata(gguf_writer & w, const std::string & model_dir, int64_
     }
     // id -> token, padded as the converter pads (ids the tokenizer lacks become "[PAD<id>]")
     std::vector<std::string> tokens((size_t) n_vocab);
-    std::vector<int32_t> types((size_t) n_vocab, TOKEN_UNUSED);
+    std::vector<int32_t> types((size_t) n_vocab, GGUF_TOKEN_UNUSED);
     std::vector<bool> have((size_t) n_vocab, false);
     auto place = [&](int64_t id, const std::string & text, int32_t type) -> status {
         if (id < 0 || id >= n_vocab) {
@@ -120,12 +130,12 @@ status tokenizer_metadata(gguf_writer & w, const std::string & model_dir, int64_
         return {};
     };
     const json_value vocab = model.get("vocab");
-    for (size_t i = 0; i < vocab.size(); i++) PEFT_TRY(place(vocab.value_at(i).as_int(-1), vocab.key_at(i), TOKEN_NORMAL));
+    for (size_t i = 0; i < vocab.size(); i++) PEFT_TRY(place(vocab.value_at(i).as_int(-1), vocab.key_at(i), GGUF_TOKEN_NORMAL));
     const json_value added = root.get("added_tokens");
     for (size_t i = 0; i < added.size(); i++) {
         const json_value a = added.at(i);
         PEFT_TRY(place(a.get("id").as_int(-1), a.get("content").as_string(),
-                       a.get("special").as_bool(false) ? TOKEN_CONTROL : TOKEN_USER_DEFINED));
+                       a.get("special").as_bool(false) ? GGUF_TOKEN_CONTROL : GGUF_TOKEN_USER_DEFINED));
     }
     for (int64_t i = 0; i < n_vocab; i++) {
         if (!have[(size_t) i]) tokens[(size_t) i] = "[PAD" + std::to_string(i) + "]";
@@ -190,28 +200,6 @@ void hparams_metadata(gguf_writer & w, const std::string & arch, const llama_hpa
     w.set_f32(a + "rope.freq_base", hp.rope.theta);
 }
 
-// Llama 3 rope scaling as llama.cpp applies it: per-frequency divisors in "rope_freqs.weight",
-// computed as convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors does.
-std::vector<float> llama3_rope_factors(const llama_hparams & hp) {
-    const rope_config & r = hp.rope;
-    const int64_t dim = hp.head_dim;
-    const double low_wavelen = (double) r.original_max_position / r.low_freq_factor;
-    const double high_wavelen = (double) r.original_max_position / r.high_freq_factor;
-    std::vector<float> out;
-    for (int64_t i = 0; i < dim; i += 2) {
-        const float freq = 1.0f / std::pow(r.theta, (float) i / (float) dim);   // torch float32
-        const double wavelen = 2.0 * M_PI / (double) freq;
-        if (wavelen < high_wavelen) out.push_back(1.0f);
-        else if (wavelen > low_wavelen) out.push_back(r.factor);
-        else {
-            const double smooth = ((double) r.original_max_position / wavelen - r.low_freq_factor) /
-                                  (r.high_freq_factor - r.low_freq_factor);
-            out.push_back((float) (1.0 / ((1.0 - smooth) / r.factor + smooth)));
-        }
-    }
-    return out;
-}
-
 enum permute_kind { PERMUTE_NONE, PERMUTE_Q, PERMUTE_K };
 
 // One tensor to write: f32 values from a stored tensor (or a buffer), permuted, encoded.
@@ -224,13 +212,6 @@ struct export_item {
     float                scale = 1.0f;   // LoRA B folding
     gguf_tensor_type     type = GGUF_TENSOR_F32;
 };
-
-// Row r of the permuted matrix is row permuted_row(r) of the HF one (llama_gguf_permute_rows).
-int64_t permuted_row(int64_t r, int64_t n_head, int64_t OC) {
-    const int64_t HS = OC / n_head, half = HS / 2;
-    const int64_t h = r / HS, i = (r % HS) / 2, j = r % 2;
-    return h * HS + j * half + i;
-}
 
 struct item_source : gguf_tensor_source {
     const std::vector<export_item> & items;
@@ -257,7 +238,7 @@ struct item_source : gguf_tensor_source {
         const uint8_t * src = (const uint8_t *) it.src;
         #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
-            const int64_t sr = it.permute == PERMUTE_NONE ? r : permuted_row(r, nh, rows);
+            const int64_t sr = it.permute == PERMUTE_NONE ? r : llama_gguf_permuted_row(r, nh, rows);
             float * x = f32.data() + r * IC;
             convert_to_f32(it.src_type, src + (size_t) sr * in_row, x, (size_t) IC);
             int64_t row_bad = -1;
@@ -292,6 +273,32 @@ status add_items(gguf_writer & w, const std::vector<export_item> & items) {
 }
 
 } // namespace
+
+int64_t llama_gguf_permuted_row(int64_t r, int64_t n_head, int64_t OC) {
+    const int64_t HS = OC / n_head, half = HS / 2;
+    const int64_t h = r / HS, i = (r % HS) / 2, j = r % 2;
+    return h * HS + j * half + i;
+}
+
+std::vector<float> llama_gguf_rope_factors(const llama_hparams & hp) {
+    const rope_config & r = hp.rope;
+    const int64_t dim = hp.head_dim;
+    const double low_wavelen = (double) r.original_max_position / r.low_freq_factor;
+    const double high_wavelen = (double) r.original_max_position / r.high_freq_factor;
+    std::vector<float> out;
+    for (int64_t i = 0; i < dim; i += 2) {
+        const float freq = 1.0f / std::pow(r.theta, (float) i / (float) dim);   // torch float32
+        const double wavelen = 2.0 * M_PI / (double) freq;
+        if (wavelen < high_wavelen) out.push_back(1.0f);
+        else if (wavelen > low_wavelen) out.push_back(r.factor);
+        else {
+            const double smooth = ((double) r.original_max_position / wavelen - r.low_freq_factor) /
+                                  (r.high_freq_factor - r.low_freq_factor);
+            out.push_back((float) (1.0 / ((1.0 - smooth) / r.factor + smooth)));
+        }
+    }
+    return out;
+}
 
 void llama_gguf_permute_rows(float * dst, const float * src, int64_t n_head, int64_t OC, int64_t IC) {
     const int64_t HS = OC / n_head, half = HS / 2;
@@ -343,7 +350,7 @@ status gguf_export_model(const llama_model & m, const std::string & model_dir, c
     std::vector<float> rope_factors;
     if (hp.rope.llama3) {
         if (arch != "llama") return make_error(PEFT_STATUS_CONFIG, "config.json", "llama3 rope_scaling on a " + arch + " model");
-        rope_factors = llama3_rope_factors(hp);
+        rope_factors = llama_gguf_rope_factors(hp);
         export_item it;
         it.name = "rope_freqs.weight";
         it.shape = {(int64_t) rope_factors.size()};

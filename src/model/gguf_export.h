@@ -9,10 +9,12 @@
 //  - a LoRA file: general.type "adapter", adapter.type "lora", adapter.lora.alpha, and
 //    "<base>.weight.lora_a" [ne = IC, R] / ".lora_b" [ne = R, OC] (llama-adapter.cpp), scaled at
 //    run time by alpha / R per tensor pair.
-// Not here: the container format (io/gguf.h), merging (adapters_merge), reading GGUF.
+// Not here: the container format (io/gguf.h), merging (adapters_merge), reading GGUF
+// (model/gguf_import.h).
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/status.h"
 #include "io/gguf.h"
@@ -20,6 +22,7 @@
 namespace peft {
 
 struct llama_model;
+struct llama_hparams;
 struct adapter_set;
 
 struct gguf_export_options {
@@ -44,5 +47,12 @@ status gguf_export_lora(const llama_model & m, const adapter_set & s, gguf_tenso
 // new row 2i + j = old row j * HS/2 + i (HF's rotate-half halves -> interleaved pairs).
 // IC = 1 permutes a bias.
 void llama_gguf_permute_rows(float * dst, const float * src, int64_t n_head, int64_t OC, int64_t IC);
+// The HF row that row r of the permuted [OC, ...] matrix comes from (the reader un-permutes
+// with it: hf[llama_gguf_permuted_row(r)] = gguf[r]).
+int64_t llama_gguf_permuted_row(int64_t r, int64_t n_head, int64_t OC);
+
+// Llama 3 rope scaling as llama.cpp applies it: per-frequency divisors [HS/2], written as
+// "rope_freqs.weight", computed as convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors.
+std::vector<float> llama_gguf_rope_factors(const llama_hparams & hp);
 
 } // namespace peft

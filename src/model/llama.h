@@ -113,7 +113,8 @@ std::vector<llama_tensor_spec> llama_tensor_specs(const llama_hparams & hp);
 // `storage` is the dtype frozen matrices are kept in (ignored when trainable).
 status llama_init_random(llama_model & m, const llama_hparams & hp, bool trainable, uint64_t seed,
                          dtype storage = PEFT_DTYPE_F32);
-// Loads a Hugging Face model directory (config.json + model.safetensors or sharded index).
+// Loads a Hugging Face model directory (config.json + model.safetensors or sharded index), or a
+// GGUF model file (model/gguf_import.h).
 status llama_load(llama_model & m, const std::string & dir, bool trainable);
 
 // One batch of B rows of T tokens. targets are already shifted (targets[t] = labels[t+1],

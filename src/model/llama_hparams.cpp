@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "io/json.h"
+#include "io/peft_format.h"
 
 namespace peft {
 
@@ -144,6 +145,43 @@ status llama_hparams_validate(const llama_hparams & hp, const std::string & wher
                                                      "original_max_position_embeddings > 0");
     }
     return {};
+}
+
+std::string llama_hparams_config_json(const llama_hparams & hp, const std::string & torch_dtype) {
+    const bool qwen = hp.arch == "qwen2";
+    auto num = [](double v) { return json_python_float(v); };
+    auto b = [](bool v) { return v ? "true" : "false"; };
+    std::string rope = "null";
+    if (hp.rope.llama3) {
+        rope = "{\"rope_type\": \"llama3\", \"factor\": " + num(hp.rope.factor) + ", \"low_freq_factor\": " + num(hp.rope.low_freq_factor) +
+               ", \"high_freq_factor\": " + num(hp.rope.high_freq_factor) + ", \"original_max_position_embeddings\": " +
+               std::to_string(hp.rope.original_max_position) + "}";
+    }
+    std::string s = "{\n";
+    auto add = [&](const std::string & k, const std::string & v) { s += "  \"" + k + "\": " + v + ",\n"; };
+    add("architectures", qwen ? "[\"Qwen2ForCausalLM\"]" : hp.arch == "mistral" ? "[\"MistralForCausalLM\"]" : "[\"LlamaForCausalLM\"]");
+    add("model_type", json_quote(hp.arch));
+    add("vocab_size", std::to_string(hp.n_vocab));
+    add("hidden_size", std::to_string(hp.n_embd));
+    add("intermediate_size", std::to_string(hp.n_ff));
+    add("num_hidden_layers", std::to_string(hp.n_layer));
+    add("num_attention_heads", std::to_string(hp.n_head));
+    add("num_key_value_heads", std::to_string(hp.n_head_kv));
+    add("head_dim", std::to_string(hp.head_dim));
+    add("max_position_embeddings", std::to_string(hp.max_position));
+    add("rms_norm_eps", num(hp.rms_eps));
+    add("rope_theta", num(hp.rope.theta));
+    add("rope_scaling", rope);
+    add("tie_word_embeddings", b(hp.tie_embeddings));
+    if (!qwen) {
+        add("attention_bias", b(hp.o_bias));
+        add("mlp_bias", b(hp.mlp_bias));
+    }
+    if (hp.bos_id >= 0) add("bos_token_id", std::to_string(hp.bos_id));
+    if (hp.eos_id >= 0) add("eos_token_id", std::to_string(hp.eos_id));
+    add("hidden_act", "\"silu\"");
+    s += "  \"torch_dtype\": " + json_quote(torch_dtype) + "\n}\n";
+    return s;
 }
 
 status llama_hparams_parse(const std::string & text, const std::string & where, llama_hparams & out) {

@@ -41,6 +41,9 @@ struct llama_hparams {
 status llama_hparams_load(const std::string & path, llama_hparams & out);
 // The same from JSON text already in memory (for tests and fuzzing).
 status llama_hparams_parse(const std::string & text, const std::string & where, llama_hparams & out);
+// hp as a Hugging Face config.json (what transformers reads back to the same model; what
+// llama_hparams_parse reads back to hp); torch_dtype "bfloat16", "float16" or "float32".
+std::string llama_hparams_config_json(const llama_hparams & hp, const std::string & torch_dtype);
 // Checks the invariants (positive sizes, heads divide evenly, ...); `where` names the source.
 status llama_hparams_validate(const llama_hparams & hp, const std::string & where);
 

@@ -1,5 +1,5 @@
 // llama_load.cpp: binds a Hugging Face model directory (config.json + safetensors, single or
-// sharded) to a llama_model. Frozen matrices are used in place from the mapping when aligned
+// sharded) to a llama_model (a GGUF file goes to model/gguf_import). Frozen matrices are used in place from the mapping when aligned
 // (bf16 stays bf16); small vectors and trainable tensors are converted to f32.
 // The checkpoint must hold exactly the model's parameters (a few harmless extras aside) and
 // no NaN/Inf: both are checked here, once for every command, before anything is allocated.
@@ -8,7 +8,9 @@
 #include <memory>
 #include <unordered_set>
 
+#include "io/gguf_read.h"
 #include "io/safetensors.h"
+#include "model/gguf_import.h"
 #include "model/llama.h"
 
 namespace peft {
@@ -83,6 +85,7 @@ static status check_extra_tensor(const llama_hparams & hp, const tensor_info & t
 }
 
 status llama_load(llama_model & m, const std::string & dir, bool trainable) {
+    if (gguf_is_file(dir)) return llama_load_gguf(m, dir, trainable);
     PEFT_TRY(llama_hparams_load(dir + "/config.json", m.hp));
     auto st_model = std::make_shared<safetensors_model>();
     PEFT_TRY(safetensors_open_model(dir, *st_model));

@@ -14,7 +14,9 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "io/gguf_read.h"
 #include "io/json.h"
+#include "tokenizer/gguf_vocab.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/normalize.h"
 #include "tokenizer/pretok.h"
@@ -716,10 +718,28 @@ status tokenizer::load_json_text(const std::string & text, const std::string & w
     return status::success();
 }
 
+// A GGUF model file: its tokenizer.ggml.* metadata as tokenizer.json (gguf_vocab.h), plus what
+// tokenizer_config.json would add (ids and the chat template).
+status tokenizer::load_gguf(const std::string & path, std::unique_ptr<tokenizer> & out) {
+    gguf_file f;
+    PEFT_TRY(gguf_open(path, f));
+    std::string text;
+    gguf_vocab_extra extra;
+    PEFT_TRY(gguf_tokenizer_json(f, text, extra));
+    PEFT_TRY(load_json_text(text, path, out));
+    tokenizer_impl & m = *out->p;
+    m.chat_template = extra.chat_template;
+    if (extra.bos >= 0) m.bos = extra.bos;
+    if (extra.eos >= 0) m.eos = extra.eos;
+    if (extra.pad >= 0) m.pad = extra.pad;
+    return status::success();
+}
+
 status tokenizer::load(const std::string & path, std::unique_ptr<tokenizer> & out) {
     std::error_code ec;
     const fs::path in(path);
     if (!fs::exists(in, ec)) return make_error(PEFT_STATUS_IO, path, "no such file or directory");
+    if (gguf_is_file(path)) return load_gguf(path, out);
     fs::path dir, file;
     if (fs::is_directory(in, ec)) {
         dir = in;

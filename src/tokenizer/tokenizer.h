@@ -4,6 +4,7 @@
 //                             Llama 2 / TinyLlama / Mistral with byte fallback); FORMATS.md §2d
 //   tokenizer.model           SentencePiece, through libsentencepiece (when the build has it)
 //   encoder.json + vocab.bpe  the original GPT-2 files
+//   FILE.gguf                 a GGUF model's tokenizer.ggml.* metadata (byte-level BPE; gguf_vocab.h)
 // plus tokenizer_config.json next to it (bos/eos token names, chat_template).
 // Encoding = split off added/special tokens -> normalizer -> pre-tokenizer (the regex written in
 // the file, run by PCRE2) -> BPE -> post-processor template (BOS/EOS) when add_special.
@@ -65,6 +66,7 @@ struct tokenizer {
     const std::string & source() const;                  // the file it was loaded from
 
 private:
+    static status load_gguf(const std::string & path, std::unique_ptr<tokenizer> & out);
     tokenizer();
     std::unique_ptr<tokenizer_impl> p;
 };

@@ -33,7 +33,7 @@ struct key_def {
 
 // The trainer's own keys; the adapter methods' come from adapter_method_options().
 const option_def TRAINER_KEYS[] = {
-    {"base_model", OPT_STRING, "(required)", "Hugging Face model directory (config.json + *.safetensors)"},
+    {"base_model", OPT_STRING, "(required)", "Hugging Face model directory (config.json + *.safetensors) or F32/F16/BF16 .gguf file"},
     {"tokenizer_config", OPT_STRING, "base_model", "tokenizer directory or file"},
     {"random_init", OPT_BOOL, "false", "adapter: full only: start from random weights (pretraining from config.json)"},
     {"datasets", OPT_DATASETS, "(required)", "list of {path, type}: JSONL (text / alpaca / messages / input_ids) or .txt"},

@@ -28,10 +28,12 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "io/atomic_file.h"
+#include "io/gguf_read.h"
 #include "io/json.h"
 #include "io/output_guard.h"
 #include "io/peft_format.h"
 #include "io/safetensors.h"
+#include "model/gguf_import.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 #include "train/calibrate.h"
@@ -319,13 +321,27 @@ status write_hf_model_dir(const std::string & dir, const llama_model & m, const 
         ts.push_back({t.name, want, t.shape, converted.back().data(), ""});
     }
     PEFT_TRY(safetensors_write(dir + "/model.safetensors", ts, {{"format", "pt"}}));
-    if (residual_init.empty()) {
+    // a GGUF base has no config.json or tokenizer files: they are made from its metadata
+    std::vector<std::pair<std::string, std::string>> made;
+    std::string note, cfg_text;
+    if (gguf_is_file(config_dir)) {
+        const dtype shown = keep ? m.tensors[0].type : out_t;
+        PEFT_TRY(gguf_hf_files(config_dir, m.hp, shown == PEFT_DTYPE_BF16 ? "bfloat16" : shown == PEFT_DTYPE_F16 ? "float16" : "float32",
+                               made, note));
+        if (!note.empty()) std::fprintf(stderr, "peft train: note: %s", note.c_str());
+        cfg_text = made[0].second;
+        made.erase(made.begin());
+    }
+    if (residual_init.empty() && cfg_text.empty()) {
         PEFT_TRY(copy_file_atomic(config_dir + "/config.json", dir + "/config.json"));
+    } else if (residual_init.empty()) {
+        PEFT_TRY(write_file_atomic(dir + "/config.json", cfg_text));
     } else {
         // transformers keeps unknown config keys as attributes; peft.cpp's loader reads this one
         // to accept the adapter saved beside it (io/peft_format.cpp check_residual_base)
         json_document cfg;
-        PEFT_TRY(cfg.parse_file(config_dir + "/config.json"));
+        if (cfg_text.empty()) PEFT_TRY(cfg.parse_file(config_dir + "/config.json"));
+        else PEFT_TRY(cfg.parse(cfg_text.data(), cfg_text.size(), config_dir));
         json_document extra;
         const std::string extra_text = "{\"peft_residual_init\":" + json_quote(residual_init) + "}";
         PEFT_TRY(extra.parse(extra_text.data(), extra_text.size(), "peft_residual_init"));
@@ -333,6 +349,10 @@ status write_hf_model_dir(const std::string & dir, const llama_model & m, const 
                                    json_dump_python(cfg.root(), 2, {{"peft_residual_init", extra.root().get("peft_residual_init")}}) + "\n"));
     }
     std::error_code ec;
+    if (gguf_is_file(tokenizer_dir)) {
+        for (const auto & [name, text] : made) PEFT_TRY(write_file_atomic(dir + "/" + name, text));
+        return {};
+    }
     const std::string tdir = fs::is_directory(tokenizer_dir, ec) ? tokenizer_dir : fs::path(tokenizer_dir).parent_path().string();
     for (const std::string & name : hf_companion_files()) {
         const std::string src = tdir + "/" + name;
@@ -448,6 +468,8 @@ status train_session::open_inputs() {
         PEFT_TRY(llama_hparams_load(o.base_model + "/config.json", hp));
         PEFT_TRY(llama_init_random(m, hp, true, o.seed));
     } else {
+        // a dequantized copy would train, but the point of a quantized base is not holding one
+        if (gguf_is_file(o.base_model)) PEFT_TRY(gguf_require_unquantized(o.base_model, "training"));
         PEFT_TRY(llama_load(m, o.base_model, o.full()));
     }
     const llama_hparams & hp = m.hp;

@@ -18,12 +18,15 @@
 #include "adapters/adapter_set.h"
 #include "byte_tokenizer.h"
 #include "core/rng.h"
+#include "io/gguf_read.h"
 #include "io/json.h"
 #include "io/peft_format.h"
 #include "io/safetensors.h"
+#include "model/gguf_import.h"
 #include "model/llama.h"
 #include "model/llama_hparams.h"
 #include "tokenizer/chat.h"
+#include "tokenizer/gguf_vocab.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -303,6 +306,48 @@ inline int trainer_state_one(const uint8_t * data, size_t n) {
         return s;
     }();
     for (const std::string & ms : st.module_states) (void) lora.modules[0]->set_state(ms);
+    return 0;
+}
+
+// ---- GGUF (gguf_parse, then what --model FILE.gguf does with it) -----------------------------
+
+inline int gguf_one(const uint8_t * data, size_t n) {
+    auto f = std::make_shared<gguf_file>();
+    if (!gguf_parse(data, n, "fuzz.gguf", *f).ok()) return 0;
+    // tensors back to back in header order, aligned, inside the input; bytes readable (ASan)
+    uint64_t next = 0;
+    for (const gguf_tensor_view & t : f->tensors) {
+        fuzz_require(f->find(t.name) == &t && t.offset == next && t.offset % f->alignment == 0);
+        fuzz_require(t.data >= data && t.nbytes <= n && t.data + t.nbytes <= data + n);
+        unsigned acc = 0;
+        for (uint64_t i = 0; i < t.nbytes; i++) acc += t.data[i];
+        (void) acc;
+        next = (t.offset + t.nbytes + f->alignment - 1) / f->alignment * f->alignment;
+    }
+    for (const gguf_kv & kv : f->kv) {
+        fuzz_require(f->find_kv(kv.key) == &kv && !kv.key.empty());
+        std::string s;
+        uint32_t u = 0;
+        float x = 0;
+        std::vector<int32_t> ids;
+        (void) f->get_str(kv.key, s, true);
+        (void) f->get_u32(kv.key, u, true);
+        (void) f->get_f32(kv.key, x, true);
+        (void) f->get_arr_i32(kv.key, ids, true);
+    }
+    // as a model: hparams, weights (frozen and trainable), the tokenizer it carries
+    llama_model m;
+    if (llama_load_gguf_file(m, f, false).ok()) {
+        fuzz_require(llama_hparams_validate(m.hp, "accepted").ok());
+        llama_model full;
+        (void) llama_load_gguf_file(full, f, true);
+    }
+    std::string json;
+    gguf_vocab_extra extra;
+    std::unique_ptr<tokenizer> tok;
+    if (gguf_tokenizer_json(*f, json, extra).ok() && tokenizer::load_json_text(json, "fuzz.gguf", tok).ok()) {
+        for (int32_t id : tok->encode("Hello world <|eot_id|> 123", true)) fuzz_require(id >= 0 && id < tok->n_vocab());
+    }
     return 0;
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """make_corpus.py: writes the small handcrafted seed corpora of the fuzz targets (fuzz_bodies.h):
-corpus_<target>/ for safetensors, json, tokenizer, config, data, adapter_config, hparams and
-trainer_state. Run from the repo root: python3 tests/fuzz/make_corpus.py  (deterministic; files
+corpus_<target>/ for safetensors, json, tokenizer, config, data, adapter_config, hparams,
+trainer_state and gguf. Run from the repo root: python3 tests/fuzz/make_corpus.py  (deterministic; files
 < 4 KB). Seeds are mostly valid files covering each feature, plus a few near-misses; files named
 regress_* hold inputs that once crashed or hung a parser (see README.md) and must stay."""
 import json, os, struct
@@ -273,6 +273,71 @@ put(ts_dir, "valid.safetensors", trainer_state(state_meta))
 put(ts_dir, "no_modules.safetensors", trainer_state(dict(state_meta, module_count="0"), order=()))
 put(ts_dir, "bad_count.safetensors", trainer_state(dict(state_meta, module_count="9223372036854775807")))
 put(ts_dir, "bad_format.safetensors", trainer_state(dict(state_meta, format="v0")))
+
+# ---- GGUF (docs/gguf.md): a tiny llama with a byte-level BPE vocabulary, block types, near misses
+gg_dir = corpus("gguf")
+
+def gstr(v):
+    v = v.encode() if isinstance(v, str) else v
+    return struct.pack("<Q", len(v)) + v
+
+def gkv(key, vtype, payload):
+    return gstr(key) + struct.pack("<I", vtype) + payload
+
+def kv_u32(k, v): return gkv(k, 4, struct.pack("<I", v))
+def kv_f32(k, v): return gkv(k, 6, struct.pack("<f", v))
+def kv_bool(k, v): return gkv(k, 7, struct.pack("<B", v))
+def kv_str(k, v): return gkv(k, 8, gstr(v))
+def kv_arr_str(k, vs): return gkv(k, 9, struct.pack("<IQ", 8, len(vs)) + b"".join(gstr(v) for v in vs))
+def kv_arr_i32(k, vs): return gkv(k, 9, struct.pack("<IQ", 5, len(vs)) + b"".join(struct.pack("<i", v) for v in vs))
+
+def gguf(kvs, tensors, align=32):
+    """tensors: (name, ne, ggml_type, data bytes), laid out back to back, each padded to align"""
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs)
+    data, off = b"", 0
+    for name, ne, t, blob in tensors:
+        head += gstr(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<q", d) for d in ne) + struct.pack("<IQ", t, len(data))
+        data += blob + b"\0" * ((align - len(blob) % align) % align)
+    head += b"\0" * ((align - len(head) % align) % align)
+    return head + data
+
+def f16s(n, seed):
+    return b"".join(struct.pack("<e", ((i * 7 + seed) % 13 - 6) / 16.0) for i in range(n))
+
+def f32s(n, v=1.0):
+    return struct.pack("<%df" % n, *([v] * n))
+
+# llama: C=8, 2 heads of 4 (1 KV head), F=8, 1 layer, V=8, tied embeddings, F16 matrices
+C, F, V, KV = 8, 8, 8, 4
+model_kvs = [kv_str("general.architecture", "llama"), kv_u32("general.alignment", 32), kv_u32("llama.block_count", 1),
+             kv_u32("llama.context_length", 64), kv_u32("llama.embedding_length", C), kv_u32("llama.feed_forward_length", F),
+             kv_u32("llama.attention.head_count", 2), kv_u32("llama.attention.head_count_kv", 1),
+             kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5), kv_f32("llama.rope.freq_base", 10000.0),
+             kv_str("tokenizer.ggml.model", "gpt2"), kv_str("tokenizer.ggml.pre", "llama-bpe"),
+             kv_arr_str("tokenizer.ggml.tokens", ["a", "b", "ab", "\u0120", "\u0120a", "1", "<s>", "[PAD7]"]),
+             kv_arr_i32("tokenizer.ggml.token_type", [1, 1, 1, 1, 1, 1, 3, 5]),
+             kv_arr_str("tokenizer.ggml.merges", ["a b", "\u0120 a"]), kv_u32("tokenizer.ggml.bos_token_id", 6),
+             kv_bool("tokenizer.ggml.add_bos_token", 1), kv_str("tokenizer.chat_template", "{{ messages }}")]
+model_tensors = [("token_embd.weight", [C, V], 1, f16s(C * V, 1)), ("blk.0.attn_norm.weight", [C], 0, f32s(C)),
+                 ("blk.0.attn_q.weight", [C, C], 1, f16s(C * C, 2)), ("blk.0.attn_k.weight", [C, KV], 1, f16s(C * KV, 3)),
+                 ("blk.0.attn_v.weight", [C, KV], 1, f16s(C * KV, 4)), ("blk.0.attn_output.weight", [C, C], 1, f16s(C * C, 5)),
+                 ("blk.0.ffn_norm.weight", [C], 0, f32s(C)), ("blk.0.ffn_gate.weight", [C, F], 1, f16s(C * F, 6)),
+                 ("blk.0.ffn_up.weight", [C, F], 1, f16s(C * F, 7)), ("blk.0.ffn_down.weight", [F, C], 1, f16s(F * C, 8)),
+                 ("output_norm.weight", [C], 0, f32s(C))]
+put(gg_dir, "tiny_llama.gguf", gguf(model_kvs, model_tensors))
+put(gg_dir, "tiny_llama_f32_untied.gguf", gguf(model_kvs, [(n, ne, 0, f32s(len(b) // 2 if t == 1 else len(b) // 4, 0.25))
+                                                           for n, ne, t, b in model_tensors] + [("output.weight", [C, V], 0, f32s(C * V))]))
+put(gg_dir, "minimal.gguf", gguf([kv_str("general.architecture", "llama")], [("w", [4], 0, f32s(4))]))
+q8 = struct.pack("<e", 0.5) + bytes(range(32))
+q4k = struct.pack("<ee", 0.25, 0.125) + bytes(range(12)) + bytes(range(128))
+put(gg_dir, "block_types.gguf", gguf([kv_u32("general.alignment", 64)], [("q8", [32, 1], 8, q8), ("q4k", [256], 12, q4k),
+                                                                         ("q40", [32], 2, struct.pack("<e", 1.0) + bytes(range(16)))], align=64))
+put(gg_dir, "lora_adapter.gguf", gguf([kv_str("general.architecture", "llama"), kv_str("general.type", "adapter"), kv_str("adapter.type", "lora"),
+                                        kv_f32("adapter.lora.alpha", 8.0)],
+                                       [("blk.0.attn_q.weight.lora_a", [C, 2], 0, f32s(2 * C)), ("blk.0.attn_q.weight.lora_b", [2, C], 0, f32s(2 * C))]))
+good = gguf([kv_str("general.architecture", "llama")], [("a", [4], 0, f32s(4)), ("b", [4], 0, f32s(4))])
+put(gg_dir, "bad_magic.gguf", b"GGML" + good[4:])
+put(gg_dir, "bad_truncated.gguf", good[:-40])
 
 # ---- regressions: inputs that crashed or hung a parser before its fix (README.md) -------------
 tiny = {"type": "BPE", "vocab": {"a": 0, "\u2581": 1, "\u2581a": 2}, "merges": [["\u2581", "a"]]}

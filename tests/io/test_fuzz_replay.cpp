@@ -115,3 +115,4 @@ TEST(fuzz_replay, data_corpus) { replay("tests/fuzz/corpus_data", peft::fuzz::da
 TEST(fuzz_replay, adapter_config_corpus) { replay("tests/fuzz/corpus_adapter_config", peft::fuzz::adapter_config_one, 500); }
 TEST(fuzz_replay, hparams_corpus) { replay("tests/fuzz/corpus_hparams", peft::fuzz::hparams_one, 3000); }
 TEST(fuzz_replay, trainer_state_corpus) { replay("tests/fuzz/corpus_trainer_state", peft::fuzz::trainer_state_one, 3000); }
+TEST(fuzz_replay, gguf_corpus) { replay("tests/fuzz/corpus_gguf", peft::fuzz::gguf_one, 2000); }

@@ -11,6 +11,7 @@
 
 #include "core/dtype.h"
 #include "io/gguf.h"
+#include "kernels/ggml_quant.h"
 #include "model/gguf_export.h"
 #include "model/llama_names.h"
 #include "testing.h"
@@ -203,7 +204,7 @@ TEST(Gguf, Q8BlockClosedForm) {
     EXPECT_EQ((int8_t) q[2], -127);   // -4 -> -127
     for (int i = 0; i < 34; i++) EXPECT_EQ(q[(size_t) (34 + i)], 0) << i;
     std::vector<float> back(64);
-    gguf_dequantize_q8_0(q.data(), back.data(), 64);
+    ggml_dequantize_row_q8_0(q.data(), back.data(), 64);
     for (int i = 0; i < 64; i++) EXPECT_NEAR(back[(size_t) i], x[(size_t) i], 4.0 / 127.0 * 0.51) << i;
 }
 
