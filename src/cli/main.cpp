@@ -21,6 +21,8 @@ const subcommand SUBCOMMANDS[] = {
     {"generate", peft::cmd_generate, "generate text with a model, optionally with an adapter (unmerged or merged)"},
     {"merge", peft::cmd_merge, "merge an adapter into its base model and write a full HF checkpoint"},
     {"export", peft::cmd_export, "write a model (+ merged adapter) or a LoRA as GGUF for llama.cpp"},
+    {"serve", peft::cmd_serve, "OpenAI-style HTTP server for a model and many adapters, batched across adapters"},
+    {"serve-bench", peft::cmd_serve_bench, "serving throughput (batched vs one at a time) and an HTTP load test"},
 };
 
 void print_usage() {
