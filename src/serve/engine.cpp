@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "core/threads.h"
 #include "model/generation.h"
 #include "model/llama_infer.h"
 
@@ -155,7 +156,7 @@ status serve_engine::check_job(const serve_job & job) const {
 
 bool serve_engine::submit(const std::shared_ptr<serve_job> & job) {
     std::lock_guard<std::mutex> lk(mu_);
-    if (stopping_ || (int64_t) queue_.size() >= opt_.queue + opt_.parallel) return false;
+    if (stopping_ || (int64_t) queue_.size() + n_active_.load() >= opt_.queue + opt_.parallel) return false;
     queue_.push_back(job);
     cv_.notify_all();
     return true;
@@ -171,6 +172,7 @@ void serve_engine::shutdown() {
 }
 
 void serve_engine::loop() {
+    threads_set(threads_get());   // OpenMP's thread count is per thread: this one forwards
     std::vector<slot *> active;
     for (;;) {
         {
@@ -196,6 +198,7 @@ void serve_engine::loop() {
                 sl.released.clear();
                 active.push_back(&sl);
             }
+            n_active_ = (int64_t) active.size();
         }
         // a client that went away frees its slot before the next forward
         active.erase(std::remove_if(active.begin(), active.end(), [](slot * s) {
@@ -205,6 +208,7 @@ void serve_engine::loop() {
                          return true;
                      }), active.end());
         if (!active.empty()) step(active);
+        n_active_ = (int64_t) active.size();
     }
     std::lock_guard<std::mutex> lk(mu_);
     for (slot * s : active) finish(*s->job, "", "the server is shutting down");

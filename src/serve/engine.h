@@ -46,7 +46,7 @@ struct serve_job {
 
 struct serve_options {
     int64_t parallel = 4;    // slots: requests decoded together
-    int64_t queue = 16;      // requests waiting beyond the slots; more are refused
+    int64_t queue = 16;      // requests waiting for a slot; more are refused
     int64_t ctx = 0;         // positions per slot; 0 = min(max_position_embeddings, 4096)
 };
 
@@ -67,7 +67,7 @@ public:
     // plans the slots. The decode thread starts here.
     status init(const std::string & model_dir, const std::vector<std::pair<std::string, std::string>> & adapters,
                 const serve_options & o);
-    // Queues a job; false (and nothing queued) when the queue is full. Jobs must be checked
+    // Queues a job; false (and nothing queued) when every slot is busy and `queue` jobs wait. Jobs must be checked
     // first (check_job).
     bool submit(const std::shared_ptr<serve_job> & job);
     // Context and adapter checks of a job before it is queued (a prompt beyond the context).
@@ -106,6 +106,7 @@ private:
     bool                                        stopping_ = false;
     std::thread                                 thread_;
     std::atomic<int64_t>                        steps_{0}, rows_{0};
+    std::atomic<int64_t>                        n_active_{0};   // jobs in slots
 };
 
 // Parses NAME=DIR (a --adapter value); a bare DIR is named after its last path component.

@@ -290,9 +290,9 @@ TEST(serve, bad_requests_get_a_clear_4xx_and_the_server_keeps_serving) {
 TEST(serve, a_full_queue_answers_503) {
     serve_options o;
     o.parallel = 1;
-    o.queue = 0;
+    o.queue = 1;
     server s(o);
-    // one job in the slot, one waiting: the queue (parallel + queue places) is full
+    // one job in the slot, one waiting: every place is taken
     std::vector<std::shared_ptr<serve_job>> jobs;
     for (int i = 0; i < 2; i++) {
         auto j = std::make_shared<serve_job>();
@@ -321,7 +321,7 @@ TEST(serve, a_full_queue_answers_503) {
 TEST(serve, a_client_leaving_mid_stream_frees_its_slot) {
     serve_options o;
     o.parallel = 1;
-    o.queue = 0;
+    o.queue = 1;
     server s(o);
     const int N = 450;   // far more steps than the rest of the test needs
     {
