@@ -9,6 +9,7 @@ PACKAGES=(
   nlohmann-json3-dev libyaml-cpp-dev
   libpcre2-dev libutf8proc-dev libsentencepiece-dev
   libcli11-dev libfmt-dev
+  libcpp-httplib-dev
   libgtest-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
 )

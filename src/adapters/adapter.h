@@ -130,6 +130,11 @@ struct adapter_module {
     // dx[N,IC] += d loss/dx (including the base W^T dy part); own grads +=. Called after the
     // forward of the same x (the model re-runs forward first when recomputing activations).
     virtual void backward(const float * x, const float * dy, int64_t N, float * dx) = 0;
+    // Inference only (peft serve batches rows of several adapters over one base): y[N,OC] +=
+    // adapted(x) - base(x), where y already holds the base product (bias included), which then
+    // runs once for every row of the batch. false when the output does not split so (DoRA rescales
+    // the base): the caller runs forward() on the module's rows instead.
+    virtual bool forward_delta(const float * x, int64_t N, float * y) { (void) x; (void) N; (void) y; return false; }
     // Whether backward reads x. The model keeps a projection's input for backward only when some
     // consumer reads it (a weight gradient, or an adapter that says so): LoRA-FA's backward needs
     // only its r-wide x A^T, so the model shares one scratch buffer for inputs nobody reads later.

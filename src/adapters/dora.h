@@ -20,6 +20,7 @@ struct dora_module : lora_module {
                 std::shared_ptr<lora_scratch> scratch, bool axis_in, bool detach);
 
     void forward(const float * x, int64_t N, float * y) override;
+    bool forward_delta(const float *, int64_t, float *) override { return false; }   // the base is rescaled
     void backward(const float * x, const float * dy, int64_t N, float * dx) override;
     void delta_weight(float * dW) const override;                      // W_merged - W
     void merge(float * W, int64_t OC, int64_t IC) const override;     // W <- diag(m/n0) (W + s B A), n0 kept

@@ -64,14 +64,25 @@ lora_module::lora_module(const target_info & ti, int64_t rank, float s, float p,
 }
 
 void lora_module::forward(const float * x, int64_t N, float * y) {
-    const int64_t IC = t.in_features, OC = t.out_features;
+    const int64_t IC = t.in_features;
     linear_forward(y, x, *t.base, t.bias, N);
     const float * xin = dropout.input(x, N * IC, dropout_active(), scratch->xd);
+    add_delta(xin, N, y);
+}
+
+// xa[N,R] = xd A^T; y[N,OC] += s xa B^T (beta 1: with B = 0 the base output is kept bit for bit)
+void lora_module::add_delta(const float * xd, int64_t N, float * y) {
+    const int64_t IC = t.in_features, OC = t.out_features;
     float * xa_ = grow(xa, N * R);
     xa_rows = N;
-    // xa[N,R] = xd A^T; y[N,OC] += s xa B^T (beta 1: with B = 0 the base output is kept bit for bit)
-    gemm(false, true, N, R, IC, 1.0f, xin, IC, A.data(), IC, 0.0f, xa_, R);
+    gemm(false, true, N, R, IC, 1.0f, xd, IC, A.data(), IC, 0.0f, xa_, R);
     gemm(false, true, N, OC, R, scaling, xa_, R, B.data(), R, 1.0f, y, OC);
+}
+
+bool lora_module::forward_delta(const float * x, int64_t N, float * y) {
+    if (dropout_active()) return false;
+    add_delta(x, N, y);
+    return true;
 }
 
 void lora_module::backward(const float * x, const float * dy, int64_t N, float * dx) {

@@ -45,6 +45,7 @@ struct lora_module : adapter_module {
 
     void forward(const float * x, int64_t N, float * y) override;
     void backward(const float * x, const float * dy, int64_t N, float * dx) override;
+    bool forward_delta(const float * x, int64_t N, float * y) override;   // y += s (x A^T) B^T
     // dA is the only term that reads x (LoRA-FA has none: dB needs only the cached xa)
     bool backward_reads_input() const override { return !freeze_a; }
     void delta_weight(float * dW) const override;
@@ -85,6 +86,7 @@ struct lora_module : adapter_module {
 
 protected:
     std::shared_ptr<lora_scratch> scratch;
+    void add_delta(const float * xd, int64_t N, float * y);   // y[N,OC] += s (xd A^T) B^T; keeps xa
 };
 
 struct corda_state;   // CorDA's calibration: covariances per target (lora.cpp)

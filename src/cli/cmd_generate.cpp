@@ -21,11 +21,10 @@
 #include "core/threads.h"
 #include "io/json.h"
 #include "model/llama.h"
+#include "model/generation.h"
 #include "model/llama_infer.h"
 #include "model/sample.h"
-#include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
-#include "train/data.h"
 
 namespace peft {
 
@@ -33,19 +32,6 @@ namespace {
 
 double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Length of the longest prefix of s that does not end inside a UTF-8 sequence, so a streamed
-// token that cuts a character is held back until the rest arrives.
-size_t complete_utf8_prefix(const std::string & s) {
-    const size_t n = s.size();
-    for (size_t back = 1; back <= 4 && back <= n; back++) {
-        const unsigned char c = (unsigned char) s[n - back];
-        if ((c & 0xC0) == 0x80) continue;   // continuation byte: keep looking for the lead
-        const size_t need = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
-        return back < need ? n - back : n;
-    }
-    return n;
 }
 
 // Prints the text of the generated tokens as it grows. The whole generated sequence is decoded
@@ -70,65 +56,6 @@ struct text_stream {
         printed.assign(text, 0, upto);
     }
 };
-
-// eos_token_id of generation_config.json (an int or a list), when the file exists.
-void generation_config_eos(const std::string & model_dir, std::vector<int32_t> & out) {
-    const std::string path = model_dir + "/generation_config.json";
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(path, ec)) return;
-    json_document doc;
-    if (!doc.parse_file(path, (size_t) 1 << 20).ok()) return;   // optional file: ignore if broken
-    json_value e = doc.root().get("eos_token_id");
-    if (e.is_integer()) out.push_back((int32_t) e.as_int(-1));
-    if (e.is_array()) {
-        for (size_t i = 0; i < e.size(); i++) {
-            if (e.at(i).is_integer()) out.push_back((int32_t) e.at(i).as_int(-1));
-        }
-    }
-}
-
-// Tokens of a chat prompt ending where the assistant's reply starts (HF's
-// add_generation_prompt=True): the conversation is rendered with an empty assistant turn and cut
-// before its first reply segment. end_of_turn receives the token that ends the reply.
-status chat_prompt(const tokenizer & tok, const std::string & user, const std::string & system, const std::string & tmpl_name,
-                   std::vector<int32_t> & ids, int32_t & end_of_turn, std::string & used) {
-    data_options o;
-    o.chat_template = tmpl_name;
-    int tmpl = 0;
-    std::string why;
-    PEFT_TRY(data_pick_template(tok, o, tmpl, why));
-    const chat_template_kind kind = (chat_template_kind) tmpl;
-    used = std::string(chat_template_name(kind)) + " (" + why + ")";
-    std::vector<chat_message> msgs;
-    if (!system.empty()) msgs.push_back({"system", system, ""});
-    msgs.push_back({"user", user, ""});
-    msgs.push_back({"assistant", "", ""});
-    auto name = [&](int32_t id) { return id >= 0 ? tok.token_to_piece(id) : std::string(); };
-    std::vector<chat_segment> segs;
-    PEFT_TRY(chat_render(kind, msgs, name(tok.bos_id()), name(tok.eos_id()), "--chat", segs));
-    ids.clear();
-    for (const chat_segment & s : segs) {
-        if (s.trainable) break;   // the (empty) reply and its end-of-turn token
-        if (s.special) {
-            const int32_t id = tok.token_to_id(s.text);
-            if (id < 0) {
-                status st = make_error(PEFT_STATUS_CONFIG, "--chat", std::string("chat template ") + chat_template_name(kind) +
-                                       " needs the token \"" + s.text + "\", which the tokenizer lacks");
-                st.hint = "pick a template that fits the model with --template (llama3, chatml, llama2, alpaca, plain)";
-                return st;
-            }
-            ids.push_back(id);
-        } else {
-            // user text never turns into special tokens (no template injection from the prompt)
-            std::vector<int32_t> t = tok.encode(s.text, false, false);
-            ids.insert(ids.end(), t.begin(), t.end());
-        }
-    }
-    end_of_turn = kind == PEFT_CHAT_LLAMA3   ? tok.token_to_id("<|eot_id|>")
-                  : kind == PEFT_CHAT_CHATML ? tok.token_to_id("<|im_end|>")
-                                             : tok.eos_id();
-    return status::success();
-}
 
 struct gen_stats {
     int64_t n_prompt = 0, n_gen = 0, n_decode = 0;   // n_decode: single-token forwards
@@ -249,7 +176,10 @@ int cmd_generate(int argc, char ** argv) {
     if (!chat.empty()) {
         int32_t eot = -1;
         std::string used;
-        st = chat_prompt(*tok, chat, system, tmpl, ids, eot, used);
+        std::vector<chat_message> msgs;
+        if (!system.empty()) msgs.push_back({"system", system, ""});
+        msgs.push_back({"user", chat, ""});
+        st = chat_prompt(*tok, msgs, tmpl, "--chat", ids, eot, used);
         if (!st.ok()) return cli_fail("generate", st);
         std::fprintf(stderr, "peft generate: chat template %s\n", used.c_str());
         if (eot >= 0) stops.push_back(eot);

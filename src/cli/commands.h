@@ -11,4 +11,6 @@ int cmd_generate(int argc, char ** argv);
 int cmd_merge(int argc, char ** argv);
 int cmd_export(int argc, char ** argv);
 int cmd_convert(int argc, char ** argv);
+int cmd_serve(int argc, char ** argv);
+int cmd_serve_bench(int argc, char ** argv);
 }

@@ -22,6 +22,8 @@ const subcommand SUBCOMMANDS[] = {
     {"merge", peft::cmd_merge, "merge an adapter into its base model and write a full HF checkpoint"},
     {"export", peft::cmd_export, "write a model (+ merged adapter) or a LoRA as GGUF for llama.cpp"},
     {"convert", peft::cmd_convert, "a llama.cpp GGUF LoRA as a PEFT adapter directory"},
+    {"serve", peft::cmd_serve, "OpenAI-style HTTP server for a model and many adapters, batched across adapters"},
+    {"serve-bench", peft::cmd_serve_bench, "serving throughput (batched vs one at a time) and an HTTP load test"},
 };
 
 void print_usage() {

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <omp.h>
 
+#include "adapters/adapter.h"
 #include "core/arena.h"
 #include "kernels/kernels.h"
 
@@ -49,45 +50,49 @@ plan infer_plan(const llama_hparams & hp, int64_t max_ctx, int64_t nb, int n_thr
     return p;
 }
 
+// Softmax attention of one query head qh[HS] over the first n_keys rows of KV group g of a cache
+// [max_ctx, KVD]: o[HS] = softmax(q K^T / sqrt(HS)) V; sc [n_keys] is the caller's scratch.
+void attend_head(float * o, const float * qh, const float * kc, const float * vc, float * sc, int64_t n_keys, int64_t g,
+                 int64_t KVD, int64_t HS) {
+    const float scale = 1.0f / std::sqrt((float) HS);
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n_keys; j++) {
+        const float * kj = kc + j * KVD + g * HS;
+        float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+        for (int64_t e = 0; e < HS; e++) d += qh[e] * kj[e];
+        d *= scale;
+        sc[j] = d;
+        mx = std::max(mx, d);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n_keys; j++) {
+        sc[j] = std::exp(sc[j] - mx);
+        sum += sc[j];
+    }
+    std::memset(o, 0, (size_t) HS * 4);
+    for (int64_t j = 0; j < n_keys; j++) {
+        const float pj = sc[j];
+        const float * vj = vc + j * KVD + g * HS;
+#pragma omp simd
+        for (int64_t e = 0; e < HS; e++) o[e] += pj * vj[e];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t e = 0; e < HS; e++) o[e] *= inv;
+}
+
 // Causal attention of nb new rows (absolute positions p0..p0+nb-1) over the cache rows
 // 0..p0+nb-1. q/out [nb, NH, HS]; k/v cache [max_ctx, NKV, HS]. One (row, head) item per
 // thread at a time; each thread keeps its probabilities in its own slice of `scores`.
 void attend_cache(float * out, const float * q, const float * kc, const float * vc, float * scores, int64_t max_ctx,
                   int64_t p0, int64_t nb, int64_t NH, int64_t NKV, int64_t HS, int n_threads) {
     const int64_t group = NH / NKV, KVD = NKV * HS, QD = NH * HS;
-    const float scale = 1.0f / std::sqrt((float) HS);
     const int64_t items = nb * NH;
 #pragma omp parallel for schedule(static) num_threads(n_threads) if (items > 1)
     for (int64_t it = 0; it < items; it++) {
-        const int64_t i = it / NH, h = it % NH, g = h / group;
-        const int64_t n_keys = p0 + i + 1;
+        const int64_t i = it / NH, h = it % NH;
         float * sc = scores + (int64_t) omp_get_thread_num() * max_ctx;
-        const float * qh = q + i * QD + h * HS;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < n_keys; j++) {
-            const float * kj = kc + j * KVD + g * HS;
-            float d = 0.0f;
-#pragma omp simd reduction(+ : d)
-            for (int64_t e = 0; e < HS; e++) d += qh[e] * kj[e];
-            d *= scale;
-            sc[j] = d;
-            mx = std::max(mx, d);
-        }
-        float sum = 0.0f;
-        for (int64_t j = 0; j < n_keys; j++) {
-            sc[j] = std::exp(sc[j] - mx);
-            sum += sc[j];
-        }
-        float * o = out + i * QD + h * HS;
-        std::memset(o, 0, (size_t) HS * 4);
-        for (int64_t j = 0; j < n_keys; j++) {
-            const float pj = sc[j];
-            const float * vj = vc + j * KVD + g * HS;
-#pragma omp simd
-            for (int64_t e = 0; e < HS; e++) o[e] += pj * vj[e];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t e = 0; e < HS; e++) o[e] *= inv;
+        attend_head(out + i * QD + h * HS, q + i * QD + h * HS, kc, vc, sc, p0 + i + 1, h / group, KVD, HS);
     }
 }
 
@@ -235,6 +240,224 @@ status llama_infer_eval(const llama_model & m, llama_infer_state & s, const int3
         rmsnorm_forward(p.xf, p.rstd, p.x + (nb - 1) * C, m.w.final_norm, 1, C, hp.rms_eps);
         linear_forward(logits, p.xf, m.w.lm_head, nullptr, 1);
     }
+    return status::success();
+}
+
+// ---- several sequences in one forward ----------------------------------------------------
+
+struct llama_infer_batch::impl {
+    arena a;
+    float * x = nullptr;        // [nb, C] residual stream of the chunk
+    float * xn = nullptr;       // [nb, C]
+    float * rstd = nullptr;     // [nb]
+    float * q = nullptr;        // [nb, QD]
+    float * k = nullptr;        // [nb, KVD] new keys, copied into each row's cache
+    float * v = nullptr;        // [nb, KVD]
+    float * att = nullptr;      // [nb, QD]
+    float * gate = nullptr;     // [nb, F]
+    float * up = nullptr;       // [nb, F]
+    float * h = nullptr;        // [nb, F]
+    float * proj = nullptr;     // [nb, C] o / down outputs before the residual add
+    float * xf = nullptr;       // [LOGIT_ROWS, C] final norm of the rows that want logits
+    float * lg = nullptr;       // [LOGIT_ROWS, V]
+    float * scores = nullptr;   // [n_threads, max_ctx]
+    int32_t * tok = nullptr;    // [nb]
+    int32_t * pos = nullptr;    // [nb]
+    int n_threads = 1;
+};
+
+namespace {
+
+constexpr int64_t LOGIT_ROWS = 16;   // lm_head rows per product (bounds the [rows, V] scratch)
+
+struct batch_row {
+    int64_t seq;    // index into the caller's seqs
+    int64_t pos;    // absolute position in that sequence
+    bool    last;   // the sequence's last new token
+};
+
+// A run of chunk rows [r0, r0+n) that share one adapter table.
+struct row_group {
+    int64_t                  r0, n;
+    adapter_module * const * table;
+};
+
+// out[nb,OC] = proj(in) per row group: the base product once over all rows, then each group's
+// adapter delta on its rows (a module whose output does not split recomputes its rows whole).
+void proj_rows(const llama_model & m, int64_t l, llama_proj pj, float * out, const float * in, int64_t nb,
+               const std::vector<row_group> & groups) {
+    const linear_weight & w = m.proj_weight(l, pj);
+    linear_forward(out, in, w, m.proj_bias(l, pj), nb);
+    for (const row_group & g : groups) {
+        adapter_module * ad = g.table ? g.table[(size_t) (l * LLAMA_PROJ_COUNT + pj)] : nullptr;
+        if (!ad) continue;
+        const float * xg = in + g.r0 * w.IC;
+        float * yg = out + g.r0 * w.OC;
+        if (!ad->forward_delta(xg, g.n, yg)) ad->forward(xg, g.n, yg);
+    }
+}
+
+void add_rows(float * x, const float * y, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+// The chunk rows[0..nb) through every layer: x holds their embeddings on entry and the last
+// residual stream on exit; their K/V land in their own sequences' caches.
+void forward_rows(const llama_model & m, llama_infer_batch::impl & p, const llama_infer_seq * seqs, const batch_row * rows,
+                  int64_t nb, const std::vector<row_group> & groups, int64_t max_ctx) {
+    const llama_hparams & hp = m.hp;
+    const int64_t C = hp.n_embd, F = hp.n_ff, KVD = hp.kv_dim(), QD = hp.q_dim();
+    const int64_t NH = hp.n_head, HS = hp.head_dim, group = hp.n_head / hp.n_head_kv;
+    for (int64_t l = 0; l < hp.n_layer; l++) {
+        const llama_layer_weights & w = m.w.layers[(size_t) l];
+        rmsnorm_forward(p.xn, p.rstd, p.x, w.attn_norm, nb, C, hp.rms_eps);
+        proj_rows(m, l, LLAMA_PROJ_Q, p.q, p.xn, nb, groups);
+        proj_rows(m, l, LLAMA_PROJ_K, p.k, p.xn, nb, groups);
+        proj_rows(m, l, LLAMA_PROJ_V, p.v, p.xn, nb, groups);
+        rope_forward(p.q, p.pos, m.inv_freq.data(), nb, hp.n_head, HS);
+        rope_forward(p.k, p.pos, m.inv_freq.data(), nb, hp.n_head_kv, HS);
+        for (int64_t i = 0; i < nb; i++) {
+            llama_infer_state::impl & c = *seqs[rows[i].seq].state->p;
+            std::memcpy(c.k_cache[(size_t) l] + rows[i].pos * KVD, p.k + i * KVD, (size_t) KVD * 4);
+            std::memcpy(c.v_cache[(size_t) l] + rows[i].pos * KVD, p.v + i * KVD, (size_t) KVD * 4);
+        }
+        const int64_t items = nb * NH;
+#pragma omp parallel for schedule(static) num_threads(p.n_threads) if (items > 1)
+        for (int64_t it = 0; it < items; it++) {
+            const int64_t i = it / NH, h = it % NH;
+            const llama_infer_state::impl & c = *seqs[rows[i].seq].state->p;
+            float * sc = p.scores + (int64_t) omp_get_thread_num() * max_ctx;
+            attend_head(p.att + i * QD + h * HS, p.q + i * QD + h * HS, c.k_cache[(size_t) l], c.v_cache[(size_t) l], sc,
+                        rows[i].pos + 1, h / group, KVD, HS);
+        }
+        proj_rows(m, l, LLAMA_PROJ_O, p.proj, p.att, nb, groups);
+        add_rows(p.x, p.proj, nb * C);                                        // x += o(att)
+        rmsnorm_forward(p.xn, p.rstd, p.x, w.ffn_norm, nb, C, hp.rms_eps);
+        proj_rows(m, l, LLAMA_PROJ_GATE, p.gate, p.xn, nb, groups);
+        proj_rows(m, l, LLAMA_PROJ_UP, p.up, p.xn, nb, groups);
+        swiglu_forward(p.h, p.gate, p.up, nb * F);
+        proj_rows(m, l, LLAMA_PROJ_DOWN, p.proj, p.h, nb, groups);
+        add_rows(p.x, p.proj, nb * C);                                        // x += down(h)
+    }
+}
+
+// Logits of the chunk rows that end their sequence (and want logits), LOGIT_ROWS at a time.
+void rows_logits(const llama_model & m, llama_infer_batch::impl & p, const llama_infer_seq * seqs, const batch_row * rows,
+                 int64_t nb) {
+    const int64_t C = m.hp.n_embd, V = m.hp.n_vocab;
+    std::vector<int64_t> want;
+    for (int64_t i = 0; i < nb; i++) {
+        if (rows[i].last && seqs[rows[i].seq].logits) want.push_back(i);
+    }
+    for (size_t i0 = 0; i0 < want.size(); i0 += LOGIT_ROWS) {
+        const int64_t k = std::min<int64_t>(LOGIT_ROWS, (int64_t) (want.size() - i0));
+        for (int64_t j = 0; j < k; j++) {
+            rmsnorm_forward(p.xf + j * C, p.rstd, p.x + want[i0 + (size_t) j] * C, m.w.final_norm, 1, C, m.hp.rms_eps);
+        }
+        linear_forward(p.lg, p.xf, m.w.lm_head, nullptr, k);
+        for (int64_t j = 0; j < k; j++) {
+            std::memcpy(seqs[rows[want[i0 + (size_t) j]].seq].logits, p.lg + j * V, (size_t) V * 4);
+        }
+    }
+}
+
+status check_seq(const llama_model & m, const llama_infer_batch & b, const llama_infer_seq & q, int64_t i) {
+    const std::string where = "generation (sequence " + std::to_string(i) + ")";
+    if (!q.state || !q.state->p || q.n <= 0 || !q.tokens) return make_error(PEFT_STATUS_ARGUMENT, where, "no tokens to evaluate");
+    if (q.state->max_ctx > b.max_ctx) {
+        return make_mismatch(PEFT_STATUS_ARGUMENT, where, "cache size", "at most the batch's " + std::to_string(b.max_ctx),
+                             std::to_string(q.state->max_ctx));
+    }
+    if (q.state->n_past + q.n > q.state->max_ctx) {
+        status st = make_error(PEFT_STATUS_ARGUMENT, where, "context full: " + std::to_string(q.state->n_past) + " cached + " +
+                               std::to_string(q.n) + " new tokens exceed the context of " +
+                               std::to_string(q.state->max_ctx) + " positions");
+        st.hint = "shorten the prompt or lower max_tokens";
+        return st;
+    }
+    for (int64_t j = 0; j < q.n; j++) {
+        if (q.tokens[j] < 0 || q.tokens[j] >= m.hp.n_vocab) {
+            return make_mismatch(PEFT_STATUS_ARGUMENT, where, "token id at " + std::to_string(j),
+                                 "0.." + std::to_string(m.hp.n_vocab - 1), std::to_string(q.tokens[j]));
+        }
+    }
+    return status::success();
+}
+
+} // namespace
+
+status llama_infer_batch_init(llama_infer_batch & b, const llama_model & m, int64_t max_rows, int64_t max_ctx) {
+    const llama_hparams & hp = m.hp;
+    if (max_rows <= 0 || max_ctx <= 0) return make_error(PEFT_STATUS_ARGUMENT, "generation", "batch rows and context must be positive");
+    const int n_threads = std::max(1, omp_get_max_threads());
+    const int64_t C = hp.n_embd, QD = hp.q_dim(), KVD = hp.kv_dim(), F = hp.n_ff, V = hp.n_vocab, nb = max_rows;
+    auto A = [](int64_t n) { return arena_align((size_t) n * 4); };
+    const size_t bytes = A(nb * C) * 3 + A(nb) * 3 + A(nb * QD) * 2 + A(nb * KVD) * 2 + A(nb * F) * 3 + A(LOGIT_ROWS * C) +
+                         A(LOGIT_ROWS * V) + A((int64_t) n_threads * max_ctx);
+    auto p = std::make_shared<llama_infer_batch::impl>();
+    if (!p->a.reserve(bytes)) {
+        return make_error(PEFT_STATUS_MEMORY, "generation", "cannot allocate " + std::to_string(bytes >> 20) + " MiB of batch scratch");
+    }
+    p->n_threads = n_threads;
+    p->x = p->a.alloc_f32((size_t) (nb * C));
+    p->xn = p->a.alloc_f32((size_t) (nb * C));
+    p->proj = p->a.alloc_f32((size_t) (nb * C));
+    p->rstd = p->a.alloc_f32((size_t) nb);
+    p->q = p->a.alloc_f32((size_t) (nb * QD));
+    p->att = p->a.alloc_f32((size_t) (nb * QD));
+    p->k = p->a.alloc_f32((size_t) (nb * KVD));
+    p->v = p->a.alloc_f32((size_t) (nb * KVD));
+    p->gate = p->a.alloc_f32((size_t) (nb * F));
+    p->up = p->a.alloc_f32((size_t) (nb * F));
+    p->h = p->a.alloc_f32((size_t) (nb * F));
+    p->xf = p->a.alloc_f32((size_t) (LOGIT_ROWS * C));
+    p->lg = p->a.alloc_f32((size_t) (LOGIT_ROWS * V));
+    p->scores = p->a.alloc_f32((size_t) n_threads * (size_t) max_ctx);
+    p->tok = (int32_t *) p->a.alloc_bytes((size_t) nb * 4);
+    p->pos = (int32_t *) p->a.alloc_bytes((size_t) nb * 4);
+    b.max_rows = max_rows;
+    b.max_ctx = max_ctx;
+    b.p = std::move(p);
+    return status::success();
+}
+
+status llama_infer_eval_multi(const llama_model & m, llama_infer_batch & b, llama_infer_seq * seqs, int64_t n_seq) {
+    PEFT_ASSERT(b.p);
+    for (int64_t i = 0; i < n_seq; i++) {
+        PEFT_TRY(check_seq(m, b, seqs[i], i));
+        for (int64_t j = 0; j < i; j++) PEFT_ASSERT(seqs[j].state != seqs[i].state);
+    }
+    // rows of one adapter table next to each other (sequences stay whole and in order), so each
+    // adapter runs once per projection over its rows
+    std::vector<int64_t> order((size_t) n_seq);
+    for (int64_t i = 0; i < n_seq; i++) order[(size_t) i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) {
+        return std::less<const void *>()(seqs[a].adapters, seqs[c].adapters);
+    });
+    std::vector<batch_row> rows;
+    for (int64_t i : order) {
+        for (int64_t j = 0; j < seqs[i].n; j++) rows.push_back({i, seqs[i].state->n_past + j, j + 1 == seqs[i].n});
+    }
+    llama_infer_batch::impl & p = *b.p;
+    const int64_t total = (int64_t) rows.size();
+    std::vector<row_group> groups;
+    for (int64_t r0 = 0; r0 < total; r0 += b.max_rows) {
+        const int64_t nb = std::min(b.max_rows, total - r0);
+        const batch_row * cr = rows.data() + r0;
+        groups.clear();
+        for (int64_t i = 0; i < nb; i++) {
+            const llama_infer_seq & q = seqs[cr[i].seq];
+            p.tok[i] = q.tokens[cr[i].pos - q.state->n_past];
+            p.pos[i] = (int32_t) cr[i].pos;
+            if (groups.empty() || groups.back().table != q.adapters) groups.push_back({i, 0, q.adapters});
+            groups.back().n++;
+        }
+        llama_embed(p.x, m.w.embed, p.tok, nb);
+        forward_rows(m, p, seqs, cr, nb, groups, b.max_ctx);
+        rows_logits(m, p, seqs, cr, nb);
+    }
+    for (int64_t i = 0; i < n_seq; i++) seqs[i].state->n_past += seqs[i].n;
     return status::success();
 }
 

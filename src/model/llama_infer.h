@@ -6,7 +6,10 @@
 //
 // Memory is planned once by llama_infer_init: a K and a V cache of [max_ctx, KVD] f32 per
 // layer plus scratch for max_batch rows, so decoding allocates nothing per token.
-// Not here: sampling (sample.h), tokenization, batching of several independent sequences.
+// llama_infer_eval_multi runs several sequences (each with its own cache and its own adapter
+// table) through one forward: the base products run once over all rows, each row adds its own
+// adapter unmerged (peft serve).
+// Not here: sampling (sample.h), tokenization, scheduling of requests (serve/engine.h).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -16,6 +19,8 @@
 #include "model/llama.h"
 
 namespace peft {
+
+struct adapter_module;
 
 struct llama_infer_state {
     int64_t max_ctx = 0;     // positions the cache holds
@@ -41,6 +46,29 @@ void llama_infer_reset(llama_infer_state & s);
 // into logits[V] (may be null). Context overflow (n_past + n > max_ctx) or a token id outside
 // the vocabulary is an error status and leaves the cache unchanged.
 status llama_infer_eval(const llama_model & m, llama_infer_state & s, const int32_t * tokens, int64_t n, float * logits);
+
+// One sequence's share of a multi-sequence forward.
+struct llama_infer_seq {
+    llama_infer_state *      state = nullptr;      // its own cache (max_ctx <= the batch's)
+    const int32_t *          tokens = nullptr;     // [n] appended at state->n_past..
+    int64_t                  n = 0;
+    adapter_module * const * adapters = nullptr;   // [n_layer * LLAMA_PROJ_COUNT] as llama_model::adapters; null = base
+    float *                  logits = nullptr;     // [V] of its last token, or null
+};
+
+// Row scratch of a multi-sequence forward: chunks of max_rows rows over caches of up to max_ctx.
+struct llama_infer_batch {
+    int64_t max_rows = 0, max_ctx = 0;
+    struct impl;
+    std::shared_ptr<impl> p;
+};
+status llama_infer_batch_init(llama_infer_batch & b, const llama_model & m, int64_t max_rows, int64_t max_ctx);
+
+// Appends seqs[i].tokens to each sequence's cache in one forward (rows grouped by adapter
+// table, chunks of max_rows rows). m.adapters is not used. Every sequence is checked (context,
+// token ids) before anything runs: on error no cache changes. Each row's math is the single-
+// sequence eval's; the base products over several rows may round differently from one row's.
+status llama_infer_eval_multi(const llama_model & m, llama_infer_batch & b, llama_infer_seq * seqs, int64_t n_seq);
 
 // Bytes llama_infer_init would plan (for messages and memory estimates).
 size_t llama_infer_bytes(const llama_model & m, int64_t max_ctx, int64_t max_batch);
