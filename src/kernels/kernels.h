@@ -44,6 +44,9 @@ void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, floa
 const char * gemm_isa();
 // Forces a set at or below the detected one (tests; null restores CPUID). False if unavailable.
 bool gemm_force_isa(const char * name);
+// GFLOP/s of a register-only AVX-512 FMA (or, bf16, vdpbf16ps) loop on every thread: the
+// hardware peak (peak.cpp). 0 where the CPU lacks the instructions.
+double raw_peak_gflops(bool bf16);
 // The same in double (fp64 Gram matrices and back-substitution in linalg.cpp).
 void gemm_f64(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
               const double * A, int64_t lda, const double * B, int64_t ldb, double beta, double * C, int64_t ldc);

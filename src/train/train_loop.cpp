@@ -433,6 +433,8 @@ status train_session::open_inputs() {
     } else {
         PEFT_TRY(llama_load(m, o.base_model, o.full()));
     }
+    linear_set_bf16_compute(o.bf16);
+    if (o.bf16) llama_frozen_to_bf16(m);
     const llama_hparams & hp = m.hp;
     tok_path = o.tokenizer.empty() ? o.base_model : o.tokenizer;
     status st = tokenizer::load(tok_path, tok);
