@@ -117,6 +117,7 @@ int cmd_bench(int argc, char ** argv) {
     CLI::App app{"Times training steps and prints one JSON line (tokens/s, ms/step, peak RSS, FLOPs).\n\n"
                  "example:\n  peft bench --shape small --method full --batch 4 --seq 256 --steps 10 --threads 2\n"
                  "  peft bench --shape small --method lora --lora-r 16 --batch 4 --seq 256 --steps 10 --threads 2\n"
+                 "  peft bench --shape small --method lora --lora-r 16 --batch 4 --seq 256 --steps 5 --bf16 --peak\n"
                  "  peft bench --model ~/models/TinyLlama-1.1B --method frozen --batch 1 --seq 512 --steps 3\n"
                  "  peft bench --shape small --method generate --seq 128 --gen-tokens 64 --lora-r 16 --threads 2\n"
                  "  peft bench --shape small --method generate --adapter-method dora --seq 64 --gen-tokens 32 --threads 2",
@@ -157,7 +158,7 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--seq", seq, "tokens per sequence")->check(CLI::Range((int64_t) 2, (int64_t) 1 << 20));
     app.add_option("--steps", steps, "timed steps")->check(CLI::Range((int64_t) 1, (int64_t) 1000000));
     app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::Range((int64_t) 0, (int64_t) 1000));
-    app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(0, THREADS_MAX));
+    app.add_option("--threads", threads, "threads (default: the physical cores)")->check(CLI::Range(0, THREADS_MAX));
     app.add_option("--seed", seed, "seed for random weights and tokens");
     app.add_option("--dtype", storage, "storage of frozen random weights: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
     app.add_flag("--recompute", recompute, "recompute activations per layer in backward (less memory)");

@@ -65,7 +65,7 @@ const option_def TRAINER_KEYS[] = {
     {"save_total_limit", OPT_INT, "0", "keep at most N checkpoints (0: all)"},
     {"logging_steps", OPT_INT, "1", "metrics line every N steps"},
     {"save_dtype", OPT_STRING, "f32", "adapter: full: dtype of the final model.safetensors (f32, bf16, f16)"},
-    {"threads", OPT_INT, "all cores", "compute threads"},
+    {"threads", OPT_INT, "physical cores", "compute threads"},
     {"gradient_checkpointing", OPT_BOOL, "false", "recompute activations in backward (less memory)"},
     {"bf16", OPT_BOOL, "false", "frozen-base GEMMs in bf16 with f32 accumulation (adapter, grads, optimizer stay f32)"},
     {"resume_from_checkpoint", OPT_BOOL_OR_STRING, "none", "a checkpoint-N directory, or true/latest for the newest in output_dir"},
