@@ -49,18 +49,38 @@ static double peak_rss_mib() {
     return (double) ru.ru_maxrss / 1024.0;
 }
 
-// Best-of-3 GFLOP/s of a large square sgemm: the "measured GEMM peak" other numbers relate to.
-static double gemm_peak_gflops() {
+// GFLOP/s of a large square x W^T, best of 3 after a warm-up: ours (f32, or bf16 weights with
+// bf16 compute) or OpenBLAS, so --peak can set them side by side in one process.
+enum peak_kernel { PEAK_OWN_F32, PEAK_OWN_BF16, PEAK_BLAS_F32 };
+static double gemm_peak_gflops(peak_kernel k) {
     const int64_t n = 1536;
     std::vector<float> a((size_t) (n * n), 0.5f), b((size_t) (n * n), 0.25f), c((size_t) (n * n));
+    std::vector<uint16_t> bh((size_t) (n * n), f32_to_bf16(0.25f));
     double best = 0.0;
     for (int rep = 0; rep < 4; rep++) {
         double t0 = now_s();
-        gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+        if (k == PEAK_BLAS_F32) gemm_blas(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+        else if (k == PEAK_OWN_F32) gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+        else gemm_own(false, true, n, n, n, 1.0f, a.data(), n, PEFT_DTYPE_BF16, bh.data(), n, 0.0f, c.data(), n, true);
         double dt = now_s() - t0;
         if (rep > 0) best = std::max(best, 2.0 * n * n * n / dt / 1e9);
     }
     return best;
+}
+
+// --peak: the raw register-loop peaks and the GEMM peaks, interleaved (round-robin, best of
+// each) so a busy machine skews them alike. Keys: raw_f32, raw_bf16, own_f32, own_bf16, blas_f32.
+struct peaks { double raw_f32 = 0, raw_bf16 = 0, own_f32 = 0, own_bf16 = 0, blas_f32 = 0; };
+static peaks measure_peaks() {
+    peaks p;
+    for (int round = 0; round < 2; round++) {
+        p.raw_f32 = std::max(p.raw_f32, raw_peak_gflops(false));
+        p.own_f32 = std::max(p.own_f32, gemm_peak_gflops(PEAK_OWN_F32));
+        p.blas_f32 = std::max(p.blas_f32, gemm_peak_gflops(PEAK_BLAS_F32));
+        p.raw_bf16 = std::max(p.raw_bf16, raw_peak_gflops(true));
+        p.own_bf16 = std::max(p.own_bf16, gemm_peak_gflops(PEAK_OWN_BF16));
+    }
+    return p;
 }
 
 // The adapter config `--method` names, at rank r (false: not an adapter method). Every one is
@@ -226,6 +246,7 @@ int cmd_bench(int argc, char ** argv) {
                  "example:\n  peft bench --shape small --method full --batch 4 --seq 256 --steps 10 --threads 2\n"
                  "  peft bench --shape small --method lora --lora-r 16 --batch 4 --seq 256 --steps 10 --threads 2\n"
                  "  peft bench --shape small --method galore --galore-rank 32 --batch 4 --seq 256 --steps 10 --threads 2\n"
+                 "  peft bench --shape small --method lora --lora-r 16 --batch 4 --seq 256 --steps 5 --bf16 --peak\n"
                  "  peft bench --model ~/models/TinyLlama-1.1B --method frozen --batch 1 --seq 512 --steps 3\n"
                  "  peft bench --shape small --method generate --seq 128 --gen-tokens 64 --lora-r 16 --threads 2\n"
                  "  peft bench --shape small --method generate --adapter-method dora --seq 64 --gen-tokens 32 --threads 2\n"
@@ -269,7 +290,7 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--seq", seq, "tokens per sequence")->check(CLI::Range((int64_t) 2, (int64_t) 1 << 20));
     app.add_option("--steps", steps, "timed steps")->check(CLI::Range((int64_t) 1, (int64_t) 1000000));
     app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::Range((int64_t) 0, (int64_t) 1000));
-    app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(0, THREADS_MAX));
+    app.add_option("--threads", threads, "threads (default: the physical cores)")->check(CLI::Range(0, THREADS_MAX));
     app.add_option("--seed", seed, "seed for random weights and tokens");
     app.add_option("--dtype", storage, "storage of frozen random weights: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
     app.add_flag("--recompute", recompute, "recompute activations per layer in backward (less memory)");
@@ -280,7 +301,10 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--galore-targets", galore_targets, "galore: name parts of the projected 2-D weights (attn,mlp as the reference; "
                    "add embed_tokens,lm_head to project those too)");
     app.add_flag("--same-batch", same_batch, "train on one batch every step (the loss must fall: a smoke test)");
-    app.add_flag("--peak", peak, "also measure the GEMM peak and report the achieved fraction");
+    app.add_flag("--peak", peak, "also measure the raw FMA/bf16-dot register-loop peaks and the GEMM peaks (ours, "
+                 "OpenBLAS) and report peak_fraction = achieved / raw peak (bf16 peak with --bf16)");
+    bool bf16 = false;
+    app.add_flag("--bf16", bf16, "bf16 compute for the frozen base's GEMMs (train config bf16: true)");
     int64_t top_k = 2;
     app.add_option("--router-top-k", top_k, "milora_moe: experts active per layer (of 7)")->check(CLI::Range((int64_t) 1, (int64_t) 7));
     if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
@@ -289,6 +313,7 @@ int cmd_bench(int argc, char ** argv) {
         return 2;
     }
     threads_set(threads);
+    linear_set_bf16_compute(bf16);
     if (method == "generate") {
         std::string cfg_text;
         if (!bench_adapter_config(gen_method, gen_lora_r, 2.0f * (float) gen_lora_r, cfg_text)) {
@@ -307,6 +332,7 @@ int cmd_bench(int argc, char ** argv) {
                           return llama_init_random(m, hp, trainable, seed, storage == "bf16" ? PEFT_DTYPE_BF16 : PEFT_DTYPE_F32);
                       }()
                     : llama_load(m, model_dir, trainable);
+    if (st.ok() && bf16) llama_frozen_to_bf16(m);
     if (!st.ok()) {
         std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
         if (!st.hint.empty()) std::fprintf(stderr, "---> HINT: %s\n", st.hint.c_str());
@@ -442,10 +468,18 @@ int cmd_bench(int argc, char ** argv) {
     add("achieved_gflops", num(gflops, 2));
     add("loss_first", num(first_loss, 5));
     add("loss_final", num(last_loss, 5));
+    add("bf16", bf16 ? "true" : "false");
     if (peak) {
-        double pk = gemm_peak_gflops();
-        add("gemm_peak_gflops", num(pk, 2));
-        add("peak_fraction", num(gflops / pk, 3));
+        const peaks pk = measure_peaks();
+        add("gemm_isa", std::string("\"") + gemm_isa() + "\"");
+        add("raw_peak_f32_gflops", num(pk.raw_f32, 2));
+        add("raw_peak_bf16_gflops", num(pk.raw_bf16, 2));
+        add("gemm_peak_f32_gflops", num(pk.own_f32, 2));
+        add("gemm_peak_bf16_gflops", num(pk.own_bf16, 2));
+        add("openblas_peak_f32_gflops", num(pk.blas_f32, 2));
+        const double raw = bf16 ? pk.raw_bf16 : pk.raw_f32;
+        add("peak_fraction", num(raw > 0 ? gflops / raw : 0.0, 3));
+        add("gemm_peak_fraction", num(raw > 0 ? (bf16 ? pk.own_bf16 : pk.own_f32) / raw : 0.0, 3));
     }
     std::printf("%s}\n", line.c_str());
     return 0;

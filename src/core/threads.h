@@ -4,7 +4,7 @@
 
 namespace peft {
 
-int  threads_default();          // number of cores available to this process
+int  threads_default();          // physical cores (not SMT siblings) available to this process
 void threads_set(int n);         // n <= 0 means threads_default()
 int  threads_get();
 

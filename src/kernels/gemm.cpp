@@ -1,19 +1,270 @@
-// gemm.cpp: the matrix multiply every linear layer goes through. The fast path hands the call to
-// OpenBLAS (the OpenMP build, so BLAS threads and our loops share one runtime); gemm_ref is the
-// naive double-accumulating oracle the tests compare against. Only this file includes cblas.h.
+// gemm.cpp: the matrix multiply every linear layer goes through. gemm_own is ours: operands
+// packed into panels (A per MC x KC block, B per KC x NC block, B optionally stored bf16), one
+// register-blocked micro-kernel per ISA chosen by CPUID (gemm_avx512.cpp), OpenMP threads over
+// the MC x NC tiles of C. Each element of C is summed in the same k order whatever the thread
+// count, so results are bit-identical across thread counts. With bf16 compute, operands are
+// rounded to bf16 while packing and multiplied with f32 accumulation (vdpbf16ps, or the f32
+// kernel on rounded values where AVX512-BF16 is missing). gemm_blas is OpenBLAS, kept for fp64,
+// for the side-by-side benchmark, and as the measured baseline. Only this file includes cblas.h.
 #include <cblas.h>
-#include <climits>
+#include <omp.h>
 
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <vector>
+
+#include "core/dtype.h"
 #include "core/status.h"
+#include "kernels/gemm_micro.h"
 #include "kernels/kernels.h"
 
 namespace peft {
 
+// ---- dispatch ------------------------------------------------------------------------------
+
+static const gemm_micro_set * detect_set() {
+    __builtin_cpu_init();
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl");
+    if (avx512 && __builtin_cpu_supports("avx512bf16")) return &gemm_set_avx512_bf16;
+    if (avx512) return &gemm_set_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &gemm_set_avx2;
+    return &gemm_set_scalar;
+}
+
+static const gemm_micro_set * g_forced = nullptr;
+
+static const gemm_micro_set & micro_set() {
+    static const gemm_micro_set * detected = detect_set();
+    return g_forced ? *g_forced : *detected;
+}
+
+const char * gemm_isa() { return micro_set().name; }
+
+bool gemm_force_isa(const char * name) {
+    static const gemm_micro_set * detected = detect_set();
+    const gemm_micro_set * order[] = {&gemm_set_avx512_bf16, &gemm_set_avx512, &gemm_set_avx2, &gemm_set_scalar};
+    if (!name) { g_forced = nullptr; return true; }
+    bool reachable = false;   // only sets at or below what the CPU supports
+    for (const gemm_micro_set * s : order) {
+        if (s == detected) reachable = true;
+        if (reachable && std::strcmp(s->name, name) == 0) { g_forced = s; return true; }
+    }
+    return false;
+}
+
+// ---- packing -------------------------------------------------------------------------------
+// An operand element (i, p), i along M (A) or N (B), p along K, lives at X[i*ld + p] when
+// `rowmajor` (A untransposed, B transposed: a weight [OC,IC] in x W^T) and at X[p*ld + i] otherwise.
+
+static inline float elem_f32(const float * X, int64_t off, bool round) {
+    return round ? bf16_to_f32(f32_to_bf16(X[off])) : X[off];
+}
+static inline float elem_f32(const uint16_t * X, int64_t off, bool) { return bf16_to_f32(X[off]); }
+static inline uint32_t elem_bf16(const float * X, int64_t off) { return f32_to_bf16(X[off]); }
+static inline uint32_t elem_bf16(const uint16_t * X, int64_t off) { return X[off]; }
+
+// dst [ceil(n/P)][kc][P]: rows i0.., n of them, zero past n
+template <typename T>
+static void pack_f32(float * dst, const T * X, int64_t ld, bool rowmajor, int64_t i0, int64_t n, int64_t p0,
+                     int64_t kc, int P, bool round) {
+    for (int64_t s = 0; s < n; s += P) {
+        float * d = dst + (s / P) * kc * P;
+        const int64_t w = std::min<int64_t>(P, n - s);
+        if (rowmajor) {
+            for (int64_t i = 0; i < w; i++) {
+                const int64_t base = (i0 + s + i) * ld + p0;
+                for (int64_t p = 0; p < kc; p++) d[p * P + i] = elem_f32(X, base + p, round);
+            }
+        } else {
+            for (int64_t p = 0; p < kc; p++) {
+                const int64_t base = (p0 + p) * ld + i0 + s;
+                for (int64_t i = 0; i < w; i++) d[p * P + i] = elem_f32(X, base + i, round);
+            }
+        }
+        for (int64_t p = 0; p < kc; p++) {
+            for (int64_t i = w; i < P; i++) d[p * P + i] = 0.0f;
+        }
+    }
+}
+
+// dst [ceil(n/P)][kc2][P] uint32 bf16 pairs (k = 2q low, 2q+1 high), zero past n and past kc
+template <typename T>
+static void pack_bf16(uint32_t * dst, const T * X, int64_t ld, bool rowmajor, int64_t i0, int64_t n, int64_t p0,
+                      int64_t kc, int P) {
+    const int64_t kc2 = (kc + 1) / 2;
+    for (int64_t s = 0; s < n; s += P) {
+        uint32_t * d = dst + (s / P) * kc2 * P;
+        const int64_t w = std::min<int64_t>(P, n - s);
+        for (int64_t i = 0; i < w; i++) {
+            const int64_t ii = i0 + s + i;
+            for (int64_t q = 0; q < kc2; q++) {
+                const int64_t p = p0 + 2 * q;
+                const uint32_t lo = elem_bf16(X, rowmajor ? ii * ld + p : p * ld + ii);
+                const uint32_t hi = 2 * q + 1 < kc ? elem_bf16(X, rowmajor ? ii * ld + p + 1 : (p + 1) * ld + ii) : 0u;
+                d[q * P + i] = lo | (hi << 16);
+            }
+        }
+        for (int64_t q = 0; q < kc2; q++) {
+            for (int64_t i = w; i < P; i++) d[q * P + i] = 0u;
+        }
+    }
+}
+
+// ---- blocked driver ------------------------------------------------------------------------
+
+struct gemm_args {
+    bool          ta, tb;
+    int64_t       M, N, K;
+    float         alpha;
+    const float * A;
+    int64_t       lda;
+    dtype         btype;
+    const void *  B;
+    int64_t       ldb;
+    float         beta;
+    float *       C;
+    int64_t       ldc;
+    bool          bf16;
+};
+
+static float * aligned_buffer(std::vector<float> & v, size_t n) {
+    if (v.size() < n + 16) v.resize(n + 16);
+    uintptr_t p = (uintptr_t) v.data();
+    return (float *) ((p + 63) & ~(uintptr_t) 63);
+}
+
+static void pack_b_block(void * dst, const gemm_args & g, int64_t j0, int64_t nc, int64_t p0, int64_t kc, int nr,
+                         bool dot) {
+    if (g.btype == PEFT_DTYPE_BF16) {
+        const uint16_t * B = (const uint16_t *) g.B;
+        if (dot) pack_bf16((uint32_t *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr);
+        else     pack_f32((float *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr, false);
+    } else {
+        const float * B = (const float *) g.B;
+        if (dot) pack_bf16((uint32_t *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr);
+        else     pack_f32((float *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr, g.bf16);
+    }
+}
+
+// C[i0.., j0..] (mr x nr window clipped to m x n) = alpha * tile + beta * C; beta 0 never reads C
+static void store_tile(float * C, int64_t ldc, const float * tile, int nr, int64_t m, int64_t n, float alpha, float beta) {
+    for (int64_t i = 0; i < m; i++) {
+        float * c = C + i * ldc;
+        const float * t = tile + i * nr;
+        if (beta == 0.0f) {
+            for (int64_t j = 0; j < n; j++) c[j] = alpha * t[j];
+        } else {
+            for (int64_t j = 0; j < n; j++) c[j] = alpha * t[j] + beta * c[j];
+        }
+    }
+}
+
+static void gemm_tile(const gemm_args & g, const gemm_micro_set & s, int64_t i0, int64_t mc, int64_t j0, int64_t nc,
+                      int64_t KC) {
+    static thread_local std::vector<float> abuf, bbuf;
+    const int mr = s.mr, nr = s.nr;
+    const bool dot = g.bf16 && s.bf16;   // vdpbf16ps panels
+    float * Ap = aligned_buffer(abuf, (size_t) ((mc + mr - 1) / mr * mr) * KC);
+    float * Bp = aligned_buffer(bbuf, (size_t) ((nc + nr - 1) / nr * nr) * KC);
+    alignas(64) float tile[12 * 32];
+    for (int64_t p0 = 0; p0 < g.K; p0 += KC) {
+        const int64_t kc = std::min(KC, g.K - p0), ksteps = dot ? (kc + 1) / 2 : kc;
+        if (dot) pack_bf16((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr);
+        else     pack_f32(Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, g.bf16);
+        pack_b_block(Bp, g, j0, nc, p0, kc, nr, dot);
+        const float beta = p0 == 0 ? g.beta : 1.0f;
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+            for (int64_t ir = 0; ir < mc; ir += mr) {
+                const float * a = Ap + (ir / mr) * ksteps * mr;
+                const float * b = Bp + (jr / nr) * ksteps * nr;
+                if (dot) s.bf16(ksteps, (const uint32_t *) a, (const uint32_t *) b, tile);
+                else     s.f32(ksteps, a, b, tile);
+                store_tile(g.C + (i0 + ir) * g.ldc + j0 + jr, g.ldc, tile, nr, std::min<int64_t>(mr, mc - ir),
+                           std::min<int64_t>(nr, nc - jr), g.alpha, beta);
+            }
+        }
+    }
+}
+
+// One row times a [N,K] B (decoding a token through x W^T): dot products, threads over rows.
+static void gemv_rows(const gemm_args & g, const gemm_micro_set & s) {
+    std::vector<float> xr;
+    const float * x = g.A;
+    if (g.bf16 || g.ta) {   // a contiguous (and, with bf16 compute, rounded) copy of the row
+        xr.resize((size_t) g.K);
+        for (int64_t k = 0; k < g.K; k++) {
+            const float v = g.A[g.ta ? k * g.lda : k];
+            xr[(size_t) k] = g.bf16 ? bf16_to_f32(f32_to_bf16(v)) : v;
+        }
+        x = xr.data();
+    }
+    constexpr int64_t CHUNK = 64;
+    const int64_t nchunks = (g.N + CHUNK - 1) / CHUNK;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t n0 = c * CHUNK, n = std::min(CHUNK, g.N - n0);
+        float y[CHUNK];
+        if (g.btype == PEFT_DTYPE_BF16) s.gemv_bf16(n, g.K, x, (const uint16_t *) g.B + n0 * g.ldb, g.ldb, y);
+        else                            s.gemv_f32(n, g.K, x, (const float *) g.B + n0 * g.ldb, g.ldb, y);
+        store_tile(g.C + n0, 0, y, 0, 1, n, g.alpha, g.beta);
+    }
+}
+
+void gemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A, int64_t lda,
+              dtype b_type, const void * B, int64_t ldb, float beta, float * C, int64_t ldc, bool bf16_compute) {
+    if (M <= 0 || N <= 0) return;
+    PEFT_ASSERT(b_type == PEFT_DTYPE_F32 || b_type == PEFT_DTYPE_BF16);
+    if (K <= 0) {   // C = beta C
+        for (int64_t i = 0; i < M; i++) {
+            for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        }
+        return;
+    }
+    const gemm_micro_set & s = micro_set();
+    const gemm_args g = {trans_a, trans_b, M, N, K, alpha, A, lda, b_type, B, ldb, beta, C, ldc, bf16_compute};
+    // the GEMV reads B as stored: f32 weights under bf16 compute need the rounding packer
+    // an f32 row through f32 weights: OpenBLAS's sgemv measured faster (memory-bound, ~1.3x)
+    if (M == 1 && b_type == PEFT_DTYPE_F32 && !bf16_compute) {
+        gemm_blas(trans_a, trans_b, M, N, K, alpha, A, lda, (const float *) B, ldb, beta, C, ldc);
+        return;
+    }
+    if (M == 1 && trans_b && !(bf16_compute && b_type == PEFT_DTYPE_F32)) { gemv_rows(g, s); return; }
+    // KC: the B micro-panel (KC x NR) stays in L1; MC x KC of A in L2. bf16 halves the bytes.
+    const int64_t KC = bf16_compute && s.bf16 ? 512 : 256;
+    // B is re-packed per MC rows and A per NC columns: large blocks (A ~384 KB, B ~512 KB of a
+    // 1-2 MB L2) keep packing a small share of the work.
+    int64_t MC = (int64_t) s.mr * 32, NC = 512;
+    // enough tiles to balance the threads: narrower columns first, then shorter rows
+    const int64_t want = 2 * (int64_t) omp_get_max_threads();
+    auto split = [](int64_t n, int64_t parts, int64_t unit) {   // n in `parts` pieces, rounded up to unit
+        const int64_t piece = (n + parts - 1) / parts;
+        return std::max(unit, (piece + unit - 1) / unit * unit);
+    };
+    int64_t nmt = (M + MC - 1) / MC;
+    if (nmt * ((N + NC - 1) / NC) < want) NC = std::min(NC, split(N, (want + nmt - 1) / nmt, s.nr));
+    const int64_t nnt = (N + NC - 1) / NC;
+    if (nmt * nnt < want) MC = std::min(MC, split(M, (want + nnt - 1) / nnt, s.mr));
+    nmt = (M + MC - 1) / MC;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t t = 0; t < nmt * nnt; t++) {
+        const int64_t i0 = (t / nnt) * MC, j0 = (t % nnt) * NC;
+        gemm_tile(g, s, i0, std::min(MC, M - i0), j0, std::min(NC, N - j0), KC);
+    }
+}
+
 // C[M,N] = alpha * op(A) * op(B) + beta * C. Row-major storage: A is [M,K] (lda >= K) or, when
 // trans_a, [K,M] (lda >= M); B is [K,N] (ldb >= N) or, when trans_b, [N,K] (ldb >= K).
-// Must be called from serial code: OpenBLAS runs single-threaded inside an OpenMP region.
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
           const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc) {
+    gemm_own(trans_a, trans_b, M, N, K, alpha, A, lda, PEFT_DTYPE_F32, B, ldb, beta, C, ldc, false);
+}
+
+// OpenBLAS sgemm (sgemv for one row). Must be called from serial code: OpenBLAS runs
+// single-threaded inside an OpenMP region.
+void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+               const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     // blasint is 32-bit in Debian's OpenBLAS: larger sizes would silently wrap
     PEFT_ASSERT(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX);
@@ -44,21 +295,31 @@ void gemm_f64(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, doubl
                 (blasint) ldc);
 }
 
-void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-              const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc) {
+// The oracle of gemm_own: operands read as gemm_own reads them (bf16 widened; with bf16 compute
+// every operand rounded to bf16), products summed in double.
+void gemm_own_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A,
+                  int64_t lda, dtype b_type, const void * B, int64_t ldb, float beta, float * C, int64_t ldc,
+                  bool bf16_compute) {
+    auto rnd = [&](float v) { return bf16_compute ? bf16_to_f32(f32_to_bf16(v)) : v; };
     for (int64_t i = 0; i < M; i++) {
         for (int64_t j = 0; j < N; j++) {
             double acc = 0.0;
             for (int64_t p = 0; p < K; p++) {
-                double a = trans_a ? A[p * lda + i] : A[i * lda + p];
-                double b = trans_b ? B[j * ldb + p] : B[p * ldb + j];
-                acc += a * b;
+                const int64_t boff = trans_b ? j * ldb + p : p * ldb + j;
+                const float b = b_type == PEFT_DTYPE_BF16 ? bf16_to_f32(((const uint16_t *) B)[boff])
+                                                          : rnd(((const float *) B)[boff]);
+                acc += (double) rnd(trans_a ? A[p * lda + i] : A[i * lda + p]) * b;
             }
             // BLAS semantics: with beta == 0, C is not read (it may hold garbage or NaN)
             double c = beta == 0.0f ? 0.0 : (double) beta * C[i * ldc + j];
             C[i * ldc + j] = (float) (alpha * acc + c);
         }
     }
+}
+
+void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+              const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc) {
+    gemm_own_ref(trans_a, trans_b, M, N, K, alpha, A, lda, PEFT_DTYPE_F32, B, ldb, beta, C, ldc, false);
 }
 
 } // namespace peft

@@ -10,11 +10,13 @@
 // Backward kernels ACCUMULATE (+=) into every gradient output; callers zero them. Two
 // exceptions, both in place by design: xent_forward overwrites dlogits (it may alias logits)
 // and rope_backward rotates its buffer in place. Variants named `_set` overwrite instead.
-// Threading: kernels parallelise over rows with OpenMP; gemm calls BLAS and must be called
-// from serial code. Every reduction is combined in a fixed order, so results are bit-identical
-// for a fixed thread count.
+// Threading: kernels parallelise over rows with OpenMP; gemm (our own, gemm.cpp) threads only
+// when called from serial code. Every reduction is combined in a fixed order, so results are
+// bit-identical for a fixed thread count.
 #pragma once
 #include <cstdint>
+
+#include "core/dtype.h"
 
 namespace peft {
 
@@ -27,6 +29,24 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
           const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc);
 void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
               const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc);
+// gemm_own: the kernel behind gemm, with B stored f32 or bf16 (a frozen weight) and, when
+// bf16_compute, every operand rounded to bf16 and multiplied with f32 accumulation. Results do
+// not depend on the thread count. gemm_own_ref is its double-accumulating oracle.
+void gemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A, int64_t lda,
+              dtype b_type, const void * B, int64_t ldb, float beta, float * C, int64_t ldc, bool bf16_compute);
+void gemm_own_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A,
+                  int64_t lda, dtype b_type, const void * B, int64_t ldb, float beta, float * C, int64_t ldc,
+                  bool bf16_compute);
+// OpenBLAS sgemm/sgemv, the measured baseline (peft bench --peak, bench_kernels).
+void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+               const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc);
+// The micro-kernel set in use: "avx512-bf16", "avx512", "avx2" or "scalar" (CPUID at first use).
+const char * gemm_isa();
+// Forces a set at or below the detected one (tests; null restores CPUID). False if unavailable.
+bool gemm_force_isa(const char * name);
+// GFLOP/s of a register-only AVX-512 FMA (or, bf16, vdpbf16ps) loop on every thread: the
+// hardware peak (peak.cpp). 0 where the CPU lacks the instructions.
+double raw_peak_gflops(bool bf16);
 // The same in double (fp64 Gram matrices and back-substitution in linalg.cpp).
 void gemm_f64(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
               const double * A, int64_t lda, const double * B, int64_t ldb, double beta, double * C, int64_t ldc);

@@ -22,6 +22,15 @@ void linear_weight_rows_f32(float * dst, const linear_weight & w, int64_t r0, in
     }
 }
 
+// bf16 compute (`bf16: true`): frozen-weight GEMMs round their operands to bf16, f32 accumulation
+static bool g_bf16_compute = false;
+
+void linear_set_bf16_compute(bool on) { g_bf16_compute = on; }
+bool linear_bf16_compute() { return g_bf16_compute; }
+
+// f32 and bf16 weights go to gemm_own as stored (it packs bf16 itself); others convert by tiles
+static bool direct_type(dtype t) { return t == PEFT_DTYPE_F32 || t == PEFT_DTYPE_BF16; }
+
 static thread_local std::vector<float> g_tile;  // reused conversion buffer (serial callers only)
 
 static float * tile_buffer(int64_t n) {
@@ -31,15 +40,15 @@ static float * tile_buffer(int64_t n) {
 
 void linear_forward(float * y, const float * x, const linear_weight & w, const float * bias, int64_t N, float beta) {
     const int64_t OC = w.OC, IC = w.IC;
-    if (w.type == PEFT_DTYPE_F32) {
-        gemm(false, true, N, OC, IC, 1.0f, x, IC, (const float *) w.data, IC, beta, y, OC);
+    if (direct_type(w.type)) {
+        gemm_own(false, true, N, OC, IC, 1.0f, x, IC, w.type, w.data, IC, beta, y, OC, g_bf16_compute);
     } else {
         float * tile = tile_buffer(std::min(OC, TILE_ROWS) * IC);
         for (int64_t r0 = 0; r0 < OC; r0 += TILE_ROWS) {
             int64_t r1 = std::min(OC, r0 + TILE_ROWS);
             linear_weight_rows_f32(tile, w, r0, r1);
             // y[:, r0:r1] = x tile^T
-            gemm(false, true, N, r1 - r0, IC, 1.0f, x, IC, tile, IC, beta, y + r0, OC);
+            gemm_own(false, true, N, r1 - r0, IC, 1.0f, x, IC, PEFT_DTYPE_F32, tile, IC, beta, y + r0, OC, g_bf16_compute);
         }
     }
     if (bias) {
@@ -53,8 +62,8 @@ void linear_forward(float * y, const float * x, const linear_weight & w, const f
 
 void linear_backward_input(float * dx, const float * dy, const linear_weight & w, int64_t N, float beta) {
     const int64_t OC = w.OC, IC = w.IC;
-    if (w.type == PEFT_DTYPE_F32) {
-        gemm(false, false, N, IC, OC, 1.0f, dy, OC, (const float *) w.data, IC, beta, dx, IC);
+    if (direct_type(w.type)) {
+        gemm_own(false, false, N, IC, OC, 1.0f, dy, OC, w.type, w.data, IC, beta, dx, IC, g_bf16_compute);
         return;
     }
     float * tile = tile_buffer(std::min(OC, TILE_ROWS) * IC);
@@ -62,7 +71,8 @@ void linear_backward_input(float * dx, const float * dy, const linear_weight & w
         int64_t r1 = std::min(OC, r0 + TILE_ROWS);
         linear_weight_rows_f32(tile, w, r0, r1);
         // dx (+)= dy[:, r0:r1] tile; only the first tile applies the caller's beta
-        gemm(false, false, N, IC, r1 - r0, 1.0f, dy + r0, OC, tile, IC, r0 == 0 ? beta : 1.0f, dx, IC);
+        gemm_own(false, false, N, IC, r1 - r0, 1.0f, dy + r0, OC, PEFT_DTYPE_F32, tile, IC, r0 == 0 ? beta : 1.0f, dx, IC,
+                 g_bf16_compute);
     }
 }
 

@@ -101,6 +101,20 @@ void llama_replace_weight(llama_model & m, int64_t layer, llama_proj p, const fl
     t->data = data;
 }
 
+void llama_frozen_to_bf16(llama_model & m) {
+    if (m.trainable) return;
+    std::vector<float> W;
+    for (int64_t l = 0; l < m.hp.n_layer; l++) {
+        for (int p = 0; p < LLAMA_PROJ_COUNT; p++) {
+            const linear_weight & w = m.proj_weight(l, (llama_proj) p);
+            if (w.type != PEFT_DTYPE_F32) continue;
+            W.resize((size_t) (w.OC * w.IC));
+            linear_weight_rows_f32(W.data(), w, 0, w.OC);
+            llama_replace_weight(m, l, (llama_proj) p, W.data(), PEFT_DTYPE_BF16);
+        }
+    }
+}
+
 // Points the named weight structs at the tensors of m.tensors (which must follow
 // llama_tensor_specs order) and computes the rope table.
 void llama_bind_weights(llama_model & m) {

@@ -101,6 +101,10 @@ struct llama_model {
 // so checkpoint and model writers see the new weight. Frozen models only.
 void llama_replace_weight(llama_model & m, int64_t layer, llama_proj p, const float * W, dtype type);
 
+// bf16 compute on a frozen f32 base: its projections are rounded to bf16 once (what every GEMM
+// would round them to anyway), halving their bytes. A no-op for trainable models and non-f32 weights.
+void llama_frozen_to_bf16(llama_model & m);
+
 // The HF tensor table of a model: names, shapes, and whether a tensor is a big matrix.
 struct llama_tensor_spec {
     std::string          name;

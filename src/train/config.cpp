@@ -71,8 +71,9 @@ const option_def TRAINER_KEYS[] = {
     {"save_total_limit", OPT_INT, "0", "keep at most N checkpoints (0: all)"},
     {"logging_steps", OPT_INT, "1", "metrics line every N steps"},
     {"save_dtype", OPT_STRING, "f32", "adapter: full: dtype of the final model.safetensors (f32, bf16, f16)"},
-    {"threads", OPT_INT, "all cores", "compute threads"},
+    {"threads", OPT_INT, "physical cores", "compute threads"},
     {"gradient_checkpointing", OPT_BOOL, "false", "recompute activations in backward (less memory)"},
+    {"bf16", OPT_BOOL, "false", "frozen-base GEMMs in bf16 with f32 accumulation (adapter, grads, optimizer stay f32)"},
     {"resume_from_checkpoint", OPT_BOOL_OR_STRING, "none", "a checkpoint-N directory, or true/latest for the newest in output_dir"},
     {"progress", OPT_BOOL, "true", "progress bar (a TTY) or periodic lines on stderr"},
     {"skip_bad_lines", OPT_BOOL, "false", "count and skip malformed data lines instead of stopping at the first"},
@@ -669,6 +670,7 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
         }
         else if (key == "threads") { PEFT_TRY(rd.get_int(key, v, 0, 1024, i)); o.threads = (int) i; }
         else if (key == "gradient_checkpointing") PEFT_TRY(rd.get_bool(key, v, o.gradient_checkpointing));
+        else if (key == "bf16") PEFT_TRY(rd.get_bool(key, v, o.bf16));
         else if (key == "resume_from_checkpoint") {
             if (v.is_bool()) o.resume_from_checkpoint = v.as_bool() ? "latest" : "";
             else PEFT_TRY(rd.get_string(key, v, o.resume_from_checkpoint));
@@ -798,6 +800,7 @@ std::string config_to_json(const train_options & o) {
     if (o.full()) add("save_dtype", str(o.save_dtype));
     add("threads", std::to_string(o.threads));
     add("gradient_checkpointing", o.gradient_checkpointing ? "true" : "false");
+    add("bf16", o.bf16 ? "true" : "false");
     if (!o.resume_from_checkpoint.empty()) add("resume_from_checkpoint", str(o.resume_from_checkpoint));
     return s + "}";
 }

@@ -63,6 +63,7 @@ struct train_options {
     // runtime
     int     threads = 0;                    // 0 = all cores
     bool    gradient_checkpointing = false; // recompute activations in backward
+    bool    bf16 = false;                   // bf16 operands, f32 accumulation in base GEMMs
     std::string resume_from_checkpoint;     // checkpoint dir, or "latest" (newest in output_dir)
     bool    progress = true;                // progress bar / lines on stderr
     bool    skip_bad_lines = false;         // count and skip malformed data lines

@@ -472,6 +472,8 @@ status train_session::open_inputs() {
         if (gguf_is_file(o.base_model)) PEFT_TRY(gguf_require_unquantized(o.base_model, "training"));
         PEFT_TRY(llama_load(m, o.base_model, o.full()));
     }
+    linear_set_bf16_compute(o.bf16);
+    if (o.bf16) llama_frozen_to_bf16(m);
     const llama_hparams & hp = m.hp;
     tok_path = o.tokenizer.empty() ? o.base_model : o.tokenizer;
     status st = tokenizer::load(tok_path, tok);

@@ -32,6 +32,7 @@ TEST(config, yaml_keys_types_and_defaults) {
                           "warmup_ratio: 0.1\n"
                           "max_grad_norm: 0\n"
                           "resume_from_checkpoint: true\n"
+                          "bf16: true\n"
                           "r: 16\nlora_alpha: 32\nlora_dropout: 0.05\ntarget_modules: [q_proj, v_proj]\nuse_rslora: true\n"
                           "# a comment\n",
                           o);
@@ -48,6 +49,7 @@ TEST(config, yaml_keys_types_and_defaults) {
     EXPECT_DOUBLE_EQ(o.warmup_ratio, 0.1);
     EXPECT_DOUBLE_EQ(o.max_grad_norm, 0.0);
     EXPECT_EQ(o.resume_from_checkpoint, "latest");
+    EXPECT_TRUE(o.bf16);
     // defaults
     EXPECT_EQ(o.num_epochs, 1);
     EXPECT_EQ(o.gradient_accumulation_steps, 1);
@@ -146,6 +148,7 @@ TEST(config, wrong_types_and_ranges_name_the_key) {
         {"micro_batch_size: 1.5\n", "micro_batch_size"},
         {"num_epochs: [1]\n", "num_epochs"},
         {"sample_packing: maybe\n", "sample_packing"},
+        {"bf16: yes please\n", "bf16"},
         {"lr_scheduler: exponential\n", "lr_scheduler"},
         {"val_set_size: 1.5\n", "val_set_size"},
         {"adam_beta2: 1\n", "adam_beta2"},

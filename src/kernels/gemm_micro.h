@@ -1,0 +1,36 @@
+// gemm_micro.h: the register-blocked micro-kernels behind gemm_own (gemm.cpp), one set per ISA,
+// and the packed-panel layouts they read. Internal to src/kernels/: callers use kernels.h.
+//
+// A micro-kernel computes one MR x NR tile of op(A) op(B) over kc steps of K from packed panels
+// and STORES it (not accumulates) into tile[MR][NR]; the driver applies alpha/beta to C.
+//   f32 panels:  Ap [kc][MR] floats, Bp [kc][NR] floats (zero-padded past the matrix edge)
+//   bf16 panels: Ap [kc2][MR] and Bp [kc2][NR] uint32, kc2 = ceil(kc/2); each uint32 holds the
+//                bf16 pair (k = 2q low half, k = 2q+1 high half), the layout vdpbf16ps consumes.
+// Not here: blocking, packing, threads (gemm.cpp); dispatch picks a set by CPUID at first use.
+#pragma once
+#include <cstdint>
+
+namespace peft {
+
+typedef void (*gemm_micro_f32_fn)(int64_t kc, const float * Ap, const float * Bp, float * tile);
+typedef void (*gemm_micro_bf16_fn)(int64_t kc2, const uint32_t * Ap, const uint32_t * Bp, float * tile);
+// y[n] = sum_k x[k] * W[n*ldw + k] for n in [0, N): one decoded token through W [N, K]
+typedef void (*gemv_f32_fn)(int64_t N, int64_t K, const float * x, const float * W, int64_t ldw, float * y);
+typedef void (*gemv_bf16_fn)(int64_t N, int64_t K, const float * x, const uint16_t * W, int64_t ldw, float * y);
+
+struct gemm_micro_set {
+    const char *       name;      // "avx512-bf16", "avx512", "avx2", "scalar"
+    int                mr, nr;    // tile of the f32 kernel (the bf16 one uses the same)
+    gemm_micro_f32_fn  f32;
+    gemm_micro_bf16_fn bf16;      // null: bf16 compute packs bf16-rounded values for f32
+    gemv_f32_fn        gemv_f32;
+    gemv_bf16_fn       gemv_bf16;
+};
+
+// Sets compiled with target attributes (gemm_avx512.cpp); usable only where CPUID says so.
+extern const gemm_micro_set gemm_set_avx512_bf16;
+extern const gemm_micro_set gemm_set_avx512;
+extern const gemm_micro_set gemm_set_avx2;
+extern const gemm_micro_set gemm_set_scalar;
+
+} // namespace peft
