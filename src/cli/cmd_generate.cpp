@@ -225,7 +225,18 @@ int cmd_generate(int argc, char ** argv) {
     app.add_flag("--ignore-eos", ignore_eos, "do not stop at end-of-sequence tokens");
     app.add_flag("--show-prompt", show_prompt, "print the prompt as the model sees it (special tokens included) to stderr");
     app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(0, THREADS_MAX));
+    cli_quant_flags qf;
+    cli_add_quant_flags(app, qf);
     if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
+    const quant_options * quant = nullptr;
+    if (status qs = cli_quant(qf, &quant); !qs.ok()) return cli_fail("generate", qs);
+    if (quant && merge) {
+        status qs = make_error(PEFT_STATUS_ARGUMENT, "--merge", "cannot merge an adapter into a 4-bit base: the sum is not 4-bit, "
+                                                                "and re-quantizing it would lose the adapter's update");
+        qs.hint = "drop --merge (the adapter is applied unmerged over the 4-bit base), or write a merged bf16 model with "
+                  "peft merge --load-in-4bit and generate from that";
+        return cli_fail("generate", qs);
+    }
     if (prompt.empty() == chat.empty()) {
         std::fprintf(stderr, "peft generate: give exactly one of --prompt TEXT or --chat TEXT (non-empty)\n");
         return 2;
@@ -269,7 +280,7 @@ int cmd_generate(int argc, char ** argv) {
     }
 
     llama_model m;
-    st = llama_load(m, model_dir, false);
+    st = llama_load(m, model_dir, false, quant);
     if (!st.ok()) return cli_fail("generate", st);
     if (tok->n_vocab() > m.hp.n_vocab) {
         // ids past the embedding table would be out of range; catch the mismatch by name

@@ -99,6 +99,20 @@ size_t qtensor::bytes() const {
     return data.size() + side;
 }
 
+status quant_options_parse(const std::string & quant_type, const std::string & compute_dtype, bool double_quant,
+                           const std::string & where, quant_options & out) {
+    if (!qtype_from_name(quant_type, &out.type)) {
+        status st = make_mismatch(PEFT_STATUS_CONFIG, where, "bnb_4bit_quant_type", "nf4", quant_type);
+        st.hint = "fp4 is not implemented; nf4 is what QLoRA uses";
+        return st;
+    }
+    if (compute_dtype == "float32" || compute_dtype == "f32") out.bf16_values = false;
+    else if (compute_dtype == "bfloat16" || compute_dtype == "bf16") out.bf16_values = true;
+    else return make_mismatch(PEFT_STATUS_CONFIG, where, "bnb_4bit_compute_dtype", "float32 or bfloat16", compute_dtype);
+    out.double_quant = double_quant;
+    return {};
+}
+
 // ---- quantization ------------------------------------------------------------------------
 
 // torch.argmin(|u - code|) over an ascending table: the nearer of the two values around u, the
@@ -164,10 +178,11 @@ static void nf4_quantize_block(const float * w, uint8_t * dst, float * absmax) {
 
 status qtensor_quantize(const float * W, int64_t OC, int64_t IC, const quant_options & o, const std::string & name, qtensor & out) {
     const qtype_traits & tr = qtype_info(o.type);
-    if (IC % tr.block != 0) {
-        status st = make_error(PEFT_STATUS_SHAPE, name, std::string(tr.name) + " quantization needs rows of whole " +
-                               std::to_string(tr.block) + "-element blocks, but the row length is " + std::to_string(IC));
-        st.hint = "load this model without load_in_4bit (its widths are not multiples of " + std::to_string(tr.block) + ")";
+    if ((OC * IC) % tr.block != 0) {
+        status st = make_error(PEFT_STATUS_SHAPE, name, std::string(tr.name) + " quantization needs whole " + std::to_string(tr.block) +
+                               "-element blocks, but [" + std::to_string(OC) + ", " + std::to_string(IC) + "] has " +
+                               std::to_string(OC * IC) + " elements");
+        st.hint = "load this model without load_in_4bit (this weight's size is not a multiple of " + std::to_string(tr.block) + ")";
         return st;
     }
     out.type = o.type;
@@ -211,17 +226,29 @@ void qtensor_round_values(const qtensor & q, float * v, int64_t n) {
     for (int64_t i = 0; i < n; i++) v[i] = bf16_to_f32(f32_to_bf16(v[i]));
 }
 
-void qtensor_rows_f32(const qtensor & q, int64_t r0, int64_t r1, float * dst) {
+void qtensor_dequant_range(const qtensor & q, int64_t e0, int64_t e1, float * dst) {
     const qtype_traits & tr = qtype_info(q.type);
-    const int64_t bpr = q.blocks_per_row();
-#pragma omp parallel for schedule(static)
-    for (int64_t r = r0; r < r1; r++) {
-        std::vector<float> sc((size_t) bpr);
-        qtensor_block_scales(q, r * bpr, bpr, sc.data());
-        float * out = dst + (r - r0) * q.IC;
-        for (int64_t j = 0; j < bpr; j++) tr.dequant_block(q.block_data(r * bpr + j), sc[(size_t) j], out + j * tr.block);
-        qtensor_round_values(q, out, q.IC);
+    const int64_t B = tr.block;
+    float v[256];   // one block (every type's block is at most 256)
+    PEFT_ASSERT(B <= 256);
+    for (int64_t e = e0; e < e1;) {
+        const int64_t b = e / B, k0 = e % B, k1 = std::min(B, k0 + (e1 - e));
+        float scale;
+        qtensor_block_scales(q, b, 1, &scale);
+        if (k0 == 0 && k1 == B) {
+            tr.dequant_block(q.block_data(b), scale, dst + (e - e0));
+        } else {   // a block shared with the neighbouring row
+            tr.dequant_block(q.block_data(b), scale, v);
+            std::memcpy(dst + (e - e0), v + k0, (size_t) (k1 - k0) * 4);
+        }
+        e += k1 - k0;
     }
+    qtensor_round_values(q, dst, e1 - e0);
+}
+
+void qtensor_rows_f32(const qtensor & q, int64_t r0, int64_t r1, float * dst) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = r0; r < r1; r++) qtensor_dequant_range(q, r * q.IC, (r + 1) * q.IC, dst + (r - r0) * q.IC);
 }
 
 } // namespace peft

@@ -1,9 +1,10 @@
 // quant.h: frozen block-quantized weight matrices (NF4 with bitsandbytes' double quantization
 // first; GGUF's Q8_0/Q4_0/Q4_K are meant to become more rows of the same trait table).
 //
-// A qtensor is an [OC, IC] matrix cut into blocks of `block` consecutive elements of a row
-// (IC must be a multiple of the block, so a row is whole blocks and rows can be read on their
-// own). Each type says how many bytes of `data` one block takes and how one block is decoded
+// A qtensor is an [OC, IC] matrix cut into blocks of `block` consecutive elements of the
+// row-major flattened matrix, as bitsandbytes does (a block may straddle two rows when IC is not
+// a multiple of the block; OC * IC must be whole blocks). Rows are read by the blocks they
+// overlap. Each type says how many bytes of `data` one block takes and how one block is decoded
 // given its f32 scale; the per-block scales are side data (`scales`), themselves f32 or
 // double-quantized. Memory is counted per block, never per element.
 // Not here: the GEMM/GEMV kernels over these (kernels/nf4.cpp), choosing what to quantize
@@ -52,8 +53,7 @@ struct qtensor {
     std::vector<uint8_t> data;                  // [OC * IC / block * block_bytes]
     qscales              scales;
 
-    int64_t blocks_per_row() const { return IC / qtype_info(type).block; }
-    int64_t n_blocks() const { return OC * blocks_per_row(); }
+    int64_t n_blocks() const { return OC * IC / qtype_info(type).block; }
     const uint8_t * block_data(int64_t b) const { return data.data() + (size_t) b * qtype_info(type).block_bytes; }
     size_t bytes() const;   // data + side data, what the weight costs in memory
 };
@@ -73,8 +73,13 @@ struct quant_options {
     bool  bf16_values = false;    // bnb_4bit_compute_dtype bfloat16
 };
 
+// The options from transformers' BitsAndBytesConfig names: quant_type "nf4", compute_dtype
+// "float32" or "bfloat16" (also f32 / bf16). `where` labels errors.
+status quant_options_parse(const std::string & quant_type, const std::string & compute_dtype, bool double_quant,
+                           const std::string & where, quant_options & out);
+
 // Quantizes W[OC, IC] (f32) as bitsandbytes' quantize_4bit (+ quantize_blockwise of the scales
-// when double_quant). `name` labels errors (a width that is not whole blocks).
+// when double_quant). `name` labels errors (an element count that is not whole blocks).
 status qtensor_quantize(const float * W, int64_t OC, int64_t IC, const quant_options & o, const std::string & name, qtensor & out);
 
 // Double-quantizes n f32 block scales with the given mean offset (bnb quantize_blockwise of
@@ -85,6 +90,8 @@ void qscales_nest(const float * absmax, int64_t n, float offset, qscales & s);
 void qtensor_block_scales(const qtensor & q, int64_t b0, int64_t n, float * dst);
 // Rounds n dequantized values to bf16 when the tensor's compute dtype is bf16 (else nothing).
 void qtensor_round_values(const qtensor & q, float * v, int64_t n);
+// Elements [e0, e1) of the flattened matrix dequantized into dst[e1 - e0] (serial).
+void qtensor_dequant_range(const qtensor & q, int64_t e0, int64_t e1, float * dst);
 // Rows [r0, r1) dequantized into dst[(r1 - r0), IC].
 void qtensor_rows_f32(const qtensor & q, int64_t r0, int64_t r1, float * dst);
 

@@ -60,34 +60,46 @@ static const auto & nf4_pairs() {
     return table;
 }
 
+// One output row: y[n] = sum over the row's elements of deq(W) * x[n], block by block; a block
+// shared with the neighbouring row contributes only its part.
+static void qgemv_row(const qtensor & w, const float * pairs, int64_t o, const float * x, int64_t N, float * acc) {
+    const int64_t IC = w.IC, e0 = o * IC, e1 = e0 + IC;
+    float v[BLOCK];
+    for (int64_t e = e0; e < e1;) {
+        const int64_t b = e / BLOCK, k0 = e % BLOCK, k1 = std::min(BLOCK, k0 + (e1 - e));
+        float s;
+        qtensor_block_scales(w, b, 1, &s);
+        const uint8_t * src = w.block_data(b);
+        for (int k = 0; k < BLOCK / 2; k++) std::memcpy(v + 2 * k, pairs + 2 * src[k], 8);
+        for (int k = 0; k < BLOCK; k++) v[k] *= s;
+        qtensor_round_values(w, v, BLOCK);
+        const int64_t len = k1 - k0, xo = e - e0;
+        for (int64_t n = 0; n < N; n++) {
+            const float * xb = x + n * IC + xo;
+            const float * vb = v + k0;
+            float d[8] = {};   // eight lanes so the loop vectorises without reassociation
+            int64_t k = 0;
+            for (; k + 8 <= len; k += 8) {
+                for (int l = 0; l < 8; l++) d[l] += vb[k + l] * xb[k + l];
+            }
+            for (; k < len; k++) d[0] += vb[k] * xb[k];
+            acc[n] += ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
+        }
+        e += len;
+    }
+}
+
 void qgemv(float * y, const float * x, const qtensor & w, int64_t N, float beta) {
     PEFT_ASSERT(w.type == PEFT_QTYPE_NF4);
-    const int64_t OC = w.OC, IC = w.IC, bpr = w.blocks_per_row();
+    const int64_t OC = w.OC, IC = w.IC;
     const float * pairs = nf4_pairs().data();
+    constexpr int64_t NB = 16;   // rows of x per pass over a weight row
 #pragma omp parallel for schedule(static) if (OC * IC >= (1 << 16))
     for (int64_t o = 0; o < OC; o++) {
-        float acc[QGEMV_MAX_ROWS * 4] = {};
-        float scale[16];
-        float v[BLOCK];
-        for (int64_t n0 = 0; n0 < N; n0 += QGEMV_MAX_ROWS * 4) {
-            const int64_t nn = std::min(N - n0, QGEMV_MAX_ROWS * 4);
-            std::fill(acc, acc + nn, 0.0f);
-            for (int64_t j = 0; j < bpr; j++) {
-                if (j % 16 == 0) qtensor_block_scales(w, o * bpr + j, std::min<int64_t>(16, bpr - j), scale);
-                const uint8_t * src = w.block_data(o * bpr + j);
-                for (int k = 0; k < BLOCK / 2; k++) std::memcpy(v + 2 * k, pairs + 2 * src[k], 8);
-                const float s = scale[j % 16];
-                for (int k = 0; k < BLOCK; k++) v[k] *= s;
-                qtensor_round_values(w, v, BLOCK);
-                for (int64_t n = 0; n < nn; n++) {
-                    const float * xb = x + (n0 + n) * IC + j * BLOCK;
-                    float d[8] = {};   // eight lanes so the loop vectorises without reassociation
-                    for (int k = 0; k < BLOCK; k += 8) {
-                        for (int l = 0; l < 8; l++) d[l] += v[k + l] * xb[k + l];
-                    }
-                    acc[n] += ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
-                }
-            }
+        for (int64_t n0 = 0; n0 < N; n0 += NB) {
+            const int64_t nn = std::min(N - n0, NB);
+            float acc[NB] = {};
+            qgemv_row(w, pairs, o, x + n0 * IC, nn, acc);
             for (int64_t n = 0; n < nn; n++) {
                 float * yo = y + (n0 + n) * OC + o;
                 *yo = beta == 0.0f ? acc[n] : beta * *yo + acc[n];

@@ -294,14 +294,19 @@ status write_hf_model_dir(const std::string & dir, const llama_model & m, const 
     converted.reserve(m.tensors.size());
     std::vector<float> f32;
     for (const llama_tensor & t : m.tensors) {
-        const dtype want = keep ? t.type : out_t;
-        if (want == t.type) {
+        // a 4-bit weight (a QPiSSA residual over load_in_4bit) is written dequantized, in bf16 for "keep"
+        const dtype want = keep ? (t.q ? PEFT_DTYPE_BF16 : t.type) : out_t;
+        if (want == t.type && !t.q) {
             ts.push_back({t.name, t.type, t.shape, t.data, ""});
             continue;
         }
         const size_t n = (size_t) t.numel();
         const float * src = (const float *) t.data;
-        if (t.type != PEFT_DTYPE_F32) {
+        if (t.q) {
+            f32.resize(n);
+            qtensor_rows_f32(*t.q, 0, t.q->OC, f32.data());
+            src = f32.data();
+        } else if (t.type != PEFT_DTYPE_F32) {
             f32.resize(n);
             convert_to_f32(t.type, t.data, f32.data(), n);
             src = f32.data();
@@ -431,7 +436,9 @@ status train_session::open_inputs() {
         PEFT_TRY(llama_hparams_load(o.base_model + "/config.json", hp));
         PEFT_TRY(llama_init_random(m, hp, true, o.seed));
     } else {
-        PEFT_TRY(llama_load(m, o.base_model, o.full()));
+        quant_options qo;
+        PEFT_TRY(quant_options_parse(o.bnb_4bit_quant_type, o.bnb_4bit_compute_dtype, o.bnb_4bit_use_double_quant, "config", qo));
+        PEFT_TRY(llama_load(m, o.base_model, o.full(), o.load_in_4bit ? &qo : nullptr));
     }
     const llama_hparams & hp = m.hp;
     tok_path = o.tokenizer.empty() ? o.base_model : o.tokenizer;

@@ -164,7 +164,7 @@ TEST(nf4, invariants_on_normal_weights) {
     for (size_t b = 0; b < sc.size(); b++) EXPECT_LE(std::fabs(sc[b] - q.scales.f32[b]), 0.00703125f * q2.scales.absmax2[b / 256] * 1.0001f);
 }
 
-TEST(nf4, width_not_whole_blocks_is_refused) {
+TEST(nf4, size_not_whole_blocks_is_refused) {
     std::vector<float> W(3 * 100, 0.5f);
     qtensor q;
     status st = qtensor_quantize(W.data(), 3, 100, {}, "model.layers.0.mlp.up_proj.weight", q);
@@ -176,7 +176,7 @@ TEST(nf4, width_not_whole_blocks_is_refused) {
 
 // The fused products equal a reference GEMM over the dequantized weight (fp-exact).
 TEST(nf4, fused_products_match_gemm_over_dequantized_weight) {
-    const int64_t OC = 300, IC = 192;   // OC not a multiple of the 256-row tile
+    const int64_t OC = 300, IC = 688;   // OC not a multiple of the 256-row tile; IC not of the block (rows share blocks)
     std::vector<float> W((size_t) (OC * IC));
     rng r(3);
     r.fill_normal(W.data(), (int64_t) W.size(), 0.0f, 0.05f);
