@@ -348,13 +348,14 @@ int cmd_generate(int argc, char ** argv) {
 // config `adapter_cfg` (every trainable tensor moved by N(0, 0.02), so merged and unmerged do
 // differ from the base and must agree with each other).
 int bench_generate(const std::string & model_dir, const std::string & shape, bool bf16, uint64_t seed, const std::string & adapter_dir,
-                   const std::string & adapter_cfg, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds) {
+                   const std::string & adapter_cfg, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds, const quant_options * quant) {
     auto load = [&](llama_model & m) -> status {
-        if (!model_dir.empty()) return llama_load(m, model_dir, false);
+        if (!model_dir.empty()) return llama_load(m, model_dir, false, quant);
         llama_hparams hp;
         if (!llama_hparams_named_shape(shape, hp)) return make_error(PEFT_STATUS_ARGUMENT, "--shape", "unknown shape " + shape);
         hp.max_position = std::max<int64_t>(hp.max_position, prompt_tokens + gen_tokens);
-        return llama_init_random(m, hp, false, seed, bf16 ? PEFT_DTYPE_BF16 : PEFT_DTYPE_F32);
+        PEFT_TRY(llama_init_random(m, hp, false, seed, bf16 ? PEFT_DTYPE_BF16 : PEFT_DTYPE_F32));
+        return quant ? llama_quantize_frozen(m, *quant) : status{};
     };
     auto attach = [&](llama_model & m, adapter_set & set) -> status {
         if (!adapter_dir.empty()) return adapter_load(adapter_dir, m, set);
