@@ -64,11 +64,14 @@ static const auto & nf4_pairs() {
 // shared with the neighbouring row contributes only its part.
 static void qgemv_row(const qtensor & w, const float * pairs, int64_t o, const float * x, int64_t N, float * acc) {
     const int64_t IC = w.IC, e0 = o * IC, e1 = e0 + IC;
+    const int64_t b_first = e0 / BLOCK, nb = (e1 - 1) / BLOCK - b_first + 1;
+    thread_local std::vector<float> scales;   // the row's block scales, decoded once
+    if ((int64_t) scales.size() < nb) scales.resize((size_t) nb);
+    qtensor_block_scales(w, b_first, nb, scales.data());
     float v[BLOCK];
     for (int64_t e = e0; e < e1;) {
         const int64_t b = e / BLOCK, k0 = e % BLOCK, k1 = std::min(BLOCK, k0 + (e1 - e));
-        float s;
-        qtensor_block_scales(w, b, 1, &s);
+        const float s = scales[(size_t) (b - b_first)];
         const uint8_t * src = w.block_data(b);
         for (int k = 0; k < BLOCK / 2; k++) std::memcpy(v + 2 * k, pairs + 2 * src[k], 8);
         for (int k = 0; k < BLOCK; k++) v[k] *= s;
