@@ -43,7 +43,11 @@ namespace {
 struct model_writer : base_writer {
     llama_model & m;
     explicit model_writer(llama_model & mm) : m(mm) {}
-    void replace(const target_info & t, const float * W) override { llama_replace_weight(m, t.layer, proj_of(m, t), W, t.base->type); }
+    // a 4-bit base stays 4-bit: QPiSSA's residual is re-quantized (METHODS §3, §14)
+    void replace(const target_info & t, const float * W) override {
+        if (t.base->q) llama_requantize_weight(m, t.layer, proj_of(m, t), W);
+        else llama_replace_weight(m, t.layer, proj_of(m, t), W, t.base->type);
+    }
 };
 
 } // namespace

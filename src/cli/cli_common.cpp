@@ -29,4 +29,22 @@ int cli_parse(CLI::App & app, int argc, char ** argv) {
     return -1;
 }
 
+void cli_add_quant_flags(CLI::App & app, cli_quant_flags & f) {
+    app.add_flag("--load-in-4bit,--load_in_4bit", f.load_in_4bit,
+                 "quantize the frozen q/k/v/o/gate/up/down weights to 4 bits at load (QLoRA's base)");
+    app.add_option("--bnb-4bit-quant-type,--bnb_4bit_quant_type", f.quant_type, "4-bit type: nf4");
+    app.add_flag("--bnb-4bit-use-double-quant,--bnb_4bit_use_double_quant", f.double_quant,
+                 "also quantize the per-block scales (about 4.13 bits/param instead of 4.5)");
+    app.add_option("--bnb-4bit-compute-dtype,--bnb_4bit_compute_dtype", f.compute_dtype,
+                   "dequantized weight dtype: float32 or bfloat16 (as the adapter was trained with)");
+}
+
+status cli_quant(cli_quant_flags & f, const quant_options ** out) {
+    *out = nullptr;
+    if (!f.load_in_4bit) return {};
+    PEFT_TRY(quant_options_parse(f.quant_type, f.compute_dtype, f.double_quant, "--load-in-4bit", f.parsed));
+    *out = &f.parsed;
+    return {};
+}
+
 } // namespace peft

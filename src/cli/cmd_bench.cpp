@@ -30,7 +30,22 @@ namespace peft {
 
 // cmd_generate.cpp: the --method generate mode (decode tokens/s of base, unmerged, merged)
 int bench_generate(const std::string & model_dir, const std::string & shape, bool bf16, uint64_t seed, const std::string & adapter_dir,
-                   const std::string & adapter_cfg, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds);
+                   const std::string & adapter_cfg, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds, const quant_options * quant);
+
+// Bits per parameter of the frozen projection weights (q/k/v/o/gate/up/down): per block for a
+// quantized weight (scales and double-quant state included), per element otherwise.
+static double frozen_linear_bits_per_param(const llama_model & m) {
+    double bits = 0, n = 0;
+    for (int64_t l = 0; l < m.hp.n_layer; l++) {
+        for (int p = 0; p < LLAMA_PROJ_COUNT; p++) {
+            const linear_weight & w = m.proj_weight(l, (llama_proj) p);
+            const double numel = (double) (w.OC * w.IC);
+            bits += w.q ? 8.0 * (double) w.q->bytes() : 8.0 * (double) dtype_size(w.type) * numel;
+            n += numel;
+        }
+    }
+    return n > 0 ? bits / n : 0.0;
+}
 
 static double now_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -307,7 +322,11 @@ int cmd_bench(int argc, char ** argv) {
     app.add_flag("--bf16", bf16, "bf16 compute for the frozen base's GEMMs (train config bf16: true)");
     int64_t top_k = 2;
     app.add_option("--router-top-k", top_k, "milora_moe: experts active per layer (of 7)")->check(CLI::Range((int64_t) 1, (int64_t) 7));
+    cli_quant_flags qf;   // QLoRA: --load-in-4bit [--bnb-4bit-use-double-quant]
+    cli_add_quant_flags(app, qf);
     if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
+    const quant_options * quant = nullptr;
+    if (status qs = cli_quant(qf, &quant); !qs.ok()) return cli_fail("bench", qs);
     if (model_dir.empty() == shape.empty()) {
         std::fprintf(stderr, "peft bench: give exactly one of --model DIR or --shape NAME\n");
         return 2;
@@ -320,18 +339,25 @@ int cmd_bench(int argc, char ** argv) {
             std::fprintf(stderr, "peft bench: --adapter-method: lora, dora, lora_fa, vera or a LoRA init, not %s\n", gen_method.c_str());
             return 2;
         }
-        return bench_generate(model_dir, shape, storage == "bf16", seed, gen_adapter, cfg_text, seq, gen_tokens, gen_rounds);
+        return bench_generate(model_dir, shape, storage == "bf16", seed, gen_adapter, cfg_text, seq, gen_tokens, gen_rounds, quant);
     }
     const bool trainable = method == "full" || method == "galore";
+    if (quant && trainable) {
+        status qs = make_error(PEFT_STATUS_ARGUMENT, "--load-in-4bit", "full fine-tuning writes every weight; a 4-bit weight cannot take an update");
+        qs.hint = "bench an adapter method over the 4-bit base (--method lora)";
+        return cli_fail("bench", qs);
+    }
 
     llama_model m;
     status st = model_dir.empty()
                     ? [&] {
                           llama_hparams hp;
                           llama_hparams_named_shape(shape, hp);
-                          return llama_init_random(m, hp, trainable, seed, storage == "bf16" ? PEFT_DTYPE_BF16 : PEFT_DTYPE_F32);
+                          status r = llama_init_random(m, hp, trainable, seed, storage == "bf16" ? PEFT_DTYPE_BF16 : PEFT_DTYPE_F32);
+                          if (r.ok() && quant) r = llama_quantize_frozen(m, *quant);
+                          return r;
                       }()
-                    : llama_load(m, model_dir, trainable);
+                    : llama_load(m, model_dir, trainable, quant);
     if (st.ok() && bf16) llama_frozen_to_bf16(m);
     if (!st.ok()) {
         std::fprintf(stderr, "peft bench: %s\n", st.message.c_str());
@@ -466,6 +492,11 @@ int cmd_bench(int argc, char ** argv) {
     add("optimizer_state_bytes", std::to_string(opt ? opt->state_bytes() : 0));
     add("model_flops_per_token", num(fpt, 0));
     add("achieved_gflops", num(gflops, 2));
+    if (quant) {
+        add("load_in_4bit", "true");
+        add("double_quant", quant->double_quant ? "true" : "false");
+    }
+    add("bits_per_param", num(frozen_linear_bits_per_param(m), 3));
     add("loss_first", num(first_loss, 5));
     add("loss_final", num(last_loss, 5));
     add("bf16", bf16 ? "true" : "false");

@@ -47,10 +47,15 @@ int cmd_eval(int argc, char ** argv) {
     app.add_flag("--no-packing,--no_packing", no_packing, "one sample per row (sample_packing: false)");
     app.add_flag("--train-on-inputs,--train_on_inputs", train_on_inputs, "count prompt tokens too (train_on_inputs: true)");
     app.add_flag("--skip-bad-lines,--skip_bad_lines", skip_bad_lines, "count and skip malformed data lines instead of stopping");
+    cli_quant_flags qf;
+    cli_add_quant_flags(app, qf);
     if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     threads_set(threads);
+    const quant_options * quant = nullptr;
+    status st = cli_quant(qf, &quant);
+    if (!st.ok()) return cli_fail("eval", st);
     llama_model m;
-    status st = llama_load(m, model_dir, false);
+    st = llama_load(m, model_dir, false, quant);
     if (!st.ok()) return cli_fail("eval", st);
     adapter_set aset;
     if (!adapter_dir.empty()) {

@@ -153,7 +153,18 @@ int cmd_generate(int argc, char ** argv) {
     app.add_flag("--ignore-eos", ignore_eos, "do not stop at end-of-sequence tokens");
     app.add_flag("--show-prompt", show_prompt, "print the prompt as the model sees it (special tokens included) to stderr");
     app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(0, THREADS_MAX));
+    cli_quant_flags qf;
+    cli_add_quant_flags(app, qf);
     if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
+    const quant_options * quant = nullptr;
+    if (status qs = cli_quant(qf, &quant); !qs.ok()) return cli_fail("generate", qs);
+    if (quant && merge) {
+        status qs = make_error(PEFT_STATUS_ARGUMENT, "--merge", "cannot merge an adapter into a 4-bit base: the sum is not 4-bit, "
+                                                                "and re-quantizing it would lose the adapter's update");
+        qs.hint = "drop --merge (the adapter is applied unmerged over the 4-bit base), or write a merged bf16 model with "
+                  "peft merge --load-in-4bit and generate from that";
+        return cli_fail("generate", qs);
+    }
     if (prompt.empty() == chat.empty()) {
         std::fprintf(stderr, "peft generate: give exactly one of --prompt TEXT or --chat TEXT (non-empty)\n");
         return 2;
@@ -200,7 +211,7 @@ int cmd_generate(int argc, char ** argv) {
     }
 
     llama_model m;
-    st = llama_load(m, model_dir, false);
+    st = llama_load(m, model_dir, false, quant);
     if (!st.ok()) return cli_fail("generate", st);
     if (tok->n_vocab() > m.hp.n_vocab) {
         // ids past the embedding table would be out of range; catch the mismatch by name
@@ -268,13 +279,14 @@ int cmd_generate(int argc, char ** argv) {
 // config `adapter_cfg` (every trainable tensor moved by N(0, 0.02), so merged and unmerged do
 // differ from the base and must agree with each other).
 int bench_generate(const std::string & model_dir, const std::string & shape, bool bf16, uint64_t seed, const std::string & adapter_dir,
-                   const std::string & adapter_cfg, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds) {
+                   const std::string & adapter_cfg, int64_t prompt_tokens, int64_t gen_tokens, int64_t rounds, const quant_options * quant) {
     auto load = [&](llama_model & m) -> status {
-        if (!model_dir.empty()) return llama_load(m, model_dir, false);
+        if (!model_dir.empty()) return llama_load(m, model_dir, false, quant);
         llama_hparams hp;
         if (!llama_hparams_named_shape(shape, hp)) return make_error(PEFT_STATUS_ARGUMENT, "--shape", "unknown shape " + shape);
         hp.max_position = std::max<int64_t>(hp.max_position, prompt_tokens + gen_tokens);
-        return llama_init_random(m, hp, false, seed, bf16 ? PEFT_DTYPE_BF16 : PEFT_DTYPE_F32);
+        PEFT_TRY(llama_init_random(m, hp, false, seed, bf16 ? PEFT_DTYPE_BF16 : PEFT_DTYPE_F32));
+        return quant ? llama_quantize_frozen(m, *quant) : status{};
     };
     auto attach = [&](llama_model & m, adapter_set & set) -> status {
         if (!adapter_dir.empty()) return adapter_load(adapter_dir, m, set);

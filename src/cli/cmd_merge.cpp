@@ -113,6 +113,7 @@ int cmd_merge(int argc, char ** argv) {
                  "  peft merge --model ~/models/Qwen2.5-0.5B --adapter out/lora --out out/merged --force\n"
                  "  peft merge --model ~/models/SmolLM2-135M --adapter out/lora --out out/merged-f16 --dtype f16\n"
                  "  peft merge --model tiny.gguf --adapter lora.gguf --out out/merged   (config and tokenizer from the GGUF)",
+                 "  peft merge --model ~/models/SmolLM2-135M --adapter out/qlora --out out/merged --load-in-4bit  (QLoRA: onto deq(W), bf16)",
                  "peft merge"};
     std::string model_dir, adapter_dir, out_dir, dtype_opt;
     bool force = false;
@@ -124,8 +125,15 @@ int cmd_merge(int argc, char ** argv) {
         ->check(CLI::IsMember({"bf16", "f16", "f32"}));
     app.add_flag("--force", force, "replace a non-empty output directory");
     app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(0, THREADS_MAX));
+    cli_quant_flags qf;   // an adapter trained over a 4-bit base merges onto that base, dequantized
+    cli_add_quant_flags(app, qf);
     if (const int rc = cli_parse(app, argc, argv); rc >= 0) return rc;
     threads_set(threads);
+    const quant_options * quant = nullptr;
+    if (status qs = cli_quant(qf, &quant); !qs.ok()) return cli_fail("merge", qs);
+    // QLoRA's merge rule: W' = deq(Q(W)) + delta for every projection, written in bf16 (unless
+    // --dtype says otherwise); the 4-bit base itself is never overwritten
+    if (quant && dtype_opt.empty()) dtype_opt = "bf16";
     while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
     const bool have_dtype = !dtype_opt.empty();
     const dtype want = dtype_opt == "bf16" ? PEFT_DTYPE_BF16 : dtype_opt == "f16" ? PEFT_DTYPE_F16 : PEFT_DTYPE_F32;
@@ -155,7 +163,7 @@ int cmd_merge(int argc, char ** argv) {
     }
 
     llama_model m;
-    st = llama_load(m, model_dir, false);
+    st = llama_load(m, model_dir, false, quant);
     if (!st.ok()) return cli_fail("merge", st);
     adapter_set set;
     st = adapter_load(adapter_dir, m, set);
@@ -203,12 +211,18 @@ int cmd_merge(int argc, char ** argv) {
             if (ti.shape.size() == 2) written = w.type;
             auto it = merged.find(name);
             const size_t n = (size_t) ti.n_elements;
-            if (it != merged.end()) {
-                const linear_weight & lw = *set.targets[it->second].base;
-                PEFT_ASSERT((size_t) (lw.OC * lw.IC) == n);
+            const llama_tensor * quantized = quant ? m.find(name) : nullptr;
+            if (quantized && !quantized->q) quantized = nullptr;
+            if (it != merged.end() || quantized) {   // an adapted weight, or a 4-bit one (deq(W) as trained)
                 f32.resize(n);
-                linear_weight_rows_f32(f32.data(), lw, 0, lw.OC);
-                set.modules[it->second]->merge(f32.data(), lw.OC, lw.IC);
+                if (it != merged.end()) {
+                    const linear_weight & lw = *set.targets[it->second].base;
+                    PEFT_ASSERT((size_t) (lw.OC * lw.IC) == n);
+                    linear_weight_rows_f32(f32.data(), lw, 0, lw.OC);
+                    set.modules[it->second]->merge(f32.data(), lw.OC, lw.IC);
+                } else {
+                    qtensor_rows_f32(*quantized->q, 0, quantized->q->OC, f32.data());
+                }
                 buffers.emplace_back(n * dtype_size(w.type));
                 convert_from_f32(w.type, f32.data(), buffers.back().data(), n);
                 w.data = buffers.back().data();

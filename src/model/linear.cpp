@@ -4,7 +4,9 @@
 #include <vector>
 
 #include "core/status.h"
+#include "core/quant.h"
 #include "kernels/kernels.h"
+#include "kernels/nf4.h"
 
 namespace peft {
 
@@ -13,6 +15,7 @@ namespace peft {
 static constexpr int64_t TILE_ROWS = 256;
 
 void linear_weight_rows_f32(float * dst, const linear_weight & w, int64_t r0, int64_t r1) {
+    if (w.q) return qtensor_rows_f32(*w.q, r0, r1, dst);
     const size_t esz = dtype_size(w.type);
     const uint8_t * src = (const uint8_t *) w.data + (size_t) r0 * w.IC * esz;
     const int64_t rows = r1 - r0;
@@ -40,7 +43,9 @@ static float * tile_buffer(int64_t n) {
 
 void linear_forward(float * y, const float * x, const linear_weight & w, const float * bias, int64_t N, float beta) {
     const int64_t OC = w.OC, IC = w.IC;
-    if (direct_type(w.type)) {
+    if (w.q) {
+        qlinear_forward(y, x, *w.q, N, beta);
+    } else if (direct_type(w.type)) {
         gemm_own(false, true, N, OC, IC, 1.0f, x, IC, w.type, w.data, IC, beta, y, OC, g_bf16_compute);
     } else {
         float * tile = tile_buffer(std::min(OC, TILE_ROWS) * IC);
@@ -61,6 +66,7 @@ void linear_forward(float * y, const float * x, const linear_weight & w, const f
 }
 
 void linear_backward_input(float * dx, const float * dy, const linear_weight & w, int64_t N, float beta) {
+    if (w.q) return qlinear_backward_input(dx, dy, *w.q, N, beta);
     const int64_t OC = w.OC, IC = w.IC;
     if (direct_type(w.type)) {
         gemm_own(false, false, N, IC, OC, 1.0f, dy, OC, w.type, w.data, IC, beta, dx, IC, g_bf16_compute);

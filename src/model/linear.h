@@ -1,7 +1,7 @@
 // linear.h: a base linear layer y[N,OC] = x[N,IC] W^T (+ b) whose weight W[OC,IC] stays in its
-// stored dtype (f32, bf16, f16; NF4 later). f32 and bf16 weights are packed by the GEMM itself
-// (gemm_own reads bf16 directly); other types are converted to f32 one tile of rows at a time,
-// so a bf16 checkpoint is never materialised in fp32.
+// stored dtype (f32, bf16, f16) or block-quantized (NF4, core/quant.h: then `q` is set). f32 and
+// bf16 weights are packed by the GEMM itself (gemm_own reads bf16 directly); other types are
+// converted to f32 one tile of rows at a time, so a bf16 checkpoint is never materialised in fp32.
 // Not here: weight gradients of non-f32 weights (a frozen base never needs them).
 #pragma once
 #include <cstdint>
@@ -10,10 +10,13 @@
 
 namespace peft {
 
+struct qtensor;
+
 struct linear_weight {
     dtype        type = PEFT_DTYPE_F32;
     const void * data = nullptr;  // [OC, IC] in `type`; may point into a read-only mmap
     int64_t      OC = 0, IC = 0;
+    const qtensor * q = nullptr;  // quantized weight (data is then null; products go through kernels/nf4.h)
 };
 
 // y[N,OC] = x[N,IC] W^T + bias[OC] (bias may be null). beta = 1 accumulates into y.

@@ -80,6 +80,53 @@ linear_weight & llama_model::proj_weight(int64_t layer, llama_proj p) {
 
 const float * llama_model::proj_bias(int64_t layer, llama_proj p) const { return w.layers[(size_t) layer].bias[p]; }
 
+void llama_bind_weights(llama_model & m);
+
+static std::string proj_tensor_name(int64_t layer, llama_proj p) {
+    return "model.layers." + std::to_string(layer) + "." + llama_proj_name(p) + ".weight";
+}
+
+bool llama_is_proj_weight(const std::string & name) {
+    const std::string suffix = "_proj.weight";
+    return name.rfind("model.layers.", 0) == 0 && name.size() > suffix.size() &&
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Quantizes W (the f32 values of tensor t) into a new qtensor of m; t then holds no bytes.
+status llama_quantize_tensor(llama_model & m, llama_tensor & t, const float * W, const quant_options & o) {
+    auto q = std::make_unique<qtensor>();
+    PEFT_TRY(qtensor_quantize(W, t.shape[0], t.shape[1], o, t.name, *q));
+    t.q = q.get();
+    t.data = nullptr;
+    m.qweights.push_back(std::move(q));
+    return {};
+}
+
+status llama_quantize_frozen(llama_model & m, const quant_options & o) {
+    PEFT_ASSERT(!m.trainable);
+    std::vector<float> W;
+    for (llama_tensor & t : m.tensors) {
+        if (!llama_is_proj_weight(t.name) || t.q) continue;
+        W.resize((size_t) t.numel());
+        convert_to_f32(t.type, t.data, W.data(), W.size());
+        PEFT_TRY(llama_quantize_tensor(m, t, W.data(), o));
+    }
+    llama_bind_weights(m);
+    return {};
+}
+
+void llama_requantize_weight(llama_model & m, int64_t layer, llama_proj p, const float * W) {
+    linear_weight & w = m.proj_weight(layer, p);
+    PEFT_ASSERT(w.q);
+    qtensor & q = const_cast<qtensor &>(*w.q);   // one of m.qweights
+    quant_options o;
+    o.type = q.type;
+    o.double_quant = q.scales.nested;
+    o.bf16_values = q.bf16_values;
+    // cannot fail: the shape was quantized before
+    PEFT_ASSERT(qtensor_quantize(W, q.OC, q.IC, o, proj_tensor_name(layer, p), q).ok());
+}
+
 void llama_replace_weight(llama_model & m, int64_t layer, llama_proj p, const float * W, dtype type) {
     PEFT_ASSERT(!m.trainable);
     linear_weight & w = m.proj_weight(layer, p);
@@ -94,11 +141,12 @@ void llama_replace_weight(llama_model & m, int64_t layer, llama_proj p, const fl
     convert_from_f32(type, W, data, n);
     w.type = type;
     w.data = data;
-    const std::string name = "model.layers." + std::to_string(layer) + "." + llama_proj_name(p) + ".weight";
-    llama_tensor * t = m.find(name);
+    w.q = nullptr;   // a merge onto a 4-bit base: the merged weight is plain (onto deq(W))
+    llama_tensor * t = m.find(proj_tensor_name(layer, p));
     PEFT_ASSERT(t);
     t->type = type;
     t->data = data;
+    t->q = nullptr;
 }
 
 void llama_frozen_to_bf16(llama_model & m) {
@@ -124,6 +172,7 @@ void llama_bind_weights(llama_model & m) {
         llama_tensor & t = m.tensors[i++];
         w.type = t.type;
         w.data = t.data;
+        w.q = t.q;
         w.OC = t.shape[0];
         w.IC = t.shape[1];
     };

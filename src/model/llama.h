@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "core/quant.h"
 #include "core/status.h"
 #include "model/linear.h"
 #include "model/llama_hparams.h"
@@ -55,7 +56,8 @@ struct llama_tensor {
     std::string          name;
     std::vector<int64_t> shape;
     dtype                type = PEFT_DTYPE_F32;  // storage dtype
-    void *               data = nullptr;         // storage (f32 master when trainable)
+    void *               data = nullptr;         // storage (f32 master when trainable); null when q is set
+    const qtensor *      q = nullptr;            // the frozen matrix block-quantized (load_in_4bit); type is then the source's
     float *              grad = nullptr;         // f32 gradient, null when frozen
     int64_t numel() const { int64_t n = 1; for (int64_t d : shape) n *= d; return n; }
 };
@@ -94,12 +96,20 @@ struct llama_model {
     // Frozen projection weights this model holds itself instead of the checkpoint's bytes:
     // merged weights, PiSSA-family residuals (llama_replace_weight).
     std::vector<std::vector<uint8_t>> replaced_weights;
+    // Block-quantized frozen projections (load_in_4bit), pointed to by tensors[i].q.
+    std::vector<std::unique_ptr<qtensor>> qweights;
 };
 
 // Replaces the frozen weight of one projection by W (f32 [OC, IC]), stored in `type` (the base's
 // own dtype keeps a bf16 model bf16: PiSSA's residual; f32 for merge). The tensor table follows,
 // so checkpoint and model writers see the new weight. Frozen models only.
 void llama_replace_weight(llama_model & m, int64_t layer, llama_proj p, const float * W, dtype type);
+// Replaces a block-quantized frozen weight by W quantized with the same options (QPiSSA: the
+// residual is re-quantized, as when a residual model is loaded in 4 bits).
+void llama_requantize_weight(llama_model & m, int64_t layer, llama_proj p, const float * W);
+// Quantizes the frozen projection weights (q/k/v/o/gate/up/down; not embeddings or lm_head, as
+// transformers) of a frozen model in place, one tensor at a time (random-init models: bench, tests).
+status llama_quantize_frozen(llama_model & m, const quant_options & o);
 
 // bf16 compute on a frozen f32 base: its projections are rounded to bf16 once (what every GEMM
 // would round them to anyway), halving their bytes. A no-op for trainable models and non-f32 weights.
@@ -118,8 +128,10 @@ std::vector<llama_tensor_spec> llama_tensor_specs(const llama_hparams & hp);
 status llama_init_random(llama_model & m, const llama_hparams & hp, bool trainable, uint64_t seed,
                          dtype storage = PEFT_DTYPE_F32);
 // Loads a Hugging Face model directory (config.json + model.safetensors or sharded index), or a
-// GGUF model file (model/gguf_import.h).
-status llama_load(llama_model & m, const std::string & dir, bool trainable);
+// GGUF model file (model/gguf_import.h). With `quant` (load_in_4bit) the projection weights are
+// quantized as they are read, one tensor at a time from the mapping; refused for trainable models
+// and widths that are not whole blocks.
+status llama_load(llama_model & m, const std::string & dir, bool trainable, const quant_options * quant = nullptr);
 
 // One batch of B rows of T tokens. targets are already shifted (targets[t] = labels[t+1],
 // -100 = ignored). pos and seg may be null (positions 0..T-1, one segment per row).

@@ -17,6 +17,8 @@ namespace peft {
 
 void   llama_bind_weights(llama_model & m);                                  // llama.cpp
 status llama_allocate(llama_model & m, bool trainable, bool own_frozen, dtype frozen_type);
+bool   llama_is_proj_weight(const std::string & name);                       // llama.cpp
+status llama_quantize_tensor(llama_model & m, llama_tensor & t, const float * W, const quant_options & o);
 
 static std::string shape_str(const std::vector<int64_t> & s) {
     std::string r = "[";
@@ -84,8 +86,21 @@ static status check_extra_tensor(const llama_hparams & hp, const tensor_info & t
     return st;
 }
 
-status llama_load(llama_model & m, const std::string & dir, bool trainable) {
-    if (gguf_is_file(dir)) return llama_load_gguf(m, dir, trainable);
+status llama_load(llama_model & m, const std::string & dir, bool trainable, const quant_options * quant) {
+    if (quant && trainable) {
+        status st = make_error(PEFT_STATUS_CONFIG, dir, "load_in_4bit for a trainable model: full fine-tuning writes every "
+                                                        "weight, and a 4-bit weight cannot take an update");
+        st.hint = "train an adapter over the 4-bit base, or load the model without load_in_4bit";
+        return st;
+    }
+    if (gguf_is_file(dir)) {
+        if (quant) {
+            status st = make_error(PEFT_STATUS_CONFIG, dir, "load_in_4bit for a GGUF model: its weights load in the types the file stores");
+            st.hint = "drop load_in_4bit, or point --model at the Hugging Face directory to quantize it to NF4 at load";
+            return st;
+        }
+        return llama_load_gguf(m, dir, trainable);
+    }
     PEFT_TRY(llama_hparams_load(dir + "/config.json", m.hp));
     auto st_model = std::make_shared<safetensors_model>();
     PEFT_TRY(safetensors_open_model(dir, *st_model));
@@ -110,7 +125,8 @@ status llama_load(llama_model & m, const std::string & dir, bool trainable) {
             return make_mismatch(PEFT_STATUS_SHAPE, ti->file, "tensor '" + specs[i].name + "' shape", shape_str(specs[i].shape),
                                  shape_str(ti->shape) + " (config.json and weights disagree)");
         }
-        if (!trainable && specs[i].matrix && !ti->aligned) copy_bytes += arena_align((size_t) ti->n_bytes);
+        const bool quantized = quant && llama_is_proj_weight(specs[i].name);
+        if (!trainable && specs[i].matrix && !ti->aligned && !quantized) copy_bytes += arena_align((size_t) ti->n_bytes);
         found[i] = ti;
     }
     std::unordered_set<std::string> wanted;
@@ -128,11 +144,17 @@ status llama_load(llama_model & m, const std::string & dir, bool trainable) {
 
     PEFT_TRY(llama_allocate(m, trainable, false, PEFT_DTYPE_F32));
     if (!m.storage_arena.reserve(copy_bytes)) return make_error(PEFT_STATUS_MEMORY, dir, "cannot allocate weight copies");
+    std::vector<float> f32;   // one tensor at a time: the model never exists in full precision
     for (size_t i = 0; i < specs.size(); i++) {
         llama_tensor & t = m.tensors[i];
         const tensor_info & ti = *found[i];
         if (t.data) {  // f32 slot (trainable or small vector)
             PEFT_TRY(read_f32(ti, (float *) t.data));
+        } else if (quant && llama_is_proj_weight(t.name)) {   // load_in_4bit
+            t.type = ti.type;
+            f32.resize((size_t) t.numel());
+            PEFT_TRY(read_f32(ti, f32.data()));
+            PEFT_TRY(llama_quantize_tensor(m, t, f32.data(), *quant));
         } else {       // frozen matrix: stays in its stored dtype
             t.type = ti.type;
             if (ti.aligned) {

@@ -15,6 +15,7 @@
 
 #include "adapters/adapter_set.h"
 #include "core/option.h"
+#include "core/quant.h"
 #include "io/json.h"
 #include "train/optim.h"
 
@@ -74,6 +75,10 @@ const option_def TRAINER_KEYS[] = {
     {"threads", OPT_INT, "physical cores", "compute threads"},
     {"gradient_checkpointing", OPT_BOOL, "false", "recompute activations in backward (less memory)"},
     {"bf16", OPT_BOOL, "false", "frozen-base GEMMs in bf16 with f32 accumulation (adapter, grads, optimizer stay f32)"},
+    {"load_in_4bit", OPT_BOOL, "false", "QLoRA: quantize the frozen q/k/v/o/gate/up/down weights to 4 bits at load (adapters only)"},
+    {"bnb_4bit_quant_type", OPT_STRING, "nf4", "4-bit type (nf4, bitsandbytes' NormalFloat4)"},
+    {"bnb_4bit_use_double_quant", OPT_BOOL, "false", "also quantize the per-block scales (8-bit, blocks of 256): ~4.13 bits/param"},
+    {"bnb_4bit_compute_dtype", OPT_STRING, "float32", "dtype of the dequantized weights: float32 or bfloat16 (activations stay f32)"},
     {"resume_from_checkpoint", OPT_BOOL_OR_STRING, "none", "a checkpoint-N directory, or true/latest for the newest in output_dir"},
     {"progress", OPT_BOOL, "true", "progress bar (a TTY) or periodic lines on stderr"},
     {"skip_bad_lines", OPT_BOOL, "false", "count and skip malformed data lines instead of stopping at the first"},
@@ -671,6 +676,10 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
         else if (key == "threads") { PEFT_TRY(rd.get_int(key, v, 0, 1024, i)); o.threads = (int) i; }
         else if (key == "gradient_checkpointing") PEFT_TRY(rd.get_bool(key, v, o.gradient_checkpointing));
         else if (key == "bf16") PEFT_TRY(rd.get_bool(key, v, o.bf16));
+        else if (key == "load_in_4bit") PEFT_TRY(rd.get_bool(key, v, o.load_in_4bit));
+        else if (key == "bnb_4bit_quant_type") PEFT_TRY(rd.get_string(key, v, o.bnb_4bit_quant_type));
+        else if (key == "bnb_4bit_use_double_quant") PEFT_TRY(rd.get_bool(key, v, o.bnb_4bit_use_double_quant));
+        else if (key == "bnb_4bit_compute_dtype") PEFT_TRY(rd.get_string(key, v, o.bnb_4bit_compute_dtype));
         else if (key == "resume_from_checkpoint") {
             if (v.is_bool()) o.resume_from_checkpoint = v.as_bool() ? "latest" : "";
             else PEFT_TRY(rd.get_string(key, v, o.resume_from_checkpoint));
@@ -694,6 +703,12 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
         if (!adapter_members.empty() || !adapter_args.empty()) {
             status st = make_error(PEFT_STATUS_CONFIG, "config", "adapter keys (r, lora_alpha, target_modules, ...) given with adapter: full");
             st.hint = "remove them, or set adapter: lora";
+            return st;
+        }
+        if (o.load_in_4bit) {
+            status st = make_error(PEFT_STATUS_CONFIG, "config", "load_in_4bit with adapter: full: full fine-tuning writes every weight, "
+                                                                 "and a 4-bit weight cannot take an update");
+            st.hint = "train an adapter over the 4-bit base (adapter: lora), or drop load_in_4bit";
             return st;
         }
     } else if (o.random_init) {
@@ -720,6 +735,8 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
         }
     }
     if (o.output_dir.empty()) return make_error(PEFT_STATUS_CONFIG, "config", "output_dir is empty");
+    quant_options qo;
+    PEFT_TRY(quant_options_parse(o.bnb_4bit_quant_type, o.bnb_4bit_compute_dtype, o.bnb_4bit_use_double_quant, "config", qo));
     return {};
 }
 
@@ -801,6 +818,12 @@ std::string config_to_json(const train_options & o) {
     add("threads", std::to_string(o.threads));
     add("gradient_checkpointing", o.gradient_checkpointing ? "true" : "false");
     add("bf16", o.bf16 ? "true" : "false");
+    if (o.load_in_4bit) {
+        add("load_in_4bit", "true");
+        add("bnb_4bit_quant_type", str(o.bnb_4bit_quant_type));
+        add("bnb_4bit_use_double_quant", o.bnb_4bit_use_double_quant ? "true" : "false");
+        add("bnb_4bit_compute_dtype", str(o.bnb_4bit_compute_dtype));
+    }
     if (!o.resume_from_checkpoint.empty()) add("resume_from_checkpoint", str(o.resume_from_checkpoint));
     return s + "}";
 }

@@ -64,6 +64,11 @@ struct train_options {
     int     threads = 0;                    // 0 = all cores
     bool    gradient_checkpointing = false; // recompute activations in backward
     bool    bf16 = false;                   // bf16 operands, f32 accumulation in base GEMMs
+    // QLoRA (transformers' BitsAndBytesConfig names): the frozen projections quantized at load
+    bool        load_in_4bit = false;
+    std::string bnb_4bit_quant_type = "nf4";
+    bool        bnb_4bit_use_double_quant = false;
+    std::string bnb_4bit_compute_dtype = "float32";   // float32 | bfloat16
     std::string resume_from_checkpoint;     // checkpoint dir, or "latest" (newest in output_dir)
     bool    progress = true;                // progress bar / lines on stderr
     bool    skip_bad_lines = false;         // count and skip malformed data lines

@@ -304,14 +304,19 @@ status write_hf_model_dir(const std::string & dir, const llama_model & m, const 
     converted.reserve(m.tensors.size());
     std::vector<float> f32;
     for (const llama_tensor & t : m.tensors) {
-        const dtype want = keep ? t.type : out_t;
-        if (want == t.type) {
+        // a 4-bit weight (a QPiSSA residual over load_in_4bit) is written dequantized, in bf16 for "keep"
+        const dtype want = keep ? (t.q ? PEFT_DTYPE_BF16 : t.type) : out_t;
+        if (want == t.type && !t.q) {
             ts.push_back({t.name, t.type, t.shape, t.data, ""});
             continue;
         }
         const size_t n = (size_t) t.numel();
         const float * src = (const float *) t.data;
-        if (t.type != PEFT_DTYPE_F32) {
+        if (t.q) {
+            f32.resize(n);
+            qtensor_rows_f32(*t.q, 0, t.q->OC, f32.data());
+            src = f32.data();
+        } else if (t.type != PEFT_DTYPE_F32) {
             f32.resize(n);
             convert_to_f32(t.type, t.data, f32.data(), n);
             src = f32.data();
@@ -470,7 +475,9 @@ status train_session::open_inputs() {
     } else {
         // a dequantized copy would train, but the point of a quantized base is not holding one
         if (gguf_is_file(o.base_model)) PEFT_TRY(gguf_require_unquantized(o.base_model, "training"));
-        PEFT_TRY(llama_load(m, o.base_model, o.full()));
+        quant_options qo;
+        PEFT_TRY(quant_options_parse(o.bnb_4bit_quant_type, o.bnb_4bit_compute_dtype, o.bnb_4bit_use_double_quant, "config", qo));
+        PEFT_TRY(llama_load(m, o.base_model, o.full(), o.load_in_4bit ? &qo : nullptr));
     }
     linear_set_bf16_compute(o.bf16);
     if (o.bf16) llama_frozen_to_bf16(m);
