@@ -112,7 +112,7 @@ int cmd_merge(int argc, char ** argv) {
                  "  peft merge --model ~/models/Llama-3.2-1B --adapter out/lora --out out/merged --dtype f32\n"
                  "  peft merge --model ~/models/Qwen2.5-0.5B --adapter out/lora --out out/merged --force\n"
                  "  peft merge --model ~/models/SmolLM2-135M --adapter out/lora --out out/merged-f16 --dtype f16\n"
-                 "  peft merge --model tiny.gguf --adapter lora.gguf --out out/merged   (config and tokenizer from the GGUF)",
+                 "  peft merge --model tiny.gguf --adapter lora.gguf --out out/merged   (config and tokenizer from the GGUF)\n"
                  "  peft merge --model ~/models/SmolLM2-135M --adapter out/qlora --out out/merged --load-in-4bit  (QLoRA: onto deq(W), bf16)",
                  "peft merge"};
     std::string model_dir, adapter_dir, out_dir, dtype_opt;
