@@ -103,6 +103,12 @@ status serve_engine::init(const std::string & model_dir, const std::vector<std::
             st.hint = "serve it alone on its residual model, or save it on the original base (save_residual_model: false)";
             return st;
         }
+        if (a->set.method->layer_hook()) {   // the batched forward runs no per-sequence layer hooks
+            status st = make_error(PEFT_STATUS_CONFIG, dir, std::string(a->set.method->name()) +
+                                                               " routes each prompt in a layer hook, which the batched server does not run");
+            st.hint = "answer it with peft generate --adapter " + dir;
+            return st;
+        }
         a->table = model_.adapters;
         adapters_.push_back(std::move(a));
     }

@@ -388,3 +388,25 @@ TEST(serve, serve_bench_load_run_has_no_failed_request) {
     EXPECT_GT(p.root.get("latency_p50_s").as_double(0), 0.0) << r.out;
     EXPECT_GT(p.root.get("batched_tokens_per_s").as_double(0), 0.0) << r.out;
 }
+
+// The batched forward runs no layer hooks: a prompt-routed mixture must be refused at start,
+// naming the adapter, not answered with stale routing.
+TEST(serve, a_prompt_routed_mixture_is_refused_naming_the_adapter) {
+    const std::string dir = peft::testing::temp_dir("serve_moe");
+    llama_model m;
+    status st = llama_load(m, model_dir(), false);
+    ASSERT_TRUE(st.ok()) << st.message;
+    const std::string cfg = "{\"adapter\": \"milora_moe\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": \"all-linear\"}";
+    json_document doc;
+    ASSERT_TRUE(doc.parse(cfg.data(), cfg.size(), "cfg").ok());
+    adapter_set set;
+    st = adapters_attach(m, doc.root(), 5, set);
+    ASSERT_TRUE(st.ok()) << st.message;
+    st = adapter_save(dir, set, model_dir());
+    ASSERT_TRUE(st.ok()) << st.message;
+    serve_engine e;
+    st = e.init(model_dir(), {{"moe", dir}}, serve_options{});
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.message.find("milora_moe"), std::string::npos) << st.message;
+    EXPECT_NE(st.message.find(dir), std::string::npos) << st.message;
+}
