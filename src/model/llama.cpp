@@ -155,7 +155,7 @@ void llama_frozen_to_bf16(llama_model & m) {
     for (int64_t l = 0; l < m.hp.n_layer; l++) {
         for (int p = 0; p < LLAMA_PROJ_COUNT; p++) {
             const linear_weight & w = m.proj_weight(l, (llama_proj) p);
-            if (w.type != PEFT_DTYPE_F32) continue;
+            if (w.q || w.type != PEFT_DTYPE_F32) continue;   // 4-bit weights stay 4-bit
             W.resize((size_t) (w.OC * w.IC));
             linear_weight_rows_f32(W.data(), w, 0, w.OC);
             llama_replace_weight(m, l, (llama_proj) p, W.data(), PEFT_DTYPE_BF16);
