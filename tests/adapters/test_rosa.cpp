@@ -379,7 +379,7 @@ TEST(rosa_parity, ten_adamw_steps_with_two_refactorisations_match_pytorch) {
     ASSERT_TRUE(safetensors_open(peft::testing::source_path("tests/fixtures/rosa/reference.safetensors"), ref).ok());
     const std::vector<float> losses = peft::testing::trajectory_train(*m, s, peft::testing::parity_batch_load());
     const double worst_loss = peft::testing::expect_losses(ref, losses, 1e-5);
-    double worst_change = 0, worst_abs = 0;
+    double worst_change = 0, worst_abs = 0, worst_base = 0;
     for (size_t i = 0; i < s.modules.size(); i++) {
         rosa_module & rm = mod(s, i);
         EXPECT_EQ(rm.periods, 3);
@@ -399,17 +399,21 @@ TEST(rosa_parity, ten_adamw_steps_with_two_refactorisations_match_pytorch) {
         const std::vector<float> wbase = peft::testing::fixture_tensor(ref, key + ".rosa_base");
         double bd = 0;
         for (size_t e = 0; e < wbase.size(); e++) bd = std::max(bd, (double) std::fabs(wbase[e] - rm.base_f32[e]));
-        EXPECT_LT(bd, 1e-5) << key << ".rosa_base";
+        worst_base = std::max(worst_base, bd);
+        // The split of a re-factorised W into base and factors goes through two SVDs, which magnify
+        // last-bit differences between builds: factors 3.2e-5 (Release) and 1.3e-4 (ASan build),
+        // base 1.3e-5 (ASan), against entries up to 0.5 and 0.06: bounds near 1e-3 of those scales.
+        EXPECT_LT(bd, 5e-5) << key << ".rosa_base";
         const std::vector<float> aa = peft::testing::fixture_tensor(ref, key + ".lora_A.abs");
         const std::vector<float> ba = peft::testing::fixture_tensor(ref, key + ".lora_B.abs");
         double ad = 0;
         for (size_t e = 0; e < aa.size(); e++) ad = std::max(ad, (double) std::fabs(std::fabs(rm.A[e]) - aa[e]));
         for (size_t e = 0; e < ba.size(); e++) ad = std::max(ad, (double) std::fabs(std::fabs(rm.B[e]) - ba[e]));
         worst_abs = std::max(worst_abs, ad);
-        EXPECT_LT(ad, 1e-4) << key << " |A|, |B|";
+        EXPECT_LT(ad, 5e-4) << key << " |A|, |B|";
     }
-    std::printf("rosa parity: worst loss rel %.3g, merged change normwise %.3g, |A|,|B| max abs %.3g\n", worst_loss, worst_change,
-                worst_abs);
+    std::printf("rosa parity: worst loss rel %.3g, merged change normwise %.3g, base max abs %.3g, |A|,|B| max abs %.3g\n",
+                worst_loss, worst_change, worst_base, worst_abs);
 }
 
 TEST(rosa, bad_config_is_refused_with_the_key) {
