@@ -1,8 +1,9 @@
 // http.cpp: the OpenAI-style routes of `peft serve` and the load client of `peft serve-bench`
 // (http.h), over cpp-httplib (Debian's libcpp-httplib, included here only). A request is parsed
 // and checked in its connection thread, queued on the engine, then either awaited whole or
-// streamed as server-sent events while the engine fills it. A stream whose client is gone
-// cancels its job, which frees the slot at the engine's next step.
+// streamed as server-sent events while the engine fills it. A client that is gone (a failed
+// stream write, or a hung-up socket while a whole answer is awaited) cancels its job, which
+// frees the slot at the engine's next step.
 #include "serve/http.h"
 
 #include <httplib.h>
@@ -11,6 +12,13 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <cstdlib>
 
 #include "io/json.h"
 #include "model/generation.h"
@@ -167,6 +175,40 @@ std::string head_json(const reply_meta & m, const char * object) {
 
 std::string finish_json(const std::string & reason) { return reason.empty() ? "null" : json_quote(reason); }
 
+// The socket of this request's connection, found by its address pair (-1 when none matches).
+// cpp-httplib 0.11 gives handlers no socket and reports a closed peer as writable, so a client
+// that gives up on a whole (non-streamed) answer would keep its slot decoding to max_tokens.
+int connection_socket(const httplib::Request & req) {
+    DIR * d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int found = -1;
+    while (dirent * ent = readdir(d)) {
+        char * end = nullptr;
+        const long fd = std::strtol(ent->d_name, &end, 10);
+        if (end == ent->d_name || *end) continue;
+        sockaddr_storage peer{}, self{};
+        socklen_t pl = sizeof peer, sl = sizeof self;
+        if (getpeername((int) fd, (sockaddr *) &peer, &pl) != 0 || getsockname((int) fd, (sockaddr *) &self, &sl) != 0) continue;
+        auto port = [](const sockaddr_storage & a) {
+            if (a.ss_family == AF_INET) return (int) ntohs(((const sockaddr_in &) a).sin_port);
+            if (a.ss_family == AF_INET6) return (int) ntohs(((const sockaddr_in6 &) a).sin6_port);
+            return -1;
+        };
+        if (port(peer) == req.remote_port && port(self) == req.local_port) {
+            found = (int) fd;
+            break;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+// The peer closed (or reset) the connection: POLLRDHUP is its FIN, not a pipelined request.
+bool peer_hung_up(int fd) {
+    pollfd p{fd, POLLRDHUP, 0};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 // The whole answer (stream: false).
 std::string full_json(const reply_meta & m, const serve_job & job) {
     std::string choice = m.chat ? "\"message\": {\"role\": \"assistant\", \"content\": " + json_quote(job.text) + "}"
@@ -202,7 +244,11 @@ void handle_generate(serve_http::impl & p, const httplib::Request & req, httplib
     }
     if (!stream) {
         std::unique_lock<std::mutex> lk(job->mu);
-        job->cv.wait(lk, [&] { return job->done; });
+        int fd = -2;   // looked up once the answer takes longer than one wait
+        while (!job->cv.wait_for(lk, std::chrono::milliseconds(200), [&] { return job->done; })) {
+            if (fd == -2) fd = connection_socket(req);
+            if (fd >= 0 && peer_hung_up(fd)) job->cancelled = true;   // the engine then finishes it
+        }
         if (!job->error.empty()) return send_error(res, {500, job->error, "server_error", ""});
         res.set_content(full_json(meta, *job), "application/json");
         return;

@@ -3,8 +3,8 @@
 // alone, the path `peft generate` runs); HTTP answers of two adapters asked concurrently against
 // `peft generate` with each adapter alone (greedy text); streaming against non-streaming; bad
 // requests (JSON, model, context, fields, a full queue) get a clear 4xx/503 and the server keeps
-// serving; a client that leaves mid-stream frees its slot; the binary itself (--port 0, SIGTERM)
-// and a short serve-bench load run.
+// serving; a client that leaves mid-stream, or gives up waiting for a whole answer, frees its
+// slot; the binary itself (--port 0, SIGTERM) and a short serve-bench load run.
 #include <httplib.h>
 
 #include <csignal>
@@ -339,6 +339,25 @@ TEST(serve, a_client_leaving_mid_stream_frees_its_slot) {
         EXPECT_EQ(chunks, 3);
     }
     // the only slot must come free long before the abandoned stream would have finished
+    int code = 0;
+    parsed p(post(s, "/v1/completions", completion_body("beta", 8), &code));
+    EXPECT_EQ(code, 200);
+    EXPECT_EQ(p.root.get("usage").get("completion_tokens").as_int(), 8);
+    EXPECT_LT(s.e.steps(), N / 2) << "the abandoned request kept decoding";
+}
+
+TEST(serve, a_client_giving_up_on_a_whole_answer_frees_its_slot) {
+    serve_options o;
+    o.parallel = 1;
+    o.queue = 1;
+    server s(o);
+    const int N = 450;
+    {
+        httplib::Client c = s.client();
+        c.set_read_timeout(0, 200000);   // gives up and closes long before 450 tokens
+        auto r = c.Post("/v1/completions", completion_body("alpha", N), "application/json");
+        EXPECT_FALSE(r) << "the whole answer came back before the client gave up";
+    }
     int code = 0;
     parsed p(post(s, "/v1/completions", completion_body("beta", 8), &code));
     EXPECT_EQ(code, 200);
