@@ -245,7 +245,7 @@ void handle_generate(serve_http::impl & p, const httplib::Request & req, httplib
     if (!stream) {
         std::unique_lock<std::mutex> lk(job->mu);
         int fd = -2;   // looked up once the answer takes longer than one wait
-        while (!job->cv.wait_for(lk, std::chrono::milliseconds(200), [&] { return job->done; })) {
+        while (!job->cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return job->done; })) {
             if (fd == -2) fd = connection_socket(req);
             if (fd >= 0 && peer_hung_up(fd)) job->cancelled = true;   // the engine then finishes it
         }
