@@ -241,24 +241,6 @@ void deep_lora_module::exported(std::vector<param_ref> & out) {
 
 namespace {
 
-status read_int(const json_value & cfg, const char * key, int64_t lo, const char * want, int64_t & out) {
-    const json_value v = cfg.get(key);
-    if (!v.valid() || v.is_null()) return {};
-    if (!v.is_integer() || v.as_int() < lo) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, key, want, v.dump());
-    out = v.as_int();
-    return {};
-}
-
-status read_number(const json_value & cfg, const char * key, bool positive, const char * want, double & out) {
-    const json_value v = cfg.get(key);
-    if (!v.valid() || v.is_null()) return {};
-    const double x = v.is_number() ? v.as_double() : -1.0;
-    if (!v.is_number() || !std::isfinite(x) || (positive ? !(x > 0.0) : !(x >= 0.0)))
-        return make_mismatch(PEFT_STATUS_CONFIG, WHERE, key, want, v.dump());
-    out = x;
-    return {};
-}
-
 } // namespace
 
 status deep_lora_method::configure(const json_value & cfg) {
@@ -271,17 +253,17 @@ status deep_lora_method::configure(const json_value & cfg) {
         st.hint = "deep_lora takes r, deep_lora_depth, deep_lora_init_scale, deep_lora_gamma, deep_lora_data, deep_lora_samples and the target keys";
         return st;
     }
-    PEFT_TRY(read_int(cfg, "r", 2, "an even rank >= 2", r));
+    PEFT_TRY(config_read_int(cfg, "r", 2, "an even rank >= 2", r));
     if (r % 2 != 0) {
         status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "r", "an even rank (deep_lora compresses to k/2 + k/2 directions)",
                                   std::to_string(r));
         st.hint = "use r = " + std::to_string(r + 1);
         return st;
     }
-    PEFT_TRY(read_int(cfg, "deep_lora_depth", 3, "a depth >= 3 (the reference compresses only L >= 3)", depth));
-    PEFT_TRY(read_number(cfg, "deep_lora_init_scale", true, "a positive scale (eps)", init_scale));
-    PEFT_TRY(read_number(cfg, "deep_lora_gamma", false, "a learning-rate multiplier >= 0", gamma));
-    PEFT_TRY(read_int(cfg, "deep_lora_samples", 1, "a positive number of rows", samples));
+    PEFT_TRY(config_read_int(cfg, "deep_lora_depth", 3, "a depth >= 3 (the reference compresses only L >= 3)", depth));
+    PEFT_TRY(config_read_number(cfg, "deep_lora_init_scale", CONFIG_POSITIVE, HUGE_VAL, "a positive scale (eps)", init_scale));
+    PEFT_TRY(config_read_number(cfg, "deep_lora_gamma", 0.0, HUGE_VAL, "a learning-rate multiplier >= 0", gamma));
+    PEFT_TRY(config_read_int(cfg, "deep_lora_samples", 1, "a positive number of rows", samples));
     const json_value d = cfg.get("deep_lora_data");
     if (d.valid() && !d.is_null()) {
         if (!d.is_string()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "deep_lora_data", "a data file path", d.dump());

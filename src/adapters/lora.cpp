@@ -291,12 +291,8 @@ status parse_corda(const json_value & cfg, lora_method & m) {
 
 // use_dora (PEFT) and our dora_norm_axis / dora_detach_norm (METHODS §15, §18 (1)).
 status parse_dora(const json_value & cfg, lora_method & m) {
-    json_value v = cfg.get("use_dora");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "use_dora", "true or false", v.dump());
-        m.use_dora = v.as_bool();
-    }
-    v = cfg.get("dora_norm_axis");
+    PEFT_TRY(config_read_bool(cfg, "use_dora", m.use_dora));
+    json_value v = cfg.get("dora_norm_axis");
     if (v.valid() && !v.is_null()) {
         if (!v.is_string() || (v.as_string() != "out" && v.as_string() != "in")) {
             status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "dora_norm_axis", "\"out\" or \"in\"", v.dump());
@@ -306,11 +302,7 @@ status parse_dora(const json_value & cfg, lora_method & m) {
         m.dora_axis_in = v.as_string() == "in";
     }
     m.dora_detach = !m.dora_axis_in;   // PEFT detaches the row norm; the blog's column variant does not
-    v = cfg.get("dora_detach_norm");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "dora_detach_norm", "true or false", v.dump());
-        m.dora_detach = v.as_bool();
-    }
+    PEFT_TRY(config_read_bool(cfg, "dora_detach_norm", m.dora_detach));
     for (const char * k : {"dora_norm_axis", "dora_detach_norm"}) {
         const json_value x = cfg.get(k);
         if (!m.use_dora && x.valid() && !x.is_null()) {
@@ -363,56 +355,21 @@ status lora_method::configure(const json_value & cfg) {
     if (!cfg.is_object()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "configuration", "a JSON object", cfg.dump());
     PEFT_TRY(check_unsupported(cfg));
 
-    json_value v = cfg.get("r");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_integer() || v.as_int() <= 0) {
-            return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "r", "a positive integer rank", v.dump());
-        }
-        r = v.as_int();
-    }
-    v = cfg.get("lora_alpha");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_number()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "lora_alpha", "a number", v.dump());
-        lora_alpha = v.as_double();
-        alpha_is_int = v.is_integer();
-    }
-    v = cfg.get("lora_dropout");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_number() || !(v.as_double() >= 0.0 && v.as_double() < 1.0)) {
-            return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "lora_dropout", "a probability in [0, 1)", v.dump());
-        }
-        lora_dropout = v.as_double();
-    }
-    v = cfg.get("use_rslora");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "use_rslora", "true or false", v.dump());
-        use_rslora = v.as_bool();
-    }
-    v = cfg.get("lora_fa");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "lora_fa", "true or false", v.dump());
-        lora_fa = v.as_bool();
-    }
+    PEFT_TRY(config_read_int(cfg, "r", 1, "a positive integer rank", r));
+    PEFT_TRY(config_read_number(cfg, "lora_alpha", -HUGE_VAL, HUGE_VAL, "a finite number", lora_alpha, &alpha_is_int));
+    PEFT_TRY(config_read_number(cfg, "lora_dropout", 0.0, CONFIG_BELOW_ONE, "a probability in [0, 1)", lora_dropout));
+    PEFT_TRY(config_read_bool(cfg, "use_rslora", use_rslora));
+    PEFT_TRY(config_read_bool(cfg, "lora_fa", lora_fa));
     PEFT_TRY(parse_dora(cfg, *this));
-    v = cfg.get("loraplus_lr_ratio");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_number() || !(v.as_double() > 0.0)) {
-            return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "loraplus_lr_ratio", "a positive number", v.dump());
-        }
-        loraplus_lr_ratio = v.as_double();
-    }
-    v = cfg.get("init_lora_weights");
+    PEFT_TRY(config_read_number(cfg, "loraplus_lr_ratio", CONFIG_POSITIVE, HUGE_VAL, "a positive number", loraplus_lr_ratio));
+    json_value v = cfg.get("init_lora_weights");
     if (v.valid() && !v.is_null()) {
         PEFT_TRY(parse_init(v, init, pissa_niter));
         init_text = v.dump();
         init_name = v.is_string() ? v.as_string() : init_text;
     }
     PEFT_TRY(parse_corda(cfg, *this));
-    v = cfg.get("save_residual_model");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "save_residual_model", "true or false", v.dump());
-        save_residual_model = v.as_bool();
-    }
+    PEFT_TRY(config_read_bool(cfg, "save_residual_model", save_residual_model));
     std::vector<std::string> texts;
     std::vector<double> rv;
     PEFT_TRY(parse_pattern(cfg.get("rank_pattern"), "rank_pattern", true, rank_keys, rv, texts));

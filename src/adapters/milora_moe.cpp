@@ -418,53 +418,22 @@ status check_unsupported(const json_value & cfg) {
     return {};
 }
 
-status read_number(const json_value & cfg, const char * key, double lo, double hi, const char * expected, double & out) {
-    const json_value v = cfg.get(key);
-    if (!v.valid() || v.is_null()) return {};
-    if (!v.is_number() || !std::isfinite(v.as_double()) || v.as_double() < lo || v.as_double() > hi) {
-        return make_mismatch(PEFT_STATUS_CONFIG, WHERE, key, expected, v.dump());
-    }
-    out = v.as_double();
-    return {};
-}
-
-status read_bool(const json_value & cfg, const char * key, bool & out) {
-    const json_value v = cfg.get(key);
-    if (!v.valid() || v.is_null()) return {};
-    if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, key, "true or false", v.dump());
-    out = v.as_bool();
-    return {};
-}
-
 } // namespace
 
 status milora_moe_method::configure(const json_value & cfg) {
     if (!cfg.is_object()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "configuration", "a JSON object", cfg.dump());
     PEFT_TRY(check_unsupported(cfg));
-    json_value v = cfg.get("r");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_integer() || v.as_int() <= 0) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "r", "a positive integer rank", v.dump());
-        r = v.as_int();
-    }
-    v = cfg.get("lora_alpha");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_number() || !std::isfinite(v.as_double())) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "lora_alpha", "a finite number", v.dump());
-        lora_alpha = v.as_double();
-        alpha_is_int = v.is_integer();
-    }
-    PEFT_TRY(read_bool(cfg, "use_rslora", use_rslora));
-    v = cfg.get("router_top_k");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_integer() || v.as_int() < 1) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "router_top_k", "a positive integer (experts active per layer)", v.dump());
-        top_k = v.as_int();
-    }
+    PEFT_TRY(config_read_int(cfg, "r", 1, "a positive integer rank", r));
+    PEFT_TRY(config_read_number(cfg, "lora_alpha", -HUGE_VAL, HUGE_VAL, "a finite number", lora_alpha, &alpha_is_int));
+    PEFT_TRY(config_read_bool(cfg, "use_rslora", use_rslora));
+    PEFT_TRY(config_read_int(cfg, "router_top_k", 1, "a positive integer (experts active per layer)", top_k));
     PEFT_TRY(parse_choice(cfg, "router_pool", POOL_NAMES, pool));
     PEFT_TRY(parse_choice(cfg, "router_activation", ACT_NAMES, act));
     PEFT_TRY(parse_choice(cfg, "router_gate", GATE_NAMES, gate));
-    PEFT_TRY(read_bool(cfg, "router_bias", router_bias));
-    PEFT_TRY(read_number(cfg, "router_init_std", 0.0, 1e3, "a standard deviation >= 0", router_init_std));
-    PEFT_TRY(read_number(cfg, "router_aux_loss_coef", 0.0, 1e6, "a weight >= 0 (0 = no load-balancing loss)", aux_coef));
-    v = cfg.get("routing");
+    PEFT_TRY(config_read_bool(cfg, "router_bias", router_bias));
+    PEFT_TRY(config_read_number(cfg, "router_init_std", 0.0, 1e3, "a standard deviation >= 0", router_init_std));
+    PEFT_TRY(config_read_number(cfg, "router_aux_loss_coef", 0.0, 1e6, "a weight >= 0 (0 = no load-balancing loss)", aux_coef));
+    const json_value v = cfg.get("routing");
     if (v.valid() && !v.is_null()) {
         if (!v.is_string() || (v.as_string() != "prompt" && v.as_string() != "token")) {
             return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "routing", "\"prompt\" (once per prompt) or \"token\" (every token)", v.dump());

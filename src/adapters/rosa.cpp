@@ -178,12 +178,8 @@ status check_unsupported(const json_value & cfg) {
 status rosa_method::configure(const json_value & cfg) {
     if (!cfg.is_object()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "configuration", "a JSON object", cfg.dump());
     PEFT_TRY(check_unsupported(cfg));
-    json_value v = cfg.get("r");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_integer() || v.as_int() <= 0) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "r", "a positive integer rank", v.dump());
-        r = v.as_int();
-    }
-    v = cfg.get("rosa_resample_steps");
+    PEFT_TRY(config_read_int(cfg, "r", 1, "a positive integer rank", r));
+    json_value v = cfg.get("rosa_resample_steps");
     if (v.valid() && !v.is_null()) {
         if (!v.is_integer() || v.as_int() < 1) {
             status st = make_mismatch(PEFT_STATUS_CONFIG, WHERE, "rosa_resample_steps", "an integer >= 1", v.dump());

@@ -3,6 +3,7 @@
 #include "adapters/target.h"
 
 #include <cctype>
+#include <cmath>
 #include <regex>
 
 #include "io/json.h"
@@ -310,5 +311,32 @@ bool config_key_off(const json_value & v) {
 }
 
 std::string config_raw_or_null(const json_value & v) { return v.valid() ? v.dump() : "null"; }
+
+status config_read_int(const json_value & cfg, const char * key, int64_t lo, const char * want, int64_t & out) {
+    const json_value v = cfg.get(key);
+    if (!v.valid() || v.is_null()) return {};
+    if (!v.is_integer() || v.as_int() < lo) return make_mismatch(PEFT_STATUS_CONFIG, "adapter config", key, want, v.dump());
+    out = v.as_int();
+    return {};
+}
+
+status config_read_number(const json_value & cfg, const char * key, double lo, double hi, const char * want, double & out,
+                          bool * is_int) {
+    const json_value v = cfg.get(key);
+    if (!v.valid() || v.is_null()) return {};
+    const double x = v.is_number() ? v.as_double() : NAN;
+    if (!std::isfinite(x) || x < lo || x > hi) return make_mismatch(PEFT_STATUS_CONFIG, "adapter config", key, want, v.dump());
+    out = x;
+    if (is_int) *is_int = v.is_integer();
+    return {};
+}
+
+status config_read_bool(const json_value & cfg, const char * key, bool & out) {
+    const json_value v = cfg.get(key);
+    if (!v.valid() || v.is_null()) return {};
+    if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, "adapter config", key, "true or false", v.dump());
+    out = v.as_bool();
+    return {};
+}
 
 } // namespace peft

@@ -56,6 +56,18 @@ status target_rules_parse(const json_value & cfg, const std::string & where, tar
 bool        config_key_off(const json_value & v);
 std::string config_raw_or_null(const json_value & v);
 
+// Typed reads of one adapter-config key. Absent or null leaves `out` as it was (the method's
+// default); a value of another type or outside [lo, hi] is a config error naming the key, what
+// it wants (`want`) and what it got. Numbers must be finite; *is_int (when given) says whether
+// the JSON spelled an integer (saved back as written: lora_alpha 16, not 16.0).
+status config_read_int(const json_value & cfg, const char * key, int64_t lo, const char * want, int64_t & out);
+status config_read_number(const json_value & cfg, const char * key, double lo, double hi, const char * want, double & out,
+                          bool * is_int = nullptr);
+status config_read_bool(const json_value & cfg, const char * key, bool & out);
+// lo / hi for open bounds: (0, ...) and [..., 1)
+constexpr double CONFIG_POSITIVE = 4.9406564584124654e-324;   // the smallest positive double
+constexpr double CONFIG_BELOW_ONE = 0.99999999999999989;       // the largest double below 1
+
 // Indices into `paths` (module paths such as "model.layers.3.self_attn.q_proj") that `r`
 // selects, in the order of `paths`. A list entry or regex that matches no module at all, or a
 // selection that ends up empty, is an error listing the available module names.

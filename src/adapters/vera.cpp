@@ -222,40 +222,12 @@ status check_unsupported(const json_value & cfg) {
 status vera_method::configure(const json_value & cfg) {
     if (!cfg.is_object()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "configuration", "a JSON object", cfg.dump());
     PEFT_TRY(check_unsupported(cfg));
-    json_value v = cfg.get("r");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_integer() || v.as_int() <= 0) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "r", "a positive integer rank", v.dump());
-        r = v.as_int();
-    }
-    v = cfg.get("projection_prng_key");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_integer()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "projection_prng_key", "an integer seed", v.dump());
-        projection_prng_key = v.as_int();
-    }
-    v = cfg.get("save_projection");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "save_projection", "true or false", v.dump());
-        save_projection = v.as_bool();
-    }
-    v = cfg.get("vera_dropout");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_number() || !(v.as_double() >= 0.0 && v.as_double() < 1.0)) {
-            return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "vera_dropout", "a probability in [0, 1)", v.dump());
-        }
-        vera_dropout = v.as_double();
-    }
-    v = cfg.get("d_initial");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_number() || !std::isfinite(v.as_double())) {
-            return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "d_initial", "a finite number (PEFT's default 0.1)", v.dump());
-        }
-        d_initial = v.as_double();
-    }
-    v = cfg.get("init_weights");
-    if (v.valid() && !v.is_null()) {
-        if (!v.is_bool()) return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "init_weights", "true or false", v.dump());
-        init_weights = v.as_bool();
-    }
+    PEFT_TRY(config_read_int(cfg, "r", 1, "a positive integer rank", r));
+    PEFT_TRY(config_read_int(cfg, "projection_prng_key", INT64_MIN, "an integer seed", projection_prng_key));
+    PEFT_TRY(config_read_bool(cfg, "save_projection", save_projection));
+    PEFT_TRY(config_read_number(cfg, "vera_dropout", 0.0, CONFIG_BELOW_ONE, "a probability in [0, 1)", vera_dropout));
+    PEFT_TRY(config_read_number(cfg, "d_initial", -HUGE_VAL, HUGE_VAL, "a finite number (PEFT's default 0.1)", d_initial));
+    PEFT_TRY(config_read_bool(cfg, "init_weights", init_weights));
     target_rules rules;
     PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
     targets_json = module_match_json(rules.targets);
