@@ -273,6 +273,30 @@ TEST(gguf_import, quantized_base_stays_quantized_and_runs_as_its_dequantized_mod
     }
 }
 
+// PiSSA over a Q4_K base: the residual is re-quantized to Q4_K (as over NF4), so base + adapter
+// is the original model up to one more Q4_K rounding of the residual.
+TEST(gguf_import, pissa_over_a_q4_k_base_requantizes_the_residual) {
+    const std::string gguf = export_model(pt::source_path("models/tiny-llama"), "q4_k", "pissa_q4k");
+    peft::llama_model m;
+    ASSERT_TRUE(peft::llama_load(m, gguf, false).ok());
+    const std::vector<int32_t> tok = some_tokens(m.hp.n_vocab);
+    const std::vector<float> before = pt::forward_logits(m, tok);
+    const std::string cfg = "{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":4,\"init_lora_weights\":\"pissa\",\"target_modules\":[\"q_proj\",\"up_proj\"]}";
+    peft::json_document doc;
+    ASSERT_TRUE(doc.parse(cfg.data(), cfg.size(), "test").ok());
+    peft::adapter_set set;
+    status st = peft::adapters_attach(m, doc.root(), 3, set);
+    ASSERT_TRUE(st.ok()) << st.message;
+    const peft::llama_tensor * up = m.find("model.layers.0.mlp.up_proj.weight");
+    ASSERT_TRUE(up->q);
+    EXPECT_EQ(up->q->type, peft::PEFT_QTYPE_Q4_K);
+    EXPECT_EQ(up->q->mapped, nullptr);   // the residual, not the file's blocks
+    const std::vector<float> after = pt::forward_logits(m, tok);
+    const double err = pt::rel_error(after.data(), before.data(), (int64_t) before.size());
+    EXPECT_GT(err, 0.0);
+    EXPECT_LT(err, 0.05);
+}
+
 namespace {
 std::vector<double> logged_losses(const std::string & metrics) {
     std::vector<double> out;
