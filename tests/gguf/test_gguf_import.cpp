@@ -33,6 +33,7 @@
 #include "kernels/ggml_quant.h"
 #include "model/llama.h"
 #include "model/llama_hparams.h"
+#include "model/llama_infer.h"
 #include "testing.h"
 #include "tokenizer/tokenizer.h"
 
@@ -270,6 +271,12 @@ TEST(gguf_import, quantized_base_stays_quantized_and_runs_as_its_dequantized_mod
             peft::linear_forward(yf.data(), x.data(), wf, nullptr, N);
             EXPECT_LT(pt::rel_error(yq.data(), yf.data(), (int64_t) yf.size()), 1e-6);
         }
+        // decoding one token at a time (KV cache, GEMV products) gives the last row's logits
+        peft::llama_infer_state is;
+        ASSERT_TRUE(peft::llama_infer_init(is, mq, 64).ok());
+        std::vector<float> last((size_t) mq.hp.n_vocab);
+        for (int32_t t : tok) ASSERT_TRUE(peft::llama_infer_eval(mq, is, &t, 1, last.data()).ok());
+        EXPECT_LT(pt::rel_error(last.data(), want.data() + (tok.size() - 1) * (size_t) mq.hp.n_vocab, mq.hp.n_vocab), 1e-5);
     }
 }
 
