@@ -27,6 +27,8 @@ bool type_of(const std::string & s, gguf_tensor_type & t) {
     else if (s == "f16") t = GGUF_TENSOR_F16;
     else if (s == "bf16") t = GGUF_TENSOR_BF16;
     else if (s == "q8_0") t = GGUF_TENSOR_Q8_0;
+    else if (s == "q4_0") t = GGUF_TENSOR_Q4_0;
+    else if (s == "q4_k") t = GGUF_TENSOR_Q4_K;
     else return false;
     return true;
 }
@@ -86,8 +88,9 @@ int export_gguf(int argc, char ** argv) {
     app.add_option("--model", model_dir, "base model directory (config.json + safetensors + tokenizer.json) or .gguf file")->required();
     app.add_option("--adapter", adapter_dir, "PEFT adapter directory (any method) or GGUF LoRA to merge first");
     app.add_option("--out", out, "output .gguf file")->required();
-    app.add_option("--type", type_s, "type of the 2-D weights: f32, f16, bf16 or q8_0 (norms stay f32)")->capture_default_str()
-        ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}));
+    app.add_option("--type", type_s, "type of the 2-D weights: f32, f16, bf16, q8_0, q4_0 or q4_k (norms stay f32; rows "
+                   "that are not whole blocks F16)")->capture_default_str()
+        ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k"}));
     app.add_option("--name", name, "general.name (default: the model directory's name)");
     app.add_flag("--force", force, "replace an existing output file");
     app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::Range(0, THREADS_MAX));
@@ -159,7 +162,7 @@ int export_gguf_lora(int argc, char ** argv) {
 
 void print_export_usage() {
     std::printf("usage: peft export <format> [options]   (peft export <format> --help for details)\n\nformats:\n"
-                "  gguf        a model (+ merged adapter) as a GGUF file for llama.cpp (f32, f16, bf16, q8_0)\n"
+                "  gguf        a model (+ merged adapter) as a GGUF file for llama.cpp (f32, f16, bf16, q8_0, q4_0, q4_k)\n"
                 "  gguf-lora   a LoRA adapter as a GGUF file for llama.cpp's --lora\n");
 }
 

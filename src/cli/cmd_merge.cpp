@@ -70,7 +70,7 @@ status copy_file_into(const std::string & src, const std::string & dst) {
 
 // A GGUF base (held in m, un-permuted): merged in memory (adapters_merge) and written with a
 // config.json and tokenizer files made from the GGUF metadata. Merged tensors go back to their
-// base dtype (a quantized base, dequantized at load, is written f32), or --dtype.
+// base dtype (the matrices of a quantized base are written dequantized, f32), or --dtype.
 status merge_gguf_base(const std::string & path, llama_model & m, adapter_set & set, bool have_dtype, dtype want,
                        std::vector<safetensors_tensor_to_write> & outs, std::vector<std::vector<uint8_t>> & buffers, dtype & written,
                        std::string & cfg, std::vector<std::pair<std::string, std::string>> & made) {
@@ -83,13 +83,14 @@ status merge_gguf_base(const std::string & path, llama_model & m, adapter_set & 
         const llama_tensor & t = m.tensors[i];
         const dtype type = have_dtype ? want : base_types[i];
         if (t.shape.size() == 2) written = type;
-        if (type == t.type) {
+        if (type == t.type && !t.q) {
             outs.push_back({t.name, t.type, t.shape, t.data, ""});
             continue;
         }
         const size_t n = (size_t) t.numel();
         f32.resize(n);
-        convert_to_f32(t.type, t.data, f32.data(), n);
+        if (t.q) qtensor_rows_f32(*t.q, 0, t.q->OC, f32.data());   // a quantized GGUF matrix no adapter touched
+        else convert_to_f32(t.type, t.data, f32.data(), n);
         buffers.emplace_back(n * dtype_size(type));
         convert_from_f32(type, f32.data(), buffers.back().data(), n);
         outs.push_back({t.name, type, t.shape, buffers.back().data(), ""});

@@ -1,5 +1,6 @@
 // quant.cpp: the block-quantized type table and bitsandbytes' NF4 + double quantization
-// (tools/ref_nf4.py is the PyTorch re-implementation the tests compare against, bit for bit).
+// (tools/ref_nf4.py is the PyTorch re-implementation the tests compare against, bit for bit);
+// the ggml rows call kernels/ggml_quant.h.
 // Not here: matrix products over quantized weights (kernels/nf4.cpp).
 #include "core/quant.h"
 
@@ -8,6 +9,7 @@
 #include <cstring>
 
 #include "core/dtype.h"
+#include "kernels/ggml_quant.h"
 
 namespace peft {
 
@@ -75,9 +77,23 @@ static void nf4_dequant_block(const uint8_t * src, float scale, float * dst) {
     }
 }
 
-static const qtype_traits QTYPES[PEFT_QTYPE_COUNT] = {
-    {"nf4", 64, 32, nf4_dequant_block},
+static void nf4_quantize_block(const float * w, uint8_t * dst, float * absmax);
+
+// The ggml types: one block through the row functions; their scales live in the block.
+static void q8_0_dequant_block(const uint8_t * src, float, float * dst) { ggml_dequantize_row_q8_0(src, dst, GGML_QK8_0); }
+static void q4_0_dequant_block(const uint8_t * src, float, float * dst) { ggml_dequantize_row_q4_0(src, dst, GGML_QK4_0); }
+static void q4_K_dequant_block(const uint8_t * src, float, float * dst) { ggml_dequantize_row_q4_K(src, dst, GGML_QK_K); }
+static void q8_0_quantize_block(const float * w, uint8_t * dst, float *) { ggml_quantize_row_q8_0(w, dst, GGML_QK8_0); }
+static void q4_0_quantize_block(const float * w, uint8_t * dst, float *) { ggml_quantize_row_q4_0(w, dst, GGML_QK4_0); }
+static void q4_K_quantize_block(const float * w, uint8_t * dst, float *) { ggml_quantize_row_q4_K(w, dst, GGML_QK_K); }
+
+static const qtype_traits QTYPES[] = {
+    {"nf4", 64, 32, true, nf4_dequant_block, nf4_quantize_block},
+    {"q8_0", GGML_QK8_0, 2 + GGML_QK8_0, false, q8_0_dequant_block, q8_0_quantize_block},
+    {"q4_0", GGML_QK4_0, 2 + GGML_QK4_0 / 2, false, q4_0_dequant_block, q4_0_quantize_block},
+    {"q4_K", GGML_QK_K, 4 + 12 + GGML_QK_K / 2, false, q4_K_dequant_block, q4_K_quantize_block},
 };
+static_assert(sizeof(QTYPES) / sizeof(QTYPES[0]) == PEFT_QTYPE_COUNT);
 
 const qtype_traits & qtype_info(qtype t) {
     PEFT_ASSERT(t >= 0 && t < PEFT_QTYPE_COUNT);
@@ -96,12 +112,12 @@ bool qtype_from_name(const std::string & name, qtype * out) {
 
 size_t qtensor::bytes() const {
     const size_t side = scales.nested ? scales.code.size() + scales.absmax2.size() * 4 + 4 : scales.f32.size() * 4;
-    return data.size() + side;
+    return (size_t) n_blocks() * qtype_info(type).block_bytes + side;
 }
 
 status quant_options_parse(const std::string & quant_type, const std::string & compute_dtype, bool double_quant,
                            const std::string & where, quant_options & out) {
-    if (!qtype_from_name(quant_type, &out.type)) {
+    if (!qtype_from_name(quant_type, &out.type) || out.type != PEFT_QTYPE_NF4) {
         status st = make_mismatch(PEFT_STATUS_CONFIG, where, "bnb_4bit_quant_type", "nf4", quant_type);
         st.hint = "fp4 is not implemented; nf4 is what QLoRA uses";
         return st;
@@ -189,12 +205,17 @@ status qtensor_quantize(const float * W, int64_t OC, int64_t IC, const quant_opt
     out.OC = OC;
     out.IC = IC;
     out.bf16_values = o.bf16_values;
+    out.mapped = nullptr;
     const int64_t nb = out.n_blocks();
     out.data.resize((size_t) nb * tr.block_bytes);
-    std::vector<float> absmax((size_t) nb);
+    std::vector<float> absmax(tr.side_scales ? (size_t) nb : 1);
 #pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < nb; b++) nf4_quantize_block(W + b * tr.block, out.data.data() + (size_t) b * tr.block_bytes, &absmax[(size_t) b]);
-    if (o.double_quant) {
+    for (int64_t b = 0; b < nb; b++) {
+        tr.quantize_block(W + b * tr.block, out.data.data() + (size_t) b * tr.block_bytes, &absmax[tr.side_scales ? (size_t) b : 0]);
+    }
+    if (!tr.side_scales) {
+        out.scales = {};
+    } else if (o.double_quant) {
         qscales_nest(absmax.data(), nb, mean_f32(absmax.data(), nb), out.scales);
     } else {
         out.scales = {};
@@ -207,6 +228,10 @@ status qtensor_quantize(const float * W, int64_t OC, int64_t IC, const quant_opt
 
 void qtensor_block_scales(const qtensor & q, int64_t b0, int64_t n, float * dst) {
     const qscales & s = q.scales;
+    if (!qtype_info(q.type).side_scales) {
+        std::fill(dst, dst + n, 1.0f);
+        return;
+    }
     if (!s.nested) {
         std::memcpy(dst, s.f32.data() + b0, (size_t) n * 4);
         return;

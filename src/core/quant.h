@@ -1,12 +1,13 @@
-// quant.h: frozen block-quantized weight matrices (NF4 with bitsandbytes' double quantization
-// first; GGUF's Q8_0/Q4_0/Q4_K are meant to become more rows of the same trait table).
+// quant.h: frozen block-quantized weight matrices: NF4 with bitsandbytes' double quantization
+// (load_in_4bit) and ggml's Q8_0 / Q4_0 / Q4_K (a quantized GGUF base, kept as the file stores it).
 //
 // A qtensor is an [OC, IC] matrix cut into blocks of `block` consecutive elements of the
 // row-major flattened matrix, as bitsandbytes does (a block may straddle two rows when IC is not
 // a multiple of the block; OC * IC must be whole blocks). Rows are read by the blocks they
 // overlap. Each type says how many bytes of `data` one block takes and how one block is decoded
-// given its f32 scale; the per-block scales are side data (`scales`), themselves f32 or
-// double-quantized. Memory is counted per block, never per element.
+// given its f32 scale. NF4's per-block scales are side data (`scales`), themselves f32 or
+// double-quantized; the ggml types carry theirs inside the block (no side data; the scale
+// argument is then 1). Memory is counted per block, never per element.
 // Not here: the GEMM/GEMV kernels over these (kernels/nf4.cpp), choosing what to quantize
 // (model/llama_load.cpp).
 #pragma once
@@ -21,17 +22,24 @@ namespace peft {
 
 enum qtype {
     PEFT_QTYPE_NF4 = 0,   // bitsandbytes NF4: 4-bit normal-float code, 64-element blocks, absmax scale
+    PEFT_QTYPE_Q8_0,      // ggml Q8_0: 32 int8 and an f16 scale per 34-byte block (kernels/ggml_quant.h)
+    PEFT_QTYPE_Q4_0,      // ggml Q4_0: 32 nibbles and an f16 scale per 18-byte block
+    PEFT_QTYPE_Q4_K,      // ggml Q4_K: 256 nibbles, f16 d/dmin and 6-bit sub-block scales per 144-byte block
     PEFT_QTYPE_COUNT,
 };
 
 struct qtensor;
 
-// Per-type facts. dequant_block writes `block` f32 values from one block's bytes and its scale.
+// Per-type facts. dequant_block writes `block` f32 values from one block's bytes and its scale;
+// quantize_block writes one block's bytes from `block` f32 values (and its side scale, when the
+// type has one).
 struct qtype_traits {
     const char * name;          // "nf4"
     int64_t      block;         // elements per block
     size_t       block_bytes;   // bytes of qtensor::data per block
+    bool         side_scales;   // per-block f32 scales in qtensor::scales (NF4); else inside the block
     void (*dequant_block)(const uint8_t * src, float scale, float * dst);
+    void (*quantize_block)(const float * w, uint8_t * dst, float * scale);
 };
 const qtype_traits & qtype_info(qtype t);
 bool qtype_from_name(const std::string & name, qtype * out);
@@ -50,11 +58,12 @@ struct qtensor {
     qtype                type = PEFT_QTYPE_NF4;
     int64_t              OC = 0, IC = 0;
     bool                 bf16_values = false;   // compute dtype bf16: each dequantized value is rounded to bf16
-    std::vector<uint8_t> data;                  // [OC * IC / block * block_bytes]
+    std::vector<uint8_t> data;                  // [OC * IC / block * block_bytes], unless `mapped`
+    const uint8_t *      mapped = nullptr;      // the blocks in a read-only file mapping (GGUF); data is then empty
     qscales              scales;
 
     int64_t n_blocks() const { return OC * IC / qtype_info(type).block; }
-    const uint8_t * block_data(int64_t b) const { return data.data() + (size_t) b * qtype_info(type).block_bytes; }
+    const uint8_t * block_data(int64_t b) const { return (mapped ? mapped : data.data()) + (size_t) b * qtype_info(type).block_bytes; }
     size_t bytes() const;   // data + side data, what the weight costs in memory
 };
 
@@ -78,8 +87,10 @@ struct quant_options {
 status quant_options_parse(const std::string & quant_type, const std::string & compute_dtype, bool double_quant,
                            const std::string & where, quant_options & out);
 
-// Quantizes W[OC, IC] (f32) as bitsandbytes' quantize_4bit (+ quantize_blockwise of the scales
-// when double_quant). `name` labels errors (an element count that is not whole blocks).
+// Quantizes W[OC, IC] (f32): NF4 as bitsandbytes' quantize_4bit (+ quantize_blockwise of the
+// scales when double_quant); the ggml types by kernels/ggml_quant.h (Q8_0 and Q4_0 as ggml's
+// reference, Q4_K by a simpler search than llama-quantize's). `name` labels errors (an element
+// count that is not whole blocks).
 status qtensor_quantize(const float * W, int64_t OC, int64_t IC, const quant_options & o, const std::string & name, qtensor & out);
 
 // Double-quantizes n f32 block scales with the given mean offset (bnb quantize_blockwise of

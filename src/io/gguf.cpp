@@ -1,5 +1,6 @@
 // gguf.cpp: the GGUF v3 writer and the tensor encodings (see gguf.h).
 #include "io/gguf.h"
+#include "kernels/ggml_quant.h"
 
 #include <chrono>
 #include <cmath>
@@ -129,7 +130,9 @@ void gguf_encode(gguf_tensor_type t, const float * x, uint8_t * out, int64_t n) 
         }
         case GGUF_TENSOR_BF16: convert_from_f32(PEFT_DTYPE_BF16, x, out, (size_t) n); break;
         case GGUF_TENSOR_Q8_0: gguf_quantize_q8_0(x, out, n); break;
-        default: PEFT_ASSERT(!"gguf_encode: F32, F16, BF16 and Q8_0 are written");
+        case GGUF_TENSOR_Q4_0: ggml_quantize_row_q4_0(x, out, n); break;
+        case GGUF_TENSOR_Q4_K: ggml_quantize_row_q4_K(x, out, n); break;
+        default: PEFT_ASSERT(!"gguf_encode: F32, F16, BF16, Q8_0, Q4_0 and Q4_K are written");
     }
 }
 

@@ -10,6 +10,7 @@
 #include "adapters/adapter_set.h"
 #include "adapters/lora.h"
 #include "core/dtype.h"
+#include "core/quant.h"
 #include "io/gguf_read.h"
 #include "io/json.h"
 #include "model/llama.h"
@@ -30,6 +31,8 @@ uint32_t file_type_of(gguf_tensor_type t) {
         case GGUF_TENSOR_F32: return 0;    // LLAMA_FTYPE_ALL_F32
         case GGUF_TENSOR_F16: return 1;    // LLAMA_FTYPE_MOSTLY_F16
         case GGUF_TENSOR_Q8_0: return 7;   // LLAMA_FTYPE_MOSTLY_Q8_0
+        case GGUF_TENSOR_Q4_0: return 2;   // LLAMA_FTYPE_MOSTLY_Q4_0
+        case GGUF_TENSOR_Q4_K: return 14;  // LLAMA_FTYPE_MOSTLY_Q4_K_S (every matrix Q4_K)
         case GGUF_TENSOR_BF16: return 32;  // LLAMA_FTYPE_MOSTLY_BF16
         default: return 0;                 // never written (gguf_encode)
     }
@@ -208,6 +211,7 @@ struct export_item {
     std::vector<int64_t> shape;     // HF order
     dtype                src_type = PEFT_DTYPE_F32;
     const void *         src = nullptr;
+    const qtensor *      q = nullptr;   // a quantized source (a quantized GGUF base); src is then null
     permute_kind         permute = PERMUTE_NONE;
     float                scale = 1.0f;   // LoRA B folding
     gguf_tensor_type     type = GGUF_TENSOR_F32;
@@ -240,7 +244,8 @@ struct item_source : gguf_tensor_source {
         for (int64_t r = 0; r < rows; r++) {
             const int64_t sr = it.permute == PERMUTE_NONE ? r : llama_gguf_permuted_row(r, nh, rows);
             float * x = f32.data() + r * IC;
-            convert_to_f32(it.src_type, src + (size_t) sr * in_row, x, (size_t) IC);
+            if (it.q) qtensor_dequant_range(*it.q, sr * IC, (sr + 1) * IC, x);
+            else convert_to_f32(it.src_type, src + (size_t) sr * in_row, x, (size_t) IC);
             int64_t row_bad = -1;
             for (int64_t c = 0; c < IC; c++) {
                 x[c] *= it.scale;
@@ -337,16 +342,20 @@ status gguf_export_model(const llama_model & m, const std::string & model_dir, c
         it.shape = t.shape;
         it.src_type = t.type;
         it.src = t.data;
+        it.q = t.q;
         if (permute && t.name.find(q_suffix) != std::string::npos) it.permute = PERMUTE_Q;
         if (permute && t.name.find(k_suffix) != std::string::npos) it.permute = PERMUTE_K;
         it.type = t.shape.size() < 2 ? GGUF_TENSOR_F32 : o.type;
-        if (it.type == GGUF_TENSOR_Q8_0 && t.shape.back() % GGUF_Q8_0_BLOCK != 0) {
+        if (t.shape.back() % gguf_tensor_type_block(it.type) != 0) {
             it.type = GGUF_TENSOR_F16;   // as convert_hf_to_gguf.py: rows not a whole number of blocks
             fell_back = true;
         }
         items.push_back(std::move(it));
     }
-    if (fell_back) note += "tensors whose rows are not a multiple of 32 are written as F16 (Q8_0 blocks are 32 values)\n";
+    if (fell_back) {
+        note += "tensors whose rows are not a multiple of " + std::to_string(gguf_tensor_type_block(o.type)) + " are written as F16 (" +
+                gguf_tensor_type_name(o.type) + " blocks are " + std::to_string(gguf_tensor_type_block(o.type)) + " values)\n";
+    }
     std::vector<float> rope_factors;
     if (hp.rope.llama3) {
         if (arch != "llama") return make_error(PEFT_STATUS_CONFIG, "config.json", "llama3 rope_scaling on a " + arch + " model");
@@ -379,7 +388,7 @@ status gguf_export_lora(const llama_model & m, const adapter_set & s, gguf_tenso
     std::string arch;
     bool permute = false;
     PEFT_TRY(gguf_arch(hp, arch, permute));
-    if (type == GGUF_TENSOR_Q8_0) {
+    if (type != GGUF_TENSOR_F32 && type != GGUF_TENSOR_F16 && type != GGUF_TENSOR_BF16) {
         return make_error(PEFT_STATUS_ARGUMENT, "--type", "a GGUF LoRA is written as f32, f16 or bf16 (llama.cpp's tools refuse quantized LoRA)");
     }
     if (!s.method || std::strcmp(s.method->name(), "lora") != 0 || s.modules.empty()) {

@@ -38,6 +38,56 @@ std::vector<int64_t> hf_shape(const std::vector<int64_t> & ne) { return std::vec
 
 bool is_float_type(gguf_tensor_type t) { return t == GGUF_TENSOR_F32 || t == GGUF_TENSOR_F16 || t == GGUF_TENSOR_BF16; }
 
+// The core/quant.h row of a block-quantized GGUF type a frozen matrix can stay in.
+bool qtype_of(gguf_tensor_type t, qtype * out) {
+    switch (t) {
+        case GGUF_TENSOR_Q8_0: *out = PEFT_QTYPE_Q8_0; return true;
+        case GGUF_TENSOR_Q4_0: *out = PEFT_QTYPE_Q4_0; return true;
+        case GGUF_TENSOR_Q4_K: *out = PEFT_QTYPE_Q4_K; return true;
+        default: return false;
+    }
+}
+
+// The first non-finite element of a quantized matrix (a NaN/Inf f16 scale), or -1: one pass
+// decoding every row through the type table, as the float types are read once.
+int64_t first_non_finite(const qtensor & q) {
+    int64_t bad = -1;
+    #pragma omp parallel
+    {
+        std::vector<float> row((size_t) q.IC);
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < q.OC; r++) {
+            qtensor_dequant_range(q, r * q.IC, (r + 1) * q.IC, row.data());
+            for (int64_t c = 0; c < q.IC; c++) {
+                if (std::isfinite(row[(size_t) c])) continue;
+                #pragma omp critical
+                bad = bad < 0 ? r * q.IC + c : std::min(bad, r * q.IC + c);
+                break;
+            }
+        }
+    }
+    return bad;
+}
+
+// A quantized frozen matrix t (GGUF g, HF shape [OC, IC]) as a qtensor: the blocks used in place
+// from the mapping, or (llama's Q/K, n_head > 0) a copy with whole rows of blocks un-permuted.
+std::unique_ptr<qtensor> quantized_matrix(const gguf_tensor_view & g, qtype type, int64_t OC, int64_t IC, int64_t n_head) {
+    auto q = std::make_unique<qtensor>();
+    q->type = type;
+    q->OC = OC;
+    q->IC = IC;
+    if (n_head == 0) {
+        q->mapped = g.data;
+        return q;
+    }
+    const size_t row_bytes = (size_t) (IC / qtype_info(type).block) * qtype_info(type).block_bytes;
+    q->data.resize(row_bytes * (size_t) OC);
+    for (int64_t r = 0; r < OC; r++) {
+        std::memcpy(q->data.data() + (size_t) llama_gguf_permuted_row(r, n_head, OC) * row_bytes, g.data + (size_t) r * row_bytes, row_bytes);
+    }
+    return q;
+}
+
 dtype dtype_of(gguf_tensor_type t) {
     return t == GGUF_TENSOR_F16 ? PEFT_DTYPE_F16 : t == GGUF_TENSOR_BF16 ? PEFT_DTYPE_BF16 : PEFT_DTYPE_F32;
 }
@@ -219,8 +269,9 @@ status gguf_require_unquantized(const std::string & path, const std::string & wh
     for (const gguf_tensor_view & t : f.tensors) {
         if (is_float_type(t.type)) continue;
         status st = make_error(PEFT_STATUS_CONFIG, path, "tensor '" + t.name + "' is " + gguf_tensor_type_name(t.type) +
-                               ": " + what + " over a quantized GGUF base is not supported yet");
-        st.hint = "use an F32, F16 or BF16 GGUF (peft export gguf --type bf16) or the Hugging Face model directory";
+                               ": " + what + " writes every weight, and a quantized weight cannot take an update");
+        st.hint = "train an adapter over the quantized base (adapter: lora), or use an F32, F16 or BF16 GGUF "
+                  "(peft export gguf --type bf16) or the Hugging Face model directory";
         return st;
     }
     return {};
@@ -254,15 +305,16 @@ status llama_load_gguf_file(llama_model & m, const std::shared_ptr<const gguf_fi
             return make_mismatch(PEFT_STATUS_SHAPE, path, "tensor '" + name + "' shape (HF order)", shape_str(specs[i].shape),
                                  shape_str(hf_shape(t->ne)) + " (the metadata and the tensors disagree)");
         }
-        if (!is_float_type(t->type) && (!ggml_dequantizer(t->type) || !specs[i].matrix)) {
+        qtype qt;
+        if (!is_float_type(t->type) && (!qtype_of(t->type, &qt) || !specs[i].matrix)) {
             status st = make_error(PEFT_STATUS_CONFIG, path, "tensor '" + name + "' is " + gguf_tensor_type_name(t->type) +
                                    ", a type peft.cpp does not dequantize yet");
             st.hint = "peft reads F32, F16, BF16 tensors, and Q8_0, Q4_0 and Q4_K matrices";
             return st;
         }
         const bool in_place = is_float_type(t->type) && t->aligned && permute_heads(*f, m.hp, specs[i].name) == 0;
-        if (!trainable && specs[i].matrix && !in_place) {
-            copy_bytes += arena_align((size_t) t->numel() * (is_float_type(t->type) ? dtype_size(dtype_of(t->type)) : 4));
+        if (!trainable && specs[i].matrix && !in_place && is_float_type(t->type)) {   // quantized ones are qtensors
+            copy_bytes += arena_align((size_t) t->numel() * dtype_size(dtype_of(t->type)));
         }
         used.insert(name);
         found[i] = t;
@@ -288,9 +340,16 @@ status llama_load_gguf_file(llama_model & m, const std::shared_ptr<const gguf_fi
             bad[i] = read_rows(g, rows, IC, nh, PEFT_DTYPE_F32, t.data);
             continue;
         }
-        const bool quantized = !is_float_type(g.type);
-        t.type = quantized ? PEFT_DTYPE_F32 : dtype_of(g.type);
-        if (!quantized && g.aligned && nh == 0) {
+        qtype qt;
+        if (qtype_of(g.type, &qt)) {   // stays quantized; its type is F32, what a merge or export writes it as
+            m.qweights.push_back(quantized_matrix(g, qt, rows, IC, nh));
+            t.type = PEFT_DTYPE_F32;
+            t.q = m.qweights.back().get();
+            bad[i] = first_non_finite(*t.q);
+            continue;
+        }
+        t.type = dtype_of(g.type);
+        if (g.aligned && nh == 0) {
             t.data = const_cast<uint8_t *>(g.data);   // read-only mapping; never written
             bad[i] = -2;                             // checked below
         } else {

@@ -4,7 +4,10 @@
 //    llama_names, llama's Q/K rows un-permuted, rope_freqs.weight -> Llama 3 rope scaling.
 //    F32/F16/BF16 matrices are used in place from the mapping (a frozen base; Q/K of llama
 //    models are a row-permuted copy in their stored dtype), vectors become f32; Q8_0/Q4_0/Q4_K
-//    matrices are dequantized to f32 (gguf_require_unquantized refuses them for training);
+//    matrices stay quantized (core/quant.h rows, the blocks used in place from the mapping; Q/K
+//    a row-permuted copy of the blocks) and go through the same frozen-weight products as NF4;
+//    a trainable load (full fine-tuning) dequantizes them into its f32 master weights, which
+//    gguf_require_unquantized refuses for training;
 //  - a LoRA ("general.type" adapter, llama.cpp's --lora format): pairs
 //    "<base>.weight.lora_a/.lora_b" back to PEFT tensors and an adapter_config.json, checked
 //    against the base model.
@@ -31,8 +34,7 @@ status llama_load_gguf(llama_model & m, const std::string & path, bool trainable
 // The same from a parsed file (kept alive by m.source; the fuzz target parses from memory).
 status llama_load_gguf_file(llama_model & m, const std::shared_ptr<const gguf_file> & f, bool trainable);
 // An error naming the first block-quantized tensor of the GGUF model at path and its type, for
-// commands that cannot use a dequantized copy (training over a quantized base). `what` is the
-// command ("training").
+// what must write every weight (full fine-tuning over a quantized base). `what` names it.
 status gguf_require_unquantized(const std::string & path, const std::string & what);
 
 // The files beside model.safetensors of a Hugging Face checkpoint made from the GGUF model at

@@ -41,10 +41,36 @@ static float * tile_buffer(int64_t n) {
     return g_tile.data();
 }
 
+// Decode-sized products over a block type without a fused GEMV of its own (the ggml types;
+// NF4's is in kernels/nf4.cpp): each weight row is dequantized once through the type table into
+// a row buffer and dotted with the N inputs. y[N,OC] = beta * y + x[N,IC] deq(W)^T
+static void qgemv_by_rows(float * y, const float * x, const qtensor & w, int64_t N, float beta) {
+    const int64_t OC = w.OC, IC = w.IC;
+#pragma omp parallel for schedule(static) if (OC * IC >= (1 << 16))
+    for (int64_t o = 0; o < OC; o++) {
+        thread_local std::vector<float> row;
+        if ((int64_t) row.size() < IC) row.resize((size_t) IC);
+        qtensor_dequant_range(w, o * IC, (o + 1) * IC, row.data());
+        for (int64_t n = 0; n < N; n++) {
+            const float * xn = x + n * IC;
+            float d[8] = {};   // eight lanes so the loop vectorises without reassociation
+            int64_t k = 0;
+            for (; k + 8 <= IC; k += 8) {
+                for (int l = 0; l < 8; l++) d[l] += row[(size_t) (k + l)] * xn[k + l];
+            }
+            for (; k < IC; k++) d[0] += row[(size_t) k] * xn[k];
+            const float acc = ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
+            float * yo = y + n * OC + o;
+            *yo = beta == 0.0f ? acc : beta * *yo + acc;
+        }
+    }
+}
+
 void linear_forward(float * y, const float * x, const linear_weight & w, const float * bias, int64_t N, float beta) {
     const int64_t OC = w.OC, IC = w.IC;
     if (w.q) {
-        qlinear_forward(y, x, *w.q, N, beta);
+        if (w.q->type != PEFT_QTYPE_NF4 && N <= QGEMV_MAX_ROWS) qgemv_by_rows(y, x, *w.q, N, beta);
+        else qlinear_forward(y, x, *w.q, N, beta);   // tiles through the type table; NF4's GEMV
     } else if (direct_type(w.type)) {
         gemm_own(false, true, N, OC, IC, 1.0f, x, IC, w.type, w.data, IC, beta, y, OC, g_bf16_compute);
     } else {

@@ -424,6 +424,11 @@ status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64
 
 void llama_embed(float * out, const linear_weight & wte, const int32_t * tokens, int64_t N) {
     const int64_t C = wte.IC;
+    if (wte.q) {   // a quantized GGUF table: each row decoded through the type table
+#pragma omp parallel for schedule(static) if (N >= 64)
+        for (int64_t n = 0; n < N; n++) qtensor_dequant_range(*wte.q, (int64_t) tokens[n] * C, ((int64_t) tokens[n] + 1) * C, out + n * C);
+        return;
+    }
     if (wte.type == PEFT_DTYPE_F32) {
         embedding_forward(out, tokens, (const float *) wte.data, N, C);
         return;

@@ -473,8 +473,9 @@ status train_session::open_inputs() {
         PEFT_TRY(llama_hparams_load(o.base_model + "/config.json", hp));
         PEFT_TRY(llama_init_random(m, hp, true, o.seed));
     } else {
-        // a dequantized copy would train, but the point of a quantized base is not holding one
-        if (gguf_is_file(o.base_model)) PEFT_TRY(gguf_require_unquantized(o.base_model, "training"));
+        // adapters train over a quantized GGUF base as it is stored; full fine-tuning would need
+        // a dequantized f32 copy of it, which is what a quantized base is meant to avoid
+        if (o.full() && gguf_is_file(o.base_model)) PEFT_TRY(gguf_require_unquantized(o.base_model, "full fine-tuning"));
         quant_options qo;
         PEFT_TRY(quant_options_parse(o.bnb_4bit_quant_type, o.bnb_4bit_compute_dtype, o.bnb_4bit_use_double_quant, "config", qo));
         PEFT_TRY(llama_load(m, o.base_model, o.full(), o.load_in_4bit ? &qo : nullptr));

@@ -7,20 +7,25 @@
 //     tokenizer.json does; `peft eval` of the GGUF prints the same loss as of the directory;
 //   - PEFT LoRA -> export gguf-lora -> peft convert: the same tensors (rank_pattern too);
 //     --adapter FILE.gguf gives the same logits as the PEFT directory; an adapter for another
-//     base is refused naming the tensor and shapes; training over Q8_0 is refused naming it;
+//     base is refused naming the tensor and shapes;
+//   - Q8_0 / Q4_0 / Q4_K bases stay quantized and run as their dequantized f32 model; LoRA trains
+//     over Q4_K, full fine-tuning is refused, merge writes f32;
 //   - peft merge of the GGUF base + GGUF LoRA writes the same checkpoint as from the directories;
 //     peft train (LoRA and full) over the GGUF writes what it writes over the directory;
 //   - our Q8_0 / Q4_0 / Q4_K dequantization against libggml's own (to_float of ggml's
-//     quantize_chunk output), bit for bit, and our type table against ggml's.
+//     quantize_chunk output), bit for bit; our Q8_0 / Q4_0 quantizers write ggml's bytes and our
+//     Q4_K bytes decode the same in ggml; our type table against ggml's.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "adapters/adapter_set.h"
 #include "core/dtype.h"
+#include "core/quant.h"
 #include "gguf_test_util.h"
 #include "io/gguf.h"
 #include "io/gguf_read.h"
@@ -28,6 +33,7 @@
 #include "kernels/ggml_quant.h"
 #include "model/llama.h"
 #include "model/llama_hparams.h"
+#include "model/llama_infer.h"
 #include "testing.h"
 #include "tokenizer/tokenizer.h"
 
@@ -232,18 +238,127 @@ TEST(gguf_import, lora_for_another_base_is_refused_naming_tensor_and_shapes) {
     EXPECT_TRUE(m.adapters.empty());
 }
 
-TEST(gguf_import, quantized_base_is_dequantized_for_eval_and_refused_for_training) {
+// A frozen load keeps Q8_0 / Q4_0 / Q4_K matrices quantized (embeddings too, used in place from the
+// mapping: no f32 copy); a trainable load dequantizes them into f32 masters, which is the
+// reference: the same logits up to summation order, and the same decode-sized (GEMV) products.
+TEST(gguf_import, quantized_base_stays_quantized_and_runs_as_its_dequantized_model) {
     const std::string dir = pt::source_path("models/tiny-llama");
-    const std::string gguf = export_model(dir, "q8_0", "tiny_q8");
+    for (const char * type : {"q8_0", "q4_0", "q4_k"}) {
+        SCOPED_TRACE(type);
+        const std::string gguf = export_model(dir, type, std::string("tiny_") + type);
+        peft::llama_model mq, mf;
+        status st = peft::llama_load(mq, gguf, false);
+        ASSERT_TRUE(st.ok()) << st.message;
+        ASSERT_TRUE(peft::llama_load(mf, gguf, true).ok());
+        const peft::llama_tensor * up = mq.find("model.layers.0.mlp.up_proj.weight");
+        ASSERT_TRUE(up->q);
+        EXPECT_EQ(up->data, nullptr);
+        EXPECT_TRUE(up->q->mapped);   // in place; Q/K are permuted copies of the blocks
+        EXPECT_TRUE(mq.find("model.layers.0.self_attn.q_proj.weight")->q->data.size() > 0);
+        EXPECT_TRUE(mq.find("model.embed_tokens.weight")->q);
+        EXPECT_FALSE(mq.find("model.layers.0.mlp.down_proj.weight")->q);   // IC 688: written F16
+        EXPECT_EQ(std::string(peft::qtype_info(up->q->type).name), std::string(type) == "q4_k" ? "q4_K" : type);
+        const size_t q_bytes = up->q->bytes(), f32_bytes = (size_t) up->numel() * 4;
+        EXPECT_LT(q_bytes * (std::string(type) == "q8_0" ? 3 : 7), f32_bytes);
+        const std::vector<int32_t> tok = some_tokens(mq.hp.n_vocab);
+        const std::vector<float> got = pt::forward_logits(mq, tok), want = pt::forward_logits(mf, tok);
+        EXPECT_LT(pt::rel_error(got.data(), want.data(), (int64_t) want.size()), 1e-5);
+        for (int64_t N : {1, 3}) {   // the GEMV path against the f32 GEMM
+            const peft::linear_weight & wq = mq.proj_weight(1, peft::LLAMA_PROJ_UP), & wf = mf.proj_weight(1, peft::LLAMA_PROJ_UP);
+            const std::vector<float> x = pt::fixed_vector(N * wq.IC, 5, 1.0f);
+            std::vector<float> yq((size_t) (N * wq.OC)), yf((size_t) (N * wq.OC));
+            peft::linear_forward(yq.data(), x.data(), wq, nullptr, N);
+            peft::linear_forward(yf.data(), x.data(), wf, nullptr, N);
+            EXPECT_LT(pt::rel_error(yq.data(), yf.data(), (int64_t) yf.size()), 1e-6);
+        }
+        // decoding one token at a time (KV cache, GEMV products) gives the last row's logits
+        peft::llama_infer_state is;
+        ASSERT_TRUE(peft::llama_infer_init(is, mq, 64).ok());
+        std::vector<float> last((size_t) mq.hp.n_vocab);
+        for (int32_t t : tok) ASSERT_TRUE(peft::llama_infer_eval(mq, is, &t, 1, last.data()).ok());
+        EXPECT_LT(pt::rel_error(last.data(), want.data() + (tok.size() - 1) * (size_t) mq.hp.n_vocab, mq.hp.n_vocab), 1e-5);
+    }
+}
+
+// PiSSA over a Q4_K base: the residual is re-quantized to Q4_K (as over NF4), so base + adapter
+// is the original model up to one more Q4_K rounding of the residual.
+TEST(gguf_import, pissa_over_a_q4_k_base_requantizes_the_residual) {
+    const std::string gguf = export_model(pt::source_path("models/tiny-llama"), "q4_k", "pissa_q4k");
     peft::llama_model m;
-    status st = peft::llama_load(m, gguf, false);
+    ASSERT_TRUE(peft::llama_load(m, gguf, false).ok());
+    const std::vector<int32_t> tok = some_tokens(m.hp.n_vocab);
+    const std::vector<float> before = pt::forward_logits(m, tok);
+    const std::string cfg = "{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":4,\"init_lora_weights\":\"pissa\",\"target_modules\":[\"q_proj\",\"up_proj\"]}";
+    peft::json_document doc;
+    ASSERT_TRUE(doc.parse(cfg.data(), cfg.size(), "test").ok());
+    peft::adapter_set set;
+    status st = peft::adapters_attach(m, doc.root(), 3, set);
     ASSERT_TRUE(st.ok()) << st.message;
-    EXPECT_EQ(m.find("model.layers.0.mlp.up_proj.weight")->type, peft::PEFT_DTYPE_F32);
-    const std::string out = pt::temp_dir("gguf_import_q8_train") + "/run";
-    const pt::child_result r = pt::spawn_peft({"train", "--base_model", gguf, "--datasets", pt::source_path("data/demo/train.jsonl"),
-                                               "--output_dir", out, "--max_steps", "1"});
+    const peft::llama_tensor * up = m.find("model.layers.0.mlp.up_proj.weight");
+    ASSERT_TRUE(up->q);
+    EXPECT_EQ(up->q->type, peft::PEFT_QTYPE_Q4_K);
+    EXPECT_EQ(up->q->mapped, nullptr);   // the residual, not the file's blocks
+    const std::vector<float> after = pt::forward_logits(m, tok);
+    const double err = pt::rel_error(after.data(), before.data(), (int64_t) before.size());
+    EXPECT_GT(err, 0.0);
+    EXPECT_LT(err, 0.05);
+}
+
+namespace {
+std::vector<double> logged_losses(const std::string & metrics) {
+    std::vector<double> out;
+    std::ifstream in(metrics);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (size_t at = text.find("\"loss\": "); at != std::string::npos; at = text.find("\"loss\": ", at + 1)) {
+        out.push_back(std::stod(text.substr(at + 8)));
+    }
+    return out;
+}
+} // namespace
+
+// LoRA trains over a Q4_K base as stored (the loss falls on one repeated sample), full fine-tuning
+// is refused naming the tensor, and peft merge writes the adapted model in full precision: an f32
+// checkpoint whose logits are the quantized base's with the adapter.
+TEST(gguf_import, lora_trains_over_a_q4_k_base_and_merges_to_full_precision) {
+    const std::string dir = pt::source_path("models/tiny-llama");
+    const std::string gguf = export_model(dir, "q4_k", "train_q4k");
+    const std::string work = pt::temp_dir("gguf_import_q4k_train");
+    {
+        std::ifstream in(pt::source_path("data/demo/train.jsonl"));
+        std::string line;
+        ASSERT_TRUE(std::getline(in, line));
+        std::ofstream(work + "/one.jsonl") << line << "\n" << line << "\n" << line << "\n" << line << "\n";
+    }
+    pt::spawn_options passive;
+    passive.passive_omp = true;
+    pt::child_result r = pt::spawn_peft({"train", "--base_model", gguf, "--adapter", "lora", "--datasets", work + "/one.jsonl",
+                                         "--output_dir", work + "/lora", "--max_steps", "12", "--sequence_len", "128",
+                                         "--learning_rate", "5e-3", "--threads", "2"}, passive);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const std::vector<double> loss = logged_losses(work + "/lora/metrics.jsonl");
+    ASSERT_EQ(loss.size(), 12u);
+    EXPECT_LT(loss.back(), loss.front() - 0.5) << r.out;
+
+    r = pt::spawn_peft({"train", "--base_model", gguf, "--adapter", "full", "--datasets", work + "/one.jsonl",
+                        "--output_dir", work + "/full", "--max_steps", "1"}, passive);
     EXPECT_EQ(r.code, 2) << r.out;
-    EXPECT_NE(r.out.find("is Q8_0: training over a quantized GGUF base is not supported yet"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("is Q4_K: full fine-tuning writes every weight"), std::string::npos) << r.out;
+
+    r = pt::spawn_peft({"merge", "--model", gguf, "--adapter", work + "/lora", "--out", work + "/merged"}, passive);
+    ASSERT_EQ(r.code, 0) << r.out;
+    peft::safetensors_file merged;
+    ASSERT_TRUE(peft::safetensors_open(work + "/merged/model.safetensors", merged).ok());
+    EXPECT_EQ(merged.find("model.layers.0.self_attn.q_proj.weight")->type, peft::PEFT_DTYPE_F32);
+    EXPECT_EQ(merged.find("model.embed_tokens.weight")->type, peft::PEFT_DTYPE_F32);
+    peft::llama_model mq, mm;
+    peft::adapter_set set;
+    ASSERT_TRUE(peft::llama_load(mq, gguf, false).ok());
+    ASSERT_TRUE(peft::adapter_load(work + "/lora", mq, set).ok());
+    status st = peft::llama_load(mm, work + "/merged", false);
+    ASSERT_TRUE(st.ok()) << st.message;
+    const std::vector<int32_t> tok = some_tokens(mq.hp.n_vocab);
+    const std::vector<float> got = pt::forward_logits(mm, tok), want = pt::forward_logits(mq, tok);
+    EXPECT_LT(pt::rel_error(got.data(), want.data(), (int64_t) want.size()), 1e-5);
 }
 
 #if PEFT_LLAMA_ORACLE
@@ -262,6 +377,15 @@ TEST(gguf_import, dequantization_matches_libggml_bit_for_bit) {
         std::vector<float> want((size_t) (rows * n)), got((size_t) (rows * n), -1.0f);
         ggml_get_type_traits(gt)->to_float(q.data(), want.data(), rows * n);
         peft::ggml_dequantizer(pt_type)(q.data(), got.data(), rows * n);
+        EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * 4), 0);
+        EXPECT_LT(pt::rel_error(got.data(), x.data(), rows * n), gt == GGML_TYPE_Q8_0 ? 0.01 : 0.15);
+        // our quantizers: Q8_0 and Q4_0 write ggml's bytes; our Q4_K bytes decode the same in ggml
+        std::vector<uint8_t> ours(q.size());
+        (gt == GGML_TYPE_Q8_0 ? peft::ggml_quantize_row_q8_0 : gt == GGML_TYPE_Q4_0 ? peft::ggml_quantize_row_q4_0
+                                                                                    : peft::ggml_quantize_row_q4_K)(x.data(), ours.data(), rows * n);
+        if (gt != GGML_TYPE_Q4_K) EXPECT_EQ(ours, q);
+        ggml_get_type_traits(gt)->to_float(ours.data(), want.data(), rows * n);
+        peft::ggml_dequantizer(pt_type)(ours.data(), got.data(), rows * n);
         EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * 4), 0);
         EXPECT_LT(pt::rel_error(got.data(), x.data(), rows * n), gt == GGML_TYPE_Q8_0 ? 0.01 : 0.15);
     }
