@@ -77,7 +77,6 @@ if [ -n "${METHODS:-}" ]; then
     grep -qx -- "$m" <<< "$known" || die "METHODS: no row named '$m' (rows: $(echo $known | tr ' ' ','))"
   done
 fi
-mkdir -p "$(dirname "$OUT")"
 out_abs=$(realpath -m "$OUT")
 for input in "$PEFT" "$MODEL" "$FORGET" "$KPM_DATA" "${task_dirs[@]}" "$ROOT/bench" "$ROOT/tools" "$ROOT/src"; do
   in_abs=$(realpath -m "$input")
@@ -134,17 +133,15 @@ EOF
 }
 write_run_json null
 
-# base-model rows: the task loss (and accuracy) before any training
+# base-model rows: the task loss (and accuracy: the same call) before any training
 for task in "${task_dirs[@]}"; do
   tname=$(basename "$task")
-  "$PEFT" eval --model "$MODEL" --data "$task/held_out.jsonl" --json --sequence_len "$SEQ" --batch "$BATCH" --threads "$THREADS" \
-      > "$OUT/runs/base_$tname.json" 2> /dev/null || die "peft eval of the base on $task failed"
+  acc_flags=()
+  [ $has_accuracy = 1 ] && acc_flags=(--accuracy --parallel 64)
+  "$PEFT" eval --model "$MODEL" --data "$task/held_out.jsonl" "${acc_flags[@]}" --json --sequence_len "$SEQ" --batch "$BATCH" \
+      --threads "$THREADS" > "$OUT/runs/base_$tname.json" 2> /dev/null || die "peft eval of the base on $task failed"
   acc="null"
-  if [ $has_accuracy = 1 ]; then
-    "$PEFT" eval --model "$MODEL" --data "$task/held_out.jsonl" --accuracy --json --sequence_len "$SEQ" --batch "$BATCH" \
-        --threads "$THREADS" > "$OUT/runs/base_acc_$tname.json" 2> /dev/null || die "peft eval --accuracy of the base failed"
-    acc=$(json_num "$OUT/runs/base_acc_$tname.json" accuracy)
-  fi
+  [ $has_accuracy = 1 ] && acc=$(json_num "$OUT/runs/base_$tname.json" accuracy)
   echo "{\"method\": \"base\", \"task\": \"$tname\", \"eval_loss\": $(json_num "$OUT/runs/base_$tname.json" loss), \"accuracy\": $acc, \"forget_loss\": $base_forget}" \
       >> "$OUT/results.jsonl"
 done
@@ -204,7 +201,7 @@ while IFS='|' read -r name adapter extra key sweep; do
     fi
     acc="null" acc_n="null"
     if [ $has_accuracy = 1 ]; then
-      if "$PEFT" eval "${evm[@]}" --data "$task/held_out.jsonl" --accuracy --json --sequence_len "$SEQ" --batch "$BATCH" \
+      if "$PEFT" eval "${evm[@]}" --data "$task/held_out.jsonl" --accuracy --parallel 64 --json --sequence_len "$SEQ" --batch "$BATCH" \
           --threads "$THREADS" > "$best_dir.acc.json" 2> "$best_dir.acc.log"; then
         acc=$(json_num "$best_dir.acc.json" accuracy) acc_n=$(json_num "$best_dir.acc.json" accuracy_n)
       else

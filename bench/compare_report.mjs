@@ -23,7 +23,7 @@ const early = (r) => {
 };
 
 let md = `# Methods side by side\n\n`;
-md += `Made by \`bench/compare_methods.sh\` (${run.wall_s} s): every method on the same budget, ${run.steps} optimizer steps of ` +
+md += `Made by \`bench/compare_methods.sh\` (${run.wall_s === null ? 'cut short before the end: only the methods below finished' : `${run.wall_s} s`}): every method on the same budget, ${run.steps} optimizer steps of ` +
       `${run.batch} packed rows x ${run.seq} tokens, seed 1, ${run.threads} threads, rank ${run.r} on all linear layers ` +
       `(vera: rank 256 shared projections), cosine schedule, no warmup; learning rates ${run.lrs === 'per method' ? 'swept per method (3 values, the "lr sweep" column)' : run.lrs}, ` +
       `the run with the lowest final held-out loss kept. Base model \`${run.model}\`.\n\n`;
@@ -33,7 +33,7 @@ md += `Columns: **held-out loss** = mean cross-entropy over the answer tokens of
       `**forgetting** = change of the loss on held-out pretraining text (\`${run.forget_data}\`, rows of ${run.forget_seq} tokens; ` +
       `never trained on by the base nor here), + = forgot; **trainable** = trainable parameters; **step s** = median seconds per ` +
       `optimizer step; **peak RSS** = the training process's maximum resident memory; **setup s** = seconds from start to the ` +
-      `first step minus one step (model and data load, adapter init: SVDs, calibration), so the init cost is the difference to lora.\n\n`;
+      `first step's own time (model and data load, adapter init: SVDs, calibration; and the step-0 eval, the same for all), so the init cost is the difference to lora.\n\n`;
 
 for (const t of tasks) {
     const base = rows.find((r) => r.method === 'base' && r.task === t);
