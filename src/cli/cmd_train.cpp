@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cli/cli_common.h"
+#include "adapters/adapter_set.h"
 #include "cli/commands.h"
 #include "train/config.h"
 #include "train/train_loop.h"
@@ -49,7 +50,8 @@ static const char * TRAIN_USAGE =
     "  sequence_len: 1024\n"
     "  num_epochs: 1\n"
     "\n"
-    "other flags: --print_config (print the resolved options as JSON and exit), --help\n"
+    "other flags: --print_config (print the resolved options as JSON and exit), --list-methods (the\n"
+    "adapter methods this build registers and full, one a line, for scripts), --help\n"
     "\n"
     "keys:\n";
 
@@ -69,6 +71,11 @@ static int train_main(int argc, char ** argv, const dist_comm & comm) {
         const std::string a = argv[i];
         if (a == "--help" || a == "-h") {
             std::printf("%s%s", TRAIN_USAGE, config_help().c_str());
+            return 0;
+        }
+        if (a == "--list-methods" || a == "--list_methods") {
+            for (const std::string & n : adapter_method_names()) std::printf("%s\n", n.c_str());
+            std::printf("full\n");
             return 0;
         }
     }
