@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Command 1 of the README: the demo fine-tune. Installs what is missing (scripts/setup.sh),
 # builds the `peft` binary, then on the bundled tiny base model (models/tiny-llama):
-#   1. evaluates the base on the held-out demo questions (peft eval --json),
-#   2. fine-tunes a LoRA adapter on the demo task (peft train, fixed seed),
+#   1. evaluates the base on the held-out demo questions (peft eval --accuracy --json: loss and
+#      greedy accuracy, answer == expected answer over all held-out questions),
+#   2. fine-tunes a LoRA adapter on the demo task (peft train, fixed seed, held-out loss every
+#      STEPS/8 steps, so report.html draws the eval curve at 9 points),
 #   3. evaluates base + adapter on the same held-out questions,
-#   4. prints held-out loss before/after (mean cross-entropy over answer tokens) and three
-#      held-out questions answered by the base and by base + adapter (greedy).
+#   4. prints held-out loss and accuracy before/after and three held-out questions answered by
+#      the base and by base + adapter (greedy).
 # The task (data/demo/README.md): "Which book of the Bible is this verse from? <KJV verse>" ->
 # the book's name, 20 books, held-out verses never trained on.
 # Environment: DEMO_STEPS=N (training steps, default 40), DEMO_OUT (default out/demo),
@@ -33,27 +35,33 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 
 # The loss number from `peft eval --json` output (one JSON object on stdout).
-eval_loss() {
-  "$PEFT" eval --model "$MODEL" "$@" --data "$HELD" --json --sequence_len $SEQ --batch $BATCH \
+# "LOSS ACCURACY" from `peft eval --accuracy --json` output (one JSON object on stdout).
+eval_held_out() {
+  "$PEFT" eval --model "$MODEL" "$@" --data "$HELD" --json --accuracy --sequence_len $SEQ --batch $BATCH \
       --threads "$THREADS" > "$OUT/eval.json"
-  node -e 'const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); if (!(j.loss > 0)) process.exit(1); console.log(j.loss.toFixed(4))' "$OUT/eval.json"
+  node -e 'const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+           if (!(j.loss > 0) || !(j.accuracy_n > 0)) process.exit(1);
+           console.log(j.loss.toFixed(4), j.accuracy, j.accuracy_n)' "$OUT/eval.json"
 }
 
 n_train=$(wc -l < "$TRAIN"); n_held=$(wc -l < "$HELD")
 echo
 echo "demo: task: which book of the KJV Bible is a verse from ($n_train training verses, $n_held held out, 20 books)"
 echo "demo: base model: $MODEL (5.4M parameters, pretrained by scripts/make_base_model.sh)"
-before=$(eval_loss)
+res=$(eval_held_out)   # an assignment, so that set -e stops the demo when the eval fails
+read -r before acc_before n_acc <<< "$res"
 echo "demo: held-out loss of the base model: $before"
+EVAL_STEPS=$(( STEPS / 8 > 0 ? STEPS / 8 : 1 ))
 
 echo "demo: LoRA fine-tuning, $STEPS steps (r 16, alpha 32, all linear layers, lr 1e-2, $BATCH rows of $SEQ tokens, seed 1, $THREADS threads)"
 t0=$(date +%s)
 "$PEFT" train --base_model "$MODEL" --datasets "$TRAIN" --test_datasets "$HELD" --output_dir "$OUT/adapter" \
     --adapter lora --r 16 --lora_alpha 32 --lora_dropout 0 --target_modules all-linear \
     --learning_rate 1e-2 --lr_scheduler cosine --warmup_steps 0 --micro_batch_size $BATCH --sequence_len $SEQ \
-    --max_steps "$STEPS" --eval_steps "$STEPS" --logging_steps 5 --seed 1 --threads "$THREADS"
+    --max_steps "$STEPS" --eval_steps "$EVAL_STEPS" --logging_steps 5 --seed 1 --threads "$THREADS"
 t1=$(date +%s)
-after=$(eval_loss --adapter "$OUT/adapter")
+res=$(eval_held_out --adapter "$OUT/adapter")
+read -r after acc_after n_acc <<< "$res"
 
 # Three held-out questions, evenly spaced through the file (Bible order), not picked by result.
 node -e '
@@ -88,6 +96,10 @@ node -e '
 const [b, a, steps, secs] = process.argv.slice(1).map(Number);
 console.log(`demo: held-out loss (mean cross-entropy over answer tokens): ${b.toFixed(4)} -> ${a.toFixed(4)} ` +
             `(${(100 * (b - a) / b).toFixed(1)}% lower) after ${steps} LoRA steps in ${secs} s`);' "$before" "$after" "$STEPS" $((t1 - t0))
+node -e '
+const [b, a, n] = process.argv.slice(1).map(Number);
+console.log(`demo: held-out accuracy: base ${(100 * b).toFixed(1)}% -> adapter ${(100 * a).toFixed(1)}% (${n} examples; ` +
+            `greedy answer == expected answer, peft eval --accuracy)`);' "$acc_before" "$acc_after" "$n_acc"
 echo "demo: adapter (Hugging Face PEFT layout): $OUT/adapter/adapter_config.json, adapter_model.safetensors"
-echo "demo: training report: $OUT/adapter/report.html (loss curves, final numbers, the config)"
+echo "demo: training report: $OUT/adapter/report.html (train loss, held-out loss every $EVAL_STEPS steps, the config)"
 echo "demo: try it: $PEFT generate --model $MODEL --adapter $OUT/adapter --chat \"\$(printf 'Which book of the Bible is this verse from?\\nJesus wept.')\""
