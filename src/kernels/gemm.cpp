@@ -112,6 +112,16 @@ static void pack_bf16(uint32_t * dst, const T * X, int64_t ld, bool rowmajor, in
     }
 }
 
+static void pack_f32_generic(float * d, const float * X, int64_t ld, bool rm, int64_t i0, int64_t n, int64_t p0,
+                             int64_t kc, int P, bool round) {
+    pack_f32(d, X, ld, rm, i0, n, p0, kc, P, round);
+}
+static void pack_f32h_generic(float * d, const uint16_t * X, int64_t ld, bool rm, int64_t i0, int64_t n, int64_t p0,
+                              int64_t kc, int P, bool round) {
+    pack_f32(d, X, ld, rm, i0, n, p0, kc, P, round);
+}
+const gemm_packers gemm_packers_generic = {pack_f32_generic, pack_f32h_generic, pack_bf16<float>, pack_bf16<uint16_t>};
+
 // ---- blocked driver ------------------------------------------------------------------------
 
 struct gemm_args {
@@ -135,16 +145,16 @@ static float * aligned_buffer(std::vector<float> & v, size_t n) {
     return (float *) ((p + 63) & ~(uintptr_t) 63);
 }
 
-static void pack_b_block(void * dst, const gemm_args & g, int64_t j0, int64_t nc, int64_t p0, int64_t kc, int nr,
-                         bool dot) {
+static void pack_b_block(void * dst, const gemm_packers & pk, const gemm_args & g, int64_t j0, int64_t nc, int64_t p0,
+                         int64_t kc, int nr, bool dot) {
     if (g.btype == PEFT_DTYPE_BF16) {
         const uint16_t * B = (const uint16_t *) g.B;
-        if (dot) pack_bf16((uint32_t *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr);
-        else     pack_f32((float *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr, false);
+        if (dot) pk.pairs_from_h((uint32_t *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr);
+        else     pk.f32_from_h((float *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr, false);
     } else {
         const float * B = (const float *) g.B;
-        if (dot) pack_bf16((uint32_t *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr);
-        else     pack_f32((float *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr, g.bf16);
+        if (dot) pk.pairs((uint32_t *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr);
+        else     pk.f32((float *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr, g.bf16);
     }
 }
 
@@ -171,9 +181,9 @@ static void gemm_tile(const gemm_args & g, const gemm_micro_set & s, int64_t i0,
     alignas(64) float tile[12 * 32];
     for (int64_t p0 = 0; p0 < g.K; p0 += KC) {
         const int64_t kc = std::min(KC, g.K - p0), ksteps = dot ? (kc + 1) / 2 : kc;
-        if (dot) pack_bf16((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr);
-        else     pack_f32(Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, g.bf16);
-        pack_b_block(Bp, g, j0, nc, p0, kc, nr, dot);
+        if (dot) s.pack->pairs((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr);
+        else     s.pack->f32(Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, g.bf16);
+        pack_b_block(Bp, *s.pack, g, j0, nc, p0, kc, nr, dot);
         const float beta = p0 == 0 ? g.beta : 1.0f;
         for (int64_t jr = 0; jr < nc; jr += nr) {
             for (int64_t ir = 0; ir < mc; ir += mr) {
