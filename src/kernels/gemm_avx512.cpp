@@ -7,6 +7,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "kernels/gemm_micro.h"
 
 namespace peft {
@@ -16,7 +18,21 @@ namespace peft {
 #define AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define AVX512_BF16_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
 
-AVX512_ATTR static void micro_f32_avx512(int64_t kc, const float * Ap, const float * Bp, float * tile) {
+// C row = alpha * acc + beta * C (one fma, as store_tile in gemm.cpp); beta 0 never reads C
+AVX512_ATTR static inline void store_row_avx512(float * c, __m512 acc0, __m512 acc1, float alpha, float beta) {
+    const __m512 va = _mm512_set1_ps(alpha);
+    if (beta == 0.0f) {
+        _mm512_storeu_ps(c, _mm512_mul_ps(va, acc0));
+        _mm512_storeu_ps(c + 16, _mm512_mul_ps(va, acc1));
+    } else {
+        const __m512 vb = _mm512_set1_ps(beta);
+        _mm512_storeu_ps(c, _mm512_fmadd_ps(va, acc0, _mm512_mul_ps(vb, _mm512_loadu_ps(c))));
+        _mm512_storeu_ps(c + 16, _mm512_fmadd_ps(va, acc1, _mm512_mul_ps(vb, _mm512_loadu_ps(c + 16))));
+    }
+}
+
+AVX512_ATTR static void micro_f32_avx512(int64_t kc, const float * Ap, const float * Bp, float * C, int64_t ldc,
+                                         float alpha, float beta) {
     constexpr int MR = 12, NR = 32;
     __m512 c[MR][2];
 #pragma GCC unroll 12
@@ -31,14 +47,12 @@ AVX512_ATTR static void micro_f32_avx512(int64_t kc, const float * Ap, const flo
         }
     }
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; i++) {
-        _mm512_storeu_ps(tile + i * NR, c[i][0]);
-        _mm512_storeu_ps(tile + i * NR + 16, c[i][1]);
-    }
+    for (int i = 0; i < MR; i++) store_row_avx512(C + i * ldc, c[i][0], c[i][1], alpha, beta);
 }
 
 // Each 32-bit lane of a B vector holds a k-pair of one column; the A pair is broadcast.
-AVX512_BF16_ATTR static void micro_bf16_avx512(int64_t kc2, const uint32_t * Ap, const uint32_t * Bp, float * tile) {
+AVX512_BF16_ATTR static void micro_bf16_avx512(int64_t kc2, const uint32_t * Ap, const uint32_t * Bp, float * C,
+                                               int64_t ldc, float alpha, float beta) {
     constexpr int MR = 12, NR = 32;
     __m512 c[MR][2];
 #pragma GCC unroll 12
@@ -54,10 +68,7 @@ AVX512_BF16_ATTR static void micro_bf16_avx512(int64_t kc2, const uint32_t * Ap,
         }
     }
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; i++) {
-        _mm512_storeu_ps(tile + i * NR, c[i][0]);
-        _mm512_storeu_ps(tile + i * NR + 16, c[i][1]);
-    }
+    for (int i = 0; i < MR; i++) store_row_avx512(C + i * ldc, c[i][0], c[i][1], alpha, beta);
 }
 
 // Rows of W are dot products with x; four rows share each x load. Masked tail, no scalar loop.
@@ -240,7 +251,8 @@ const gemm_packers gemm_packers_avx512 = {pack_f32_avx512<float>, pack_f32_avx51
 
 #define AVX2_ATTR __attribute__((target("avx2,fma")))
 
-AVX2_ATTR static void micro_f32_avx2(int64_t kc, const float * Ap, const float * Bp, float * tile) {
+AVX2_ATTR static void micro_f32_avx2(int64_t kc, const float * Ap, const float * Bp, float * C, int64_t ldc, float alpha,
+                                     float beta) {
     constexpr int MR = 6, NR = 16;
     __m256 c[MR][2];
 #pragma GCC unroll 6
@@ -254,10 +266,14 @@ AVX2_ATTR static void micro_f32_avx2(int64_t kc, const float * Ap, const float *
             c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
         }
     }
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) {
-        _mm256_storeu_ps(tile + i * NR, c[i][0]);
-        _mm256_storeu_ps(tile + i * NR + 8, c[i][1]);
+        for (int h = 0; h < 2; h++) {
+            float * c_ = C + i * ldc + 8 * h;
+            _mm256_storeu_ps(c_, beta == 0.0f ? _mm256_mul_ps(va, c[i][h])
+                                              : _mm256_fmadd_ps(va, c[i][h], _mm256_mul_ps(vb, _mm256_loadu_ps(c_))));
+        }
     }
 }
 
@@ -304,7 +320,8 @@ AVX2_ATTR static void gemv_bf16_avx2(int64_t N, int64_t K, const float * x, cons
 
 // ---- plain C++: 4 x 8 tile -----------------------------------------------------------------
 
-static void micro_f32_scalar(int64_t kc, const float * Ap, const float * Bp, float * tile) {
+static void micro_f32_scalar(int64_t kc, const float * Ap, const float * Bp, float * C, int64_t ldc, float alpha,
+                             float beta) {
     constexpr int MR = 4, NR = 8;
     float c[MR][NR] = {};
     for (int64_t k = 0; k < kc; k++) {
@@ -313,7 +330,10 @@ static void micro_f32_scalar(int64_t kc, const float * Ap, const float * Bp, flo
         }
     }
     for (int i = 0; i < MR; i++) {
-        for (int j = 0; j < NR; j++) tile[i * NR + j] = c[i][j];
+        for (int j = 0; j < NR; j++) {
+            float & o = C[i * ldc + j];
+            o = beta == 0.0f ? alpha * c[i][j] : std::fma(alpha, c[i][j], beta * o);
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 // gemm_micro.h: the register-blocked micro-kernels behind gemm_own (gemm.cpp), one set per ISA,
 // and the packed-panel layouts they read. Internal to src/kernels/: callers use kernels.h.
 //
-// A micro-kernel computes one MR x NR tile of op(A) op(B) over kc steps of K from packed panels
-// and STORES it (not accumulates) into tile[MR][NR]; the driver applies alpha/beta to C.
+// A micro-kernel computes one MR x NR tile T of op(A) op(B) over kc steps of K from packed panels
+// and writes C[MR][NR] (row stride ldc) = fma(alpha, T, beta * C), C not read when beta is 0.
 //   f32 panels:  Ap [kc][MR] floats, Bp [kc][NR] floats (zero-padded past the matrix edge)
 //   bf16 panels: Ap [kc2][MR] and Bp [kc2][NR] uint32, kc2 = ceil(kc/2); each uint32 holds the
 //                bf16 pair (k = 2q low half, k = 2q+1 high half), the layout vdpbf16ps consumes.
@@ -12,8 +12,10 @@
 
 namespace peft {
 
-typedef void (*gemm_micro_f32_fn)(int64_t kc, const float * Ap, const float * Bp, float * tile);
-typedef void (*gemm_micro_bf16_fn)(int64_t kc2, const uint32_t * Ap, const uint32_t * Bp, float * tile);
+typedef void (*gemm_micro_f32_fn)(int64_t kc, const float * Ap, const float * Bp, float * C, int64_t ldc, float alpha,
+                                  float beta);
+typedef void (*gemm_micro_bf16_fn)(int64_t kc2, const uint32_t * Ap, const uint32_t * Bp, float * C, int64_t ldc,
+                                   float alpha, float beta);
 // y[n] = sum_k x[k] * W[n*ldw + k] for n in [0, N): one decoded token through W [N, K]
 typedef void (*gemv_f32_fn)(int64_t N, int64_t K, const float * x, const float * W, int64_t ldw, float * y);
 typedef void (*gemv_bf16_fn)(int64_t N, int64_t K, const float * x, const uint16_t * W, int64_t ldw, float * y);
