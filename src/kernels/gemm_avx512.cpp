@@ -7,6 +7,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "kernels/gemm_micro.h"
 
 namespace peft {
@@ -16,7 +18,21 @@ namespace peft {
 #define AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define AVX512_BF16_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
 
-AVX512_ATTR static void micro_f32_avx512(int64_t kc, const float * Ap, const float * Bp, float * tile) {
+// C row = alpha * acc + beta * C (one fma, as store_tile in gemm.cpp); beta 0 never reads C
+AVX512_ATTR static inline void store_row_avx512(float * c, __m512 acc0, __m512 acc1, float alpha, float beta) {
+    const __m512 va = _mm512_set1_ps(alpha);
+    if (beta == 0.0f) {
+        _mm512_storeu_ps(c, _mm512_mul_ps(va, acc0));
+        _mm512_storeu_ps(c + 16, _mm512_mul_ps(va, acc1));
+    } else {
+        const __m512 vb = _mm512_set1_ps(beta);
+        _mm512_storeu_ps(c, _mm512_fmadd_ps(va, acc0, _mm512_mul_ps(vb, _mm512_loadu_ps(c))));
+        _mm512_storeu_ps(c + 16, _mm512_fmadd_ps(va, acc1, _mm512_mul_ps(vb, _mm512_loadu_ps(c + 16))));
+    }
+}
+
+AVX512_ATTR static void micro_f32_avx512(int64_t kc, const float * Ap, const float * Bp, float * C, int64_t ldc,
+                                         float alpha, float beta) {
     constexpr int MR = 12, NR = 32;
     __m512 c[MR][2];
 #pragma GCC unroll 12
@@ -31,14 +47,12 @@ AVX512_ATTR static void micro_f32_avx512(int64_t kc, const float * Ap, const flo
         }
     }
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; i++) {
-        _mm512_storeu_ps(tile + i * NR, c[i][0]);
-        _mm512_storeu_ps(tile + i * NR + 16, c[i][1]);
-    }
+    for (int i = 0; i < MR; i++) store_row_avx512(C + i * ldc, c[i][0], c[i][1], alpha, beta);
 }
 
 // Each 32-bit lane of a B vector holds a k-pair of one column; the A pair is broadcast.
-AVX512_BF16_ATTR static void micro_bf16_avx512(int64_t kc2, const uint32_t * Ap, const uint32_t * Bp, float * tile) {
+AVX512_BF16_ATTR static void micro_bf16_avx512(int64_t kc2, const uint32_t * Ap, const uint32_t * Bp, float * C,
+                                               int64_t ldc, float alpha, float beta) {
     constexpr int MR = 12, NR = 32;
     __m512 c[MR][2];
 #pragma GCC unroll 12
@@ -54,10 +68,7 @@ AVX512_BF16_ATTR static void micro_bf16_avx512(int64_t kc2, const uint32_t * Ap,
         }
     }
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; i++) {
-        _mm512_storeu_ps(tile + i * NR, c[i][0]);
-        _mm512_storeu_ps(tile + i * NR + 16, c[i][1]);
-    }
+    for (int i = 0; i < MR; i++) store_row_avx512(C + i * ldc, c[i][0], c[i][1], alpha, beta);
 }
 
 // Rows of W are dot products with x; four rows share each x load. Masked tail, no scalar loop.
@@ -103,11 +114,145 @@ AVX512_ATTR static void gemv_bf16_avx512(int64_t N, int64_t K, const float * x, 
     });
 }
 
+// ---- AVX-512 packing ------------------------------------------------------------------------
+// The packers of gemm.cpp (same layouts, same values, bit for bit), 16 x 16 blocks at a time:
+// a row-major operand is transposed in registers, a column-major one copied by rows. f32 -> bf16
+// rounding is done in integer ops exactly as f32_to_bf16 (core/dtype.h): RNE, NaN kept quiet.
+
+AVX512_ATTR static inline __m512i bf16_bits(__m512 v) {   // the bf16 of each lane, in its low half
+    const __m512i u = _mm512_castps_si512(v), one = _mm512_set1_epi32(1);
+    const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), one));
+    const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+}
+AVX512_ATTR static inline __m512 widen_bf16(__m512i lo) { return _mm512_castsi512_ps(_mm512_slli_epi32(lo, 16)); }
+
+// 16 values of one row as f32 (masked lanes zero)
+AVX512_ATTR static inline __m512 load16(const float * x, __mmask16 m, bool round) {
+    const __m512 v = _mm512_maskz_loadu_ps(m, x);
+    return round ? widen_bf16(bf16_bits(v)) : v;
+}
+AVX512_ATTR static inline __m512 load16(const uint16_t * x, __mmask16 m, bool) {
+    return widen_bf16(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x)));
+}
+// 16 bf16 pairs (32 consecutive values of one row, masked past `valid`) as uint32 lanes
+AVX512_ATTR static inline __m512i load_pairs(const float * x, int64_t valid) {
+    const __mmask16 m0 = (__mmask16) (valid >= 16 ? 0xffff : (1u << valid) - 1);
+    const __mmask16 m1 = (__mmask16) (valid >= 32 ? 0xffff : valid <= 16 ? 0 : (1u << (valid - 16)) - 1);
+    const __m256i lo = _mm512_cvtepi32_epi16(bf16_bits(_mm512_maskz_loadu_ps(m0, x)));
+    const __m256i hi = _mm512_cvtepi32_epi16(bf16_bits(_mm512_maskz_loadu_ps(m1, x + 16)));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+AVX512_ATTR static inline __m512i load_pairs(const uint16_t * x, int64_t valid) {
+    return _mm512_maskz_loadu_epi16((__mmask32) (valid >= 32 ? 0xffffffffu : (1u << valid) - 1), x);
+}
+// 16 lanes of two rows interleaved as bf16 pairs (row0 low half, row1 high half)
+AVX512_ATTR static inline __m512i bf16_lo(const float * x, __mmask16 m) { return bf16_bits(_mm512_maskz_loadu_ps(m, x)); }
+AVX512_ATTR static inline __m512i bf16_lo(const uint16_t * x, __mmask16 m) {
+    return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x));
+}
+
+// r[c] <- column c of the 16 x 16 block r[0..15] (three shuffle stages: 32-, 64-, 128-bit)
+AVX512_ATTR static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int k = 0; k < 8; k++) {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 4; k++) {   // u[4k + j], 128-bit lane L: rows 4k..4k+3 of column 4L + j
+        const __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * k + 2]), d = _mm512_castps_pd(t[4 * k + 3]);
+        u[4 * k + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int j = 0; j < 4; j++) {   // a 4 x 4 transpose of 128-bit lanes
+        const __m512 s0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), s1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xee);
+        const __m512 s2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44), s3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xee);
+        r[0 + j] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+        r[4 + j] = _mm512_shuffle_f32x4(s0, s2, 0xdd);
+        r[8 + j] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(s1, s3, 0xdd);
+    }
+}
+
+static inline __mmask16 lanes(int64_t n) { return (__mmask16) (n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); }
+
+template <typename T>
+AVX512_ATTR static void pack_f32_avx512(float * dst, const T * X, int64_t ld, bool rowmajor, int64_t i0, int64_t n,
+                                        int64_t p0, int64_t kc, int P, bool round) {
+    for (int64_t s = 0; s < n; s += P) {
+        float * d = dst + (s / P) * kc * P;
+        const int64_t w = n - s < P ? n - s : P;
+        for (int g = 0; g < P; g += 16) {
+            const __mmask16 keep = lanes(P - g);   // lanes of this panel (12 of 16 for an A panel)
+            if (rowmajor) {
+                for (int64_t p = 0; p < kc; p += 16) {
+                    const __mmask16 m = lanes(kc - p);
+                    __m512 r[16];
+                    for (int i = 0; i < 16; i++) {
+                        r[i] = g + i < w ? load16(X + (i0 + s + g + i) * ld + p0 + p, m, round) : _mm512_setzero_ps();
+                    }
+                    transpose16(r);
+                    const int64_t cols = kc - p < 16 ? kc - p : 16;
+                    for (int64_t c = 0; c < cols; c++) _mm512_mask_storeu_ps(d + (p + c) * P + g, keep, r[c]);
+                }
+            } else {
+                const __mmask16 m = lanes(w - g);
+                for (int64_t p = 0; p < kc; p++) {
+                    _mm512_mask_storeu_ps(d + p * P + g, keep, load16(X + (p0 + p) * ld + i0 + s + g, m, round));
+                }
+            }
+        }
+    }
+}
+
+template <typename T>
+AVX512_ATTR static void pack_bf16_avx512(uint32_t * dst, const T * X, int64_t ld, bool rowmajor, int64_t i0, int64_t n,
+                                         int64_t p0, int64_t kc, int P) {
+    const int64_t kc2 = (kc + 1) / 2;
+    for (int64_t s = 0; s < n; s += P) {
+        uint32_t * d = dst + (s / P) * kc2 * P;
+        const int64_t w = n - s < P ? n - s : P;
+        for (int g = 0; g < P; g += 16) {
+            const __mmask16 keep = lanes(P - g);
+            if (rowmajor) {
+                for (int64_t q = 0; q < kc2; q += 16) {
+                    __m512 r[16];
+                    for (int i = 0; i < 16; i++) {
+                        r[i] = g + i < w ? _mm512_castsi512_ps(load_pairs(X + (i0 + s + g + i) * ld + p0 + 2 * q, kc - 2 * q))
+                                         : _mm512_setzero_ps();
+                    }
+                    transpose16(r);
+                    const int64_t cols = kc2 - q < 16 ? kc2 - q : 16;
+                    for (int64_t c = 0; c < cols; c++) {
+                        _mm512_mask_storeu_epi32(d + (q + c) * P + g, keep, _mm512_castps_si512(r[c]));
+                    }
+                }
+            } else {
+                const __mmask16 m = lanes(w - g);
+                for (int64_t q = 0; q < kc2; q++) {
+                    const T * x = X + (p0 + 2 * q) * ld + i0 + s + g;
+                    const __m512i lo = bf16_lo(x, m), hi = 2 * q + 1 < kc ? bf16_lo(x + ld, m) : _mm512_setzero_si512();
+                    _mm512_mask_storeu_epi32(d + q * P + g, keep, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+                }
+            }
+        }
+    }
+}
+
+const gemm_packers gemm_packers_avx512 = {pack_f32_avx512<float>, pack_f32_avx512<uint16_t>, pack_bf16_avx512<float>,
+                                          pack_bf16_avx512<uint16_t>};
+
 // ---- AVX2 + FMA: 6 x 16 tile, 12 ymm accumulators --------------------------------------------
 
 #define AVX2_ATTR __attribute__((target("avx2,fma")))
 
-AVX2_ATTR static void micro_f32_avx2(int64_t kc, const float * Ap, const float * Bp, float * tile) {
+AVX2_ATTR static void micro_f32_avx2(int64_t kc, const float * Ap, const float * Bp, float * C, int64_t ldc, float alpha,
+                                     float beta) {
     constexpr int MR = 6, NR = 16;
     __m256 c[MR][2];
 #pragma GCC unroll 6
@@ -121,10 +266,14 @@ AVX2_ATTR static void micro_f32_avx2(int64_t kc, const float * Ap, const float *
             c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
         }
     }
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) {
-        _mm256_storeu_ps(tile + i * NR, c[i][0]);
-        _mm256_storeu_ps(tile + i * NR + 8, c[i][1]);
+        for (int h = 0; h < 2; h++) {
+            float * c_ = C + i * ldc + 8 * h;
+            _mm256_storeu_ps(c_, beta == 0.0f ? _mm256_mul_ps(va, c[i][h])
+                                              : _mm256_fmadd_ps(va, c[i][h], _mm256_mul_ps(vb, _mm256_loadu_ps(c_))));
+        }
     }
 }
 
@@ -171,7 +320,8 @@ AVX2_ATTR static void gemv_bf16_avx2(int64_t N, int64_t K, const float * x, cons
 
 // ---- plain C++: 4 x 8 tile -----------------------------------------------------------------
 
-static void micro_f32_scalar(int64_t kc, const float * Ap, const float * Bp, float * tile) {
+static void micro_f32_scalar(int64_t kc, const float * Ap, const float * Bp, float * C, int64_t ldc, float alpha,
+                             float beta) {
     constexpr int MR = 4, NR = 8;
     float c[MR][NR] = {};
     for (int64_t k = 0; k < kc; k++) {
@@ -180,7 +330,10 @@ static void micro_f32_scalar(int64_t kc, const float * Ap, const float * Bp, flo
         }
     }
     for (int i = 0; i < MR; i++) {
-        for (int j = 0; j < NR; j++) tile[i * NR + j] = c[i][j];
+        for (int j = 0; j < NR; j++) {
+            float & o = C[i * ldc + j];
+            o = beta == 0.0f ? alpha * c[i][j] : std::fma(alpha, c[i][j], beta * o);
+        }
     }
 }
 
@@ -206,9 +359,11 @@ static void gemv_bf16_scalar(int64_t N, int64_t K, const float * x, const uint16
 }
 
 const gemm_micro_set gemm_set_avx512_bf16 = {"avx512-bf16", 12, 32, micro_f32_avx512, micro_bf16_avx512,
-                                             gemv_f32_avx512, gemv_bf16_avx512};
-const gemm_micro_set gemm_set_avx512 = {"avx512", 12, 32, micro_f32_avx512, nullptr, gemv_f32_avx512, gemv_bf16_avx512};
-const gemm_micro_set gemm_set_avx2 = {"avx2", 6, 16, micro_f32_avx2, nullptr, gemv_f32_avx2, gemv_bf16_avx2};
-const gemm_micro_set gemm_set_scalar = {"scalar", 4, 8, micro_f32_scalar, nullptr, gemv_f32_scalar, gemv_bf16_scalar};
+                                             gemv_f32_avx512, gemv_bf16_avx512, &gemm_packers_avx512};
+const gemm_micro_set gemm_set_avx512 = {"avx512", 12, 32, micro_f32_avx512, nullptr, gemv_f32_avx512, gemv_bf16_avx512,
+                                        &gemm_packers_avx512};
+const gemm_micro_set gemm_set_avx2 = {"avx2", 6, 16, micro_f32_avx2, nullptr, gemv_f32_avx2, gemv_bf16_avx2, &gemm_packers_generic};
+const gemm_micro_set gemm_set_scalar = {"scalar", 4, 8, micro_f32_scalar, nullptr, gemv_f32_scalar, gemv_bf16_scalar,
+                                        &gemm_packers_generic};
 
 } // namespace peft

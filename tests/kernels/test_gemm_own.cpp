@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/dtype.h"
+#include "kernels/gemm_micro.h"
 #include "kernels/kernels.h"
 #include "testing.h"
 
@@ -19,9 +20,9 @@ namespace {
 
 struct shape { int64_t M, N, K; };
 
-// {M, N, K}: block edges (MR 12, NR 32, KC 256/512, MC 192), one row, rank-16 products
+// {M, N, K}: block edges (MR 12, NR 32, KC 384/512, MC 516), one row, rank-16 products
 const shape kShapes[] = {{7, 5, 11}, {29, 70, 300}, {200, 33, 520}, {1, 77, 130}, {1, 5, 3},
-                         {64, 16, 96}, {16, 96, 64}, {13, 1, 40}};
+                         {64, 16, 96}, {16, 96, 64}, {13, 1, 40}, {530, 13, 390}};
 
 struct isa_guard {   // restores CPUID dispatch whatever the test does
     ~isa_guard() { gemm_force_isa(nullptr); }
@@ -74,6 +75,50 @@ TEST(gemm_own, matches_ref_on_every_isa_dtype_and_transpose) {
         }
     }
     EXPECT_GE(tried, 1);   // scalar at least
+}
+
+// every set's packers (AVX-512 register transposes) give the C++ packers' bits: odd sizes, both
+// layouts, panels of 12 and 32, bf16 rounding ties and a NaN
+TEST(gemm_own, packers_match_the_generic_ones_bit_for_bit) {
+    const int64_t rows = 45, ld = 57;
+    auto X = fixed_vector(rows * ld, 12);
+    X[6 * ld + 8] = NAN;                     // (6, 8) and (8, 6): inside the window either way round
+    X[7 * ld + 9] = 1.0f + 1.0f / 256.0f;   // exactly halfway between two bf16 values: ties to even
+    X[9 * ld + 11] = 1.0f + 3.0f / 256.0f;
+    auto Xh = to_bf16(X);
+    const gemm_packers & ref = gemm_packers_generic;
+    int checked = 0;
+    for (const gemm_micro_set * set : {&gemm_set_avx512_bf16, &gemm_set_avx512, &gemm_set_avx2, &gemm_set_scalar}) {
+        if (!gemm_force_isa(set->name)) continue;
+        gemm_force_isa(nullptr);
+        const gemm_packers & pk = *set->pack;
+        for (bool rm : {false, true}) {
+            for (int P : {12, 32}) {
+                for (int64_t kc : {int64_t(1), int64_t(17), int64_t(33)}) {
+                    const int64_t n = 29, i0 = 3, p0 = 5;   // (i, p) within X either way round
+                    const size_t sz = (size_t) ((n + P - 1) / P * P) * (size_t) (kc + 1);
+                    std::vector<float> a(sz, -1.0f), b(sz, -1.0f);
+                    for (bool round : {false, true}) {
+                        ref.f32(a.data(), X.data(), ld, rm, i0, n, p0, kc, P, round);
+                        pk.f32(b.data(), X.data(), ld, rm, i0, n, p0, kc, P, round);
+                        EXPECT_EQ(std::memcmp(a.data(), b.data(), sz * 4), 0) << set->name << " f32 rm" << rm << " P" << P << " kc" << kc;
+                    }
+                    ref.f32_from_h(a.data(), Xh.data(), ld, rm, i0, n, p0, kc, P, false);
+                    pk.f32_from_h(b.data(), Xh.data(), ld, rm, i0, n, p0, kc, P, false);
+                    EXPECT_EQ(std::memcmp(a.data(), b.data(), sz * 4), 0) << set->name << " f32<-bf16 rm" << rm;
+                    std::vector<uint32_t> u(sz, 7u), v(sz, 7u);
+                    ref.pairs(u.data(), X.data(), ld, rm, i0, n, p0, kc, P);
+                    pk.pairs(v.data(), X.data(), ld, rm, i0, n, p0, kc, P);
+                    EXPECT_EQ(std::memcmp(u.data(), v.data(), sz * 4), 0) << set->name << " pairs rm" << rm << " P" << P << " kc" << kc;
+                    ref.pairs_from_h(u.data(), Xh.data(), ld, rm, i0, n, p0, kc, P);
+                    pk.pairs_from_h(v.data(), Xh.data(), ld, rm, i0, n, p0, kc, P);
+                    EXPECT_EQ(std::memcmp(u.data(), v.data(), sz * 4), 0) << set->name << " pairs<-bf16 rm" << rm;
+                    checked++;
+                }
+            }
+        }
+    }
+    EXPECT_GE(checked, 6);
 }
 
 TEST(gemm_own, force_isa_refuses_unknown_names) {
