@@ -311,7 +311,10 @@ int cmd_bench(int argc, char ** argv) {
     app.add_flag("--recompute", recompute, "recompute activations per layer in backward (less memory)");
     app.add_option("--lr", lr, "AdamW learning rate (full, galore)");
     galore_config gc;
-    app.add_option("--galore-rank", gc.rank, "galore: projection rank")->check(CLI::Range((int64_t) 1, (int64_t) 1 << 20));
+    gc.rank = 0;   // unset: hidden / 4, GaLore's paper setting for its 60M and 130M LLaMA (r 128 of 512, 256 of 768 is 1/3)
+    app.add_option("--galore-rank", gc.rank, "galore: projection rank (default: hidden size / 4)")->check(CLI::Range((int64_t) 1, (int64_t) 1 << 20));
+    std::string galore_svd = "randomized";
+    app.add_option("--galore-svd", galore_svd, "galore: projector refresh by the exact or the randomized SVD")->check(CLI::IsMember({"exact", "randomized"}));
     std::string galore_targets = "attn,mlp";
     app.add_option("--galore-targets", galore_targets, "galore: name parts of the projected 2-D weights (attn,mlp as the reference; "
                    "add embed_tokens,lm_head to project those too)");
@@ -412,6 +415,8 @@ int cmd_bench(int argc, char ** argv) {
         if (method == "galore") {
             auto g = std::make_unique<galore_adamw>();
             gc.targets = galore_split_targets(galore_targets);
+            if (gc.rank == 0) gc.rank = m.hp.n_embd / 4;
+            (void) galore_svd_from_name(galore_svd, &gc.svd);   // checked by the option
             st = g->init(train_params, cfg.opt, gc);
             opt = std::move(g);
         } else {
@@ -490,6 +495,7 @@ int cmd_bench(int argc, char ** argv) {
     add("trainable_params", std::to_string(n_trainable));
     // the optimizer's state tensors (AdamW: m and v; GaLore: projected moments and projectors)
     add("optimizer_state_bytes", std::to_string(opt ? opt->state_bytes() : 0));
+    if (method == "galore") add("galore_rank", std::to_string(gc.rank));
     add("model_flops_per_token", num(fpt, 0));
     add("achieved_gflops", num(gflops, 2));
     if (quant) {

@@ -579,6 +579,8 @@ status train_session::attach() {
         gc.scale = (float) o.galore_scale;
         gc.targets = galore_split_targets(o.galore_target_modules);
         (void) galore_proj_from_name(o.galore_proj_type, &gc.proj_type);   // checked by config_build
+        (void) galore_svd_from_name(o.galore_svd, &gc.svd);
+        gc.svd_niter = (int) o.galore_svd_niter;
         auto g = std::make_unique<galore_adamw>();
         PEFT_TRY(g->init(params, tc.opt, gc));
         opt = std::move(g);

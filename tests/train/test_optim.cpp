@@ -85,6 +85,7 @@ galore_config full_rank(int64_t r, galore_proj_type t) {
     g.update_proj_gap = 1000;   // the step-0 projector throughout
     g.scale = 1.0f;
     g.proj_type = t;
+    g.svd = GALORE_SVD_EXACT;   // the signed permutation is the exact SVD's
     return g;
 }
 
@@ -232,6 +233,70 @@ TEST(galore, projector_invariants_and_state_shapes) {
     }
 }
 
+namespace {
+
+// G [m, n] = X diag(sigma) Y^T with random orthonormal X, Y: sigma_a = 10 - a for a < r, then
+// `tail` (a gap at r when tail << 10 - r), so the top-r subspace is known.
+std::vector<float> gradient_with_spectrum(int64_t m, int64_t n, int64_t r, float tail) {
+    const int64_t k = std::min(m, n);
+    std::vector<float> a = fixed_vector(m * k, 91, 1.0f), b = fixed_vector(n * k, 92, 1.0f);
+    std::vector<float> X((size_t) (m * k)), Y((size_t) (n * k)), Rm((size_t) (k * k));
+    EXPECT_TRUE(qr_thin(X.data(), Rm.data(), a.data(), m, k).ok());
+    EXPECT_TRUE(qr_thin(Y.data(), Rm.data(), b.data(), n, k).ok());
+    std::vector<float> G((size_t) (m * n), 0.0f);
+    for (int64_t c = 0; c < k; c++) {
+        const float sigma = c < r ? 10.0f - (float) c : tail;
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) G[(size_t) (i * n + j)] += sigma * X[(size_t) (i * k + c)] * Y[(size_t) (j * k + c)];
+    }
+    return G;
+}
+
+// The projector after one step, as the orthogonal projection it spans ([n,n] right, [m,m] left).
+std::vector<double> galore_subspace(const std::vector<float> & G, int64_t m, int64_t n, int64_t r, galore_svd_kind kind) {
+    owned_param w("layers.0.mlp.up_proj.weight", {m, n}, 3);
+    std::copy(G.begin(), G.end(), w.grad.begin());
+    galore_adamw opt;
+    galore_config g;
+    g.rank = r;
+    g.svd = kind;
+    EXPECT_TRUE(opt.init({w.p}, adamw_config{}, g).ok());
+    opt.step(1e-3f);
+    const galore_adamw::slot & s = opt.slots[0];
+    const bool right = s.side == 0;
+    const int64_t d = right ? n : m;
+    std::vector<double> Pi((size_t) (d * d), 0.0);
+    for (int64_t a = 0; a < r; a++)
+        for (int64_t i = 0; i < d; i++)
+            for (int64_t j = 0; j < d; j++)
+                Pi[(size_t) (i * d + j)] += right ? (double) s.P[a * n + i] * s.P[a * n + j] : (double) s.P[i * r + a] * s.P[j * r + a];
+    return Pi;
+}
+
+double max_abs_diff(const std::vector<double> & a, const std::vector<double> & b) {
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); i++) worst = std::max(worst, std::fabs(a[i] - b[i]));
+    return worst;
+}
+
+} // namespace
+
+// galore_svd: randomized spans the exact SVD's top-r subspace when the spectrum has a gap at r
+// (both sides); without a gap (flat spectrum) any r-subspace is a top one and the two differ,
+// which shows the comparison can fail.
+TEST(galore, randomized_projector_spans_the_exact_svds_subspace_at_a_spectral_gap) {
+    for (const auto & mn : std::vector<std::pair<int64_t, int64_t>>{{48, 32}, {32, 48}}) {
+        const int64_t m = mn.first, n = mn.second, r = 4;
+        const std::vector<float> gap = gradient_with_spectrum(m, n, r, 0.05f);
+        const double d_gap = max_abs_diff(galore_subspace(gap, m, n, r, GALORE_SVD_EXACT), galore_subspace(gap, m, n, r, GALORE_SVD_RANDOMIZED));
+        EXPECT_LT(d_gap, 1e-4) << m << "x" << n;
+        const std::vector<float> flat = gradient_with_spectrum(m, n, 0, 1.0f);
+        const double d_flat = max_abs_diff(galore_subspace(flat, m, n, r, GALORE_SVD_EXACT), galore_subspace(flat, m, n, r, GALORE_SVD_RANDOMIZED));
+        EXPECT_GT(d_flat, 0.05) << m << "x" << n;
+        std::printf("galore %lldx%lld: randomized vs exact projection, gap %.2g, flat %.2g\n", (long long) m, (long long) n, d_gap, d_flat);
+    }
+}
+
 // The rank against a targeted weight; galore_target_modules decides which weights those are.
 TEST(galore, rank_larger_than_a_weight_is_refused_naming_the_key_and_tensor) {
     owned_param w("model.layers.0.self_attn.k_proj.weight", {16, 32}, 6);
@@ -272,6 +337,7 @@ TEST(galore_parity, six_full_fine_tuning_steps_match_pytorch) {
     g.rank = 8;
     g.update_proj_gap = 3;
     g.scale = 0.25f;
+    g.svd = GALORE_SVD_EXACT;   // the reference's torch.linalg.svd
     galore_adamw opt;
     ASSERT_TRUE(opt.init(ps, tc.opt, g).ok());
     int64_t n_projected = 0;
@@ -422,6 +488,9 @@ TEST(galore, bad_keys_are_refused_naming_the_key) {
         {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_update_proj_gap", "0"}}, "galore_update_proj_gap"},
         {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_scale", "0"}}, "galore_scale"},
         {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_target_modules", " , "}}, "galore_target_modules"},
+        {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_svd", "lanczos"}}, "galore_svd"},
+        {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_svd_niter", "-1"}}, "galore_svd_niter"},
+        {{{"adapter", "full"}, {"galore_svd", "exact"}}, "galore_svd"},
     };
     for (const auto & cs : cases) {
         config_entries e;
