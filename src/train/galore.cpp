@@ -237,6 +237,11 @@ void galore_adamw::step(float lr) {
     for (size_t i = 0; i < params.size(); i++) update(i, lr);
 }
 
+bool galore_adamw::update_param(size_t i, float lr) {
+    update(i, lr);
+    return true;
+}
+
 void galore_adamw::state_tensors(std::vector<optim_state_ref> & out) {
     for (size_t i = 0; i < params.size(); i++) {
         const slot & s = slots[i];

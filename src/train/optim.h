@@ -56,6 +56,9 @@ struct optimizer : optimizer_view {
     virtual void state_tensors(std::vector<optim_state_ref> & out) = 0;
     // Zeroes parameter i's state tensors and its step count.
     virtual void reset_param(size_t i);
+    // Per-layer updates: step() as one update_param(i, lr) per parameter, each once, in any
+    // order, the caller counting step_count. False: this optimizer has no such split.
+    virtual bool update_param(size_t i, float lr) { (void) i; (void) lr; return false; }
     bool reset_state(const float * value) override;
     int64_t state_bytes();   // the state tensors' bytes (peft bench: optimizer_state_bytes)
 };
@@ -132,6 +135,7 @@ struct galore_adamw : optimizer {
     status init(const std::vector<optim_param> & params, const adamw_config & cfg, const galore_config & gcfg);
     const char * name() const override { return "galore_adamw"; }
     void step(float lr) override;
+    bool update_param(size_t i, float lr) override;
     void state_tensors(std::vector<optim_state_ref> & out) override;
 
   private:

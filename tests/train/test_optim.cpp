@@ -372,6 +372,72 @@ TEST(galore_parity, six_full_fine_tuning_steps_match_pytorch) {
 }
 
 // trainer_state round trip of GaLore's moments and projectors (bitwise, step counts too: the
+// galore_per_layer: each weight updated inside backward as soon as its gradient is final (and
+// the gradient released) gives the same weights, bit for bit, as the step after backward, over
+// projector refreshes; clipping or several micro-batches are refused naming what is needed.
+TEST(galore, per_layer_update_equals_the_step_after_backward) {
+    llama_model ma, mb;
+    ASSERT_TRUE(llama_load(ma, source_path("tests/fixtures/llama_gqa"), true).ok());
+    ASSERT_TRUE(llama_load(mb, source_path("tests/fixtures/llama_gqa"), true).ok());
+    train_config tc;
+    tc.opt.lr = 1e-3f;
+    tc.opt.weight_decay = 0.01f;
+    tc.max_grad_norm = 0.0f;
+    tc.total_steps = 5;
+    galore_config g;
+    g.rank = 4;
+    g.update_proj_gap = 2;
+    galore_adamw oa, ob;
+    ASSERT_TRUE(oa.init(llama_optim_params(ma), tc.opt, g).ok());
+    ASSERT_TRUE(ob.init(llama_optim_params(mb), tc.opt, g).ok());
+    const parity_batch pb = parity_batch_load();
+    llama_state sa, sb;
+    ASSERT_TRUE(llama_state_init(sa, ma, pb.B, pb.T, false).ok());
+    ASSERT_TRUE(llama_state_init(sb, mb, pb.B, pb.T, false).ok());
+    const llama_batch batch = pb.batch();
+    train_config tl = tc;
+    tl.per_layer_update = true;
+    std::vector<float> losses;
+    for (int64_t step = 0; step < 5; step++) {
+        step_result ra, rb;
+        ASSERT_TRUE(train_step(ma, sa, oa, tc, &batch, 1, step, ra).ok());
+        losses.push_back(ra.loss);
+        ASSERT_TRUE(train_step(mb, sb, ob, tl, &batch, 1, step, rb).ok());
+        EXPECT_EQ(ra.loss, rb.loss) << "step " << step;
+        EXPECT_NEAR(ra.grad_norm, rb.grad_norm, 1e-6 * ra.grad_norm) << "step " << step;
+    }
+    EXPECT_LT(losses.back(), losses.front());   // the steps did train
+    EXPECT_EQ(ob.step_count, 5);
+    EXPECT_EQ(ob.steps[0], 5);
+    for (size_t i = 0; i < ma.tensors.size(); i++) {
+        const llama_tensor & a = ma.tensors[i], & b = mb.tensors[i];
+        EXPECT_EQ(std::memcmp(a.data, b.data, (size_t) a.numel() * 4), 0) << a.name;
+        // the released gradients read as zero
+        EXPECT_EQ(*std::max_element(b.grad, b.grad + b.numel()), 0.0f) << b.name;
+    }
+    tl.max_grad_norm = 1.0f;
+    step_result r;
+    status st = train_step(mb, sb, ob, tl, &batch, 1, 5, r);
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.message.find("max_grad_norm"), std::string::npos) << st.message;
+    // the keys: clipping and accumulation refused at config time
+    for (const auto & kv : std::vector<std::pair<std::string, std::string>>{{"max_grad_norm", "1.0"}, {"gradient_accumulation_steps", "2"}}) {
+        config_entries e;
+        ASSERT_TRUE(config_set_flag(e, "adapter", "full").ok());
+        ASSERT_TRUE(config_set_flag(e, "optimizer", "galore_adamw").ok());
+        ASSERT_TRUE(config_set_flag(e, "galore_per_layer", "true").ok());
+        if (kv.first != "max_grad_norm") {
+            ASSERT_TRUE(config_set_flag(e, "max_grad_norm", "0").ok());
+        }
+        ASSERT_TRUE(config_set_flag(e, kv.first, kv.second).ok());
+        train_options o;
+        st = config_build(e, o, true);
+        ASSERT_FALSE(st.ok()) << kv.first;
+        EXPECT_NE(st.message.find("galore_per_layer"), std::string::npos) << st.message;
+        EXPECT_NE(st.message.find(kv.first), std::string::npos) << st.message;
+    }
+}
+
 // continued runs stay equal), and a GaLore checkpoint refused by AdamW naming the key.
 TEST(galore, checkpoint_round_trip_of_projectors_and_another_optimizer_refused) {
     owned_param w("model.layers.0.mlp.down_proj.weight", {6, 9}, 7), nrm("model.norm.weight", {6}, 8);
