@@ -419,6 +419,7 @@ int cmd_bench(int argc, char ** argv) {
             auto g = std::make_unique<galore_adamw>();
             gc.targets = galore_split_targets(galore_targets);
             if (gc.rank == 0) gc.rank = m.hp.n_embd / 4;
+            if (galore_per_layer) release_gradients(train_params);
             (void) galore_svd_from_name(galore_svd, &gc.svd);   // checked by the option
             st = g->init(train_params, cfg.opt, gc);
             opt = std::move(g);

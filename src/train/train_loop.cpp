@@ -573,6 +573,7 @@ status train_session::attach() {
     tc.warmup_steps = o.warmup_steps > 0 ? o.warmup_steps : (int64_t) std::ceil(o.warmup_ratio * (double) total);
     tc.comm = &comm;
     tc.per_layer_update = o.galore_per_layer;   // only with galore_adamw (config_build)
+    if (o.galore_per_layer) release_gradients(params);
     if (o.optimizer == "galore_adamw") {
         galore_config gc;
         gc.rank = o.galore_rank;

@@ -94,6 +94,10 @@ static void release_gradient(float * g, int64_t n) {
     std::memset((void *) b, 0, end - b);
 }
 
+void release_gradients(const std::vector<optim_param> & ps) {
+    for (const optim_param & p : ps) release_gradient(p.grad, p.n);
+}
+
 // cfg.per_layer_update: the subscriber to llama_state::grad_ready. It checks the finished
 // gradient, applies the optimizer to that one parameter and releases the gradient.
 struct per_layer_update {

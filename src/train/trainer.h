@@ -64,6 +64,11 @@ status train_step(llama_model & m, llama_state & s, optimizer & opt, const train
                   const llama_batch * micro, int64_t n_micro, int64_t step, step_result & out,
                   adapter_set * adapters = nullptr);
 
+// Zeroes every gradient of ps and hands its whole pages back to the system (they read as zero
+// when touched again). Per-layer updates call it before the optimizer allocates its state, so the
+// gradients the model zeroed at load do not sit resident beside it.
+void release_gradients(const std::vector<optim_param> & ps);
+
 // The first parameter (value) or gradient of `ps` that holds NaN/Inf, as "'name' (value)" /
 // "'name' (gradient)"; "" when all are finite.
 std::string first_nonfinite(const std::vector<optim_param> & ps, bool values, bool grads);
