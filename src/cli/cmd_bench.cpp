@@ -311,7 +311,12 @@ int cmd_bench(int argc, char ** argv) {
     app.add_flag("--recompute", recompute, "recompute activations per layer in backward (less memory)");
     app.add_option("--lr", lr, "AdamW learning rate (full, galore)");
     galore_config gc;
-    app.add_option("--galore-rank", gc.rank, "galore: projection rank")->check(CLI::Range((int64_t) 1, (int64_t) 1 << 20));
+    gc.rank = 0;   // unset: hidden / 4, GaLore's paper setting for its 60M and 130M LLaMA (r 128 of 512, 256 of 768 is 1/3)
+    app.add_option("--galore-rank", gc.rank, "galore: projection rank (default: hidden size / 4)")->check(CLI::Range((int64_t) 1, (int64_t) 1 << 20));
+    bool galore_per_layer = false;
+    app.add_flag("--galore-per-layer", galore_per_layer, "galore: update each weight inside backward and free its gradient (galore_per_layer)");
+    std::string galore_svd = "randomized";
+    app.add_option("--galore-svd", galore_svd, "galore: projector refresh by the exact or the randomized SVD")->check(CLI::IsMember({"exact", "randomized"}));
     std::string galore_targets = "attn,mlp";
     app.add_option("--galore-targets", galore_targets, "galore: name parts of the projected 2-D weights (attn,mlp as the reference; "
                    "add embed_tokens,lm_head to project those too)");
@@ -370,6 +375,7 @@ int cmd_bench(int argc, char ** argv) {
     cfg.opt.lr = lr;
     cfg.schedule = PEFT_SCHEDULE_CONSTANT;
     cfg.max_grad_norm = 0.0f;  // as the PyTorch baseline: plain AdamW, no clipping
+    cfg.per_layer_update = method == "galore" && galore_per_layer;
     // the adapter on q,k,v,o,gate,up,down, as the PyTorch baseline's LoRA (PEFT's default init, B = 0)
     adapter_set lora;
     std::vector<optim_param> train_params;
@@ -412,6 +418,9 @@ int cmd_bench(int argc, char ** argv) {
         if (method == "galore") {
             auto g = std::make_unique<galore_adamw>();
             gc.targets = galore_split_targets(galore_targets);
+            if (gc.rank == 0) gc.rank = m.hp.n_embd / 4;
+            if (galore_per_layer) release_gradients(train_params);
+            (void) galore_svd_from_name(galore_svd, &gc.svd);   // checked by the option
             st = g->init(train_params, cfg.opt, gc);
             opt = std::move(g);
         } else {
@@ -490,6 +499,10 @@ int cmd_bench(int argc, char ** argv) {
     add("trainable_params", std::to_string(n_trainable));
     // the optimizer's state tensors (AdamW: m and v; GaLore: projected moments and projectors)
     add("optimizer_state_bytes", std::to_string(opt ? opt->state_bytes() : 0));
+    if (method == "galore") {
+        add("galore_rank", std::to_string(gc.rank));
+        add("galore_per_layer", galore_per_layer ? "true" : "false");
+    }
     add("model_flops_per_token", num(fpt, 0));
     add("achieved_gflops", num(gflops, 2));
     if (quant) {

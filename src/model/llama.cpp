@@ -655,6 +655,21 @@ void layer_backward(const llama_model & m, int64_t l, const layer_grads & g, con
     rmsnorm_backward(dres, g.attn_norm, p.dxn, x_in, w.attn_norm, a.rstd1, N, C);  // dres = d x_in
 }
 
+// s.grad_ready for every trainable tensor of layer l.
+void notify_layer_grads(llama_model & m, llama_state & s, int64_t l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    auto notify = [&](const std::string & suffix) {
+        llama_tensor * t = m.find(p + suffix);
+        if (t && t->grad) s.grad_ready(s.grad_ready_user, *t);
+    };
+    notify("input_layernorm.weight");
+    notify("post_attention_layernorm.weight");
+    for (int j = 0; j < LLAMA_PROJ_COUNT; j++) {
+        notify(std::string(llama_proj_name((llama_proj) j)) + ".weight");
+        notify(std::string(llama_proj_name((llama_proj) j)) + ".bias");
+    }
+}
+
 } // namespace
 
 void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch, float * d_inputs_embeds) {
@@ -669,6 +684,11 @@ void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch,
     if (m.trainable) dfinal = m.find("model.norm.weight")->grad;
     std::memset(p.dres, 0, (size_t) (N * C) * 4);
     rmsnorm_backward(p.dres, dfinal, p.dxf, p.resid[(size_t) L], m.w.final_norm, p.rstdf, N, C);
+    const bool notify = m.trainable && s.grad_ready;
+    if (notify) {   // lm_head's gradient came from forward; a tied one is the embedding's, final last
+        s.grad_ready(s.grad_ready_user, *m.find("model.norm.weight"));
+        if (!hp.tie_embeddings) s.grad_ready(s.grad_ready_user, *m.find("lm_head.weight"));
+    }
 
     const llama_rows rows = batch_rows(batch, p.grad_scale);
     for (int64_t l = L - 1; l >= 0; l--) {
@@ -678,8 +698,10 @@ void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch,
         }
         layer_backward(m, l, find_layer_grads(m, l), a, p, p.resid[(size_t) l], pos, batch.seg, B, T);
         if (llama_layer_hook * h = active_hook(m)) h->layer_backward(l, p.resid[(size_t) l], rows, p.dres);
+        if (notify) notify_layer_grads(m, s, l);
     }
     if (m.trainable) embedding_backward(m.tensors[0].grad, p.dres, batch.tokens, N, C, hp.n_vocab);
+    if (notify) s.grad_ready(s.grad_ready_user, m.tensors[0]);
     if (d_inputs_embeds) std::memcpy(d_inputs_embeds, p.dres, (size_t) (N * C) * 4);
     p.have_grad = false;
 }

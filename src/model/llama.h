@@ -182,6 +182,13 @@ struct llama_state {
     // filled by forward:
     double  loss_sum = 0.0;      // sum of per-token losses over valid targets
     int64_t n_valid = 0;         // number of targets != -100
+    // Called by llama_backward with each trainable tensor (full fine-tuning) as soon as that
+    // backward has finished adding to its gradient: the final norm and an untied lm_head first,
+    // then layer L-1 .. 0, the embedding last. Null: no calls. Per-layer optimizer updates
+    // subscribe here (train/trainer.h); with several micro-batches a gradient is final only in
+    // the last one's backward.
+    void (*grad_ready)(void * user, llama_tensor & t) = nullptr;
+    void * grad_ready_user = nullptr;
     struct impl;
     std::shared_ptr<impl> p;
 };

@@ -64,6 +64,9 @@ const option_def TRAINER_KEYS[] = {
     {"galore_update_proj_gap", OPT_INT, "200", "galore_adamw: steps between projector refreshes (SVD of the gradient)"},
     {"galore_scale", OPT_FLOAT, "0.25", "galore_adamw: scale of the projected-back update"},
     {"galore_proj_type", OPT_STRING, "std", "galore_adamw: std, reverse_std, right, left or full (the sides projected)"},
+    {"galore_svd", OPT_STRING, "randomized", "galore_adamw: exact (LAPACK SVD of the gradient, the reference's) or randomized (range finder + power iterations at the rank: far cheaper) projector refresh"},
+    {"galore_svd_niter", OPT_INT, "2", "galore_adamw with galore_svd: randomized: power iterations of the range finder"},
+    {"galore_per_layer", OPT_BOOL, "false", "galore_adamw: update each weight as soon as backward finishes its gradient and free that gradient (never all at once); needs max_grad_norm: 0 and gradient_accumulation_steps: 1"},
     {"galore_target_modules", OPT_STRING, "attn,mlp", "galore_adamw: comma-separated name parts of the 2-D weights projected (add embed_tokens,lm_head to project those too)"},
     {"seed", OPT_INT, "42", "seed of adapter init, shuffling and dropout"},
     {"val_set_size", OPT_FLOAT, "0", "fraction of samples held out for evaluation"},
@@ -658,6 +661,14 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
             if (!galore_proj_from_name(o.galore_proj_type, &t)) return rd.range_error(key, "std, reverse_std, right, left or full", v);
             galore_keys.push_back(key);
         }
+        else if (key == "galore_svd") {
+            PEFT_TRY(rd.get_string(key, v, o.galore_svd));
+            galore_svd_kind k;
+            if (!galore_svd_from_name(o.galore_svd, &k)) return rd.range_error(key, "exact or randomized", v);
+            galore_keys.push_back(key);
+        }
+        else if (key == "galore_svd_niter") { PEFT_TRY(rd.get_int(key, v, 0, 64, o.galore_svd_niter)); galore_keys.push_back(key); }
+        else if (key == "galore_per_layer") { PEFT_TRY(rd.get_bool(key, v, o.galore_per_layer)); galore_keys.push_back(key); }
         else if (key == "galore_target_modules") {
             PEFT_TRY(rd.get_string(key, v, o.galore_target_modules));
             if (galore_split_targets(o.galore_target_modules).empty()) return rd.range_error(key, "comma-separated name parts such as attn,mlp", v);
@@ -692,6 +703,14 @@ status config_build(const config_entries & e, train_options & o, bool allow_inco
     if (o.optimizer == "galore_adamw" && !o.full()) {
         status st = make_error(PEFT_STATUS_CONFIG, "config", "key 'optimizer' = galore_adamw needs adapter: full");
         st.hint = "GaLore trains every weight (it compresses the optimizer, not the model): set adapter: full";
+        return st;
+    }
+    if (o.galore_per_layer && (o.max_grad_norm > 0.0 || o.gradient_accumulation_steps != 1)) {
+        const bool clip = o.max_grad_norm > 0.0;
+        status st = make_error(PEFT_STATUS_CONFIG, "config", std::string("key 'galore_per_layer' = true is incompatible with ") +
+                                                                 (clip ? "key 'max_grad_norm' > 0 (clipping by the global norm needs every gradient first)"
+                                                                       : "key 'gradient_accumulation_steps' > 1 (a gradient is final only after the last micro-batch)"));
+        st.hint = clip ? "set max_grad_norm: 0" : "set gradient_accumulation_steps: 1";
         return st;
     }
     if (o.optimizer != "galore_adamw" && !galore_keys.empty()) {
@@ -807,6 +826,9 @@ std::string config_to_json(const train_options & o) {
         add("galore_scale", num(o.galore_scale));
         add("galore_proj_type", str(o.galore_proj_type));
         add("galore_target_modules", str(o.galore_target_modules));
+        add("galore_svd", str(o.galore_svd));
+        add("galore_svd_niter", std::to_string(o.galore_svd_niter));
+        add("galore_per_layer", o.galore_per_layer ? "true" : "false");
     }
     add("seed", std::to_string(o.seed));
     add("val_set_size", num(o.val_set_size));

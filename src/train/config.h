@@ -52,6 +52,9 @@ struct train_options {
     double  galore_scale = 0.25;            // scale of the back-projected update
     std::string galore_proj_type = "std";   // std | reverse_std | right | left | full
     std::string galore_target_modules = "attn,mlp";   // name parts of the projected 2-D weights
+    std::string galore_svd = "randomized";  // exact | randomized (the projector refresh's SVD)
+    int64_t galore_svd_niter = 2;           // randomized: power iterations
+    bool    galore_per_layer = false;       // update each weight as soon as its gradient is final
     uint64_t seed = 42;
     double  val_set_size = 0.0;             // held-out fraction of samples, in [0, 1)
     // cadence and outputs

@@ -23,6 +23,18 @@ bool galore_proj_from_name(const std::string & name, galore_proj_type * out) {
     return false;
 }
 
+static const char * const SVD_NAMES[GALORE_SVD_COUNT] = {"exact", "randomized"};
+
+bool galore_svd_from_name(const std::string & name, galore_svd_kind * out) {
+    for (int i = 0; i < GALORE_SVD_COUNT; i++) {
+        if (name == SVD_NAMES[i]) {
+            *out = (galore_svd_kind) i;
+            return true;
+        }
+    }
+    return false;
+}
+
 bool galore_targets(const optim_param & p, const std::vector<std::string> & targets) {
     if (p.shape.size() != 2) return false;
     for (const std::string & t : targets) {
@@ -126,17 +138,25 @@ static void canonical_sign(float * v, int64_t len, int64_t stride, float * partn
     for (int64_t k = 0; partner && k < plen; k++) partner[k * pstride] = -partner[k * pstride];
 }
 
-// The projector(s) from the SVD of G [m, n], signs made canonical. A rare LAPACK failure on a
-// finite gradient keeps the previous projector (zero before the first: that parameter does not
-// move this step).
-void galore_adamw::refresh(slot & s, const float * G) {
-    const int64_t k = std::min(s.m, s.n);
-    if (!svd_thin(U.data(), S.data(), Vh.data(), G, s.m, s.n).ok()) return;
+// The projector(s) of parameter i from the SVD of its gradient G [m, n], signs made canonical.
+// The randomized SVD draws its test matrix from a seed of (parameter, step), so a resumed run
+// draws the same one. A rare LAPACK failure on a finite gradient keeps the previous projector
+// (zero before the first: that parameter does not move this step).
+void galore_adamw::refresh(size_t i, const float * G) {
+    slot & s = slots[i];
+    int64_t ku = std::min(s.m, s.n);   // columns of U
+    if (gcfg.svd == GALORE_SVD_EXACT) {
+        if (!svd_thin(U.data(), S.data(), Vh.data(), G, s.m, s.n).ok()) return;
+    } else {
+        ku = s.r;
+        const uint64_t seed = ((uint64_t) i << 32) ^ (uint64_t) steps[i] ^ 0x9e3779b97f4a7c15ull;
+        if (!svd_lowrank(U.data(), S.data(), Vh.data(), G, s.m, s.n, s.r, gcfg.svd_niter, seed).ok()) return;
+    }
     float * right = s.side == 0 ? s.P : s.Q;      // Vh[:r] [r, n]
     float * left = s.side == 0 ? nullptr : s.P;   // U[:, :r] [m, r]
     if (right) std::memcpy(right, Vh.data(), (size_t) (s.r * s.n) * 4);
     if (left) {
-        for (int64_t i = 0; i < s.m; i++) std::memcpy(left + i * s.r, U.data() + i * k, (size_t) s.r * 4);
+        for (int64_t row = 0; row < s.m; row++) std::memcpy(left + row * s.r, U.data() + row * ku, (size_t) s.r * 4);
     }
     for (int64_t a = 0; a < s.r; a++) {
         if (right) canonical_sign(right + a * s.n, s.n, 1, left ? left + a : nullptr, s.m, s.r);
@@ -176,7 +196,7 @@ void galore_adamw::update(size_t i, float lr_base) {
     const float lr = lr_base * p.lr_scale;
     const float * g = p.grad;
     if (s.projected) {
-        if (steps[i] % gcfg.update_proj_gap == 0) refresh(s, p.grad);
+        if (steps[i] % gcfg.update_proj_gap == 0) refresh(i, p.grad);
         project(s, p.grad, low.data());
         g = low.data();
     }
@@ -215,6 +235,11 @@ void galore_adamw::update(size_t i, float lr_base) {
 void galore_adamw::step(float lr) {
     step_count++;
     for (size_t i = 0; i < params.size(); i++) update(i, lr);
+}
+
+bool galore_adamw::update_param(size_t i, float lr) {
+    update(i, lr);
+    return true;
 }
 
 void galore_adamw::state_tensors(std::vector<optim_state_ref> & out) {

@@ -56,6 +56,9 @@ struct optimizer : optimizer_view {
     virtual void state_tensors(std::vector<optim_state_ref> & out) = 0;
     // Zeroes parameter i's state tensors and its step count.
     virtual void reset_param(size_t i);
+    // Per-layer updates: step() as one update_param(i, lr) per parameter, each once, in any
+    // order, the caller counting step_count. False: this optimizer has no such split.
+    virtual bool update_param(size_t i, float lr) { (void) i; (void) lr; return false; }
     bool reset_state(const float * value) override;
     int64_t state_bytes();   // the state tensors' bytes (peft bench: optimizer_state_bytes)
 };
@@ -85,12 +88,20 @@ struct adamw : optimizer {
 // inside the bias correction, so the two differ by eps and wd terms only).
 enum galore_proj_type { GALORE_PROJ_STD = 0, GALORE_PROJ_REVERSE_STD, GALORE_PROJ_RIGHT, GALORE_PROJ_LEFT, GALORE_PROJ_FULL, GALORE_PROJ_COUNT };
 bool galore_proj_from_name(const std::string & name, galore_proj_type * out);
+// How a refresh factors the gradient: LAPACK's exact thin SVD (the reference's torch.linalg.svd),
+// or the randomized range finder with power iterations (svd_lowrank, Halko et al. 2009 Alg. 4.4)
+// at the projection rank: O(m n r) instead of O(m n min(m, n)), the same subspace when the
+// gradient's spectrum has a gap at r (tests/train/test_optim.cpp measures it).
+enum galore_svd_kind { GALORE_SVD_EXACT = 0, GALORE_SVD_RANDOMIZED, GALORE_SVD_COUNT };
+bool galore_svd_from_name(const std::string & name, galore_svd_kind * out);
 
 struct galore_config {
     int64_t          rank = 128;
     int64_t          update_proj_gap = 200;
     float            scale = 0.25f;
     galore_proj_type proj_type = GALORE_PROJ_STD;
+    galore_svd_kind  svd = GALORE_SVD_RANDOMIZED;
+    int              svd_niter = 2;   // randomized: power iterations (torch.svd_lowrank's default)
     // name parts of the 2-D weights projected: the reference's target_modules_list; embeddings,
     // norms and lm_head get plain AdamW unless named ("embed_tokens", "lm_head")
     std::vector<std::string> targets = {"attn", "mlp"};
@@ -124,10 +135,11 @@ struct galore_adamw : optimizer {
     status init(const std::vector<optim_param> & params, const adamw_config & cfg, const galore_config & gcfg);
     const char * name() const override { return "galore_adamw"; }
     void step(float lr) override;
+    bool update_param(size_t i, float lr) override;
     void state_tensors(std::vector<optim_state_ref> & out) override;
 
   private:
-    void refresh(slot & s, const float * G);
+    void refresh(size_t i, const float * G);
     void project(const slot & s, const float * G, float * R);
     void project_back(const slot & s, const float * N, float * D);
     void update(size_t i, float lr);

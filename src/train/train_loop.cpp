@@ -573,6 +573,8 @@ status train_session::attach() {
     tc.total_steps = total;
     tc.warmup_steps = o.warmup_steps > 0 ? o.warmup_steps : (int64_t) std::ceil(o.warmup_ratio * (double) total);
     tc.comm = &comm;
+    tc.per_layer_update = o.galore_per_layer;   // only with galore_adamw (config_build)
+    if (o.galore_per_layer) release_gradients(params);
     if (o.optimizer == "galore_adamw") {
         galore_config gc;
         gc.rank = o.galore_rank;
@@ -580,6 +582,8 @@ status train_session::attach() {
         gc.scale = (float) o.galore_scale;
         gc.targets = galore_split_targets(o.galore_target_modules);
         (void) galore_proj_from_name(o.galore_proj_type, &gc.proj_type);   // checked by config_build
+        (void) galore_svd_from_name(o.galore_svd, &gc.svd);
+        gc.svd_niter = (int) o.galore_svd_niter;
         auto g = std::make_unique<galore_adamw>();
         PEFT_TRY(g->init(params, tc.opt, gc));
         opt = std::move(g);

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "adapters/adapter.h"
 #include "adapters/adapter_set.h"
@@ -78,6 +80,54 @@ static void sum_gradients(const dist_comm & c, const std::vector<optim_param> & 
     }
 }
 
+// Zeroes g [n] and hands its whole pages back to the system (they read as zero when touched
+// again), so a gradient already applied stops counting in the resident memory.
+static void release_gradient(float * g, int64_t n) {
+    const uintptr_t page = (uintptr_t) sysconf(_SC_PAGESIZE);
+    const uintptr_t begin = (uintptr_t) g, end = begin + (uintptr_t) n * 4;
+    const uintptr_t a = (begin + page - 1) & ~(page - 1), b = end & ~(page - 1);
+    if (a >= b || madvise((void *) a, b - a, MADV_DONTNEED) != 0) {
+        std::memset(g, 0, (size_t) n * 4);
+        return;
+    }
+    std::memset(g, 0, a - begin);
+    std::memset((void *) b, 0, end - b);
+}
+
+void release_gradients(const std::vector<optim_param> & ps) {
+    for (const optim_param & p : ps) release_gradient(p.grad, p.n);
+}
+
+// cfg.per_layer_update: the subscriber to llama_state::grad_ready. It checks the finished
+// gradient, applies the optimizer to that one parameter and releases the gradient.
+struct per_layer_update {
+    optimizer *         opt = nullptr;
+    float               lr = 0.0f;
+    std::vector<double> sum_sq;    // [params] squared gradient norms (the step's grad_norm)
+    int64_t             n_updated = 0;
+    std::string         failure;   // the first bad gradient; later tensors are left alone
+};
+
+static void per_layer_grad_ready(void * user, llama_tensor & t) {
+    per_layer_update & u = *(per_layer_update *) user;
+    if (!u.failure.empty()) return;
+    size_t i = 0;
+    while (i < u.opt->params.size() && u.opt->params[i].grad != t.grad) i++;
+    if (i == u.opt->params.size()) return;   // not among the optimizer's parameters
+    const optim_param & p = u.opt->params[i];
+    u.sum_sq[i] = sum_squares(p.grad, p.n);
+    if (!std::isfinite(u.sum_sq[i])) {
+        u.failure = "gradient of '" + p.name + "' is not finite (per-layer update: the tensors after it in backward order are not updated)";
+        return;
+    }
+    if (!u.opt->update_param(i, u.lr)) {
+        u.failure = std::string("optimizer ") + u.opt->name() + " has no per-parameter update";
+        return;
+    }
+    release_gradient(p.grad, p.n);
+    u.n_updated++;
+}
+
 status train_step(llama_model & m, llama_state & s, optimizer & opt, const train_config & cfg, const llama_batch * micro,
                   int64_t n_micro, int64_t step, step_result & out, adapter_set * adapters) {
     std::vector<adapter_module *> mods;
@@ -87,14 +137,31 @@ status train_step(llama_model & m, llama_state & s, optimizer & opt, const train
     adapter_module * const * modules = mods.data();
     const int64_t n_modules = (int64_t) mods.size();
     PEFT_ASSERT(n_micro > 0);
+    const bool dp = cfg.comm && cfg.comm->active();
+    per_layer_update plu;
+    if (cfg.per_layer_update) {
+        const char * why = n_micro != 1 ? "gradient_accumulation_steps = 1" : cfg.max_grad_norm > 0.0f ? "max_grad_norm = 0 (no clipping by the global norm)"
+                         : dp ? "a single process (no data parallel)" : adapters || !m.trainable ? "adapter: full" : nullptr;
+        if (why) return make_error(PEFT_STATUS_CONFIG, "training step " + std::to_string(step + 1), std::string("the per-layer update needs ") + why);
+        plu.opt = &opt;
+        plu.lr = cfg.opt.lr * lr_schedule_factor(cfg.schedule, step, cfg.warmup_steps, cfg.total_steps);
+        plu.sum_sq.assign(opt.params.size(), 0.0);
+        s.grad_ready = per_layer_grad_ready;
+        s.grad_ready_user = &plu;
+    }
+    struct unsubscribe {   // plu lives on this frame: no call may reach it after a return
+        llama_state & s;
+        ~unsubscribe() { s.grad_ready = nullptr; s.grad_ready_user = nullptr; }
+    } unsubscribe_at_return{s};
     // Zero exactly what the optimizer reads: the model's grads (full fine-tuning) or the
-    // adapters' (frozen base, which has no grads).
+    // adapters' (frozen base, which has no grads). Per-layer: released, so untouched until
+    // backward writes them.
     for (const optim_param & p : opt.params) {
-        std::memset(p.grad, 0, (size_t) p.n * sizeof(float));
+        if (cfg.per_layer_update) release_gradient(p.grad, p.n);
+        else std::memset(p.grad, 0, (size_t) p.n * sizeof(float));
     }
     double loss = 0.0;
     out.n_targets = 0;
-    const bool dp = cfg.comm && cfg.comm->active();
     // Data parallel: micro-batch i's loss is the mean over the targets of every rank's i-th
     // rows, so this rank's part is its sum of token losses over that global count.
     std::vector<double> share((size_t) n_micro, 1.0);
@@ -123,6 +190,17 @@ status train_step(llama_model & m, llama_state & s, optimizer & opt, const train
         llama_backward(m, s, micro[i]);
         loss += (double) l * scale;
         out.n_targets += s.n_valid;
+    }
+    if (cfg.per_layer_update) {
+        if (!plu.failure.empty()) return numeric_error(step, plu.failure);
+        PEFT_ASSERT(plu.n_updated == (int64_t) opt.params.size());
+        double total = 0.0;
+        for (double v : plu.sum_sq) total += v;
+        out.loss = (float) loss;
+        out.lr = plu.lr;
+        out.grad_norm = (float) std::sqrt(total);
+        opt.step_count++;
+        return {};
     }
     if (dp) {
         double stats[3] = {loss, (double) out.n_targets, failure.empty() ? 0.0 : 1.0};

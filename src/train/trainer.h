@@ -26,6 +26,11 @@ struct train_config {
     int64_t      warmup_steps = 0;
     int64_t      total_steps = 1;
     float        max_grad_norm = 1.0f;   // <= 0 disables clipping
+    // Each parameter updated as soon as backward finishes its gradient, which is then zeroed and
+    // its memory returned to the system, so all full gradients are never held at once (GaLore's
+    // per-layer update, galore_per_layer). Needs one micro-batch, no clipping (max_grad_norm 0),
+    // one rank, full fine-tuning and an optimizer with update_param.
+    bool         per_layer_update = false;
     // Data parallel (dist/dist.h): every rank passes its own shard of the step's micro-batches;
     // the gradients are summed over the ranks, weighted so that the step equals one process
     // training on all the shards' rows. Null or one rank: a single process.
@@ -58,6 +63,11 @@ std::vector<optim_param> adapter_optim_params(adapter_set & s);
 status train_step(llama_model & m, llama_state & s, optimizer & opt, const train_config & cfg,
                   const llama_batch * micro, int64_t n_micro, int64_t step, step_result & out,
                   adapter_set * adapters = nullptr);
+
+// Zeroes every gradient of ps and hands its whole pages back to the system (they read as zero
+// when touched again). Per-layer updates call it before the optimizer allocates its state, so the
+// gradients the model zeroed at load do not sit resident beside it.
+void release_gradients(const std::vector<optim_param> & ps);
 
 // The first parameter (value) or gradient of `ps` that holds NaN/Inf, as "'name' (value)" /
 // "'name' (gradient)"; "" when all are finite.

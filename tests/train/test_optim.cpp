@@ -85,6 +85,7 @@ galore_config full_rank(int64_t r, galore_proj_type t) {
     g.update_proj_gap = 1000;   // the step-0 projector throughout
     g.scale = 1.0f;
     g.proj_type = t;
+    g.svd = GALORE_SVD_EXACT;   // the signed permutation is the exact SVD's
     return g;
 }
 
@@ -232,6 +233,70 @@ TEST(galore, projector_invariants_and_state_shapes) {
     }
 }
 
+namespace {
+
+// G [m, n] = X diag(sigma) Y^T with random orthonormal X, Y: sigma_a = 10 - a for a < r, then
+// `tail` (a gap at r when tail << 10 - r), so the top-r subspace is known.
+std::vector<float> gradient_with_spectrum(int64_t m, int64_t n, int64_t r, float tail) {
+    const int64_t k = std::min(m, n);
+    std::vector<float> a = fixed_vector(m * k, 91, 1.0f), b = fixed_vector(n * k, 92, 1.0f);
+    std::vector<float> X((size_t) (m * k)), Y((size_t) (n * k)), Rm((size_t) (k * k));
+    EXPECT_TRUE(qr_thin(X.data(), Rm.data(), a.data(), m, k).ok());
+    EXPECT_TRUE(qr_thin(Y.data(), Rm.data(), b.data(), n, k).ok());
+    std::vector<float> G((size_t) (m * n), 0.0f);
+    for (int64_t c = 0; c < k; c++) {
+        const float sigma = c < r ? 10.0f - (float) c : tail;
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) G[(size_t) (i * n + j)] += sigma * X[(size_t) (i * k + c)] * Y[(size_t) (j * k + c)];
+    }
+    return G;
+}
+
+// The projector after one step, as the orthogonal projection it spans ([n,n] right, [m,m] left).
+std::vector<double> galore_subspace(const std::vector<float> & G, int64_t m, int64_t n, int64_t r, galore_svd_kind kind) {
+    owned_param w("layers.0.mlp.up_proj.weight", {m, n}, 3);
+    std::copy(G.begin(), G.end(), w.grad.begin());
+    galore_adamw opt;
+    galore_config g;
+    g.rank = r;
+    g.svd = kind;
+    EXPECT_TRUE(opt.init({w.p}, adamw_config{}, g).ok());
+    opt.step(1e-3f);
+    const galore_adamw::slot & s = opt.slots[0];
+    const bool right = s.side == 0;
+    const int64_t d = right ? n : m;
+    std::vector<double> Pi((size_t) (d * d), 0.0);
+    for (int64_t a = 0; a < r; a++)
+        for (int64_t i = 0; i < d; i++)
+            for (int64_t j = 0; j < d; j++)
+                Pi[(size_t) (i * d + j)] += right ? (double) s.P[a * n + i] * s.P[a * n + j] : (double) s.P[i * r + a] * s.P[j * r + a];
+    return Pi;
+}
+
+double max_abs_diff(const std::vector<double> & a, const std::vector<double> & b) {
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); i++) worst = std::max(worst, std::fabs(a[i] - b[i]));
+    return worst;
+}
+
+} // namespace
+
+// galore_svd: randomized spans the exact SVD's top-r subspace when the spectrum has a gap at r
+// (both sides); without a gap (flat spectrum) any r-subspace is a top one and the two differ,
+// which shows the comparison can fail.
+TEST(galore, randomized_projector_spans_the_exact_svds_subspace_at_a_spectral_gap) {
+    for (const auto & mn : std::vector<std::pair<int64_t, int64_t>>{{48, 32}, {32, 48}}) {
+        const int64_t m = mn.first, n = mn.second, r = 4;
+        const std::vector<float> gap = gradient_with_spectrum(m, n, r, 0.05f);
+        const double d_gap = max_abs_diff(galore_subspace(gap, m, n, r, GALORE_SVD_EXACT), galore_subspace(gap, m, n, r, GALORE_SVD_RANDOMIZED));
+        EXPECT_LT(d_gap, 1e-4) << m << "x" << n;
+        const std::vector<float> flat = gradient_with_spectrum(m, n, 0, 1.0f);
+        const double d_flat = max_abs_diff(galore_subspace(flat, m, n, r, GALORE_SVD_EXACT), galore_subspace(flat, m, n, r, GALORE_SVD_RANDOMIZED));
+        EXPECT_GT(d_flat, 0.05) << m << "x" << n;
+        std::printf("galore %lldx%lld: randomized vs exact projection, gap %.2g, flat %.2g\n", (long long) m, (long long) n, d_gap, d_flat);
+    }
+}
+
 // The rank against a targeted weight; galore_target_modules decides which weights those are.
 TEST(galore, rank_larger_than_a_weight_is_refused_naming_the_key_and_tensor) {
     owned_param w("model.layers.0.self_attn.k_proj.weight", {16, 32}, 6);
@@ -272,6 +337,7 @@ TEST(galore_parity, six_full_fine_tuning_steps_match_pytorch) {
     g.rank = 8;
     g.update_proj_gap = 3;
     g.scale = 0.25f;
+    g.svd = GALORE_SVD_EXACT;   // the reference's torch.linalg.svd
     galore_adamw opt;
     ASSERT_TRUE(opt.init(ps, tc.opt, g).ok());
     int64_t n_projected = 0;
@@ -306,6 +372,72 @@ TEST(galore_parity, six_full_fine_tuning_steps_match_pytorch) {
 }
 
 // trainer_state round trip of GaLore's moments and projectors (bitwise, step counts too: the
+// galore_per_layer: each weight updated inside backward as soon as its gradient is final (and
+// the gradient released) gives the same weights, bit for bit, as the step after backward, over
+// projector refreshes; clipping or several micro-batches are refused naming what is needed.
+TEST(galore, per_layer_update_equals_the_step_after_backward) {
+    llama_model ma, mb;
+    ASSERT_TRUE(llama_load(ma, source_path("tests/fixtures/llama_gqa"), true).ok());
+    ASSERT_TRUE(llama_load(mb, source_path("tests/fixtures/llama_gqa"), true).ok());
+    train_config tc;
+    tc.opt.lr = 1e-3f;
+    tc.opt.weight_decay = 0.01f;
+    tc.max_grad_norm = 0.0f;
+    tc.total_steps = 5;
+    galore_config g;
+    g.rank = 4;
+    g.update_proj_gap = 2;
+    galore_adamw oa, ob;
+    ASSERT_TRUE(oa.init(llama_optim_params(ma), tc.opt, g).ok());
+    ASSERT_TRUE(ob.init(llama_optim_params(mb), tc.opt, g).ok());
+    const parity_batch pb = parity_batch_load();
+    llama_state sa, sb;
+    ASSERT_TRUE(llama_state_init(sa, ma, pb.B, pb.T, false).ok());
+    ASSERT_TRUE(llama_state_init(sb, mb, pb.B, pb.T, false).ok());
+    const llama_batch batch = pb.batch();
+    train_config tl = tc;
+    tl.per_layer_update = true;
+    std::vector<float> losses;
+    for (int64_t step = 0; step < 5; step++) {
+        step_result ra, rb;
+        ASSERT_TRUE(train_step(ma, sa, oa, tc, &batch, 1, step, ra).ok());
+        losses.push_back(ra.loss);
+        ASSERT_TRUE(train_step(mb, sb, ob, tl, &batch, 1, step, rb).ok());
+        EXPECT_EQ(ra.loss, rb.loss) << "step " << step;
+        EXPECT_NEAR(ra.grad_norm, rb.grad_norm, 1e-6 * ra.grad_norm) << "step " << step;
+    }
+    EXPECT_LT(losses.back(), losses.front());   // the steps did train
+    EXPECT_EQ(ob.step_count, 5);
+    EXPECT_EQ(ob.steps[0], 5);
+    for (size_t i = 0; i < ma.tensors.size(); i++) {
+        const llama_tensor & a = ma.tensors[i], & b = mb.tensors[i];
+        EXPECT_EQ(std::memcmp(a.data, b.data, (size_t) a.numel() * 4), 0) << a.name;
+        // the released gradients read as zero
+        EXPECT_EQ(*std::max_element(b.grad, b.grad + b.numel()), 0.0f) << b.name;
+    }
+    tl.max_grad_norm = 1.0f;
+    step_result r;
+    status st = train_step(mb, sb, ob, tl, &batch, 1, 5, r);
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.message.find("max_grad_norm"), std::string::npos) << st.message;
+    // the keys: clipping and accumulation refused at config time
+    for (const auto & kv : std::vector<std::pair<std::string, std::string>>{{"max_grad_norm", "1.0"}, {"gradient_accumulation_steps", "2"}}) {
+        config_entries e;
+        ASSERT_TRUE(config_set_flag(e, "adapter", "full").ok());
+        ASSERT_TRUE(config_set_flag(e, "optimizer", "galore_adamw").ok());
+        ASSERT_TRUE(config_set_flag(e, "galore_per_layer", "true").ok());
+        if (kv.first != "max_grad_norm") {
+            ASSERT_TRUE(config_set_flag(e, "max_grad_norm", "0").ok());
+        }
+        ASSERT_TRUE(config_set_flag(e, kv.first, kv.second).ok());
+        train_options o;
+        st = config_build(e, o, true);
+        ASSERT_FALSE(st.ok()) << kv.first;
+        EXPECT_NE(st.message.find("galore_per_layer"), std::string::npos) << st.message;
+        EXPECT_NE(st.message.find(kv.first), std::string::npos) << st.message;
+    }
+}
+
 // continued runs stay equal), and a GaLore checkpoint refused by AdamW naming the key.
 TEST(galore, checkpoint_round_trip_of_projectors_and_another_optimizer_refused) {
     owned_param w("model.layers.0.mlp.down_proj.weight", {6, 9}, 7), nrm("model.norm.weight", {6}, 8);
@@ -422,6 +554,9 @@ TEST(galore, bad_keys_are_refused_naming_the_key) {
         {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_update_proj_gap", "0"}}, "galore_update_proj_gap"},
         {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_scale", "0"}}, "galore_scale"},
         {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_target_modules", " , "}}, "galore_target_modules"},
+        {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_svd", "lanczos"}}, "galore_svd"},
+        {{{"adapter", "full"}, {"optimizer", "galore_adamw"}, {"galore_svd_niter", "-1"}}, "galore_svd_niter"},
+        {{{"adapter", "full"}, {"galore_svd", "exact"}}, "galore_svd"},
     };
     for (const auto & cs : cases) {
         config_entries e;
