@@ -17,5 +17,10 @@ void qlinear_backward_input(float * dx, const float * dy, const qtensor & w, int
 // The GEMV path of qlinear_forward (any N; qlinear_forward takes it for N <= QGEMV_MAX_ROWS).
 void qgemv(float * y, const float * x, const qtensor & w, int64_t N, float beta);
 constexpr int64_t QGEMV_MAX_ROWS = 4;
+// The oracle of qgemv: rows of deq(W) from qtensor_dequant_range, products summed in double.
+void qgemv_ref(float * y, const float * x, const qtensor & w, int64_t N, float beta);
+// The kernel set qgemv uses: "avx512", "avx2" or "scalar", following gemm_isa() (CPUID, or
+// gemm_force_isa in tests). Rows that share blocks (IC % 64 != 0) always take the scalar loop.
+const char * qgemv_isa();
 
 } // namespace peft
