@@ -1,7 +1,8 @@
 // nf4.cpp: products with block-quantized weights (nf4.h). The GEMV reads each weight byte once
-// and keeps the decoded block in registers; the tiled path bounds the f32 scratch to TILE_ROWS
-// rows of W. Both produce deq(W) exactly as qtensor_rows_f32 does (same products, same bf16
-// rounding), so they differ from a GEMM over the dequantized matrix only by summation order.
+// and keeps the decoded block in registers; the GEMM path decodes W inside gemm_own's packing,
+// one KC x NC block per thread at a time. Both produce deq(W) exactly as qtensor_rows_f32 does
+// (same products, same bf16 rounding), so they differ from a GEMM over the dequantized matrix
+// only by summation order (and, with bf16 compute, by gemm_own's rounding of the operands).
 #include "kernels/nf4.h"
 
 // GCC 12 flags its own avx512fintrin.h helpers (_mm512_reduce_add_ps) as (maybe-)uninitialized
@@ -17,39 +18,26 @@
 
 namespace peft {
 
-static constexpr int64_t TILE_ROWS = 256;   // rows of W dequantized per GEMM call
 static constexpr int64_t BLOCK = 64;        // NF4 block; the only type so far
 
-static thread_local std::vector<float> g_qtile;   // serial callers only
-
-static float * qtile(int64_t n) {
-    if ((int64_t) g_qtile.size() < n) g_qtile.resize((size_t) n);
-    return g_qtile.data();
+// W's rows as the GEMM's B operand, decoded block by block while the GEMM packs them
+static void read_rows(const void * ctx, int64_t r, int64_t c0, int64_t n, float * dst) {
+    const qtensor & w = *(const qtensor *) ctx;
+    qtensor_dequant_range(w, r * w.IC + c0, r * w.IC + c0 + n, dst);
 }
 
-void qlinear_forward(float * y, const float * x, const qtensor & w, int64_t N, float beta) {
+void qlinear_forward(float * y, const float * x, const qtensor & w, int64_t N, float beta, bool bf16_compute) {
     if (N <= QGEMV_MAX_ROWS) {
         qgemv(y, x, w, N, beta);
         return;
     }
-    const int64_t OC = w.OC, IC = w.IC;
-    float * tile = qtile(std::min(OC, TILE_ROWS) * IC);
-    for (int64_t r0 = 0; r0 < OC; r0 += TILE_ROWS) {
-        const int64_t r1 = std::min(OC, r0 + TILE_ROWS);
-        qtensor_rows_f32(w, r0, r1, tile);
-        gemm(false, true, N, r1 - r0, IC, 1.0f, x, IC, tile, IC, beta, y + r0, OC);   // y[:, r0:r1]
-    }
+    const gemm_b_reader B = {read_rows, &w};
+    gemm_own_read(false, true, N, w.OC, w.IC, 1.0f, x, w.IC, B, beta, y, w.OC, bf16_compute);
 }
 
-void qlinear_backward_input(float * dx, const float * dy, const qtensor & w, int64_t N, float beta) {
-    const int64_t OC = w.OC, IC = w.IC;
-    float * tile = qtile(std::min(OC, TILE_ROWS) * IC);
-    for (int64_t r0 = 0; r0 < OC; r0 += TILE_ROWS) {
-        const int64_t r1 = std::min(OC, r0 + TILE_ROWS);
-        qtensor_rows_f32(w, r0, r1, tile);
-        // dx (+)= dy[:, r0:r1] tile; the caller's beta applies to the first tile only
-        gemm(false, false, N, IC, r1 - r0, 1.0f, dy + r0, OC, tile, IC, r0 == 0 ? beta : 1.0f, dx, IC);
-    }
+void qlinear_backward_input(float * dx, const float * dy, const qtensor & w, int64_t N, float beta, bool bf16_compute) {
+    const gemm_b_reader B = {read_rows, &w};
+    gemm_own_read(false, false, N, w.IC, w.OC, 1.0f, dy, w.OC, B, beta, dx, w.IC, bf16_compute);
 }
 
 // NF4 code pairs of every byte: [hi nibble value, lo nibble value].

@@ -44,7 +44,7 @@ static float * tile_buffer(int64_t n) {
 void linear_forward(float * y, const float * x, const linear_weight & w, const float * bias, int64_t N, float beta) {
     const int64_t OC = w.OC, IC = w.IC;
     if (w.q) {
-        qlinear_forward(y, x, *w.q, N, beta);
+        qlinear_forward(y, x, *w.q, N, beta, g_bf16_compute);
     } else if (direct_type(w.type)) {
         gemm_own(false, true, N, OC, IC, 1.0f, x, IC, w.type, w.data, IC, beta, y, OC, g_bf16_compute);
     } else {
@@ -66,7 +66,7 @@ void linear_forward(float * y, const float * x, const linear_weight & w, const f
 }
 
 void linear_backward_input(float * dx, const float * dy, const linear_weight & w, int64_t N, float beta) {
-    if (w.q) return qlinear_backward_input(dx, dy, *w.q, N, beta);
+    if (w.q) return qlinear_backward_input(dx, dy, *w.q, N, beta, g_bf16_compute);
     const int64_t OC = w.OC, IC = w.IC;
     if (direct_type(w.type)) {
         gemm_own(false, false, N, IC, OC, 1.0f, dy, OC, w.type, w.data, IC, beta, dx, IC, g_bf16_compute);

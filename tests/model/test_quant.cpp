@@ -174,7 +174,8 @@ TEST(nf4, size_not_whole_blocks_is_refused) {
     EXPECT_FALSE(st.hint.empty());
 }
 
-// The fused products equal a reference GEMM over the dequantized weight (fp-exact).
+// The fused products (W decoded inside the GEMM's packing) equal a reference GEMM over the
+// dequantized weight up to summation order, with f32 and bf16 compute.
 TEST(nf4, fused_products_match_gemm_over_dequantized_weight) {
     const int64_t OC = 300, IC = 688;   // OC not a multiple of the 256-row tile; IC not of the block (rows share blocks)
     std::vector<float> W((size_t) (OC * IC));
@@ -203,6 +204,16 @@ TEST(nf4, fused_products_match_gemm_over_dequantized_weight) {
             linear_backward_input(dx.data(), dy.data(), lw, N, 1.0f);
             gemm_ref(false, false, N, IC, OC, 1.0f, dy.data(), OC, D.data(), IC, 1.0f, dx_ref.data(), IC);
             EXPECT_LT(peft::testing::rel_error(dx.data(), dx_ref.data(), (int64_t) dx.size()), 1e-6) << "backward N=" << N << " dq=" << dq;
+            if (N <= QGEMV_MAX_ROWS) continue;
+            // bf16 compute: the GEMM rounds x, dy and deq(W) to bf16 as it does for any f32 weight
+            linear_set_bf16_compute(true);
+            linear_forward(y.data(), x.data(), lw, nullptr, N, 0.0f);
+            gemm_own_ref(false, true, N, OC, IC, 1.0f, x.data(), IC, PEFT_DTYPE_F32, D.data(), IC, 0.0f, y_ref.data(), OC, true);
+            EXPECT_LT(peft::testing::rel_error(y.data(), y_ref.data(), (int64_t) y.size()), 1e-6) << "bf16 forward dq=" << dq;
+            linear_backward_input(dx.data(), dy.data(), lw, N, 0.0f);
+            gemm_own_ref(false, false, N, IC, OC, 1.0f, dy.data(), OC, PEFT_DTYPE_F32, D.data(), IC, 0.0f, dx_ref.data(), IC, true);
+            EXPECT_LT(peft::testing::rel_error(dx.data(), dx_ref.data(), (int64_t) dx.size()), 1e-6) << "bf16 backward dq=" << dq;
+            linear_set_bf16_compute(false);
         }
         std::vector<float> rows((size_t) (5 * IC));
         linear_weight_rows_f32(rows.data(), lw, 7, 12);
