@@ -138,6 +138,7 @@ struct gemm_args {
     float *       C;
     int64_t       ldc;
     bool          bf16;
+    const gemm_b_reader * rd;   // B produced while packing (a quantized weight), else null
 };
 
 static float * aligned_buffer(std::vector<float> & v, size_t n) {
@@ -148,7 +149,16 @@ static float * aligned_buffer(std::vector<float> & v, size_t n) {
 
 static void pack_b_block(void * dst, const gemm_packers & pk, const gemm_args & g, int64_t j0, int64_t nc, int64_t p0,
                          int64_t kc, int nr, bool dot) {
-    if (g.btype == PEFT_DTYPE_BF16) {
+    if (g.rd) {   // the block's stored rows decoded into a cache-sized f32 stage, packed from there
+        static thread_local std::vector<float> stage;
+        if (stage.size() < (size_t) (nc * kc)) stage.resize((size_t) (nc * kc));
+        float * S = stage.data();
+        if (g.tb) { for (int64_t i = 0; i < nc; i++) g.rd->read(g.rd->ctx, j0 + i, p0, kc, S + i * kc); }
+        else      { for (int64_t p = 0; p < kc; p++) g.rd->read(g.rd->ctx, p0 + p, j0, nc, S + p * nc); }
+        const int64_t ld = g.tb ? kc : nc;
+        if (dot) pk.pairs((uint32_t *) dst, S, ld, g.tb, 0, nc, 0, kc, nr);
+        else     pk.f32((float *) dst, S, ld, g.tb, 0, nc, 0, kc, nr, g.bf16);
+    } else if (g.btype == PEFT_DTYPE_BF16) {
         const uint16_t * B = (const uint16_t *) g.B;
         if (dot) pk.pairs_from_h((uint32_t *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr);
         else     pk.f32_from_h((float *) dst, B, g.ldb, g.tb, j0, nc, p0, kc, nr, false);
@@ -228,10 +238,27 @@ static void gemv_rows(const gemm_args & g, const gemm_micro_set & s) {
     }
 }
 
+static void gemm_run(const gemm_args & g);
+
 void gemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A, int64_t lda,
               dtype b_type, const void * B, int64_t ldb, float beta, float * C, int64_t ldc, bool bf16_compute) {
-    if (M <= 0 || N <= 0) return;
     PEFT_ASSERT(b_type == PEFT_DTYPE_F32 || b_type == PEFT_DTYPE_BF16);
+    gemm_run({trans_a, trans_b, M, N, K, alpha, A, lda, b_type, B, ldb, beta, C, ldc, bf16_compute, nullptr});
+}
+
+void gemm_own_read(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A, int64_t lda,
+                   const gemm_b_reader & B, float beta, float * C, int64_t ldc, bool bf16_compute) {
+    gemm_run({trans_a, trans_b, M, N, K, alpha, A, lda, PEFT_DTYPE_F32, nullptr, 0, beta, C, ldc, bf16_compute, &B});
+}
+
+static void gemm_run(const gemm_args & g) {
+    const bool trans_b = g.tb, bf16_compute = g.bf16;
+    const int64_t M = g.M, N = g.N, K = g.K;
+    const float beta = g.beta;
+    float * C = g.C;
+    const int64_t ldc = g.ldc;
+    const dtype b_type = g.btype;
+    if (M <= 0 || N <= 0) return;
     if (K <= 0) {   // C = beta C
         for (int64_t i = 0; i < M; i++) {
             for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
@@ -239,14 +266,13 @@ void gemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
         return;
     }
     const gemm_micro_set & s = micro_set();
-    const gemm_args g = {trans_a, trans_b, M, N, K, alpha, A, lda, b_type, B, ldb, beta, C, ldc, bf16_compute};
     // the GEMV reads B as stored: f32 weights under bf16 compute need the rounding packer
     // an f32 row through f32 weights: OpenBLAS's sgemv measured faster (memory-bound, ~1.3x)
-    if (M == 1 && b_type == PEFT_DTYPE_F32 && !bf16_compute) {
-        gemm_blas(trans_a, trans_b, M, N, K, alpha, A, lda, (const float *) B, ldb, beta, C, ldc);
+    if (M == 1 && b_type == PEFT_DTYPE_F32 && !bf16_compute && !g.rd) {
+        gemm_blas(g.ta, trans_b, M, N, K, g.alpha, g.A, g.lda, (const float *) g.B, g.ldb, beta, C, ldc);
         return;
     }
-    if (M == 1 && trans_b && !(bf16_compute && b_type == PEFT_DTYPE_F32)) { gemv_rows(g, s); return; }
+    if (M == 1 && trans_b && !(bf16_compute && b_type == PEFT_DTYPE_F32) && !g.rd) { gemv_rows(g, s); return; }
     // KC: more k per pass means fewer read-modify-write passes over C; 384 f32 (a 48 KB B
     // micro-panel) and MC ~ 516 rows measured best on the small shape's GEMMs (+12% over
     // 256 / 384, 1 and 2 threads); bf16 pairs halve the bytes per k.

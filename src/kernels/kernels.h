@@ -37,6 +37,17 @@ void gemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
 void gemm_own_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A,
                   int64_t lda, dtype b_type, const void * B, int64_t ldb, float beta, float * C, int64_t ldc,
                   bool bf16_compute);
+// A B operand that is decoded while packing (a block-quantized weight): read(ctx, r, c0, n, dst)
+// writes elements [c0, c0 + n) of row r of the stored matrix ([N,K] when trans_b, else [K,N]) as
+// f32. Called from several threads at once.
+struct gemm_b_reader {
+    void (*read)(const void * ctx, int64_t r, int64_t c0, int64_t n, float * dst);
+    const void * ctx;
+};
+// gemm_own with B from a reader: each KC x NC block of B is decoded into a per-thread stage and
+// packed from there, so no more than one block of B exists in f32 at a time.
+void gemm_own_read(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A, int64_t lda,
+                   const gemm_b_reader & B, float beta, float * C, int64_t ldc, bool bf16_compute);
 // OpenBLAS sgemm/sgemv, the measured baseline (peft bench --peak, bench_kernels).
 void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc);

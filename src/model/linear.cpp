@@ -70,7 +70,7 @@ void linear_forward(float * y, const float * x, const linear_weight & w, const f
     const int64_t OC = w.OC, IC = w.IC;
     if (w.q) {
         if (w.q->type != PEFT_QTYPE_NF4 && N <= QGEMV_MAX_ROWS) qgemv_by_rows(y, x, *w.q, N, beta);
-        else qlinear_forward(y, x, *w.q, N, beta);   // tiles through the type table; NF4's GEMV
+        else qlinear_forward(y, x, *w.q, N, beta, g_bf16_compute);   // tiles through the type table; NF4's GEMV
     } else if (direct_type(w.type)) {
         gemm_own(false, true, N, OC, IC, 1.0f, x, IC, w.type, w.data, IC, beta, y, OC, g_bf16_compute);
     } else {
@@ -92,7 +92,7 @@ void linear_forward(float * y, const float * x, const linear_weight & w, const f
 }
 
 void linear_backward_input(float * dx, const float * dy, const linear_weight & w, int64_t N, float beta) {
-    if (w.q) return qlinear_backward_input(dx, dy, *w.q, N, beta);
+    if (w.q) return qlinear_backward_input(dx, dy, *w.q, N, beta, g_bf16_compute);
     const int64_t OC = w.OC, IC = w.IC;
     if (direct_type(w.type)) {
         gemm_own(false, false, N, IC, OC, 1.0f, dy, OC, w.type, w.data, IC, beta, dx, IC, g_bf16_compute);
