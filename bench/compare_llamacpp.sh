@@ -8,10 +8,10 @@
 # llama-bench is built once from the llama.cpp release source that node-llama-cpp ships
 # (llama/gitRelease.bundle in the npm tarball scripts/fetch_assets.sh caches), Release, only
 # that target, ccache when present; the binary stays under $CACHE/llama.cpp-bench/. The model is
-# made by `peft bench --shape SHAPE --save-model DIR` (random weights, seed 1) and exported with
-# `peft export gguf --outtype f32|bf16`. Each round runs every (dtype, threads) case of both
+# written by `peft bench --shape SHAPE --dtype f32|bf16 --save-gguf FILE`: the random weights (same
+# seed) that `peft bench --method generate --shape SHAPE --dtype ...` decodes. Each round runs every (dtype, threads) case of both
 # programs one after the other, so machine load hits both alike; the table shows medians.
-# Env: PEFT (default build/peft), PROMPT (64), GEN (32), THREADS ("1 2"), DTYPES ("f32 bf16").
+# Env: PEFT (default build/peft), PEFT_FLAGS (e.g. --bf16), PROMPT (64), GEN (32), THREADS ("1 2"), DTYPES ("f32 bf16").
 set -euo pipefail
 
 SHAPE=${1:?usage: bench/compare_llamacpp.sh SHAPE [ROUNDS]}
@@ -21,6 +21,7 @@ PROMPT=${PROMPT:-64}
 GEN=${GEN:-32}
 THREADS=${THREADS:-1 2}
 DTYPES=${DTYPES:-f32 bf16}
+PEFT_FLAGS=${PEFT_FLAGS:-}
 CACHE=${PEFT_ASSET_DIR:-$HOME/.cache/peft-assets}
 LC=$CACHE/llama.cpp-bench
 TGZ=$CACHE/npm/node-llama-cpp-3.22.1.tgz
@@ -50,9 +51,8 @@ LB=$LC/build/bin/llama-bench
 # ---- the model: random weights of SHAPE, exported per dtype ----
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-"$PEFT" bench --shape "$SHAPE" --save-model "$WORK/hf" > /dev/null
 for dt in $DTYPES; do
-  "$PEFT" export gguf --model "$WORK/hf" --outtype "$dt" --out "$WORK/$dt.gguf" > /dev/null
+  "$PEFT" bench --shape "$SHAPE" --dtype "$dt" --save-gguf "$WORK/$dt.gguf" 2> /dev/null
 done
 
 # ---- interleaved rounds ----
@@ -66,11 +66,10 @@ for r in $(seq "$ROUNDS"); do
       tg=$(echo "$out" | awk -F, -v G="$GEN" 'NR==1{for(i=1;i<=NF;i++){gsub(/"/,"",$i);h[$i]=i}next}
            {gsub(/"/,""); if($h["n_prompt"]==0 && $h["n_gen"]==G) print $h["avg_ts"]}')
       echo "llama.cpp $dt $t $pp $tg" >> "$RES"
-      flag=""
-      [ "$dt" = bf16 ] && flag="--bf16-weights"
-      js=$("$PEFT" bench --shape "$SHAPE" --method generate --seq "$PROMPT" --gen-tokens "$GEN" --threads "$t" $flag 2> /dev/null | tail -1)
-      pp=$(echo "$js" | sed -n 's/.*"prefill_tok_s": *\([0-9.eE+-]*\).*/\1/p')
-      tg=$(echo "$js" | sed -n 's/.*"decode_tok_s": *\([0-9.eE+-]*\).*/\1/p')
+      js=$("$PEFT" bench --shape "$SHAPE" --method generate --seq "$PROMPT" --gen-tokens "$GEN" --rounds 1 --threads "$t" \
+           --dtype "$dt" $PEFT_FLAGS 2> /dev/null | tail -1)
+      pp=$(echo "$js" | sed -n 's/.*"base_prefill_tokens_per_s": *\([0-9.eE+-]*\).*/\1/p')
+      tg=$(echo "$js" | sed -n 's/.*"base_decode_tokens_per_s": *\([0-9.eE+-]*\).*/\1/p')
       echo "peft $dt $t $pp $tg" >> "$RES"
     done
   done
