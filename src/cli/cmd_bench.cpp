@@ -19,6 +19,7 @@
 #include "core/threads.h"
 #include "io/json.h"
 #include "kernels/kernels.h"
+#include "model/gguf_export.h"
 #include "model/llama.h"
 #include "model/llama_infer.h"
 #include "model/sample.h"
@@ -307,6 +308,9 @@ int cmd_bench(int argc, char ** argv) {
     app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::Range((int64_t) 0, (int64_t) 1000));
     app.add_option("--threads", threads, "threads (default: the physical cores)")->check(CLI::Range(0, THREADS_MAX));
     app.add_option("--seed", seed, "seed for random weights and tokens");
+    std::string save_gguf;
+    app.add_option("--save-gguf", save_gguf, "write the --shape model's random weights (--seed) as a GGUF file in --dtype and exit "
+                   "(bench/compare_llamacpp.sh runs llama.cpp on it)");
     app.add_option("--dtype", storage, "storage of frozen random weights: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
     app.add_flag("--recompute", recompute, "recompute activations per layer in backward (less memory)");
     app.add_option("--lr", lr, "AdamW learning rate (full, galore)");
@@ -338,6 +342,24 @@ int cmd_bench(int argc, char ** argv) {
     }
     threads_set(threads);
     linear_set_bf16_compute(bf16);
+    if (!save_gguf.empty()) {   // the same random model bench_generate makes (seed, shape, storage)
+        llama_hparams hp;
+        llama_model m;
+        status st = llama_hparams_named_shape(shape, hp) ? status::success()
+                                                         : make_error(PEFT_STATUS_ARGUMENT, "--shape", "unknown shape " + shape);
+        if (st.ok() && std::fopen(save_gguf.c_str(), "rb")) {   // never replaces a file (the handle dies with the process)
+            st = make_error(PEFT_STATUS_IO, save_gguf, "output file exists");
+        }
+        if (st.ok()) st = llama_init_random(m, hp, false, seed, storage == "bf16" ? PEFT_DTYPE_BF16 : PEFT_DTYPE_F32);
+        gguf_export_options o;
+        o.type = storage == "bf16" ? GGUF_TENSOR_BF16 : GGUF_TENSOR_F32;
+        o.name = "random " + shape;
+        std::string note;
+        if (st.ok()) st = gguf_export_model(m, "", o, save_gguf, note);
+        if (!st.ok()) return cli_fail("bench", st);
+        std::fprintf(stderr, "peft bench: wrote %s (random %s, %s)\n", save_gguf.c_str(), shape.c_str(), storage.c_str());
+        return 0;
+    }
     if (method == "generate") {
         std::string cfg_text;
         if (!bench_adapter_config(gen_method, gen_lora_r, 2.0f * (float) gen_lora_r, cfg_text)) {

@@ -62,6 +62,29 @@ double raw_peak_gflops(bool bf16);
 void gemm_f64(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
               const double * A, int64_t lda, const double * B, int64_t ldb, double beta, double * C, int64_t ldc);
 
+// ---- GEMV: a few rows through a frozen weight (gemv.cpp) -------------------------------------
+// y[M,OC] = x[M,IC] W^T + beta * y for M <= GEMV_MAX_ROWS (decoding), W [OC,IC] f32 or bf16 as
+// stored, operands read as gemm_own reads them (bf16_compute rounds x and W to bf16). Threads
+// split the rows of W inside the call; results do not depend on the thread count.
+// gemv_own_ref is the double-accumulating oracle (gemm_own_ref).
+constexpr int64_t GEMV_MAX_ROWS = 4;
+constexpr int GEMV_MAX_OUTS = 4;
+struct gemv_out {
+    float *      y;      // [M, OC]
+    dtype        wt;
+    const void * W;      // [OC, IC]
+    int64_t      OC;
+    float        beta;
+};
+void gemv_own(float * y, const float * x, int64_t M, dtype wt, const void * W, int64_t OC, int64_t IC, float beta, bool bf16_compute);
+// Several products over the same x (q/k/v, gate/up) in one parallel region.
+void gemv_own_multi(const gemv_out * outs, int n_out, const float * x, int64_t M, int64_t IC, bool bf16_compute);
+void gemv_own_ref(float * y, const float * x, int64_t M, dtype wt, const void * W, int64_t OC, int64_t IC, float beta,
+                  bool bf16_compute);
+// The GEMV kernels in use ("avx512-bf16", "avx512", "scalar"); forcing as gemm_force_isa.
+const char * gemv_isa_name();
+bool gemv_force_isa(const char * name);
+
 // ---- embedding (embedding.cpp) ----------------------------------------------------------
 // out[N,C] = wte[tokens[n], :]; wte is f32 [V,C]. Callers with bf16 tables convert rows.
 void embedding_forward(float * out, const int32_t * tokens, const float * wte, int64_t N, int64_t C);

@@ -71,6 +71,8 @@ void linear_forward(float * y, const float * x, const linear_weight & w, const f
     if (w.q) {
         if (w.q->type != PEFT_QTYPE_NF4 && N <= QGEMV_MAX_ROWS) qgemv_by_rows(y, x, *w.q, N, beta);
         else qlinear_forward(y, x, *w.q, N, beta, g_bf16_compute);   // tiles through the type table; NF4's GEMV
+    } else if (direct_type(w.type) && N <= GEMV_MAX_ROWS) {   // decoding: memory-bound dot products
+        gemv_own(y, x, N, w.type, w.data, OC, IC, beta, g_bf16_compute);
     } else if (direct_type(w.type)) {
         gemm_own(false, true, N, OC, IC, 1.0f, x, IC, w.type, w.data, IC, beta, y, OC, g_bf16_compute);
     } else {

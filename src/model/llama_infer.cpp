@@ -14,6 +14,7 @@
 #include "adapters/adapter.h"
 #include "core/arena.h"
 #include "kernels/kernels.h"
+#include "model/linear.h"
 
 namespace peft {
 
@@ -111,6 +112,27 @@ void residual_proj(const llama_model & m, int64_t l, llama_proj pj, float * x, c
     for (int64_t i = 0; i < n; i++) x[i] += scratch[i];
 }
 
+// Projections of one input (q/k/v, gate/up) for a decode step in one parallel region
+// (gemv_own_multi): on 2 threads a region per projection cost more than the split saved. Only
+// for plain f32/bf16 base weights without adapters; false: the caller runs them one by one.
+bool proj_fused(const llama_model & m, int64_t l, const llama_proj * pj, float * const * y, int n, const float * x, int64_t nb) {
+    if (nb > GEMV_MAX_ROWS) return false;
+    gemv_out outs[GEMV_MAX_OUTS];
+    for (int i = 0; i < n; i++) {
+        const linear_weight & w = m.proj_weight(l, pj[i]);
+        if (m.adapter(l, pj[i]) || w.q || (w.type != PEFT_DTYPE_F32 && w.type != PEFT_DTYPE_BF16)) return false;
+        outs[i] = {y[i], w.type, w.data, w.OC, 0.0f};
+    }
+    gemv_own_multi(outs, n, x, nb, m.proj_weight(l, pj[0]).IC, linear_bf16_compute());
+    for (int i = 0; i < n; i++) {
+        const float * b = m.proj_bias(l, pj[i]);
+        const int64_t OC = outs[i].OC;
+        for (int64_t r = 0; b && r < nb; r++)
+            for (int64_t o = 0; o < OC; o++) y[i][r * OC + o] += b[o];
+    }
+    return true;
+}
+
 // One chunk of nb rows at positions s.n_past.. through every layer; x holds the embeddings
 // on entry and the last residual stream on exit.
 void forward_chunk(const llama_model & m, llama_infer_state & s, int64_t nb) {
@@ -130,16 +152,21 @@ void forward_chunk(const llama_model & m, llama_infer_state & s, int64_t nb) {
         float * kc = p.k_cache[(size_t) l], * vc = p.v_cache[(size_t) l];
         float * k_new = kc + p0 * KVD, * v_new = vc + p0 * KVD;
         rmsnorm_forward(p.xn, p.rstd, p.x, w.attn_norm, nb, C, hp.rms_eps);
-        llama_proj_forward(m, l, LLAMA_PROJ_Q, p.q, p.xn, nb);
-        llama_proj_forward(m, l, LLAMA_PROJ_K, k_new, p.xn, nb);
-        llama_proj_forward(m, l, LLAMA_PROJ_V, v_new, p.xn, nb);
+        static constexpr llama_proj QKV[3] = {LLAMA_PROJ_Q, LLAMA_PROJ_K, LLAMA_PROJ_V};
+        float * const qkv[3] = {p.q, k_new, v_new};
+        if (!proj_fused(m, l, QKV, qkv, 3, p.xn, nb)) {
+            for (int i = 0; i < 3; i++) llama_proj_forward(m, l, QKV[i], qkv[i], p.xn, nb);
+        }
         rope_forward(p.q, p.pos, m.inv_freq.data(), nb, hp.n_head, hp.head_dim);
         rope_forward(k_new, p.pos, m.inv_freq.data(), nb, hp.n_head_kv, hp.head_dim);
         attend_cache(p.att, p.q, kc, vc, p.scores, s.max_ctx, p0, nb, hp.n_head, hp.n_head_kv, hp.head_dim, p.n_threads);
         residual_proj(m, l, LLAMA_PROJ_O, p.x, p.att, nb, p.scratch);      // x += o(att)
         rmsnorm_forward(p.xn, p.rstd, p.x, w.ffn_norm, nb, C, hp.rms_eps);
-        llama_proj_forward(m, l, LLAMA_PROJ_GATE, p.gate, p.xn, nb);
-        llama_proj_forward(m, l, LLAMA_PROJ_UP, p.up, p.xn, nb);
+        static constexpr llama_proj GATE_UP[2] = {LLAMA_PROJ_GATE, LLAMA_PROJ_UP};
+        float * const gate_up[2] = {p.gate, p.up};
+        if (!proj_fused(m, l, GATE_UP, gate_up, 2, p.xn, nb)) {
+            for (int i = 0; i < 2; i++) llama_proj_forward(m, l, GATE_UP[i], gate_up[i], p.xn, nb);
+        }
         swiglu_forward(p.h, p.gate, p.up, nb * F);
         residual_proj(m, l, LLAMA_PROJ_DOWN, p.x, p.h, nb, p.scratch);     // x += down(h)
     }

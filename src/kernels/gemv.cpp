@@ -1,0 +1,247 @@
+// gemv.cpp: y[M,OC] = x[M,IC] W^T for a few rows (M <= GEMV_MAX_ROWS): decoding one token per
+// sequence, where every weight byte is read once per step and the product is memory-bound.
+// W is f32 or bf16 [OC, IC] as stored. Each pass over 4 rows of W serves all M rows of x, so the
+// weights stream from memory once. Modes, as gemm_own's (kernels.h):
+//   exact (bf16_compute off): f32 FMAs; bf16 weights widen exactly in registers (16-bit shift).
+//   bf16 compute: x rounded to bf16 once per call; vdpbf16ps on bf16 weights as stored, f32
+//   weights rounded in registers (vcvtne2ps2bf16), f32 accumulation (llama.cpp's bf16 path).
+// Threads split the OC rows in contiguous ranges inside one parallel region per call (or per
+// group of products over one x, gemv_own_multi); every y element is one dot product summed in
+// a fixed lane order, so results do not depend on the thread count.
+// Not here: more rows than GEMV_MAX_ROWS, non-row-major operands (gemm_own), quantized weights.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"   // GCC 12's _mm512_reduce_add_ps
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <omp.h>
+#include <vector>
+
+#include "core/status.h"
+#include "kernels/kernels.h"
+
+namespace peft {
+
+#define GEMV_AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define GEMV_BF16_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+
+namespace {
+
+// One call's operands: x [M, IC] f32 (xb: the same rounded to bf16, [M, ICp] with ICp = IC
+// rounded up to even, zero-padded), W [OC, IC].
+struct gemv_job {
+    float *        y;      // [M, OC], row stride ldy
+    int64_t        ldy;
+    dtype          wt;
+    const void *   W;
+    int64_t        OC;
+    float          beta;
+};
+
+static inline __mmask16 mask16(int64_t left) { return left >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << left) - 1); }
+static inline __mmask32 mask32(int64_t left) { return left >= 32 ? (__mmask32) 0xffffffffu : (__mmask32) ((1ull << left) - 1); }
+
+template <int M>
+GEMV_AVX512_ATTR static inline void store_rows(const gemv_job & j, int64_t n, int R, const __m512 (*acc)[M]) {
+    for (int r = 0; r < R; r++) {
+        for (int m = 0; m < M; m++) {
+            float * yp = j.y + m * j.ldy + n + r;
+            const float s = _mm512_reduce_add_ps(acc[r][m]);
+            *yp = j.beta == 0.0f ? s : s + j.beta * *yp;
+        }
+    }
+}
+
+// Rows [n0, n1) of W against M rows of f32 x, f32 FMAs; R = 4 rows of W share each x load.
+template <int M, bool BF16W>
+GEMV_AVX512_ATTR static void rows_exact(const gemv_job & j, const float * x, int64_t IC, int64_t n0, int64_t n1) {
+    auto loadw = [&](int64_t n, int64_t k, __mmask16 msk) GEMV_AVX512_ATTR {
+        if constexpr (BF16W) {
+            const __m256i h = _mm256_maskz_loadu_epi16(msk, (const uint16_t *) j.W + n * IC + k);
+            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        } else {
+            return _mm512_maskz_loadu_ps(msk, (const float *) j.W + n * IC + k);
+        }
+    };
+    for (int64_t n = n0; n < n1; n += 4) {
+        const int R = (int) std::min<int64_t>(4, n1 - n);
+        __m512 acc[4][M];
+        for (int r = 0; r < 4; r++)
+            for (int m = 0; m < M; m++) acc[r][m] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < IC; k += 16) {
+            const __mmask16 msk = mask16(IC - k);
+            __m512 xv[M];
+            for (int m = 0; m < M; m++) xv[m] = _mm512_maskz_loadu_ps(msk, x + m * IC + k);
+            if (R == 4) {
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; r++) {
+                    const __m512 w = loadw(n + r, k, msk);
+                    for (int m = 0; m < M; m++) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
+                }
+            } else {
+                for (int r = 0; r < R; r++) {
+                    const __m512 w = loadw(n + r, k, msk);
+                    for (int m = 0; m < M; m++) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
+                }
+            }
+        }
+        store_rows<M>(j, n, R, acc);
+    }
+}
+
+// bf16 compute: xb [M, ICp] bf16 pairs; 32 k per step (one vdpbf16ps per row of W and of x).
+template <int M, bool BF16W>
+GEMV_BF16_ATTR static void rows_dot(const gemv_job & j, const uint16_t * xb, int64_t IC, int64_t ICp, int64_t n0, int64_t n1) {
+    auto loadw = [&](int64_t n, int64_t k) GEMV_BF16_ATTR {
+        const int64_t left = IC - k;
+        if constexpr (BF16W) {
+            return (__m512bh) _mm512_maskz_loadu_epi16(mask32(left), (const uint16_t *) j.W + n * IC + k);
+        } else {
+            const float * w = (const float *) j.W + n * IC + k;
+            const __m512 lo = _mm512_maskz_loadu_ps(mask16(left), w);
+            const __m512 hi = left > 16 ? _mm512_maskz_loadu_ps(mask16(left - 16), w + 16) : _mm512_setzero_ps();
+            return _mm512_cvtne2ps_pbh(hi, lo);
+        }
+    };
+    for (int64_t n = n0; n < n1; n += 4) {
+        const int R = (int) std::min<int64_t>(4, n1 - n);
+        __m512 acc[4][M];
+        for (int r = 0; r < 4; r++)
+            for (int m = 0; m < M; m++) acc[r][m] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < IC; k += 32) {
+            __m512bh xv[M];   // zero past IC (the padding of xb), so W's tail lanes add nothing
+            const __mmask32 msk = mask32(ICp - k);
+            for (int m = 0; m < M; m++) xv[m] = (__m512bh) _mm512_maskz_loadu_epi16(msk, xb + m * ICp + k);
+            if (R == 4) {
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; r++) {
+                    const __m512bh w = loadw(n + r, k);
+                    for (int m = 0; m < M; m++) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], xv[m], w);
+                }
+            } else {
+                for (int r = 0; r < R; r++) {
+                    const __m512bh w = loadw(n + r, k);
+                    for (int m = 0; m < M; m++) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], xv[m], w);
+                }
+            }
+        }
+        store_rows<M>(j, n, R, acc);
+    }
+}
+
+// Portable fallback (no AVX-512): one dot per (row of x, row of W), f32 accumulation in k order.
+static void rows_scalar(const gemv_job & j, const float * x, const uint16_t * xb, int64_t M, int64_t IC, int64_t ICp, int64_t n0,
+                        int64_t n1, bool bf16) {
+    for (int64_t n = n0; n < n1; n++) {
+        for (int64_t m = 0; m < M; m++) {
+            float s = 0.0f;
+            for (int64_t k = 0; k < IC; k++) {
+                float w = j.wt == PEFT_DTYPE_BF16 ? bf16_to_f32(((const uint16_t *) j.W)[n * IC + k]) : ((const float *) j.W)[n * IC + k];
+                if (bf16) w = bf16_to_f32(f32_to_bf16(w));
+                s += w * (bf16 ? bf16_to_f32(xb[m * ICp + k]) : x[m * IC + k]);
+            }
+            float * yp = j.y + m * j.ldy + n;
+            *yp = j.beta == 0.0f ? s : s + j.beta * *yp;
+        }
+    }
+}
+
+enum gemv_isa { GEMV_ISA_SCALAR, GEMV_ISA_AVX512, GEMV_ISA_AVX512_BF16, GEMV_ISA_COUNT };
+constexpr const char * GEMV_ISA_NAMES[] = {"scalar", "avx512", "avx512-bf16"};
+static_assert(sizeof(GEMV_ISA_NAMES) / sizeof(GEMV_ISA_NAMES[0]) == GEMV_ISA_COUNT);
+
+gemv_isa detect_isa() {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl")) {
+        return GEMV_ISA_SCALAR;
+    }
+    return __builtin_cpu_supports("avx512bf16") ? GEMV_ISA_AVX512_BF16 : GEMV_ISA_AVX512;
+}
+
+gemv_isa g_detected = detect_isa();
+gemv_isa g_isa = g_detected;
+
+template <int M>
+void rows_dispatch(const gemv_job & j, const float * x, const uint16_t * xb, int64_t IC, int64_t ICp, int64_t n0, int64_t n1,
+                   bool bf16) {
+    const bool bw = j.wt == PEFT_DTYPE_BF16;
+    if (g_isa == GEMV_ISA_SCALAR || (bf16 && g_isa != GEMV_ISA_AVX512_BF16)) {
+        // the rounding of bf16 compute without vdpbf16ps: the portable loop (x already rounded)
+        rows_scalar(j, x, xb, M, IC, ICp, n0, n1, bf16);
+    } else if (bf16) {
+        bw ? rows_dot<M, true>(j, xb, IC, ICp, n0, n1) : rows_dot<M, false>(j, xb, IC, ICp, n0, n1);
+    } else {
+        bw ? rows_exact<M, true>(j, x, IC, n0, n1) : rows_exact<M, false>(j, x, IC, n0, n1);
+    }
+}
+
+void rows_any(const gemv_job & j, const float * x, const uint16_t * xb, int64_t M, int64_t IC, int64_t ICp, int64_t n0, int64_t n1,
+              bool bf16) {
+    switch (M) {
+        case 1: return rows_dispatch<1>(j, x, xb, IC, ICp, n0, n1, bf16);
+        case 2: return rows_dispatch<2>(j, x, xb, IC, ICp, n0, n1, bf16);
+        case 3: return rows_dispatch<3>(j, x, xb, IC, ICp, n0, n1, bf16);
+        default: return rows_dispatch<4>(j, x, xb, IC, ICp, n0, n1, bf16);
+    }
+}
+
+} // namespace
+
+static_assert(GEMV_MAX_ROWS == 4, "rows_any instantiates M = 1..4");
+
+const char * gemv_isa_name() { return GEMV_ISA_NAMES[g_isa]; }
+
+bool gemv_force_isa(const char * name) {
+    if (!name) { g_isa = g_detected; return true; }
+    for (int i = 0; i <= (int) g_detected; i++) {
+        if (std::strcmp(GEMV_ISA_NAMES[i], name) == 0) { g_isa = (gemv_isa) i; return true; }
+    }
+    return false;
+}
+
+void gemv_own_multi(const gemv_out * outs, int n_out, const float * x, int64_t M, int64_t IC, bool bf16_compute) {
+    PEFT_ASSERT(M >= 1 && M <= GEMV_MAX_ROWS && n_out >= 1 && n_out <= GEMV_MAX_OUTS);
+    static thread_local std::vector<uint16_t> xbuf;
+    const int64_t ICp = (IC + 1) / 2 * 2;
+    const uint16_t * xb = nullptr;
+    if (bf16_compute) {
+        xbuf.assign((size_t) (M * ICp), 0);
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t k = 0; k < IC; k++) xbuf[(size_t) (m * ICp + k)] = f32_to_bf16(x[m * IC + k]);
+        xb = xbuf.data();
+    }
+    gemv_job jobs[GEMV_MAX_OUTS];
+    int64_t start[GEMV_MAX_OUTS + 1];   // the outputs' rows laid end to end
+    start[0] = 0;
+    for (int i = 0; i < n_out; i++) {
+        PEFT_ASSERT(outs[i].wt == PEFT_DTYPE_F32 || outs[i].wt == PEFT_DTYPE_BF16);
+        jobs[i] = {outs[i].y, outs[i].OC, outs[i].wt, outs[i].W, outs[i].OC, outs[i].beta};
+        start[i + 1] = start[i] + outs[i].OC;
+    }
+    const int64_t total = start[n_out];
+    // threads take contiguous slices of the concatenated rows, in units of 16 rows (whole
+    // cache lines of y); tiny products stay on one thread
+    const int nt = total * IC < (1 << 16) ? 1 : std::max(1, omp_get_max_threads());
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int64_t units = (total + 15) / 16;
+        const int64_t r0 = std::min(total, units * t / T * 16), r1 = std::min(total, units * (t + 1) / T * 16);
+        for (int i = 0; i < n_out; i++) {
+            const int64_t a = std::max(r0, start[i]), b = std::min(r1, start[i + 1]);
+            if (a < b) rows_any(jobs[i], x, xb, M, IC, ICp, a - start[i], b - start[i], bf16_compute);
+        }
+    }
+}
+
+void gemv_own(float * y, const float * x, int64_t M, dtype wt, const void * W, int64_t OC, int64_t IC, float beta, bool bf16_compute) {
+    const gemv_out o = {y, wt, W, OC, beta};
+    gemv_own_multi(&o, 1, x, M, IC, bf16_compute);
+}
+
+void gemv_own_ref(float * y, const float * x, int64_t M, dtype wt, const void * W, int64_t OC, int64_t IC, float beta,
+                  bool bf16_compute) {
+    gemm_own_ref(false, true, M, OC, IC, 1.0f, x, IC, wt, W, IC, beta, y, OC, bf16_compute);
+}
+
+} // namespace peft
