@@ -41,6 +41,13 @@ struct gemv_job {
 static inline __mmask16 mask16(int64_t left) { return left >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << left) - 1); }
 static inline __mmask32 mask32(int64_t left) { return left >= 32 ? (__mmask32) 0xffffffffu : (__mmask32) ((1ull << left) - 1); }
 
+// The next group's rows while this one streams: at one token per step the products are
+// memory-bound, and the hardware prefetcher alone leaves bandwidth unused (byte offset `off`
+// into row n, `row_bytes` long; a prefetch past the matrix is harmless, it never faults).
+static inline void prefetch_next(const gemv_job & j, int64_t n, int64_t off, int64_t row_bytes) {
+    _mm_prefetch((const char *) j.W + n * row_bytes + off, _MM_HINT_T0);
+}
+
 template <int M>
 GEMV_AVX512_ATTR static inline void store_rows(const gemv_job & j, int64_t n, int R, const __m512 (*acc)[M]) {
     for (int r = 0; r < R; r++) {
@@ -75,6 +82,7 @@ GEMV_AVX512_ATTR static void rows_exact(const gemv_job & j, const float * x, int
             if (R == 4) {
 #pragma GCC unroll 4
                 for (int r = 0; r < 4; r++) {
+                    prefetch_next(j, n + 4 + r, k * (BF16W ? 2 : 4), IC * (BF16W ? 2 : 4));
                     const __m512 w = loadw(n + r, k, msk);
                     for (int m = 0; m < M; m++) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
                 }
@@ -115,6 +123,8 @@ GEMV_BF16_ATTR static void rows_dot(const gemv_job & j, const uint16_t * xb, int
             if (R == 4) {
 #pragma GCC unroll 4
                 for (int r = 0; r < 4; r++) {
+                    prefetch_next(j, n + 4 + r, k * (BF16W ? 2 : 4), IC * (BF16W ? 2 : 4));
+                    prefetch_next(j, n + 4 + r, k * (BF16W ? 2 : 4) + 64, IC * (BF16W ? 2 : 4));
                     const __m512bh w = loadw(n + r, k);
                     for (int m = 0; m < M; m++) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], xv[m], w);
                 }
