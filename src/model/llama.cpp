@@ -2,6 +2,9 @@
 // Not here: loading files (llama_load.cpp), optimizers, adapters.
 #include "model/llama.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -102,6 +105,17 @@ status llama_quantize_tensor(llama_model & m, llama_tensor & t, const float * W,
     return {};
 }
 
+// Hands the whole pages of [p, p + bytes) back to the system when they belong to the random-init
+// storage arena: a matrix quantized there is never read again (its tensor's data is null), and
+// keeping it would hold the 16-bit model beside its 4-bit copy.
+static void release_storage(const arena & a, const void * p, size_t bytes) {
+    const uintptr_t lo = (uintptr_t) a.base, hi = lo + a.used, begin = (uintptr_t) p, end = begin + bytes;
+    if (!a.base || begin < lo || end > hi) return;   // a file mapping or a loaded buffer: not ours
+    const uintptr_t page = (uintptr_t) sysconf(_SC_PAGESIZE);
+    const uintptr_t from = (begin + page - 1) & ~(page - 1), to = end & ~(page - 1);
+    if (from < to) madvise((void *) from, to - from, MADV_DONTNEED);   // a refusal only keeps the pages
+}
+
 status llama_quantize_frozen(llama_model & m, const quant_options & o) {
     PEFT_ASSERT(!m.trainable);
     std::vector<float> W;
@@ -109,7 +123,10 @@ status llama_quantize_frozen(llama_model & m, const quant_options & o) {
         if (!llama_is_proj_weight(t.name) || t.q) continue;
         W.resize((size_t) t.numel());
         convert_to_f32(t.type, t.data, W.data(), W.size());
+        const void * old = t.data;
+        const size_t bytes = (size_t) t.numel() * dtype_size(t.type);
         PEFT_TRY(llama_quantize_tensor(m, t, W.data(), o));
+        release_storage(m.storage_arena, old, bytes);
     }
     llama_bind_weights(m);
     return {};
