@@ -4,6 +4,8 @@
 // can no longer change (whole UTF-8 characters, not a possible start of a stop string).
 #include "serve/engine.h"
 
+#include <future>
+
 #include <algorithm>
 #include <filesystem>
 
@@ -75,6 +77,26 @@ serve_engine::~serve_engine() { shutdown(); }
 status serve_engine::init(const std::string & model_dir, const std::vector<std::pair<std::string, std::string>> & adapters,
                           const serve_options & o) {
     opt_ = o;
+    const int threads = threads_get();
+    std::promise<status> loaded;
+    std::future<status> done = loaded.get_future();
+    // The decode thread loads the model as well. OpenMP keeps a pool of workers per thread that
+    // opened a parallel region; a second pool (the caller's, idle after loading) makes libgomp
+    // throttle the decode team's spin-wait into a futex sleep and wake at every region, which
+    // measured ten times slower at 2 threads on 2 cores (serve-bench, tiny model: 152 tok/s).
+    thread_ = std::thread([this, &model_dir, &adapters, &loaded, threads] {
+        threads_set(threads);
+        const status st = load(model_dir, adapters);
+        const bool ok = st.ok();
+        loaded.set_value(st);   // model_dir and adapters are not used past this point
+        if (ok) loop();
+    });
+    const status st = done.get();
+    if (!st.ok()) thread_.join();
+    return st;
+}
+
+status serve_engine::load(const std::string & model_dir, const std::vector<std::pair<std::string, std::string>> & adapters) {
     if (opt_.parallel < 1 || opt_.queue < 0) return make_error(PEFT_STATUS_ARGUMENT, "--parallel", "at least one slot is needed");
     PEFT_TRY(tokenizer::load(model_dir, tok_));
     PEFT_TRY(llama_load(model_, model_dir, false));
@@ -127,7 +149,6 @@ status serve_engine::init(const std::string & model_dir, const std::vector<std::
     auto b = std::make_shared<llama_infer_batch>();
     PEFT_TRY(llama_infer_batch_init(*b, model_, 128, ctx_));
     batch_ = b;
-    thread_ = std::thread([this] { loop(); });
     return status::success();
 }
 

@@ -64,7 +64,7 @@ public:
     serve_engine & operator=(const serve_engine &) = delete;
 
     // Loads the model, its tokenizer and each NAME=DIR adapter (names unique, not the base's),
-    // plans the slots. The decode thread starts here.
+    // plans the slots. The decode thread starts here and does the loading itself.
     status init(const std::string & model_dir, const std::vector<std::pair<std::string, std::string>> & adapters,
                 const serve_options & o);
     // Queues a job; false (and nothing queued) when every slot is busy and `queue` jobs wait. Jobs must be checked
@@ -88,6 +88,7 @@ public:
 
 private:
     struct slot;
+    status load(const std::string & model_dir, const std::vector<std::pair<std::string, std::string>> & adapters);
     void loop();
     void step(std::vector<slot *> & active);
 
