@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "core/status.h"
 
@@ -32,5 +34,12 @@ void * arena::alloc_bytes(size_t bytes) {
 float * arena::alloc_f32(size_t n) { return (float *) alloc_bytes(n * sizeof(float)); }
 
 void arena::zero() { if (used) std::memset(base, 0, used); }
+
+page_range release_whole_pages(void * p, size_t bytes) {
+    const uintptr_t page = (uintptr_t) sysconf(_SC_PAGESIZE), begin = (uintptr_t) p, end = begin + bytes;
+    const uintptr_t from = (begin + page - 1) & ~(page - 1), to = end & ~(page - 1);
+    if (from >= to || madvise((void *) from, to - from, MADV_DONTNEED) != 0) return {};
+    return {(uint8_t *) from, (uint8_t *) to};
+}
 
 } // namespace peft

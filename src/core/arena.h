@@ -27,4 +27,12 @@ struct arena {
 
 inline size_t arena_align(size_t bytes) { return (bytes + 63) & ~(size_t) 63; }
 
+// Hands the whole pages inside [p, p + bytes) back to the system (anonymous memory reads as zero
+// when touched again) and returns the range released, [from, to); an empty range when no whole
+// page lies inside or the system refused, in which case the memory stays as it was.
+struct page_range {
+    uint8_t * from = nullptr, * to = nullptr;
+};
+page_range release_whole_pages(void * p, size_t bytes);
+
 } // namespace peft

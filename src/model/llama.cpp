@@ -2,9 +2,6 @@
 // Not here: loading files (llama_load.cpp), optimizers, adapters.
 #include "model/llama.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -109,11 +106,9 @@ status llama_quantize_tensor(llama_model & m, llama_tensor & t, const float * W,
 // storage arena: a matrix quantized there is never read again (its tensor's data is null), and
 // keeping it would hold the 16-bit model beside its 4-bit copy.
 static void release_storage(const arena & a, const void * p, size_t bytes) {
-    const uintptr_t lo = (uintptr_t) a.base, hi = lo + a.used, begin = (uintptr_t) p, end = begin + bytes;
-    if (!a.base || begin < lo || end > hi) return;   // a file mapping or a loaded buffer: not ours
-    const uintptr_t page = (uintptr_t) sysconf(_SC_PAGESIZE);
-    const uintptr_t from = (begin + page - 1) & ~(page - 1), to = end & ~(page - 1);
-    if (from < to) madvise((void *) from, to - from, MADV_DONTNEED);   // a refusal only keeps the pages
+    const uint8_t * begin = (const uint8_t *) p;
+    if (!a.base || begin < a.base || begin + bytes > a.base + a.used) return;   // a file mapping or a loaded buffer
+    release_whole_pages(const_cast<uint8_t *>(begin), bytes);   // a refusal only keeps the pages
 }
 
 status llama_quantize_frozen(llama_model & m, const quant_options & o) {

@@ -4,8 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "adapters/adapter.h"
 #include "adapters/adapter_set.h"
@@ -83,15 +81,14 @@ static void sum_gradients(const dist_comm & c, const std::vector<optim_param> & 
 // Zeroes g [n] and hands its whole pages back to the system (they read as zero when touched
 // again), so a gradient already applied stops counting in the resident memory.
 static void release_gradient(float * g, int64_t n) {
-    const uintptr_t page = (uintptr_t) sysconf(_SC_PAGESIZE);
-    const uintptr_t begin = (uintptr_t) g, end = begin + (uintptr_t) n * 4;
-    const uintptr_t a = (begin + page - 1) & ~(page - 1), b = end & ~(page - 1);
-    if (a >= b || madvise((void *) a, b - a, MADV_DONTNEED) != 0) {
+    uint8_t * begin = (uint8_t *) g, * end = begin + n * 4;
+    const page_range r = release_whole_pages(g, (size_t) n * 4);
+    if (!r.from) {
         std::memset(g, 0, (size_t) n * 4);
         return;
     }
-    std::memset(g, 0, a - begin);
-    std::memset((void *) b, 0, end - b);
+    std::memset(begin, 0, (size_t) (r.from - begin));
+    std::memset(r.to, 0, (size_t) (end - r.to));
 }
 
 void release_gradients(const std::vector<optim_param> & ps) {
