@@ -494,14 +494,7 @@ status adalora_method::configure(const json_value & cfg) {
         lora_dropout = v.as_double();
     }
     PEFT_TRY(parse_rank_pattern(cfg.get("rank_pattern"), sched.init_r, pattern_paths, pattern_bits));
-    target_rules rules;
-    PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
-    targets_json = module_match_json(rules.targets);
-    exclude_json = config_raw_or_null(cfg.get("exclude_modules"));
-    layers_json = config_raw_or_null(cfg.get("layers_to_transform"));
-    layers_pattern_json = config_raw_or_null(cfg.get("layers_pattern"));
-    json_value tt = cfg.get("task_type");
-    if (tt.valid() && (tt.is_string() || tt.is_null())) task_type_json = tt.dump();
+    PEFT_TRY(target_echo_read(cfg, WHERE, echo));
     scratch = std::make_shared<adalora_scratch>();
     return {};
 }
@@ -679,14 +672,14 @@ std::string adalora_method::config_json() const {
     s += ",\"deltaT\":" + std::to_string(sched.deltaT);
     s += ",\"ensure_weight_tying\":false";
     s += ",\"eva_config\":null";
-    s += ",\"exclude_modules\":" + exclude_json;
+    s += ",\"exclude_modules\":" + echo.exclude;
     s += ",\"fan_in_fan_out\":false";
     s += ",\"inference_mode\":true";
     s += ",\"init_lora_weights\":true";
     s += ",\"init_r\":" + std::to_string(sched.init_r);
     s += ",\"layer_replication\":null";
-    s += ",\"layers_pattern\":" + layers_pattern_json;
-    s += ",\"layers_to_transform\":" + layers_json;
+    s += ",\"layers_pattern\":" + echo.layers_pattern;
+    s += ",\"layers_to_transform\":" + echo.layers;
     s += ",\"loftq_config\":{}";
     s += ",\"lora_alpha\":" + (alpha_is_int ? std::to_string((int64_t) lora_alpha) : json_python_float(lora_alpha));
     s += ",\"lora_bias\":false";
@@ -701,10 +694,10 @@ std::string adalora_method::config_json() const {
     s += ",\"r\":" + std::to_string(r);
     s += ",\"rank_pattern\":" + pattern;
     s += ",\"revision\":null";
-    s += ",\"target_modules\":" + targets_json;
+    s += ",\"target_modules\":" + echo.targets;
     s += ",\"target_parameters\":null";
     s += ",\"target_r\":" + std::to_string(sched.target_r);
-    s += ",\"task_type\":" + task_type_json;
+    s += ",\"task_type\":" + echo.task_type;
     s += ",\"tfinal\":" + std::to_string(sched.tfinal);
     s += ",\"tinit\":" + std::to_string(sched.tinit);
     s += ",\"total_step\":" + std::to_string(sched.total_step);

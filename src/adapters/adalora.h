@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "adapters/adapter.h"
+#include "adapters/target.h"
 #include "adapters/dropout_mask.h"
 #include "core/option.h"
 
@@ -123,11 +124,7 @@ struct adalora_method : adapter_method {
     double      lora_dropout = 0.0;
     std::vector<std::string>          pattern_paths;   // loaded rank_pattern: module path -> init_r bits
     std::vector<std::vector<uint8_t>> pattern_bits;
-    std::string targets_json = "null";
-    std::string exclude_json = "null";
-    std::string layers_json = "null";
-    std::string layers_pattern_json = "null";
-    std::string task_type_json = "\"CAUSAL_LM\"";
+    target_echo echo;                      // the module selection, saved back as given
     int64_t     n_targets = 0;
     std::vector<adalora_module *> modules;   // the created modules (owned by the adapter_set), for config_json
 

@@ -385,14 +385,7 @@ status lora_method::configure(const json_value & cfg) {
         return st;
     }
     if (!is_svd_init(init)) save_residual_model = false;   // there is no residual to save
-    target_rules rules;
-    PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
-    targets_json = module_match_json(rules.targets);
-    exclude_json = config_raw_or_null(cfg.get("exclude_modules"));
-    layers_json = config_raw_or_null(cfg.get("layers_to_transform"));
-    layers_pattern_json = config_raw_or_null(cfg.get("layers_pattern"));
-    json_value tt = cfg.get("task_type");
-    if (tt.valid() && (tt.is_string() || tt.is_null())) task_type_json = tt.dump();
+    PEFT_TRY(target_echo_read(cfg, WHERE, echo));
     scratch = std::make_shared<lora_scratch>();
     return {};
 }
@@ -695,13 +688,13 @@ std::string lora_method::config_json() const {
     s += ",\"corda_config\":" + corda_config_json;
     s += ",\"ensure_weight_tying\":false";
     s += ",\"eva_config\":null";
-    s += ",\"exclude_modules\":" + exclude_json;
+    s += ",\"exclude_modules\":" + echo.exclude;
     s += ",\"fan_in_fan_out\":false";
     s += ",\"inference_mode\":true";
     s += ",\"init_lora_weights\":" + init_out;
     s += ",\"layer_replication\":null";
-    s += ",\"layers_pattern\":" + layers_pattern_json;
-    s += ",\"layers_to_transform\":" + layers_json;
+    s += ",\"layers_pattern\":" + echo.layers_pattern;
+    s += ",\"layers_to_transform\":" + echo.layers;
     s += ",\"loftq_config\":{}";
     s += ",\"lora_alpha\":" + (alpha_int ? std::to_string((int64_t) alpha) : json_python_float(alpha));
     s += ",\"lora_bias\":false";
@@ -716,9 +709,9 @@ std::string lora_method::config_json() const {
     s += ",\"r\":" + std::to_string(r * rank_mult);
     s += ",\"rank_pattern\":" + pattern(rank_keys, rank_texts);
     s += ",\"revision\":null";
-    s += ",\"target_modules\":" + targets_json;
+    s += ",\"target_modules\":" + echo.targets;
     s += ",\"target_parameters\":null";
-    s += ",\"task_type\":" + task_type_json;
+    s += ",\"task_type\":" + echo.task_type;
     s += ",\"trainable_token_indices\":null";
     s += std::string(",\"use_dora\":") + (use_dora ? "true" : "false");
     // ours, only when not PEFT's axis: PEFT drops the key and then refuses the [1, in] magnitude

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "adapters/adapter.h"
+#include "adapters/target.h"
 #include "adapters/dropout_mask.h"
 #include "core/option.h"
 
@@ -141,11 +142,7 @@ struct lora_method : adapter_method, calibration_observer {
     std::vector<std::string> alpha_keys;   // alpha_pattern
     std::vector<double>      alpha_values;
     std::vector<std::string> alpha_texts;  // values as written (int vs float)
-    std::string targets_json = "null";     // target_modules as saved
-    std::string exclude_json = "null";
-    std::string layers_json = "null";      // layers_to_transform
-    std::string layers_pattern_json = "null";
-    std::string task_type_json = "\"CAUSAL_LM\"";
+    target_echo echo;                      // the module selection, saved back as given
 
 private:
     std::shared_ptr<lora_scratch> scratch;

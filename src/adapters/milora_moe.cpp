@@ -440,13 +440,7 @@ status milora_moe_method::configure(const json_value & cfg) {
         }
         token_routing = v.as_string() == "token";
     }
-    target_rules rules;
-    PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
-    targets_json = module_match_json(rules.targets);
-    layers_json = config_raw_or_null(cfg.get("layers_to_transform"));
-    layers_pattern_json = config_raw_or_null(cfg.get("layers_pattern"));
-    json_value tt = cfg.get("task_type");
-    if (tt.valid() && (tt.is_string() || tt.is_null())) task_type_json = tt.dump();
+    PEFT_TRY(target_echo_read(cfg, WHERE, echo));
     return {};
 }
 
@@ -534,8 +528,8 @@ std::string milora_moe_method::config_json() const {
     s += "\"base_model_name_or_path\":null";
     s += ",\"bias\":\"none\"";
     s += ",\"inference_mode\":true";
-    s += ",\"layers_pattern\":" + layers_pattern_json;
-    s += ",\"layers_to_transform\":" + layers_json;
+    s += ",\"layers_pattern\":" + echo.layers_pattern;
+    s += ",\"layers_to_transform\":" + echo.layers;
     s += ",\"lora_alpha\":" + (alpha_is_int ? std::to_string((int64_t) lora_alpha) : json_python_float(lora_alpha));
     s += ",\"peft_type\":\"MILORA_MOE\"";
     s += ",\"r\":" + std::to_string(r);
@@ -547,8 +541,8 @@ std::string milora_moe_method::config_json() const {
     s += std::string(",\"router_pool\":\"") + POOL_NAMES[pool] + "\"";
     s += ",\"router_top_k\":" + std::to_string(top_k);
     s += std::string(",\"routing\":\"") + (token_routing ? "token" : "prompt") + "\"";
-    s += ",\"target_modules\":" + targets_json;
-    s += ",\"task_type\":" + task_type_json;
+    s += ",\"target_modules\":" + echo.targets;
+    s += ",\"task_type\":" + echo.task_type;
     s += std::string(",\"use_rslora\":") + (use_rslora ? "true" : "false");
     s += "}";
     return s;

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "adapters/adapter.h"
+#include "adapters/target.h"
 #include "core/option.h"
 #include "model/llama.h"
 
@@ -118,10 +119,7 @@ struct milora_moe_method : adapter_method, llama_layer_hook {
     double      router_init_std = 0.02;
     double      aux_coef = 0.0;
     bool        token_routing = false;   // routing: "token"
-    std::string targets_json = "null";
-    std::string layers_json = "null";
-    std::string layers_pattern_json = "null";
-    std::string task_type_json = "\"CAUSAL_LM\"";
+    target_echo echo;                      // the module selection, saved back as given
 
     // state
     int64_t                          C = 0;

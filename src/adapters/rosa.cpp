@@ -196,14 +196,7 @@ status rosa_method::configure(const json_value & cfg) {
         else if (m == "bottom") how = ROSA_SAMPLE_BOTTOM;
         else return make_mismatch(PEFT_STATUS_CONFIG, WHERE, "rosa_sample_method", "\"random\", \"top\" or \"bottom\"", v.dump());
     }
-    target_rules rules;
-    PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
-    targets_json = module_match_json(rules.targets);
-    exclude_json = config_raw_or_null(cfg.get("exclude_modules"));
-    layers_json = config_raw_or_null(cfg.get("layers_to_transform"));
-    layers_pattern_json = config_raw_or_null(cfg.get("layers_pattern"));
-    json_value tt = cfg.get("task_type");
-    if (tt.valid() && (tt.is_string() || tt.is_null())) task_type_json = tt.dump();
+    PEFT_TRY(target_echo_read(cfg, WHERE, echo));
     scratch = std::make_shared<lora_scratch>();
     return {};
 }
@@ -283,11 +276,7 @@ std::string rosa_method::config_json() const {
         f.alpha_values.push_back((double) m->export_rank());
         f.alpha_texts.push_back(std::to_string(m->export_rank()));
     }
-    f.targets_json = targets_json;
-    f.exclude_json = exclude_json;
-    f.layers_json = layers_json;
-    f.layers_pattern_json = layers_pattern_json;
-    f.task_type_json = task_type_json;
+    f.echo = echo;
     return f.config_json();
 }
 

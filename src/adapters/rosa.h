@@ -92,11 +92,7 @@ struct rosa_method : adapter_method {
     int64_t     r = 8;
     int64_t     resample_steps = 100;     // rosa_resample_steps (K >= 1)
     rosa_sample how = ROSA_SAMPLE_RANDOM;
-    std::string targets_json = "null";
-    std::string exclude_json = "null";
-    std::string layers_json = "null";
-    std::string layers_pattern_json = "null";
-    std::string task_type_json = "\"CAUSAL_LM\"";
+    target_echo echo;                      // the module selection, saved back as given
     // the modules, for config_json's ranks (the set owns them; create() records each)
     std::vector<const rosa_module *> mods;
 

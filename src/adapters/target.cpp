@@ -312,6 +312,18 @@ bool config_key_off(const json_value & v) {
 
 std::string config_raw_or_null(const json_value & v) { return v.valid() ? v.dump() : "null"; }
 
+status target_echo_read(const json_value & cfg, const std::string & where, target_echo & out) {
+    target_rules rules;
+    PEFT_TRY(target_rules_parse(cfg, where, rules));
+    out.targets = module_match_json(rules.targets);
+    out.exclude = config_raw_or_null(cfg.get("exclude_modules"));
+    out.layers = config_raw_or_null(cfg.get("layers_to_transform"));
+    out.layers_pattern = config_raw_or_null(cfg.get("layers_pattern"));
+    const json_value tt = cfg.get("task_type");
+    if (tt.valid() && (tt.is_string() || tt.is_null())) out.task_type = tt.dump();
+    return {};
+}
+
 status config_read_int(const json_value & cfg, const char * key, int64_t lo, const char * want, int64_t & out) {
     const json_value v = cfg.get(key);
     if (!v.valid() || v.is_null()) return {};

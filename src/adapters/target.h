@@ -81,6 +81,17 @@ status target_pattern_find(const std::vector<std::string> & keys, const std::str
 // The JSON text (compact) a module_match is saved as: null, a list or the regex string.
 std::string module_match_json(const module_match & m);
 
+// The module selection as adapter_config.json saves it back: JSON texts, "null" when absent.
+struct target_echo {
+    std::string targets = "null";          // target_modules
+    std::string exclude = "null";          // exclude_modules
+    std::string layers = "null";           // layers_to_transform
+    std::string layers_pattern = "null";
+    std::string task_type = "\"CAUSAL_LM\"";
+};
+// target_rules_parse (so the selection is checked at configure time) plus the echo of its keys.
+status target_echo_read(const json_value & cfg, const std::string & where, target_echo & out);
+
 // The selection keys every adapter method takes (PEFT: on each method's config class).
 const std::vector<option_def> & target_options();
 

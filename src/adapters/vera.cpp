@@ -228,13 +228,7 @@ status vera_method::configure(const json_value & cfg) {
     PEFT_TRY(config_read_number(cfg, "vera_dropout", 0.0, CONFIG_BELOW_ONE, "a probability in [0, 1)", vera_dropout));
     PEFT_TRY(config_read_number(cfg, "d_initial", -HUGE_VAL, HUGE_VAL, "a finite number (PEFT's default 0.1)", d_initial));
     PEFT_TRY(config_read_bool(cfg, "init_weights", init_weights));
-    target_rules rules;
-    PEFT_TRY(target_rules_parse(cfg, WHERE, rules));
-    targets_json = module_match_json(rules.targets);
-    layers_json = config_raw_or_null(cfg.get("layers_to_transform"));
-    layers_pattern_json = config_raw_or_null(cfg.get("layers_pattern"));
-    json_value tt = cfg.get("task_type");
-    if (tt.valid() && (tt.is_string() || tt.is_null())) task_type_json = tt.dump();
+    PEFT_TRY(target_echo_read(cfg, WHERE, echo));
     scratch = std::make_shared<vera_scratch>();
     return {};
 }
@@ -294,8 +288,8 @@ std::string vera_method::config_json() const {
     s += ",\"fan_in_fan_out\":false";
     s += ",\"inference_mode\":true";
     s += std::string(",\"init_weights\":") + (init_weights ? "true" : "false");
-    s += ",\"layers_pattern\":" + layers_pattern_json;
-    s += ",\"layers_to_transform\":" + layers_json;
+    s += ",\"layers_pattern\":" + echo.layers_pattern;
+    s += ",\"layers_to_transform\":" + echo.layers;
     s += ",\"modules_to_save\":null";
     s += ",\"peft_type\":\"VERA\"";
     // a real PEFT release string: PEFT parses this field as a version when loading
@@ -304,8 +298,8 @@ std::string vera_method::config_json() const {
     s += ",\"r\":" + std::to_string(r);
     s += ",\"revision\":null";
     s += std::string(",\"save_projection\":") + (save_projection ? "true" : "false");
-    s += ",\"target_modules\":" + targets_json;
-    s += ",\"task_type\":" + task_type_json;
+    s += ",\"target_modules\":" + echo.targets;
+    s += ",\"task_type\":" + echo.task_type;
     s += ",\"vera_dropout\":" + json_python_float(vera_dropout);
     s += "}";
     return s;

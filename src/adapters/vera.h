@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "adapters/adapter.h"
+#include "adapters/target.h"
 #include "adapters/dropout_mask.h"
 #include "core/option.h"
 
@@ -80,10 +81,7 @@ struct vera_method : adapter_method {
     double      vera_dropout = 0.0;
     double      d_initial = 0.1;
     bool        init_weights = true;
-    std::string targets_json = "null";
-    std::string layers_json = "null";
-    std::string layers_pattern_json = "null";
-    std::string task_type_json = "\"CAUSAL_LM\"";
+    target_echo echo;                      // the module selection, saved back as given
 
     vera_shared shared;
 
