@@ -79,6 +79,17 @@ rosa_module::rosa_module(const target_info & ti, int64_t rank, uint64_t seed, rn
     : lora_module(ti, rank, 1.0f, 0.0f, false, 1.0f, LORA_INIT_DEFAULT, rg, std::move(sc)), window_seed(seed) {
     original = *t.base;
     base_f32.assign((size_t) (t.out_features * t.in_features), 0.0f);
+    if (t.base->q) {
+        original_q = std::make_unique<qtensor>(*t.base->q);
+        original.q = original_q.get();
+        quantized_from.assign(base_f32.size(), 0.0f);
+    }
+}
+
+void rosa_module::set_base(const float * W) {
+    if (original_q && W != quantized_from.data()) std::copy(W, W + quantized_from.size(), quantized_from.begin());
+    t.writer->replace(t, W);   // in the base's own dtype
+    linear_weight_rows_f32(base_f32.data(), *t.base, 0, t.out_features);   // what the base now holds (its dtype's rounding)
 }
 
 status rosa_module::resplit() {
@@ -92,8 +103,7 @@ status rosa_module::resplit() {
     // in place: the optimizer and the parameter list hold these buffers' addresses
     std::copy(An.begin(), An.end(), A.begin());
     std::copy(Bn.begin(), Bn.end(), B.begin());
-    t.writer->replace(t, W.data());
-    linear_weight_rows_f32(base_f32.data(), *t.base, 0, OC);   // what the base now holds (its dtype's rounding)
+    set_base(W.data());
     window = j;
     periods++;
     return {};
@@ -136,7 +146,7 @@ void rosa_module::exported(std::vector<param_ref> & out) {
 void rosa_module::state_tensors(std::vector<param_ref> & out) {
     param_ref w;
     w.name = "rosa_base";
-    w.value = base_f32.data();
+    w.value = original_q ? quantized_from.data() : base_f32.data();
     w.shape = {t.out_features, t.in_features};
     w.trainable = false;
     w.saved = false;
@@ -234,8 +244,7 @@ status rosa_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
         st.message = t.path + ": " + st.message;
         return st;
     }
-    t.writer->replace(t, W.data());   // in the base's own dtype
-    linear_weight_rows_f32(mod->base_f32.data(), *t.base, 0, OC);
+    mod->set_base(W.data());
     out = std::move(mod);
     return {};
 }
@@ -243,7 +252,7 @@ status rosa_method::create(const target_info & t, rng & rg, std::unique_ptr<adap
 status rosa_method::restore(const target_info & t, adapter_module & mod) {
     auto & m = dynamic_cast<rosa_module &>(mod);
     m.t.writer = t.writer;   // create() had none on resume; the hooks need it
-    t.writer->replace(t, m.base_f32.data());   // exact: the values are the base dtype's
+    m.set_base(m.original_q ? m.quantized_from.data() : m.base_f32.data());   // exact: the values the base was made from
     return {};
 }
 

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "adapters/lora.h"
+#include "core/quant.h"
 #include "core/option.h"
 
 namespace peft {
@@ -52,9 +53,9 @@ struct rosa_module : lora_module {
     // The factors of the change from the original weight: D = W_fixed + B A - W0 [OC,IC] as a
     // rank-q LoRA (q = min(2 r periods, k): each period adds B_end A_end - B_start A_start).
     void exported(std::vector<param_ref> & out) override;
-    // rosa_base [OC,IC]: the current frozen base in f32 (exactly its values, whatever its dtype),
-    // which restore() writes back: a resumed run continues bit for bit after any number of
-    // re-factorisations without replaying them.
+    // rosa_base [OC,IC]: the current frozen base in f32 (exactly its values, whatever its dtype;
+    // for a quantized base the values it was quantized from), which restore() writes back: a
+    // resumed run continues bit for bit after any number of re-factorisations without replaying them.
     void state_tensors(std::vector<param_ref> & out) override;
     // "periods=N": re-factorisations done + 1 (the exported rank follows it)
     std::string state() const override;
@@ -72,8 +73,16 @@ struct rosa_module : lora_module {
     uint64_t           window_seed = 0;
     int64_t            periods = 1;
     int64_t            window = 0;        // first index of the current window (tests)
-    linear_weight      original;          // W0: the weight the model was loaded with (its storage outlives the set)
+    linear_weight      original;          // W0: the weight the model was loaded with
     std::vector<float> base_f32;          // [OC,IC] the current W_fixed as f32
+    // A block-quantized base is re-quantized in place (QLoRA, GGUF): W0's own blocks, and the
+    // f32 weight the last re-quantization was given, which rosa_base then carries (quantizing
+    // those values again reproduces the blocks; quantizing the dequantized blocks would not).
+    std::unique_ptr<qtensor> original_q;
+    std::vector<float>       quantized_from;
+
+    // replace the base with W [OC,IC] and refresh base_f32 from what it now holds
+    void set_base(const float * W);
 };
 
 struct rosa_method : adapter_method {

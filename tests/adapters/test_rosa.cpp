@@ -168,6 +168,39 @@ TEST(rosa, refactorisation_keeps_the_merged_weight_and_the_output) {
     }
 }
 
+// Over an NF4 base (re-quantized in place at every split): the accumulated change is the current
+// base minus the base as loaded plus B A, after two re-factorisations. The module must keep W0's
+// blocks itself; reading W0 through the model's weight would give the re-quantized base (D = B A).
+TEST(rosa, accumulated_change_over_a_quantized_base_starts_from_the_loaded_blocks) {
+    auto m = tiny_model(7);
+    quant_options qo;
+    qo.double_quant = true;
+    ASSERT_TRUE(llama_quantize_frozen(*m, qo).ok());
+    std::vector<std::vector<float>> W0;
+    for (int64_t l = 0; l < m->hp.n_layer; l++)
+        for (int p = 0; p < LLAMA_PROJ_COUNT; p++) W0.push_back(base_f32(m->proj_weight(l, (llama_proj) p)));
+    adapter_set s;
+    ASSERT_TRUE(attach(*m, "{\"adapter\":\"rosa\",\"r\":4,\"target_modules\":\"all-linear\",\"rosa_resample_steps\":1}", s).ok());
+    ASSERT_EQ(s.modules.size(), W0.size());
+    recording_optimizer opt;
+    std::vector<adapter_module *> ms = module_list(s);
+    step_info si;
+    si.total_steps = 10;
+    for (si.step = 1; si.step <= 2; si.step++) {
+        randomize_trainable(adapter_set_params(s), 20 + (uint64_t) si.step);
+        s.method->on_step_end(si, ms.data(), (int64_t) ms.size(), opt);
+    }
+    for (size_t i = 0; i < s.modules.size(); i++) {
+        rosa_module & rm = mod(s, i);
+        ASSERT_EQ(rm.periods, 3);
+        std::vector<double> want = merged_of(rm);
+        for (size_t e = 0; e < want.size(); e++) want[e] -= W0[i][e];
+        std::vector<float> D(want.size());
+        rm.accumulated_change(D.data());
+        EXPECT_LT(rel_err(std::vector<double>(D.begin(), D.end()), want), 1e-5) << rm.t.path;
+    }
+}
+
 // Through train_step with AdamW and a warmup + linear schedule: right after each
 // re-factorisation the moments and step counts of A and B are zero (and only theirs: there are
 // no others), the first update after it is a fresh AdamW's first update (closed form: every
@@ -312,13 +345,20 @@ TEST(rosa, merged_model_is_base_plus_accumulated_change_and_the_lora_carries_it)
 // peft train with checkpoints: 3 steps + resume 3 steps == 6 straight steps bit for bit, with
 // re-factorisations at steps 2 and 4 (one before the checkpoint, one after the resume): losses,
 // the saved LoRA, and the checkpoint's rosa_base.
-TEST(rosa, trainer_resume_is_bit_exact_across_refactorisations) {
+// Over an NF4 base too (double-quantized absmax): the re-split base is stored re-quantized, and
+// resume must give back those very blocks, not a second quantization of their values.
+class rosa_resume : public ::testing::TestWithParam<bool> {};
+INSTANTIATE_TEST_SUITE_P(base, rosa_resume, ::testing::Values(false, true),
+                         [](const auto & p) { return std::string(p.param ? "nf4_double_quant" : "f32"); });
+TEST_P(rosa_resume, trainer_resume_is_bit_exact_across_refactorisations) {
     namespace fs = std::filesystem;
     using namespace peft::testing;
-    const std::string model = make_model_dir("rosa_resume_model");
+    const std::string tag = GetParam() ? "rosa_resume_nf4" : "rosa_resume";
+    const std::string model = make_model_dir(tag + "_model");
     const std::string data = make_data_file(model, "train.jsonl", 40, 1);
-    const std::string a = temp_dir("rosa_resume_a"), b = temp_dir("rosa_resume_b"), c = temp_dir("rosa_resume_c");
+    const std::string a = temp_dir(tag + "_a"), b = temp_dir(tag + "_b"), c = temp_dir(tag + "_c");
     auto opts = [&](const std::string & out, std::vector<std::pair<std::string, std::string>> extra) {
+        if (GetParam()) extra.insert(extra.end(), {{"load_in_4bit", "true"}, {"bnb_4bit_use_double_quant", "true"}});
         std::vector<std::pair<std::string, std::string>> flags = {
             {"base_model", model}, {"datasets", data}, {"output_dir", out}, {"adapter", "rosa"}, {"r", "4"},
             {"rosa_resample_steps", "2"}, {"target_modules", "all-linear"}, {"learning_rate", "1e-2"},
