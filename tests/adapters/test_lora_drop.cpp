@@ -373,6 +373,7 @@ TEST(lora_drop_parity, stage1_table_and_kept_set_match_pytorch) {
     double sum = 0.0;
     for (double v : ld.importance) sum += v;
     EXPECT_NEAR(sum, 1.0, 1e-12);
+    EXPECT_TRUE(ld.probes.empty()) << "stage 1's LoRAs are released after the selection";
     const std::vector<int32_t> kept90 = fixture_values<int32_t>(ref, "kept.0.9", SAFETENSORS_DTYPE_I32);
     ASSERT_EQ(kept90.size(), s.targets.size());
     for (size_t i = 0; i < s.targets.size(); i++) {
