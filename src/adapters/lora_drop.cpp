@@ -187,6 +187,11 @@ status lora_drop_method::prepare(calibration_source * src, const target_info * t
     }
     g.assign((size_t) n, 0.0);
     PEFT_TRY(src->train_probe(fraction, stage1_steps, ptrs.data(), ts, n, *this));
+    // the probes and observe()'s buffers are done with: a LoRA per target with its gradients and an
+    // [N, OC] buffer would otherwise stay allocated through the whole of stage 2
+    probes.clear();
+    std::vector<float>().swap(xa);
+    std::vector<float>().swap(y);
     std::vector<uint8_t> kept;
     PEFT_TRY(lora_drop_select(g, threshold, importance, kept));
     int64_t n_kept = 0;

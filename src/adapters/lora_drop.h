@@ -70,7 +70,7 @@ struct lora_drop_method : adapter_method, calibration_observer {
     std::vector<double>      g, importance;  // [targets]; empty unless measured (importance: or loaded)
     std::vector<std::string> imported_keys;  // a native config's lora_drop_importance
     std::vector<double>      imported_values;
-    std::vector<std::unique_ptr<adapter_module>> probes;   // stage 1's LoRAs (kept for tests)
+    std::vector<std::unique_ptr<adapter_module>> probes;   // stage 1's LoRAs (during prepare() only)
     std::vector<std::pair<std::string, lora_module *>> leads;   // module type -> its shared factors
 
 private:

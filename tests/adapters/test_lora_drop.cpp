@@ -6,13 +6,18 @@
 //  - sharing: the shared gradient equals the sum of the gradients of per-module copies tied in
 //    value (an untied plain LoRA);
 //  - files: the PEFT form loads as a plain LoRA with the shared factors under every module, the
-//    native form loads back into the same sharing (tensors and logits bit for bit).
+//    native form loads back into the same sharing (tensors and logits bit for bit);
+//  - against PyTorch (tests/fixtures/lora_drop, tools/ref_lora_drop.py): stage 1's g, I and kept
+//    set on the llama_gqa model, from the lora_parity adapter, over padded and packed rows.
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "adapter_test_util.h"
 #include "adapters/lora_drop.h"
+#include "fixture_util.h"
 #include "io/peft_format.h"
+#include "io/safetensors.h"
 #include "testing.h"
 
 using namespace peft;
@@ -246,4 +251,141 @@ TEST(lora_drop, peft_form_is_plain_lora_and_native_form_keeps_the_sharing) {
     std::vector<float> native_logits;
     forward_logits(*fresh2, d, native_logits);
     EXPECT_EQ(native_logits, before);
+}
+
+// ---- PyTorch parity (tools/ref_lora_drop.py) --------------------------------------------------
+
+namespace {
+
+// Tensor `name` of f, stored as `dt` (I32 or F64: no conversion), element for element.
+template <typename T>
+std::vector<T> fixture_values(const safetensors_file & f, const std::string & name, safetensors_dtype dt) {
+    const tensor_info * t = f.find(name);
+    EXPECT_TRUE(t && t->st_dtype == dt && t->n_bytes == t->n_elements * sizeof(T)) << name;
+    if (!t || t->st_dtype != dt) return {};
+    std::vector<T> v((size_t) t->n_elements);
+    std::memcpy(v.data(), t->data, (size_t) t->n_bytes);
+    return v;
+}
+
+// The fixture's 5 rows (padding: segment 0) as the data loader makes them.
+data_rows fixture_rows(const safetensors_file & ref) {
+    data_rows d;
+    const tensor_info * t = ref.find("rows.input_ids");
+    EXPECT_TRUE(t && t->shape.size() == 2);
+    if (!t) return d;
+    d.n_rows = t->shape[0];
+    d.T = t->shape[1];
+    d.input_ids = fixture_values<int32_t>(ref, "rows.input_ids", SAFETENSORS_DTYPE_I32);
+    d.labels = fixture_values<int32_t>(ref, "rows.labels", SAFETENSORS_DTYPE_I32);
+    d.position_ids = fixture_values<int32_t>(ref, "rows.position_ids", SAFETENSORS_DTYPE_I32);
+    d.segment_ids = fixture_values<int32_t>(ref, "rows.segment_ids", SAFETENSORS_DTYPE_I32);
+    return d;
+}
+
+// Stage 1 on the fixture: the probes start from lora_parity/initial_adapter; then either the
+// generator's probe training (calibrate_train_rows: batches of 2, AdamW lr 1e-2, weight decay
+// 0.01, clipping at 1) or, with train = false, only the measuring pass over the sample (rows 0..2).
+struct fixture_stage1 : calibration_source {
+    llama_model &     model;
+    data_rows         rows;
+    safetensors_file  init;
+    bool              train = true;
+    fixture_stage1(llama_model & m, const safetensors_file & ref, bool tr) : model(m), rows(fixture_rows(ref)), train(tr) {
+        EXPECT_TRUE(safetensors_open(peft::testing::source_path("tests/fixtures/lora_parity/initial_adapter/adapter_model.safetensors"), init).ok());
+    }
+    status run(const std::string &, int64_t, const target_info *, int64_t, calibration_observer &) override {
+        return make_error(PEFT_STATUS_CONFIG, "test", "lora_drop asks for train_probe only");
+    }
+    status train_probe(double fraction, int64_t steps, adapter_module * const * mods, const target_info * targets, int64_t n,
+                       calibration_observer & obs) override {
+        for (int64_t i = 0; i < n; i++) {
+            auto & p = dynamic_cast<lora_module &>(*mods[i]);
+            const std::string key = "base_model.model." + targets[i].path;
+            p.A = peft::testing::fixture_tensor(init, key + ".lora_A.weight");
+            p.B = peft::testing::fixture_tensor(init, key + ".lora_B.weight");
+        }
+        if (!train) return calibrate_rows(model, rows, 3, 2, targets, n, obs, mods);
+        train_config c;
+        c.opt.lr = 1e-2f;
+        c.opt.weight_decay = 0.01f;
+        c.max_grad_norm = 1.0f;
+        return calibrate_train_rows(model, rows, fraction, 2, steps, c, mods, targets, n, obs);
+    }
+};
+
+const char * LORA_DROP_FIXTURE = "{\"adapter\":\"lora_drop\",\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"k_proj\","
+                                 "\"v_proj\",\"o_proj\",\"gate_proj\",\"up_proj\",\"down_proj\"],\"lora_drop_fraction\":0.45,"
+                                 "\"lora_drop_stage1_steps\":3,\"lora_drop_threshold\":0.9}";
+
+// max over i of |a_i - b_i| / |b_i|
+double worst_rel(const std::vector<double> & a, const std::vector<double> & b) {
+    EXPECT_EQ(a.size(), b.size());
+    double w = 0.0;
+    for (size_t i = 0; i < a.size() && i < b.size(); i++) w = std::max(w, std::fabs(a[i] - b[i]) / std::fabs(b[i]));
+    return w;
+}
+
+// Stage 1 through adapters_attach on the fixture model; the measured method.
+const lora_drop_method & fixture_attach(llama_model & m, const safetensors_file & ref, bool train, adapter_set & s) {
+    fixture_stage1 src(m, ref, train);
+    config c(LORA_DROP_FIXTURE);
+    const status st = adapters_attach(m, c.root(), 1, s, false, &src);
+    EXPECT_TRUE(st.ok()) << st.message;
+    return dynamic_cast<const lora_drop_method &>(*s.method);
+}
+
+} // namespace
+
+// g of the starting adapter, measured alone: the module inputs of the adapted model, the sum over
+// non-padding tokens only (the padding rows and the tails of rows 1 and 2 left out), prompts in.
+TEST(lora_drop_parity, importance_of_a_given_lora_matches_pytorch) {
+    safetensors_file ref;
+    ASSERT_TRUE(safetensors_open(peft::testing::source_path("tests/fixtures/lora_drop/reference.safetensors"), ref).ok());
+    llama_model m;
+    ASSERT_TRUE(llama_load(m, peft::testing::source_path("tests/fixtures/llama_gqa"), false).ok());
+    adapter_set s;
+    const lora_drop_method & ld = fixture_attach(m, ref, false, s);
+    const std::vector<double> want = fixture_values<double>(ref, "g0", SAFETENSORS_DTYPE_F64);
+    ASSERT_EQ(ld.g.size(), want.size());
+    const double w = worst_rel(ld.g, want);
+    EXPECT_LT(w, 1e-5);
+    EXPECT_GT(worst_rel(ld.g, fixture_values<double>(ref, "g_with_padding", SAFETENSORS_DTYPE_F64)), 1e-2) << "padding matters here";
+    std::printf("lora_drop parity: g of the given LoRA worst rel %.3g\n", w);
+}
+
+// The whole of stage 1: the sample (ceil(0.45 * 5) = 3 rows), 3 probe-training steps, the table,
+// its normalisation and the kept set at T = 0.9 (through prepare) and at T = 0.5.
+TEST(lora_drop_parity, stage1_table_and_kept_set_match_pytorch) {
+    safetensors_file ref;
+    ASSERT_TRUE(safetensors_open(peft::testing::source_path("tests/fixtures/lora_drop/reference.safetensors"), ref).ok());
+    llama_model m;
+    ASSERT_TRUE(llama_load(m, peft::testing::source_path("tests/fixtures/llama_gqa"), false).ok());
+    adapter_set s;
+    const lora_drop_method & ld = fixture_attach(m, ref, true, s);
+    const std::vector<double> g = fixture_values<double>(ref, "g", SAFETENSORS_DTYPE_F64);
+    const std::vector<double> I = fixture_values<double>(ref, "importance", SAFETENSORS_DTYPE_F64);
+    ASSERT_EQ(ld.g.size(), g.size());
+    const double wg = worst_rel(ld.g, g), wi = worst_rel(ld.importance, I);
+    EXPECT_LT(wg, 1e-5);
+    EXPECT_LT(wi, 1e-5);
+    EXPECT_GT(worst_rel(fixture_values<double>(ref, "g0", SAFETENSORS_DTYPE_F64), g), 1e-2) << "the probe training matters here";
+    double sum = 0.0;
+    for (double v : ld.importance) sum += v;
+    EXPECT_NEAR(sum, 1.0, 1e-12);
+    EXPECT_TRUE(ld.probes.empty()) << "stage 1's LoRAs are released after the selection";
+    const std::vector<int32_t> kept90 = fixture_values<int32_t>(ref, "kept.0.9", SAFETENSORS_DTYPE_I32);
+    ASSERT_EQ(kept90.size(), s.targets.size());
+    for (size_t i = 0; i < s.targets.size(); i++) {
+        const bool shared = std::find(ld.shared_paths.begin(), ld.shared_paths.end(), s.targets[i].path) != ld.shared_paths.end();
+        EXPECT_EQ(!shared, kept90[i] == 1) << s.targets[i].path;
+    }
+    std::vector<double> I5;
+    std::vector<uint8_t> kept5;
+    ASSERT_TRUE(lora_drop_select(ld.g, 0.5, I5, kept5).ok());
+    const std::vector<int32_t> want5 = fixture_values<int32_t>(ref, "kept.0.5", SAFETENSORS_DTYPE_I32);
+    ASSERT_EQ(want5.size(), kept5.size());
+    for (size_t i = 0; i < kept5.size(); i++) EXPECT_EQ(kept5[i], (uint8_t) want5[i]) << s.targets[i].path;
+    std::printf("lora_drop parity: stage-1 g worst rel %.3g, I worst rel %.3g, %zu of %zu modules shared at T 0.9\n", wg, wi,
+                ld.shared_paths.size(), s.targets.size());
 }
