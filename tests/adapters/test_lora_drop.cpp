@@ -60,7 +60,9 @@ void expect_minimal_kept(const std::vector<double> & I, const std::vector<uint8_
     EXPECT_TRUE(in >= T || k == I.size()) << "the kept set reaches T";
     EXPECT_LT(in - min_in, T) << "without its smallest member it would not";
     EXPECT_GE(min_in, max_out) << "the kept modules are the most important ones";
-    if (k < I.size() || in >= T) EXPECT_EQ(k, minimal_count(I, T));
+    if (k < I.size() || in >= T) {
+        EXPECT_EQ(k, minimal_count(I, T));
+    }
 }
 
 const char * LORA_DROP_STAGE1 = "{\"adapter\":\"lora_drop\",\"r\":4,\"lora_alpha\":8,\"target_modules\":\"all-linear\","
