@@ -149,7 +149,7 @@ function sources_sample(e) {
 }
 
 const [mode, src, dst] = process.argv.slice(2);
-if (!mode || !src || !dst) {
+if (!['sources', 'corpus', 'dataset'].includes(mode) || !src || !dst) {
     console.error('usage: node tools/demo_data.mjs sources CORPUS_DIR OUT_DIR | corpus JARGON_TXT OUT_TXT | dataset JARGON_TXT OUT_DIR');
     process.exit(2);
 }
@@ -175,14 +175,11 @@ if (mode === 'dataset') {
     const mean = (a) => Math.round(a.reduce((x, e) => x + e.def.length, 0) / a.length);
     console.log(JSON.stringify({ entries: s.n_entries, usable: s.n_usable, train: train.length, held_out: held.length,
                                  mean_output_chars_train: mean(train), mean_output_chars_held_out: mean(held) }));
-} else if (mode === 'corpus') {
+} else {  // corpus
     // Drop every line of each held-out entry (header through the line before the next header).
     const drop = new Uint8Array(s.parsed.lines.length);
     for (const e of s.held) for (let i = e.first; i <= e.last; ++i) drop[i] = 1;
     const kept = s.parsed.lines.filter((_, i) => !drop[i]);
     writeFileSync(dst, kept.join('\n'));
     console.error(JSON.stringify({ removed_entries: s.held.length, removed_lines: drop.reduce((x, v) => x + v, 0) }));
-} else {
-    console.error(`unknown mode ${mode}`);
-    process.exit(2);
 }
