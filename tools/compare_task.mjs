@@ -2,8 +2,8 @@
 // unlike the demo's (which text a passage is from): name the kind of things a list of words names.
 //   node tools/compare_task.mjs OUT_DIR      -> OUT_DIR/train.jsonl (900), OUT_DIR/held_out.jsonl (90)
 // {"instruction": "Are these animals, food or tools?\nraven ox goat", "output": "animals"}
-// A list is 3 to 5 different words of one kind, drawn from that kind's fixed word list below (words
-// the bundled model read in its KJV / Moby Dick pretraining) by a seeded generator (mulberry32),
+// A list is 3 to 5 different words of one kind, drawn from that kind's fixed word list below (common
+// words, each in the bundled model's pretraining text) by a seeded generator (mulberry32),
 // so the output is byte-for-byte the same on every run. Every kind has the same number of lists
 // (the prior is worth a third); training and held-out lists share the words, never a list.
 // Not here: tokenization, training (bench/compare_methods.sh).
