@@ -9,14 +9,14 @@
 # Methods: the rows of METHOD_TABLE below whose adapter `peft train --list-methods` lists and
 # whose config key `peft train --help` knows; the others are reported as skipped.
 # Tasks: directories holding train.jsonl + held_out.jsonl (default: the demo task and
-# data/compare/last_word, made by tools/compare_task.mjs).
+# data/compare/kinds, made by tools/compare_task.mjs).
 # Forgetting text: data/compare/pretrain_held_out.jsonl (Moby Dick documents the base model's
 # pretraining held out, data/compare/README.md).
 #
 # Environment (defaults in brackets):
 #   STEPS [24] optimizer steps per run; BATCH [8] rows per step; SEQ [128] tokens per row
 #   LRS   learning rates for every method, comma-separated [per-method sweeps of 3, below]
-#   METHODS comma-separated row names [all]; TASKS comma-separated task dirs [data/demo,data/compare/last_word]
+#   METHODS comma-separated row names [all]; TASKS comma-separated task dirs [data/demo,data/compare/kinds]
 #   OUT [out/compare]; THREADS [2]; PEFT [build/peft]; MODEL [models/tiny-llama]; R [8] rank
 # OUT is refused when it is, contains or sits inside an input, or when it exists, is not empty
 # and was not made by this script; a rerun replaces only what an earlier run wrote there.
@@ -32,7 +32,7 @@ PEFT=${PEFT:-build/peft}
 MODEL=${MODEL:-models/tiny-llama}
 R=${R:-8}
 OUT=${OUT:-out/compare}
-TASKS=${TASKS:-data/demo,data/compare/last_word}
+TASKS=${TASKS:-data/demo,data/compare/kinds}
 FORGET=${FORGET:-data/compare/pretrain_held_out.jsonl}
 KPM_DATA=data/compare/pretrain_calib.jsonl   # pretraining text to keep (not the forgetting set)
 FORGET_SEQ=256

@@ -8,9 +8,10 @@
 #   3. evaluates base + adapter on the same held-out questions,
 #   4. prints held-out loss and accuracy before/after and three held-out questions answered by
 #      the base and by base + adapter (greedy).
-# The task (data/demo/README.md): "Which book of the Bible is this verse from? <KJV verse>" ->
-# the book's name, 20 books, held-out verses never trained on.
-# Environment: DEMO_STEPS=N (training steps, default 40), DEMO_OUT (default out/demo),
+# The task (data/demo/README.md): "Which text is this passage from: Bible, Moby Dick or Jargon
+# File?" + a passage -> the text's name; held-out passages come from the documents the base
+# model's pretraining held out, so it never read them.
+# Environment: DEMO_STEPS=N (training steps, default 120), DEMO_OUT (default out/demo),
 # DEMO_THREADS (default 2), BUILD_DIR (default build). Exits non-zero when any step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +25,9 @@ MODEL=models/tiny-llama
 TRAIN=data/demo/train.jsonl
 HELD=data/demo/held_out.jsonl
 OUT=${DEMO_OUT:-out/demo}
-STEPS=${DEMO_STEPS:-40}
+STEPS=${DEMO_STEPS:-120}
 THREADS=${DEMO_THREADS:-2}
-SEQ=128   # a chat-formatted verse + answer is 40-90 tokens; rows are packed
+SEQ=128   # a chat-formatted passage + answer is about 110 tokens: one per row
 BATCH=8
 for f in "$MODEL/model.safetensors" "$TRAIN" "$HELD"; do
   [ -f "$f" ] || { echo "demo: $f missing" >&2; exit 1; }
@@ -46,24 +47,26 @@ eval_held_out() {
 
 n_train=$(wc -l < "$TRAIN"); n_held=$(wc -l < "$HELD")
 echo
-echo "demo: task: which book of the KJV Bible is a verse from ($n_train training verses, $n_held held out, 20 books)"
+echo "demo: task: which text is a passage from, the Bible, Moby Dick or the Jargon File ($n_train training passages, $n_held held out)"
 echo "demo: base model: $MODEL (5.4M parameters, pretrained by scripts/make_base_model.sh)"
 res=$(eval_held_out)   # an assignment, so that set -e stops the demo when the eval fails
 read -r before acc_before n_acc <<< "$res"
 echo "demo: held-out loss of the base model: $before"
 EVAL_STEPS=$(( STEPS / 8 > 0 ? STEPS / 8 : 1 ))
+WARMUP=$(( STEPS / 12 ))
 
-echo "demo: LoRA fine-tuning, $STEPS steps (r 16, alpha 32, all linear layers, lr 1e-2, $BATCH rows of $SEQ tokens, seed 1, $THREADS threads)"
+echo "demo: LoRA fine-tuning, $STEPS steps (r 16, alpha 32, all linear layers, lr 3e-3, $WARMUP warmup steps then cosine, $BATCH rows of $SEQ tokens, seed 1, $THREADS threads)"
 t0=$(date +%s)
 "$PEFT" train --base_model "$MODEL" --datasets "$TRAIN" --test_datasets "$HELD" --output_dir "$OUT/adapter" \
     --adapter lora --r 16 --lora_alpha 32 --lora_dropout 0 --target_modules all-linear \
-    --learning_rate 1e-2 --lr_scheduler cosine --warmup_steps 0 --micro_batch_size $BATCH --sequence_len $SEQ \
+    --learning_rate 3e-3 --lr_scheduler cosine --warmup_steps $WARMUP --micro_batch_size $BATCH --sequence_len $SEQ \
     --max_steps "$STEPS" --eval_steps "$EVAL_STEPS" --logging_steps 5 --seed 1 --threads "$THREADS"
 t1=$(date +%s)
 res=$(eval_held_out --adapter "$OUT/adapter")
 read -r after acc_after n_acc <<< "$res"
 
-# Three held-out questions, evenly spaced through the file (Bible order), not picked by result.
+# Three held-out questions, evenly spaced through the file (one per text, as the file is grouped by
+# text), not picked by result.
 node -e '
 const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n");
 const n = lines.length;
@@ -102,4 +105,4 @@ console.log(`demo: held-out accuracy: base ${(100 * b).toFixed(1)}% -> adapter $
             `greedy answer == expected answer, peft eval --accuracy)`);' "$acc_before" "$acc_after" "$n_acc"
 echo "demo: adapter (Hugging Face PEFT layout): $OUT/adapter/adapter_config.json, adapter_model.safetensors"
 echo "demo: training report: $OUT/adapter/report.html (train loss, held-out loss every $EVAL_STEPS steps, the config)"
-echo "demo: try it: $PEFT generate --model $MODEL --adapter $OUT/adapter --chat \"\$(printf 'Which book of the Bible is this verse from?\\nJesus wept.')\""
+echo "demo: try it: $PEFT generate --model $MODEL --adapter $OUT/adapter --chat \"\$(printf 'Which text is this passage from: Bible, Moby Dick or Jargon File?\\nCall me Ishmael. Some years ago I thought I would sail about a little and see the watery part of the world.')\""

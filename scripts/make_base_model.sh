@@ -17,7 +17,8 @@
 #      seed, PRETRAIN_STEPS steps (default 1200, the committed model), saved as bf16
 #      model.safetensors into models/tiny-llama/.
 # Environment: WORK (scratch dir, default build-base/base-model), BUILD (default build-base),
-# PRETRAIN_STEPS, PRETRAIN_THREADS (default 2), SKIP_PRETRAIN=1 (steps 1-3 only).
+# PRETRAIN_STEPS, PRETRAIN_THREADS (default 2), SKIP_PRETRAIN=1 (steps 1-3 only), CORPUS_ONLY=1
+# (step 1 only: the cleaned corpus files in WORK, which scripts/make_demo_data.sh reads).
 # Not a CI step; models/README.md records what a run produced (sha256s, losses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +95,10 @@ SOURCES=("$WORK/moby_dick.txt" "$WORK/kjv.txt" "$WORK/fortunes.txt" "$WORK/jargo
 echo "make_base_model: corpus"
 for f in "${SOURCES[@]}"; do echo "  $(sha "$f")  $(wc -c < "$f") bytes  $f"; done
 node tools/corpus_jsonl.mjs "$WORK/corpus_train.jsonl" "$WORK/corpus_held_out.jsonl" 100 500 "${SOURCES[@]}"
+if [ "${CORPUS_ONLY:-0}" = "1" ]; then
+  echo "make_base_model: CORPUS_ONLY=1: corpus written to $WORK"
+  exit 0
+fi
 
 # ---- 2. build + tokenizer ----------------------------------------------------------------
 if [ ! -f "$BUILD/build.ninja" ]; then cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release; fi

@@ -1,21 +1,24 @@
 // compare_task.mjs: writes the second task of bench/compare_methods.sh, a rule-based one that is
-// unlike the demo's (classifying a verse by its book): copy the last word of a list.
-//   node tools/compare_task.mjs OUT_DIR      -> OUT_DIR/train.jsonl (1000), OUT_DIR/held_out.jsonl (100)
-// {"instruction": "What is the last word of this list?\nriver candle horse", "output": "horse"}
-// Lists are 3 to 7 words drawn from the fixed list below by a seeded generator (mulberry32), so
-// the output is byte-for-byte the same on every run; a held-out list never occurs in training.
+// unlike the demo's (which text a passage is from): name the kind of things a list of words names.
+//   node tools/compare_task.mjs OUT_DIR      -> OUT_DIR/train.jsonl (900), OUT_DIR/held_out.jsonl (90)
+// {"instruction": "Are these animals, food or tools?\nraven ox goat", "output": "animals"}
+// A list is 3 to 5 different words of one kind, drawn from that kind's fixed word list below (common
+// words, each in the bundled model's pretraining text) by a seeded generator (mulberry32),
+// so the output is byte-for-byte the same on every run. Every kind has the same number of lists
+// (the prior is worth a third); training and held-out lists share the words, never a list.
 // Not here: tokenization, training (bench/compare_methods.sh).
 import { mkdirSync, writeFileSync } from 'node:fs';
 
-const WORDS = `apple river stone candle horse window garden silver winter summer bread letter
-market forest island anchor basket bottle bridge cloud copper desert dragon engine
-feather finger flower guitar hammer harbor helmet jacket kettle ladder lemon lion
-mirror monkey needle ocean orange pencil pepper pillow planet pocket rabbit rocket
-saddle shadow sheep shield spider spoon table tiger tomato tower violin wagon whale
-wheel wizard yellow zebra castle circle doctor farmer butter carpet cherry chimney
-cotton dinner falcon garlic ginger hunter iron jungle kitchen lantern marble meadow
-onion parrot pirate puzzle quarter ribbon sailor salmon shovel sugar sunset thunder
-tunnel turtle valley velvet walnut wolf button camera cactus clock coffee cookie`.split(/\s+/);
+const KINDS = {
+    animals: `horse sheep lion whale wolf goat camel dog eagle dove serpent bear lamb raven fox ox
+              bull calf hawk owl mule tiger shark seal`.split(/\s+/),
+    food: `bread wine honey milk meat fruit oil corn wheat butter cheese salt fig grape barley cake
+           apple beef pork rice sugar soup beans nuts`.split(/\s+/),
+    tools: `hammer knife axe needle rope chain nail saw plough anchor harpoon spade oar hook lance
+            chisel shovel ladder bucket net pick file drill pin`.split(/\s+/),
+};
+const QUESTION = 'Are these animals, food or tools?';
+const TRAIN_PER_KIND = 300, HELD_PER_KIND = 30;
 
 const out = process.argv[2];
 if (!out) {
@@ -35,21 +38,31 @@ function rand() {
 const pick = (n) => Math.floor(rand() * n);
 
 const seen = new Set();
+// n lists per kind, kinds interleaved (the trainer shuffles with its own seed).
 function make(n) {
     const rows = [];
-    while (rows.length < n) {
-        const len = 3 + pick(5);
-        const list = [];
-        for (let i = 0; i < len; i++) list.push(WORDS[pick(WORDS.length)]);
-        const key = list.join(' ');
-        if (seen.has(key)) continue;
-        seen.add(key);
-        rows.push(JSON.stringify({ instruction: `What is the last word of this list?\n${key}`, output: list[len - 1] }));
+    for (let i = 0; i < n; i++) {
+        for (const [kind, words] of Object.entries(KINDS)) {
+            for (;;) {
+                const len = 3 + pick(3);
+                const list = [];
+                while (list.length < len) {
+                    const w = words[pick(words.length)];
+                    if (!list.includes(w)) list.push(w);
+                }
+                const key = list.join(' ');
+                if (seen.has(key)) continue;
+                seen.add(key);
+                rows.push(JSON.stringify({ instruction: `${QUESTION}\n${key}`, output: kind }));
+                break;
+            }
+        }
     }
     return rows.join('\n') + '\n';
 }
 
 mkdirSync(out, { recursive: true });
-writeFileSync(`${out}/train.jsonl`, make(1000));
-writeFileSync(`${out}/held_out.jsonl`, make(100));
-console.log(JSON.stringify({ words: WORDS.length, train: 1000, held_out: 100 }));
+writeFileSync(`${out}/train.jsonl`, make(TRAIN_PER_KIND));
+writeFileSync(`${out}/held_out.jsonl`, make(HELD_PER_KIND));
+console.log(JSON.stringify({ kinds: Object.keys(KINDS).length, words_per_kind: Object.values(KINDS).map((w) => w.length),
+                             train: 3 * TRAIN_PER_KIND, held_out: 3 * HELD_PER_KIND }));

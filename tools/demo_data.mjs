@@ -1,16 +1,19 @@
 // demo_data.mjs: the demo instruction set, and the pretraining corpus's copy of the Jargon File.
-//   node tools/demo_data.mjs kjv     KJV_TXT OUT_DIR      -> the demo task (scripts/make_demo_data.sh):
-//        "Which book of the Bible is this verse from?" -> book, OUT_DIR/{train,held_out}.jsonl
+//   node tools/demo_data.mjs sources CORPUS_DIR OUT_DIR -> the demo task (scripts/make_demo_data.sh):
+//        "Which text is this passage from: Bible, Moby Dick or Jargon File?" -> the text's name,
+//        OUT_DIR/{train,held_out}.jsonl, from the corpus files scripts/make_base_model.sh writes
 //   node tools/demo_data.mjs corpus  JARGON_TXT OUT_TXT   -> the Jargon File minus the 80 entries the
 //        first demo task ("Define the hacker term X.") held out; scripts/make_base_model.sh uses it,
 //        so the bundled base model's recipe stays reproducible
 //   node tools/demo_data.mjs dataset JARGON_TXT OUT_DIR   -> that first task's JSONL (no longer the demo:
 //        its held-out loss fell only ~11% under LoRA, the definitions being unpredictable content)
 // Deterministic: entries are ordered by sha256(term); the first HELD_OUT go to held_out.jsonl,
-// the next up to MAX_TRAIN to train.jsonl. Uses only node's standard library.
+// the next up to MAX_TRAIN to train.jsonl (passages likewise, by sha256 of their document).
+// Uses only node's standard library.
 // Not here: fetching/installing the text (scripts/make_demo_data.sh), training.
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { corpus_documents, is_held_out } from './corpus_docs.mjs';
 
 const HELD_OUT = 80;
 const MAX_TRAIN = 1600;
@@ -99,64 +102,69 @@ function sample(e) {
     return JSON.stringify({ instruction: `Define the hacker term "${e.term}".`, output: e.def });
 }
 
-// ---- the demo task: which book of the KJV Bible is this verse from? ----------------------
-// Input: `bible -l100000 Gen1:1-Rev22:21` output (chapter headings "Book N", verses "  N text").
-// Twenty books of distinct kinds (law, history, poetry, prophets, gospels, letters, apocalypse).
-// Per book, verses of KJV_MIN..KJV_MAX characters ordered by sha256("Book c:v"): the first
-// KJV_HELD are held out, the next KJV_TRAIN trained on (every book equally, so the prior alone
-// is worth nothing and the answer has to come from the verse's style, names and vocabulary).
-const KJV_BOOKS = ['Genesis', 'Exodus', 'Leviticus', 'Deuteronomy', 'Joshua', 'Judges', '1 Samuel', '1 Kings',
-                   'Job', 'Psalms', 'Proverbs', 'Isaiah', 'Jeremiah', 'Ezekiel',
-                   'Matthew', 'Luke', 'John', 'Acts', 'Romans', 'Revelation'];
-const KJV_HELD = 4;
-const KJV_TRAIN = 64;
-const KJV_MIN = 60, KJV_MAX = 200;
+// ---- the demo task: which of three pretraining texts is this passage from? --------------
+// Input: the cleaned corpus files that scripts/make_base_model.sh writes (step 1, all four, in its
+// order), cut into documents and split exactly as the base model's pretraining did
+// (tools/corpus_docs.mjs: 500-character documents, every 100th held out). Held-out passages come
+// only from the pretraining's held-out documents, so the base model never read them; training
+// passages come from documents it did read. The fortune files are in the corpus but not in the
+// task: they quote everything (the Bible, hackers, novels), so they are no style of their own.
+// Per text, documents ordered by sha256 of their text: the first SRC_HELD held out, the next
+// SRC_TRAIN trained on (every text equally, so the prior alone is worth a third); a passage is
+// the document's first SRC_MAX_CHARS characters, white space collapsed, cut at a word end.
+const CORPUS_FILES = ['moby_dick.txt', 'kjv.txt', 'fortunes.txt', 'jargon.txt'];
+const SOURCES = [{ file: 'moby_dick.txt', name: 'Moby Dick' }, { file: 'kjv.txt', name: 'Bible' },
+                 { file: 'jargon.txt', name: 'Jargon File' }];
+const SRC_HELD = 26;    // Moby Dick has 29 held-out documents of SRC_MIN_CHARS or more
+const SRC_TRAIN = 333;
+const SRC_MIN_CHARS = 60, SRC_MAX_CHARS = 160;   // 160 characters: about 110 tokens with the question and template
+const SRC_QUESTION = 'Which text is this passage from: Bible, Moby Dick or Jargon File?';
 
-function kjv_split(text) {
-    const books = new Map();  // book -> [{ref, verse}]
-    let book = null, chapter = 0;
-    for (const line of text.split('\n')) {
-        let m = /^(\S.*?) (\d+)$/.exec(line);
-        if (m) { book = m[1]; chapter = +m[2]; if (!books.has(book)) books.set(book, []); continue; }
-        m = /^ +(\d+) (.+)$/.exec(line);
-        if (!m || !book) continue;
-        const verse = m[2].trim();
-        if (verse.length < KJV_MIN || verse.length > KJV_MAX) continue;
-        books.get(book).push({ book, ref: `${book} ${chapter}:${m[1]}`, verse, key: sha(`${book} ${chapter}:${m[1]}`) });
-    }
-    const held = [], train = [];
-    for (const b of KJV_BOOKS) {
-        const vs = books.get(b);
-        if (!vs || vs.length < KJV_HELD + KJV_TRAIN) throw new Error(`book ${b}: too few verses`);
-        vs.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-        held.push(...vs.slice(0, KJV_HELD));
-        train.push(...vs.slice(KJV_HELD, KJV_HELD + KJV_TRAIN));
-    }
-    return { books: KJV_BOOKS.length, held, train };
+function passage(text) {
+    const s = text.replace(/\s+/g, ' ').trim();
+    if (s.length <= SRC_MAX_CHARS) return s;
+    const cut = s.lastIndexOf(' ', SRC_MAX_CHARS);
+    return s.slice(0, cut > 0 ? cut : SRC_MAX_CHARS);
 }
 
-function kjv_sample(e) {
-    return JSON.stringify({ instruction: `Which book of the Bible is this verse from?\n${e.verse}`, output: e.book });
+function sources_split(dir) {
+    const docs = corpus_documents(CORPUS_FILES.map((f) => `${dir}/${f}`), 500);
+    const held = [], train = [];
+    for (const src of SOURCES) {
+        const file = CORPUS_FILES.indexOf(src.file);
+        const of_src = (held_out) => docs.filter((d, i) => d.file === file && is_held_out(i, 100) === held_out)
+            .map((d) => ({ source: src.name, passage: passage(d.text), key: sha(d.text) }))
+            .filter((e) => e.passage.length >= SRC_MIN_CHARS)
+            .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+        const h = of_src(true), t = of_src(false);
+        if (h.length < SRC_HELD || t.length < SRC_TRAIN) throw new Error(`${src.file}: too few documents`);
+        held.push(...h.slice(0, SRC_HELD));
+        train.push(...t.slice(0, SRC_TRAIN));
+    }
+    return { held, train };
+}
+
+function sources_sample(e) {
+    return JSON.stringify({ instruction: `${SRC_QUESTION}\n${e.passage}`, output: e.source });
 }
 
 const [mode, src, dst] = process.argv.slice(2);
-if (!mode || !src || !dst) {
-    console.error('usage: node tools/demo_data.mjs kjv KJV_TXT OUT_DIR | corpus JARGON_TXT OUT_TXT');
+if (!['sources', 'corpus', 'dataset'].includes(mode) || !src || !dst) {
+    console.error('usage: node tools/demo_data.mjs sources CORPUS_DIR OUT_DIR | corpus JARGON_TXT OUT_TXT | dataset JARGON_TXT OUT_DIR');
     process.exit(2);
 }
-const text = readFileSync(src, 'utf8');
-if (mode === 'kjv') {
-    const k = kjv_split(text);
+if (mode === 'sources') {
+    const k = sources_split(src);
     mkdirSync(dst, { recursive: true });
-    // Held-out and train both in Bible order (the trainer shuffles with its own seed).
-    writeFileSync(`${dst}/train.jsonl`, k.train.map(kjv_sample).join('\n') + '\n');
-    writeFileSync(`${dst}/held_out.jsonl`, k.held.map(kjv_sample).join('\n') + '\n');
-    const mean = (a) => Math.round(a.reduce((x, e) => x + e.verse.length, 0) / a.length);
-    console.log(JSON.stringify({ books: k.books, train: k.train.length, held_out: k.held.length,
-                                 mean_verse_chars_train: mean(k.train), mean_verse_chars_held_out: mean(k.held) }));
+    // Grouped by source, sha256 order within (the trainer shuffles with its own seed).
+    writeFileSync(`${dst}/train.jsonl`, k.train.map(sources_sample).join('\n') + '\n');
+    writeFileSync(`${dst}/held_out.jsonl`, k.held.map(sources_sample).join('\n') + '\n');
+    const mean = (a) => Math.round(a.reduce((x, e) => x + e.passage.length, 0) / a.length);
+    console.log(JSON.stringify({ sources: SOURCES.length, train: k.train.length, held_out: k.held.length,
+                                 mean_passage_chars_train: mean(k.train), mean_passage_chars_held_out: mean(k.held) }));
     process.exit(0);
 }
-const s = split(text);
+const s = split(readFileSync(src, 'utf8'));
 if (mode === 'dataset') {
     mkdirSync(dst, { recursive: true });
     // Train lines in term order (the trainer shuffles with its own seed); held-out likewise.
@@ -167,14 +175,11 @@ if (mode === 'dataset') {
     const mean = (a) => Math.round(a.reduce((x, e) => x + e.def.length, 0) / a.length);
     console.log(JSON.stringify({ entries: s.n_entries, usable: s.n_usable, train: train.length, held_out: held.length,
                                  mean_output_chars_train: mean(train), mean_output_chars_held_out: mean(held) }));
-} else if (mode === 'corpus') {
+} else {  // corpus
     // Drop every line of each held-out entry (header through the line before the next header).
     const drop = new Uint8Array(s.parsed.lines.length);
     for (const e of s.held) for (let i = e.first; i <= e.last; ++i) drop[i] = 1;
     const kept = s.parsed.lines.filter((_, i) => !drop[i]);
     writeFileSync(dst, kept.join('\n'));
     console.error(JSON.stringify({ removed_entries: s.held.length, removed_lines: drop.reduce((x, v) => x + v, 0) }));
-} else {
-    console.error(`unknown mode ${mode}`);
-    process.exit(2);
 }

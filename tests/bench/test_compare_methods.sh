@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test_compare_methods.sh PEFT_BINARY: bench/compare_methods.sh on a tiny budget (lora and vera,
-# 2 steps, one learning rate, the second task data/compare/last_word) writes a table with one
+# 2 steps, one learning rate, the second task data/compare/kinds) writes a table with one
 # filled row per method, an SVG naming every method, and refuses outputs that are or hold its
 # inputs. Registered in CTest (label bench); under a minute on 2 idle cores.
 set -uo pipefail
@@ -13,7 +13,7 @@ fails=0
 fail() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
 
 # ---- refusals: nothing trained, nothing of the inputs touched ------------------------------------
-before=$(cat data/compare/last_word/*.jsonl data/compare/*.jsonl | sha256sum)
+before=$(cat data/compare/kinds/*.jsonl data/compare/*.jsonl | sha256sum)
 STEPS=1 LRS=1e-2 METHODS=lora OUT=data/compare bash bench/compare_methods.sh > "$TMP/r1.log" 2>&1 \
   && fail "OUT=data/compare (an input) was accepted"
 grep -q "refused" "$TMP/r1.log" || fail "OUT=data/compare: no 'refused' message: $(cat "$TMP/r1.log")"
@@ -27,15 +27,15 @@ METHODS=lora,no_such_method OUT="$TMP/bad" bash bench/compare_methods.sh > "$TMP
   && fail "an unknown METHODS name was accepted"
 grep -q "no_such_method" "$TMP/r4.log" || fail "unknown method: the message does not name it"
 [ ! -e "$TMP/bad" ] || fail "an unknown METHODS name still created OUT"
-[ "$(cat data/compare/last_word/*.jsonl data/compare/*.jsonl | sha256sum)" = "$before" ] || fail "the task data changed"
+[ "$(cat data/compare/kinds/*.jsonl data/compare/*.jsonl | sha256sum)" = "$before" ] || fail "the task data changed"
 
 # ---- a tiny comparison -------------------------------------------------------------------------
 OUT="$TMP/cmp"
-if ! STEPS=2 LRS=1e-2 METHODS=lora,vera TASKS=data/compare/last_word OUT="$OUT" bash bench/compare_methods.sh > "$TMP/run.log" 2>&1; then
+if ! STEPS=2 LRS=1e-2 METHODS=lora,vera TASKS=data/compare/kinds OUT="$OUT" bash bench/compare_methods.sh > "$TMP/run.log" 2>&1; then
   fail "the tiny comparison failed: $(tail -5 "$TMP/run.log")"
 else
   md="$OUT/compare.md"
-  for task in last_word; do
+  for task in kinds; do
     grep -q "^## Task \`$task\`" "$md" || fail "compare.md has no section for task $task"
     for m in lora vera; do
       # the row of method m in task's table: a finite held-out loss, a parameter count
@@ -53,7 +53,7 @@ else
   node -e '
 const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => JSON.parse(l));
 const get = (m, t) => rows.find((r) => r.method === m && r.task === t);
-for (const t of ["last_word"]) {
+for (const t of ["kinds"]) {
   const l = get("lora", t), v = get("vera", t), b = get("base", t);
   if (!l || !v || !b) throw new Error(`results.jsonl: rows missing for ${t}`);
   for (const r of [l, v]) for (const k of ["eval_loss", "forget_loss", "step_s", "peak_rss_mib", "setup_s"])

@@ -32,7 +32,7 @@ std::string train_args(const std::string & out, int64_t micro_batch) {
     const std::string src = PEFT_SOURCE_DIR;
     return std::string(PEFT_BIN) + " train --base_model " + src + "/models/tiny-llama --datasets " + src +
            "/data/demo/train.jsonl --adapter lora --r 4 --lora_alpha 8 --target_modules all-linear --learning_rate 1e-3"
-           " --sequence_len 64 --max_steps 4 --gradient_accumulation_steps 2 --val_set_size 0.05 --eval_steps 2"
+           " --sequence_len 128 --max_steps 4 --gradient_accumulation_steps 2 --val_set_size 0.05 --eval_steps 2"
            " --logging_steps 1 --seed 1 --threads 1 --progress false --micro_batch_size " +
            std::to_string(micro_batch) + " --output_dir " + out;
 }

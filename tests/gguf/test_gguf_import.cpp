@@ -187,7 +187,7 @@ TEST(gguf_import, cli_eval_of_the_gguf_equals_eval_of_the_directory) {
     passive.passive_omp = true;
     auto eval = [&](const std::string & model) {
         const pt::child_result r = pt::spawn_peft({"eval", "--model", model, "--data", pt::source_path("data/demo/held_out.jsonl"),
-                                                   "--json", "--sequence_len", "64", "--batch", "4", "--threads", "2"},
+                                                   "--json", "--sequence_len", "128", "--batch", "4", "--threads", "2"},
                                                   passive);
         EXPECT_EQ(r.code, 0) << r.out;
         return r.out.substr(r.out.find('{'));
