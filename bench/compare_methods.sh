@@ -49,9 +49,9 @@ dora|lora|@LORA@ --use_dora true|use_dora|3e-3,1e-2,3e-2
 vera|vera|--r 256|projection_prng_key|3e-2,1e-1,3e-1
 corda_ipm|lora|@LORA@ --init_lora_weights corda --corda_config {\"corda_method\":\"ipm\",\"covariance_file\":\"@OUT@/runs/corda_ipm_@TASK@.cov\"} --corda_data @TRAIN@ --corda_samples 32|corda_config|1e-3,3e-3,1e-2
 corda_kpm|lora|@LORA@ --init_lora_weights corda --corda_config {\"corda_method\":\"kpm\",\"covariance_file\":\"@OUT@/runs/corda_kpm.cov\"} --corda_data $KPM_DATA --corda_samples 32|corda_config|1e-3,3e-3,1e-2
-galore|full|--optimizer galore_adamw --galore_rank 32 --galore_update_proj_gap @HALF@ --galore_scale 0.25|galore_rank|3e-4,1e-3,3e-3
-galore_all|full|--optimizer galore_adamw --galore_rank 32 --galore_update_proj_gap @HALF@ --galore_scale 0.25 --galore_target_modules attn,mlp,embed_tokens,lm_head|galore_target_modules|3e-4,1e-3,3e-3
-full|full|||1e-4,3e-4,1e-3
+galore|full|--optimizer galore_adamw --galore_rank 32 --galore_update_proj_gap @HALF@ --galore_scale 0.25|galore_rank|3e-3,1e-2,3e-2
+galore_all|full|--optimizer galore_adamw --galore_rank 32 --galore_update_proj_gap @HALF@ --galore_scale 0.25 --galore_target_modules attn,mlp,embed_tokens,lm_head|galore_target_modules|1e-2,3e-2,1e-1
+full|full|||1e-3,3e-3,1e-2
 qlora|lora|@LORA@ --load_in_4bit true|load_in_4bit|3e-3,1e-2,3e-2
 rslora|lora|@LORA@ --use_rslora true|use_rslora|1e-3,3e-3,1e-2
 lora_plus|lora|@LORA@ --loraplus_lr_ratio 16|loraplus_lr_ratio|1e-3,3e-3,1e-2
