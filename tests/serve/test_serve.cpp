@@ -473,6 +473,61 @@ TEST(serve, a_prompt_routed_mixture_and_a_lora_answer_concurrently_as_generate_w
     e.shutdown();
 }
 
+// The batched forward with a hooked (prompt-routed) adapter: two mixture sequences beside a LoRA
+// one, in chunks of 8 rows (the second prompt does not fit the first chunk's rest: it starts the
+// next chunk whole), give each sequence's single-sequence logits, prefill and 3 decode steps.
+TEST(serve, multi_sequence_forward_runs_each_sequence_hook_on_its_own_rows) {
+    const std::string moe = make_adapter("serve_moe_rows", 6, "{\"adapter\": \"milora_moe\", \"r\": 4, \"lora_alpha\": 8, "
+                                                              "\"target_modules\": \"all-linear\"}", 1.0f);
+    llama_model m;
+    ASSERT_TRUE(llama_load(m, model_dir(), false).ok());
+    adapter_set lora, mix;
+    ASSERT_TRUE(adapter_load(adapters()[0].second, m, lora).ok());
+    const std::vector<adapter_module *> lora_tab = m.adapters;
+    m.adapters.clear();
+    ASSERT_TRUE(adapter_load(moe, m, mix).ok());
+    const std::vector<adapter_module *> moe_tab = m.adapters;
+    llama_layer_hook * hook = m.layer_hook;
+    ASSERT_NE(hook, nullptr);
+    const int64_t V = m.hp.n_vocab;
+    const std::vector<std::vector<int32_t>> prompts = {{5, 9, 300, 7, 8}, {11, 12, 13, 14, 15, 16}, {40, 41, 42, 43}};
+    const bool is_moe[3] = {false, true, true};
+    std::vector<llama_infer_state> ms(3), ss(3);
+    llama_infer_batch b;
+    ASSERT_TRUE(llama_infer_batch_init(b, m, 8, 64).ok());
+    for (size_t i = 0; i < 3; i++) {
+        ASSERT_TRUE(llama_infer_init(ms[i], m, 64, 1).ok());
+        ASSERT_TRUE(llama_infer_init(ss[i], m, 64).ok());
+    }
+    std::vector<std::vector<float>> lm(3, std::vector<float>((size_t) V)), ls = lm;
+    std::vector<std::vector<int32_t>> feed = prompts;
+    for (int step = 0; step < 4; step++) {
+        std::vector<llama_infer_seq> seqs;
+        for (size_t i = 0; i < 3; i++) {
+            seqs.push_back({&ms[i], feed[i].data(), (int64_t) feed[i].size(), is_moe[i] ? moe_tab.data() : lora_tab.data(), lm[i].data(),
+                            is_moe[i] ? hook : nullptr});
+        }
+        ASSERT_TRUE(llama_infer_eval_multi(m, b, seqs.data(), 3).ok());
+        for (size_t i = 0; i < 3; i++) {
+            m.adapters = is_moe[i] ? moe_tab : lora_tab;
+            m.layer_hook = is_moe[i] ? hook : nullptr;
+            ASSERT_TRUE(llama_infer_eval(m, ss[i], feed[i].data(), (int64_t) feed[i].size(), ls[i].data()).ok());
+            EXPECT_TRUE(peft::testing::check_close(lm[i].data(), ls[i].data(), V, 1e-4, 1e-4, "multi vs single logits"))
+                << "sequence " << i << " step " << step;
+            feed[i] = {sample_argmax(ls[i].data(), V)};
+        }
+    }
+    // a whole prompt longer than a chunk is refused before anything runs
+    llama_infer_reset(ms[1]);
+    std::vector<int32_t> nine(9, 5);
+    llama_infer_seq big{&ms[1], nine.data(), 9, moe_tab.data(), nullptr, hook};
+    status st = llama_infer_eval_multi(m, b, &big, 1);
+    EXPECT_FALSE(st.ok());
+    EXPECT_NE(st.message.find("whole prompt"), std::string::npos) << st.message;
+    m.adapters.clear();
+    m.layer_hook = nullptr;
+}
+
 // Every registered method, trained for two steps by `peft train` (with its own init, calibration
 // or stage-1 probes), served in one engine: all asked at once, each answers exactly as `peft
 // generate` with it alone. A residual-base adapter and a full fine-tune are refused with a reason.
