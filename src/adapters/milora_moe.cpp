@@ -70,8 +70,18 @@ milora_moe_module::milora_moe_module(const target_info & ti, int64_t R_, float s
 }
 
 void milora_moe_module::forward(const float * x, int64_t N, float * y) {
-    const int64_t IC = t.in_features, OC = t.out_features;
     linear_forward(y, x, *t.base, t.bias, N);
+    add_gated_delta(x, N, y);
+}
+
+bool milora_moe_module::forward_delta(const float * x, int64_t N, float * y) {
+    add_gated_delta(x, N, y);
+    return true;
+}
+
+// y[N,OC] += w_n s (x A^T) B^T with each row's gate w_n from the layer's routing.
+void milora_moe_module::add_gated_delta(const float * x, int64_t N, float * y) {
+    const int64_t IC = t.in_features, OC = t.out_features;
     const milora_layer_route & L = owner.route[(size_t) t.layer];
     PEFT_ASSERT(L.n_rows == N && L.E > expert);   // the hook routed this forward's rows
     w.resize((size_t) N);

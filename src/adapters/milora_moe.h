@@ -57,6 +57,7 @@ struct milora_moe_module : adapter_module {
     milora_moe_module(const target_info & t, int64_t R, float scaling, int64_t expert, milora_moe_method & owner, rng & r);
 
     void forward(const float * x, int64_t N, float * y) override;
+    bool forward_delta(const float * x, int64_t N, float * y) override;   // the gated expert product alone
     void backward(const float * x, const float * dy, int64_t N, float * dx) override;
     void delta_weight(float * dW) const override;   // s B A: the expert at gate 1 (merging the mixture is refused)
     void params(std::vector<param_ref> & out) override;
@@ -75,6 +76,7 @@ struct milora_moe_module : adapter_module {
     bool               active = false;    // some row of the last forward had a non-zero gate
 
 private:
+    void add_gated_delta(const float * x, int64_t N, float * y);
     milora_moe_method & owner;
 };
 

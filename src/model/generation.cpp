@@ -156,9 +156,10 @@ status greedy_answers(const llama_model & m, const std::vector<answer_example> &
         limit[i] = std::min<int64_t>((int64_t) ex[i].expected.size() + std::max<int64_t>(0, extra_tokens), m.hp.max_position - np);
         max_ctx = std::max(max_ctx, np + limit[i]);
     }
-    llama_infer_batch b;
-    PEFT_TRY(llama_infer_batch_init(b, m, 256, max_ctx));
     adapter_module * const * table = m.adapters.empty() ? nullptr : m.adapters.data();
+    llama_layer_hook * hook = table ? m.layer_hook : nullptr;
+    llama_infer_batch b;   // a hook that routes whole prompts sees each prompt in one chunk
+    PEFT_TRY(llama_infer_batch_init(b, m, hook && hook->whole_prompt() ? std::max<int64_t>(256, max_ctx) : 256, max_ctx));
     std::vector<std::vector<float>> logits;
     for (size_t i0 = 0; i0 < ex.size(); i0 += (size_t) n_parallel) {
         const size_t n = std::min(ex.size() - i0, (size_t) n_parallel);
@@ -170,7 +171,7 @@ status greedy_answers(const llama_model & m, const std::vector<answer_example> &
             const answer_example & e = ex[i0 + j];
             PEFT_TRY(llama_infer_init(st[j], m, (int64_t) e.prompt.size() + limit[i0 + j], 1));
             logits[j].resize((size_t) V);
-            seqs[j] = {&st[j], e.prompt.data(), (int64_t) e.prompt.size(), table, logits[j].data()};
+            seqs[j] = {&st[j], e.prompt.data(), (int64_t) e.prompt.size(), table, logits[j].data(), hook};
         }
         std::vector<size_t> live(n);   // index j of each sequence in seqs' current order
         for (size_t j = 0; j < n; j++) live[j] = j;
@@ -186,7 +187,7 @@ status greedy_answers(const llama_model & m, const std::vector<answer_example> &
                 a.push_back(t);
                 if ((int64_t) a.size() >= limit[i0 + j]) continue;
                 next[j] = t;
-                still.push_back({&st[j], &next[j], 1, table, logits[j].data()});
+                still.push_back({&st[j], &next[j], 1, table, logits[j].data(), hook});
                 still_j.push_back(j);
             }
             seqs.swap(still);

@@ -164,7 +164,10 @@ struct llama_rows {
 // Called by llama_forward / llama_backward (and llama_infer) around every layer.
 struct llama_layer_hook {
     virtual ~llama_layer_hook() = default;
-    // Before layer l's projections: x [B*T, C] is the residual stream entering layer l.
+    // Before layer l's projections: x [B*T, C] is the residual stream entering layer l. The
+    // batched inference forward (llama_infer_eval_multi), where sequences of several adapters
+    // share a layer, calls it again before each adapted projection of one sequence's rows, with
+    // the same x and sequence state: the same inputs must give the same routing.
     virtual void layer_forward(int64_t l, const float * x, const llama_rows & rows) = 0;
     // After layer l's backward (with the same x and rows): dx [B*T, C] += the hook's part of
     // d loss / dx (and the hook's own parameter gradients +=).

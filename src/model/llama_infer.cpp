@@ -275,6 +275,7 @@ status llama_infer_eval(const llama_model & m, llama_infer_state & s, const int3
 struct llama_infer_batch::impl {
     arena a;
     float * x = nullptr;        // [nb, C] residual stream of the chunk
+    float * x_in = nullptr;     // [nb, C] the layer's input, for the layer hooks of its projections
     float * xn = nullptr;       // [nb, C]
     float * rstd = nullptr;     // [nb]
     float * q = nullptr;        // [nb, QD]
@@ -303,21 +304,33 @@ struct batch_row {
     bool    last;   // the sequence's last new token
 };
 
-// A run of chunk rows [r0, r0+n) that share one adapter table.
+// A run of chunk rows [r0, r0+n) that share one adapter table, and with a layer hook one
+// sequence (the hook's routing is per sequence).
 struct row_group {
     int64_t                  r0, n;
     adapter_module * const * table;
+    llama_layer_hook *       hook;
+    llama_infer_state *      state;   // the sequence of a hooked group, else null
 };
 
 // out[nb,OC] = proj(in) per row group: the base product once over all rows, then each group's
 // adapter delta on its rows (a module whose output does not split recomputes its rows whole).
+// A hooked group's hook routes its rows first, from x_in (the layer's input), as the
+// single-sequence forward does once per layer.
 void proj_rows(const llama_model & m, int64_t l, llama_proj pj, float * out, const float * in, int64_t nb,
-               const std::vector<row_group> & groups) {
+               const std::vector<row_group> & groups, const float * x_in) {
     const linear_weight & w = m.proj_weight(l, pj);
     linear_forward(out, in, w, m.proj_bias(l, pj), nb);
     for (const row_group & g : groups) {
         adapter_module * ad = g.table ? g.table[(size_t) (l * LLAMA_PROJ_COUNT + pj)] : nullptr;
         if (!ad) continue;
+        if (g.hook) {
+            llama_rows rows;
+            rows.B = 1;
+            rows.T = g.n;
+            rows.seq = &g.state->adapter_state;
+            g.hook->layer_forward(l, x_in + g.r0 * m.hp.n_embd, rows);
+        }
         const float * xg = in + g.r0 * w.IC;
         float * yg = out + g.r0 * w.OC;
         if (!ad->forward_delta(xg, g.n, yg)) ad->forward(xg, g.n, yg);
@@ -336,12 +349,14 @@ void forward_rows(const llama_model & m, llama_infer_batch::impl & p, const llam
     const llama_hparams & hp = m.hp;
     const int64_t C = hp.n_embd, F = hp.n_ff, KVD = hp.kv_dim(), QD = hp.q_dim();
     const int64_t NH = hp.n_head, HS = hp.head_dim, group = hp.n_head / hp.n_head_kv;
+    const bool hooked = std::any_of(groups.begin(), groups.end(), [](const row_group & g) { return g.hook; });
     for (int64_t l = 0; l < hp.n_layer; l++) {
         const llama_layer_weights & w = m.w.layers[(size_t) l];
+        if (hooked) std::memcpy(p.x_in, p.x, (size_t) (nb * C) * 4);
         rmsnorm_forward(p.xn, p.rstd, p.x, w.attn_norm, nb, C, hp.rms_eps);
-        proj_rows(m, l, LLAMA_PROJ_Q, p.q, p.xn, nb, groups);
-        proj_rows(m, l, LLAMA_PROJ_K, p.k, p.xn, nb, groups);
-        proj_rows(m, l, LLAMA_PROJ_V, p.v, p.xn, nb, groups);
+        proj_rows(m, l, LLAMA_PROJ_Q, p.q, p.xn, nb, groups, p.x_in);
+        proj_rows(m, l, LLAMA_PROJ_K, p.k, p.xn, nb, groups, p.x_in);
+        proj_rows(m, l, LLAMA_PROJ_V, p.v, p.xn, nb, groups, p.x_in);
         rope_forward(p.q, p.pos, m.inv_freq.data(), nb, hp.n_head, HS);
         rope_forward(p.k, p.pos, m.inv_freq.data(), nb, hp.n_head_kv, HS);
         for (int64_t i = 0; i < nb; i++) {
@@ -358,13 +373,13 @@ void forward_rows(const llama_model & m, llama_infer_batch::impl & p, const llam
             attend_head(p.att + i * QD + h * HS, p.q + i * QD + h * HS, c.k_cache[(size_t) l], c.v_cache[(size_t) l], sc,
                         rows[i].pos + 1, h / group, KVD, HS);
         }
-        proj_rows(m, l, LLAMA_PROJ_O, p.proj, p.att, nb, groups);
+        proj_rows(m, l, LLAMA_PROJ_O, p.proj, p.att, nb, groups, p.x_in);
         add_rows(p.x, p.proj, nb * C);                                        // x += o(att)
         rmsnorm_forward(p.xn, p.rstd, p.x, w.ffn_norm, nb, C, hp.rms_eps);
-        proj_rows(m, l, LLAMA_PROJ_GATE, p.gate, p.xn, nb, groups);
-        proj_rows(m, l, LLAMA_PROJ_UP, p.up, p.xn, nb, groups);
+        proj_rows(m, l, LLAMA_PROJ_GATE, p.gate, p.xn, nb, groups, p.x_in);
+        proj_rows(m, l, LLAMA_PROJ_UP, p.up, p.xn, nb, groups, p.x_in);
         swiglu_forward(p.h, p.gate, p.up, nb * F);
-        proj_rows(m, l, LLAMA_PROJ_DOWN, p.proj, p.h, nb, groups);
+        proj_rows(m, l, LLAMA_PROJ_DOWN, p.proj, p.h, nb, groups, p.x_in);
         add_rows(p.x, p.proj, nb * C);                                        // x += down(h)
     }
 }
@@ -389,6 +404,9 @@ void rows_logits(const llama_model & m, llama_infer_batch::impl & p, const llama
     }
 }
 
+// A sequence whose hook must see its prompt in one chunk (its first eval after a reset).
+bool whole_prompt(const llama_infer_seq & q) { return q.hook && q.hook->whole_prompt() && !q.state->adapter_state; }
+
 status check_seq(const llama_model & m, const llama_infer_batch & b, const llama_infer_seq & q, int64_t i) {
     const std::string where = "generation (sequence " + std::to_string(i) + ")";
     if (!q.state || !q.state->p || q.n <= 0 || !q.tokens) return make_error(PEFT_STATUS_ARGUMENT, where, "no tokens to evaluate");
@@ -409,6 +427,12 @@ status check_seq(const llama_model & m, const llama_infer_batch & b, const llama
                                  "0.." + std::to_string(m.hp.n_vocab - 1), std::to_string(q.tokens[j]));
         }
     }
+    if (whole_prompt(q) && q.n > b.max_rows) {
+        status st = make_error(PEFT_STATUS_ARGUMENT, where, "the adapter routes from the whole prompt, but " + std::to_string(q.n) +
+                               " prompt tokens exceed the " + std::to_string(b.max_rows) + " rows of a batch chunk");
+        st.hint = "plan the batch with as many rows as the context (llama_infer_batch_init)";
+        return st;
+    }
     return status::success();
 }
 
@@ -420,7 +444,7 @@ status llama_infer_batch_init(llama_infer_batch & b, const llama_model & m, int6
     const int n_threads = std::max(1, omp_get_max_threads());
     const int64_t C = hp.n_embd, QD = hp.q_dim(), KVD = hp.kv_dim(), F = hp.n_ff, V = hp.n_vocab, nb = max_rows;
     auto A = [](int64_t n) { return arena_align((size_t) n * 4); };
-    const size_t bytes = A(nb * C) * 3 + A(nb) * 3 + A(nb * QD) * 2 + A(nb * KVD) * 2 + A(nb * F) * 3 + A(LOGIT_ROWS * C) +
+    const size_t bytes = A(nb * C) * 4 + A(nb) * 3 + A(nb * QD) * 2 + A(nb * KVD) * 2 + A(nb * F) * 3 + A(LOGIT_ROWS * C) +
                          A(LOGIT_ROWS * V) + A((int64_t) n_threads * max_ctx);
     auto p = std::make_shared<llama_infer_batch::impl>();
     if (!p->a.reserve(bytes)) {
@@ -428,6 +452,7 @@ status llama_infer_batch_init(llama_infer_batch & b, const llama_model & m, int6
     }
     p->n_threads = n_threads;
     p->x = p->a.alloc_f32((size_t) (nb * C));
+    p->x_in = p->a.alloc_f32((size_t) (nb * C));
     p->xn = p->a.alloc_f32((size_t) (nb * C));
     p->proj = p->a.alloc_f32((size_t) (nb * C));
     p->rstd = p->a.alloc_f32((size_t) nb);
@@ -462,22 +487,34 @@ status llama_infer_eval_multi(const llama_model & m, llama_infer_batch & b, llam
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) {
         return std::less<const void *>()(seqs[a].adapters, seqs[c].adapters);
     });
+    // chunks of at most max_rows rows; a prompt that its hook must see whole starts a new chunk
+    // rather than being split
     std::vector<batch_row> rows;
+    std::vector<int64_t> chunk_end;
     for (int64_t i : order) {
-        for (int64_t j = 0; j < seqs[i].n; j++) rows.push_back({i, seqs[i].state->n_past + j, j + 1 == seqs[i].n});
+        const int64_t r0 = (int64_t) rows.size(), start = chunk_end.empty() ? 0 : chunk_end.back();
+        if (whole_prompt(seqs[i]) && r0 > start && r0 + seqs[i].n - start > b.max_rows) chunk_end.push_back(r0);
+        for (int64_t j = 0; j < seqs[i].n; j++) {
+            if ((int64_t) rows.size() - (chunk_end.empty() ? 0 : chunk_end.back()) == b.max_rows) chunk_end.push_back((int64_t) rows.size());
+            rows.push_back({i, seqs[i].state->n_past + j, j + 1 == seqs[i].n});
+        }
     }
+    chunk_end.push_back((int64_t) rows.size());
     llama_infer_batch::impl & p = *b.p;
-    const int64_t total = (int64_t) rows.size();
     std::vector<row_group> groups;
-    for (int64_t r0 = 0; r0 < total; r0 += b.max_rows) {
-        const int64_t nb = std::min(b.max_rows, total - r0);
+    for (size_t c = 0; c < chunk_end.size(); c++) {
+        const int64_t r0 = c ? chunk_end[c - 1] : 0, nb = chunk_end[c] - r0;
+        if (nb == 0) continue;   // no sequences
         const batch_row * cr = rows.data() + r0;
         groups.clear();
         for (int64_t i = 0; i < nb; i++) {
             const llama_infer_seq & q = seqs[cr[i].seq];
             p.tok[i] = q.tokens[cr[i].pos - q.state->n_past];
             p.pos[i] = (int32_t) cr[i].pos;
-            if (groups.empty() || groups.back().table != q.adapters) groups.push_back({i, 0, q.adapters});
+            llama_infer_state * own = q.hook ? q.state : nullptr;
+            if (groups.empty() || groups.back().table != q.adapters || groups.back().state != own) {
+                groups.push_back({i, 0, q.adapters, q.hook, own});
+            }
             groups.back().n++;
         }
         llama_embed(p.x, m.w.embed, p.tok, nb);

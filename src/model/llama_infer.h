@@ -54,6 +54,7 @@ struct llama_infer_seq {
     int64_t                  n = 0;
     adapter_module * const * adapters = nullptr;   // [n_layer * LLAMA_PROJ_COUNT] as llama_model::adapters; null = base
     float *                  logits = nullptr;     // [V] of its last token, or null
+    llama_layer_hook *       hook = nullptr;       // the adapters' layer hook (llama_model::layer_hook), or null
 };
 
 // Row scratch of a multi-sequence forward: chunks of max_rows rows over caches of up to max_ctx.
@@ -65,7 +66,10 @@ struct llama_infer_batch {
 status llama_infer_batch_init(llama_infer_batch & b, const llama_model & m, int64_t max_rows, int64_t max_ctx);
 
 // Appends seqs[i].tokens to each sequence's cache in one forward (rows grouped by adapter
-// table, chunks of max_rows rows). m.adapters is not used. Every sequence is checked (context,
+// table, chunks of max_rows rows). m.adapters and m.layer_hook are not used: a sequence with a
+// hook runs it on its own rows before each of its adapted projections, with its own
+// state->adapter_state (a hook whose adapter routes whole prompts gets the prompt in one chunk,
+// so it must fit max_rows). Every sequence is checked (context,
 // token ids) before anything runs: on error no cache changes. Each row's math is the single-
 // sequence eval's; the base products over several rows may round differently from one row's.
 status llama_infer_eval_multi(const llama_model & m, llama_infer_batch & b, llama_infer_seq * seqs, int64_t n_seq);

@@ -114,6 +114,11 @@ status serve_engine::load(const std::string & model_dir, const std::vector<std::
             st.hint = "--adapter takes NAME=DIR with a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)";
             return st;
         }
+        if (!std::filesystem::exists(dir + "/adapter_config.json", ec) && std::filesystem::exists(dir + "/config.json", ec)) {
+            status st = make_error(PEFT_STATUS_CONFIG, dir, "a whole model (full fine-tuning), not an adapter of the shared base");
+            st.hint = "serve it as the base: peft serve --model " + dir;
+            return st;
+        }
         auto a = std::make_unique<serve_adapter>();
         a->name = name;
         a->dir = dir;
@@ -125,16 +130,12 @@ status serve_engine::load(const std::string & model_dir, const std::vector<std::
             st.hint = "serve it alone on its residual model, or save it on the original base (save_residual_model: false)";
             return st;
         }
-        if (a->set.method->layer_hook()) {   // the batched forward runs no per-sequence layer hooks
-            status st = make_error(PEFT_STATUS_CONFIG, dir, std::string(a->set.method->name()) +
-                                                               " routes each prompt in a layer hook, which the batched server does not run");
-            st.hint = "answer it with peft generate --adapter " + dir;
-            return st;
-        }
         a->table = model_.adapters;
+        a->hook = model_.layer_hook;
         adapters_.push_back(std::move(a));
     }
-    model_.adapters.clear();   // rows pick their table per step; the model itself stays the base
+    model_.adapters.clear();   // rows pick their table (and hook) per step; the model itself stays the base
+    model_.layer_hook = nullptr;
     for (int32_t id : {tok_->eos_id(), (int32_t) model_.hp.eos_id}) {
         if (id >= 0) eos_.push_back(id);
     }
@@ -147,7 +148,9 @@ status serve_engine::load(const std::string & model_dir, const std::vector<std::
         slots_.push_back(std::move(s));
     }
     auto b = std::make_shared<llama_infer_batch>();
-    PEFT_TRY(llama_infer_batch_init(*b, model_, 128, ctx_));
+    // a hook that routes from whole prompts needs a prompt in one chunk (llama_infer_eval_multi)
+    const bool whole = std::any_of(adapters_.begin(), adapters_.end(), [](const auto & a) { return a->hook && a->hook->whole_prompt(); });
+    PEFT_TRY(llama_infer_batch_init(*b, model_, whole ? std::max<int64_t>(128, ctx_) : 128, ctx_));
     batch_ = b;
     return status::success();
 }
@@ -249,8 +252,9 @@ void serve_engine::step(std::vector<slot *> & active) {
     for (size_t i = 0; i < active.size(); i++) {
         slot & s = *active[i];
         const int a = s.job->adapter;
-        seqs[i] = {&s.is, s.pending.data(), (int64_t) s.pending.size(), a >= 0 ? adapters_[(size_t) a]->table.data() : nullptr,
-                   s.logits.data()};
+        const serve_adapter * ad = a >= 0 ? adapters_[(size_t) a].get() : nullptr;
+        seqs[i] = {&s.is, s.pending.data(), (int64_t) s.pending.size(), ad ? ad->table.data() : nullptr, s.logits.data(),
+                   ad ? ad->hook : nullptr};
     }
     status st = llama_infer_eval_multi(model_, *std::static_pointer_cast<llama_infer_batch>(batch_), seqs.data(),
                                        (int64_t) seqs.size());

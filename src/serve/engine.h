@@ -1,5 +1,5 @@
 // engine.h: the scheduler behind `peft serve`: one base model, any number of named LoRA-family
-// adapters loaded on it unmerged, and a decode loop that runs every active request in one
+// adapters loaded on it unmerged (with their layer hooks, each request routed by its own prompt), and a decode loop that runs every active request in one
 // forward per step (llama_infer_eval_multi), each row through its own adapter. Requests wait in
 // a bounded queue for one of `parallel` slots (each slot owns a KV cache); a request that is
 // cancelled (its client went away) frees its slot at the next step.
@@ -54,6 +54,7 @@ struct serve_adapter {
     std::string                   name, dir;
     adapter_set                   set;
     std::vector<adapter_module *> table;   // [n_layer * LLAMA_PROJ_COUNT], as llama_model::adapters
+    llama_layer_hook *            hook = nullptr;   // its method's layer hook (a prompt-routed mixture), as llama_model::layer_hook
 };
 
 class serve_engine {

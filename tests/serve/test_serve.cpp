@@ -4,9 +4,11 @@
 // `peft generate` with each adapter alone (greedy text); streaming against non-streaming; bad
 // requests (JSON, model, context, fields, a full queue) get a clear 4xx/503 and the server keeps
 // serving; a client that leaves mid-stream, or gives up waiting for a whole answer, frees its
-// slot; the binary itself (--port 0, SIGTERM) and a short serve-bench load run.
+// slot; the binary itself (--port 0, SIGTERM) and a short serve-bench load run; a prompt-routed
+// mixture beside a LoRA, and every registered method, answered as `peft generate` answers each alone.
 #include <httplib.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -30,13 +32,15 @@ const std::string & model_dir() {
     return d;
 }
 
-// A LoRA (r 4, all projections, B ~ N(0, 0.05)) on the tiny model, saved as a PEFT directory.
-std::string make_adapter(const std::string & name, uint64_t seed) {
+// An adapter (default: a LoRA, r 4, all projections) on the tiny model with B ~ N(0, b_std) and,
+// for a mixture, routers ~ N(0, 1) (so that prompts route apart), saved as a PEFT directory.
+std::string make_adapter(const std::string & name, uint64_t seed,
+                         const std::string & cfg = "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": \"all-linear\"}",
+                         float b_std = 0.05f) {
     const std::string dir = peft::testing::temp_dir(name);
     llama_model m;
     status st = llama_load(m, model_dir(), false);
     EXPECT_TRUE(st.ok()) << st.message;
-    const std::string cfg = "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": \"all-linear\"}";
     json_document doc;
     EXPECT_TRUE(doc.parse(cfg.data(), cfg.size(), "cfg").ok());
     adapter_set set;
@@ -44,10 +48,11 @@ std::string make_adapter(const std::string & name, uint64_t seed) {
     EXPECT_TRUE(st.ok()) << st.message;
     rng r(seed + 100);
     for (param_ref & p : adapter_set_params(set)) {
-        if (p.name.find("lora_B") == std::string::npos) continue;
+        const bool router = p.name.find("router") != std::string::npos;
+        if (p.name.find("lora_B") == std::string::npos && !router) continue;
         int64_t n = 1;
         for (int64_t d : p.shape) n *= d;
-        r.fill_normal(p.value, n, 0.0f, 0.05f);
+        r.fill_normal(p.value, n, 0.0f, router ? 1.0f : b_std);
     }
     st = adapter_save(dir, set, model_dir());
     EXPECT_TRUE(st.ok()) << st.message;
@@ -101,8 +106,8 @@ struct parsed {
 
 const char * PROMPT = "And God said, Let there be light";
 
-std::string completion_body(const std::string & model, int max_tokens, bool stream = false) {
-    return "{\"model\": \"" + model + "\", \"prompt\": " + json_quote(PROMPT) + ", \"max_tokens\": " + std::to_string(max_tokens) +
+std::string completion_body(const std::string & model, int max_tokens, bool stream = false, const char * prompt = PROMPT) {
+    return "{\"model\": \"" + model + "\", \"prompt\": " + json_quote(prompt) + ", \"max_tokens\": " + std::to_string(max_tokens) +
            ", \"temperature\": 0, \"ignore_eos\": true" + (stream ? ", \"stream\": true" : "") + "}";
 }
 
@@ -126,9 +131,10 @@ std::string sse_text(const std::string & body, std::string & finish, bool & saw_
     return text;
 }
 
-std::string generate_alone(const std::string & adapter_dir, int max_tokens) {
-    const std::string cmd = "(" + std::string(PEFT_BIN) + " generate --model " + model_dir() + " --adapter " + adapter_dir +
-                            " --prompt " + json_quote(PROMPT) + " --max-new-tokens " + std::to_string(max_tokens) +
+// `peft generate` greedy text (an empty adapter_dir: the base).
+std::string generate_alone(const std::string & adapter_dir, int max_tokens, const char * prompt = PROMPT) {
+    const std::string cmd = "(" + std::string(PEFT_BIN) + " generate --model " + model_dir() +
+                            (adapter_dir.empty() ? "" : " --adapter " + adapter_dir) + " --prompt " + json_quote(prompt) + " --max-new-tokens " + std::to_string(max_tokens) +
                             " --ignore-eos 2>/dev/null)";
     peft::testing::shell_result r = peft::testing::run_shell(cmd);
     EXPECT_EQ(r.code, 0) << r.out;
@@ -408,24 +414,204 @@ TEST(serve, serve_bench_load_run_has_no_failed_request) {
     EXPECT_GT(p.root.get("batched_tokens_per_s").as_double(0), 0.0) << r.out;
 }
 
-// The batched forward runs no layer hooks: a prompt-routed mixture must be refused at start,
-// naming the adapter, not answered with stale routing.
-TEST(serve, a_prompt_routed_mixture_is_refused_naming_the_adapter) {
-    const std::string dir = peft::testing::temp_dir("serve_moe");
-    llama_model m;
-    status st = llama_load(m, model_dir(), false);
-    ASSERT_TRUE(st.ok()) << st.message;
-    const std::string cfg = "{\"adapter\": \"milora_moe\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": \"all-linear\"}";
-    json_document doc;
-    ASSERT_TRUE(doc.parse(cfg.data(), cfg.size(), "cfg").ok());
-    adapter_set set;
-    st = adapters_attach(m, doc.root(), 5, set);
-    ASSERT_TRUE(st.ok()) << st.message;
-    st = adapter_save(dir, set, model_dir());
-    ASSERT_TRUE(st.ok()) << st.message;
+// The text of a non-streaming completion answer.
+std::string answer_text(const std::string & body) {
+    parsed p(body);
+    return p.root.get("choices").at(0).get("text").as_string();
+}
+
+// A prompt-routed mixture beside a LoRA: each request routes from its own prompt at prefill, keeps
+// that routing while decoding, and a reused slot routes its next prompt afresh (2 slots, 6 requests).
+TEST(serve, a_prompt_routed_mixture_and_a_lora_answer_concurrently_as_generate_with_each_alone) {
+    const std::string moe = make_adapter("serve_moe", 5, "{\"adapter\": \"milora_moe\", \"r\": 4, \"lora_alpha\": 8, "
+                                                         "\"target_modules\": \"all-linear\", \"router_top_k\": 2}",
+                                        1.0f);   // gates split the delta: larger B so that it shows in the greedy text
+    const char * prompts[2] = {PROMPT, "In the beginning God created the heaven and the earth"};
+    const int N = 16;
+    std::string want_moe[2], want_base[2];
+    for (int i = 0; i < 2; i++) {
+        want_moe[i] = generate_alone(moe, N, prompts[i]);
+        want_base[i] = generate_alone("", N, prompts[i]);
+        EXPECT_NE(want_moe[i], want_base[i]) << "the mixture should change the greedy text";
+    }
+    const std::string want_lora = generate_alone(adapters()[0].second, N);
+    serve_options o;
+    o.parallel = 2;
     serve_engine e;
-    st = e.init(model_dir(), {{"moe", dir}}, serve_options{});
-    ASSERT_FALSE(st.ok());
-    EXPECT_NE(st.message.find("milora_moe"), std::string::npos) << st.message;
-    EXPECT_NE(st.message.find(dir), std::string::npos) << st.message;
+    status st = e.init(model_dir(), {{"moe", moe}, adapters()[0]}, o);
+    ASSERT_TRUE(st.ok()) << st.message;
+    serve_http http;
+    ASSERT_TRUE(http.bind(e, "127.0.0.1", 0, 16).ok());
+    std::thread th([&] { http.run(); });
+    struct ask {
+        const char * model;
+        int          prompt;
+    };
+    auto ask_all = [&](const std::vector<ask> & asks) {   // concurrently; each answer against generate's
+        std::vector<std::string> got(asks.size());
+        std::vector<std::thread> clients;
+        for (size_t i = 0; i < asks.size(); i++) {
+            clients.emplace_back([&, i] {
+                httplib::Client c("127.0.0.1", http.port());
+                c.set_read_timeout(300, 0);
+                auto r = c.Post("/v1/completions", completion_body(asks[i].model, N, false, prompts[asks[i].prompt]), "application/json");
+                got[i] = r ? r->body : std::string();
+            });
+        }
+        for (auto & t : clients) t.join();
+        for (size_t i = 0; i < asks.size(); i++) {
+            const bool is_moe = std::string(asks[i].model) == "moe";
+            EXPECT_EQ(answer_text(got[i]), is_moe ? want_moe[asks[i].prompt] : want_lora) << "request " << i << ": " << got[i];
+        }
+    };
+    ask_all({{"moe", 0}});   // slot 0 routes prompt 0 ...
+    ask_all({{"moe", 1}});   // ... and, reused, routes prompt 1 afresh
+    ask_all({{"moe", 0}, {"moe", 1}, {"alpha", 0}, {"moe", 1}, {"moe", 0}, {"alpha", 0}});
+    EXPECT_GT(e.rows(), e.steps()) << "the requests should have shared forwards";
+    http.stop();
+    th.join();
+    e.shutdown();
+}
+
+// The batched forward with a hooked (prompt-routed) adapter: two mixture sequences beside a LoRA
+// one, in chunks of 8 rows (the second prompt does not fit the first chunk's rest: it starts the
+// next chunk whole), give each sequence's single-sequence logits, prefill and 3 decode steps.
+TEST(serve, multi_sequence_forward_runs_each_sequence_hook_on_its_own_rows) {
+    const std::string moe = make_adapter("serve_moe_rows", 6, "{\"adapter\": \"milora_moe\", \"r\": 4, \"lora_alpha\": 8, "
+                                                              "\"target_modules\": \"all-linear\"}", 1.0f);
+    llama_model m;
+    ASSERT_TRUE(llama_load(m, model_dir(), false).ok());
+    adapter_set lora, mix;
+    ASSERT_TRUE(adapter_load(adapters()[0].second, m, lora).ok());
+    const std::vector<adapter_module *> lora_tab = m.adapters;
+    m.adapters.clear();
+    ASSERT_TRUE(adapter_load(moe, m, mix).ok());
+    const std::vector<adapter_module *> moe_tab = m.adapters;
+    llama_layer_hook * hook = m.layer_hook;
+    ASSERT_NE(hook, nullptr);
+    const int64_t V = m.hp.n_vocab;
+    const std::vector<std::vector<int32_t>> prompts = {{5, 9, 300, 7, 8}, {11, 12, 13, 14, 15, 16}, {40, 41, 42, 43}};
+    const bool is_moe[3] = {false, true, true};
+    std::vector<llama_infer_state> ms(3), ss(3);
+    llama_infer_batch b;
+    ASSERT_TRUE(llama_infer_batch_init(b, m, 8, 64).ok());
+    for (size_t i = 0; i < 3; i++) {
+        ASSERT_TRUE(llama_infer_init(ms[i], m, 64, 1).ok());
+        ASSERT_TRUE(llama_infer_init(ss[i], m, 64).ok());
+    }
+    std::vector<std::vector<float>> lm(3, std::vector<float>((size_t) V)), ls = lm;
+    std::vector<std::vector<int32_t>> feed = prompts;
+    for (int step = 0; step < 4; step++) {
+        std::vector<llama_infer_seq> seqs;
+        for (size_t i = 0; i < 3; i++) {
+            seqs.push_back({&ms[i], feed[i].data(), (int64_t) feed[i].size(), is_moe[i] ? moe_tab.data() : lora_tab.data(), lm[i].data(),
+                            is_moe[i] ? hook : nullptr});
+        }
+        ASSERT_TRUE(llama_infer_eval_multi(m, b, seqs.data(), 3).ok());
+        for (size_t i = 0; i < 3; i++) {
+            m.adapters = is_moe[i] ? moe_tab : lora_tab;
+            m.layer_hook = is_moe[i] ? hook : nullptr;
+            ASSERT_TRUE(llama_infer_eval(m, ss[i], feed[i].data(), (int64_t) feed[i].size(), ls[i].data()).ok());
+            EXPECT_TRUE(peft::testing::check_close(lm[i].data(), ls[i].data(), V, 1e-4, 1e-4, "multi vs single logits"))
+                << "sequence " << i << " step " << step;
+            feed[i] = {sample_argmax(ls[i].data(), V)};
+        }
+    }
+    // a whole prompt longer than a chunk is refused before anything runs
+    llama_infer_reset(ms[1]);
+    std::vector<int32_t> nine(9, 5);
+    llama_infer_seq big{&ms[1], nine.data(), 9, moe_tab.data(), nullptr, hook};
+    status st = llama_infer_eval_multi(m, b, &big, 1);
+    EXPECT_FALSE(st.ok());
+    EXPECT_NE(st.message.find("whole prompt"), std::string::npos) << st.message;
+    m.adapters.clear();
+    m.layer_hook = nullptr;
+}
+
+// Every registered method, trained for two steps by `peft train` (with its own init, calibration
+// or stage-1 probes), served in one engine: all asked at once, each answers exactly as `peft
+// generate` with it alone. A residual-base adapter and a full fine-tune are refused with a reason.
+TEST(serve, every_method_is_served_as_generate_answers_it_alone) {
+    const std::string dir = peft::testing::temp_dir("serve_methods");
+    {
+        std::ifstream in(peft::testing::source_path("data/demo/train.jsonl"));
+        std::ofstream out(dir + "/train.jsonl");
+        std::string line;
+        for (int i = 0; i < 16 && std::getline(in, line); i++) out << line << "\n";
+    }
+    struct method_row {
+        const char * name;
+        const char * keys;   // adapter keys of peft train's config
+    };
+    const std::vector<method_row> rows = {
+        {"lora", "\"r\": 4, \"lora_alpha\": 8"},
+        {"dora", "\"r\": 4, \"lora_alpha\": 8, \"use_dora\": true"},
+        {"pissa", "\"r\": 4, \"lora_alpha\": 8, \"init_lora_weights\": \"pissa\""},
+        {"vera", "\"adapter\": \"vera\", \"r\": 4"},
+        {"deep_lora", "\"adapter\": \"deep_lora\", \"r\": 4"},
+        {"rosa", "\"adapter\": \"rosa\", \"r\": 4"},
+        {"adalora", "\"adapter\": \"adalora\", \"init_r\": 4, \"target_r\": 2, \"total_step\": 5, \"tinit\": 1, \"tfinal\": 1"},
+        {"milora_moe", "\"adapter\": \"milora_moe\", \"r\": 4, \"lora_alpha\": 8"},
+        {"milora_moe_token", "\"adapter\": \"milora_moe\", \"r\": 4, \"lora_alpha\": 8, \"routing\": \"token\""},
+        {"lora_drop", "\"adapter\": \"lora_drop\", \"r\": 4, \"lora_alpha\": 8, \"lora_drop_threshold\": 0.5, \"lora_drop_fraction\": 0.5"},
+        {"pissa_residual", "\"r\": 4, \"lora_alpha\": 8, \"init_lora_weights\": \"pissa\", \"save_residual_model\": true"},
+        {"full", "\"adapter\": \"full\""},
+    };
+    auto train = [&](const method_row & row) {
+        const std::string out = dir + "/" + row.name, cfg = out + ".json";
+        const bool full = std::string(row.name) == "full";
+        std::ofstream(cfg) << "{\"base_model\": " << json_quote(model_dir()) << ", \"datasets\": [{\"path\": "
+                           << json_quote(dir + "/train.jsonl") << "}], \"output_dir\": " << json_quote(out)
+                           << (full ? "" : ", \"target_modules\": \"all-linear\"")
+                           << ", \"max_steps\": 2, \"sequence_len\": 64, \"learning_rate\": 0.01, " << row.keys << "}";
+        peft::testing::shell_result r = peft::testing::run_shell(std::string(PEFT_BIN) + " train " + cfg + " 2>&1");
+        EXPECT_EQ(r.code, 0) << row.name << ": " << r.out;
+        return out;
+    };
+    // every registered method has a row
+    for (const std::string & name : adapter_method_names()) {
+        EXPECT_TRUE(std::any_of(rows.begin(), rows.end(), [&](const method_row & r) { return name == r.name; }))
+            << name << " has no row in this table";
+    }
+    const int N = 12;
+    std::vector<std::pair<std::string, std::string>> served;
+    std::vector<std::string> want;
+    for (const method_row & row : rows) {
+        const std::string out = train(row);
+        const std::string name = row.name;
+        if (name == "pissa_residual" || name == "full") {
+            serve_engine e;
+            status st = e.init(model_dir(), {{name, out}}, serve_options{});
+            EXPECT_FALSE(st.ok()) << name << " should be refused";
+            EXPECT_NE(st.message.find(out), std::string::npos) << st.message;
+            EXPECT_NE((st.message + st.hint).find(name == "full" ? "--model" : "residual"), std::string::npos) << st.message << st.hint;
+            continue;
+        }
+        served.emplace_back(name, out);
+        want.push_back(generate_alone(out, N));
+    }
+    serve_options o;
+    o.parallel = (int64_t) served.size();
+    serve_engine e;
+    status st = e.init(model_dir(), served, o);
+    ASSERT_TRUE(st.ok()) << st.message;
+    serve_http http;
+    ASSERT_TRUE(http.bind(e, "127.0.0.1", 0, 32).ok());
+    std::thread th([&] { http.run(); });
+    std::vector<std::string> got(served.size());
+    std::vector<std::thread> clients;
+    for (size_t i = 0; i < served.size(); i++) {
+        clients.emplace_back([&, i] {
+            httplib::Client c("127.0.0.1", http.port());
+            c.set_read_timeout(300, 0);
+            auto r = c.Post("/v1/completions", completion_body(served[i].first, N), "application/json");
+            got[i] = r ? r->body : std::string();
+        });
+    }
+    for (auto & t : clients) t.join();
+    for (size_t i = 0; i < served.size(); i++) EXPECT_EQ(answer_text(got[i]), want[i]) << served[i].first << ": " << got[i];
+    EXPECT_GT(e.rows(), e.steps()) << "the requests should have shared forwards";
+    http.stop();
+    th.join();
+    e.shutdown();
 }
