@@ -563,7 +563,7 @@ TEST(serve, every_method_is_served_as_generate_answers_it_alone) {
         std::ofstream(cfg) << "{\"base_model\": " << json_quote(model_dir()) << ", \"datasets\": [{\"path\": "
                            << json_quote(dir + "/train.jsonl") << "}], \"output_dir\": " << json_quote(out)
                            << (full ? "" : ", \"target_modules\": \"all-linear\"")
-                           << ", \"max_steps\": 2, \"sequence_len\": 64, \"learning_rate\": 0.01, " << row.keys << "}";
+                           << ", \"max_steps\": 2, \"sequence_len\": 128, \"learning_rate\": 0.01, " << row.keys << "}";
         peft::testing::shell_result r = peft::testing::run_shell(std::string(PEFT_BIN) + " train " + cfg + " 2>&1");
         EXPECT_EQ(r.code, 0) << row.name << ": " << r.out;
         return out;
