@@ -74,13 +74,13 @@ TEST(GgufExport, MissingTensorNamed) {
 }
 
 TEST(GgufExport, UnsupportedTokenizerNamed) {
-    // SentencePiece-style BPE (byte_fallback, Llama 2 / TinyLlama) is not written as GGUF yet
-    const std::string model = copy_model("tests/fixtures/llama_gqa", "spm");
+    // a tokenizer.json model other than BPE (byte-level or SentencePiece-style) has no GGUF form here
+    const std::string model = copy_model("tests/fixtures/llama_gqa", "unigram");
     std::ofstream(model + "/tokenizer.json")
         << R"({"version":"1.0","added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,)"
-           R"("model":{"type":"BPE","byte_fallback":true,"fuse_unk":true,"unk_token":"a","vocab":{"a":0,"b":1},"merges":[]}})";
-    expect_refused({"export", "gguf", "--model", model, "--out", pt::temp_dir("gguf_export_spm_out") + "/m.gguf"},
-                   {"tokenizer.json", "byte_fallback"});
+           R"("model":{"type":"Unigram","unk_id":0,"vocab":[["a",0.0],["b",-1.0]]}})";
+    expect_refused({"export", "gguf", "--model", model, "--out", pt::temp_dir("gguf_export_unigram_out") + "/m.gguf"},
+                   {"tokenizer.json", "Unigram"});
 }
 
 TEST(GgufExport, LoraForAnotherBaseNamed) {
