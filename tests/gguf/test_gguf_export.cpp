@@ -112,6 +112,31 @@ TEST(GgufExport, NonLoraAdaptersPointToMerging) {
     EXPECT_EQ(r.code, 0) << r.out;
 }
 
+// A PEFT LoRA on embed_tokens / lm_head (Python PEFT trains them; llama.cpp's loader takes
+// token_embd.weight.lora_a/b and output.weight.lora_a/b) is refused by name: peft.cpp's adapters
+// cannot run it, so nothing could check what it would export.
+TEST(GgufExport, EmbeddingAndHeadLoraRefusedByName) {
+    const std::string model = pt::source_path("tests/fixtures/llama_gqa");
+    const std::string out = pt::temp_dir("gguf_export_embed_out") + "/l.gguf";
+    // named in target_modules
+    const std::string listed = gguf_test_adapter(model, "embed_listed", "");
+    std::string cfg = slurp(listed + "/adapter_config.json");
+    const size_t k = cfg.find("\"q_proj\"");
+    ASSERT_NE(k, std::string::npos) << cfg;
+    cfg.insert(k, "\"lm_head\", ");
+    std::ofstream(listed + "/adapter_config.json") << cfg;
+    expect_refused({"export", "gguf-lora", "--model", model, "--adapter", listed, "--out", out},
+                   {"target_modules: \"lm_head\"", "embed_tokens or lm_head", "per-layer projections"});
+    // selected by a regex the projections also match: its tensors are what gives it away
+    const std::string tensors = gguf_test_adapter(model, "embed_tensors", "");
+    pt::rewrite_safetensors(tensors + "/adapter_model.safetensors", [](std::vector<pt::test_tensor> & ts) {
+        ts.push_back({"base_model.model.model.embed_tokens.lora_embedding_A", {4, 64}, std::vector<float>(4 * 64, 0.5f)});
+    });
+    expect_refused({"export", "gguf-lora", "--model", model, "--adapter", tensors, "--out", out},
+                   {"embed_tokens.lora_embedding_A", "embed_tokens or lm_head"});
+    EXPECT_FALSE(fs::exists(out));
+}
+
 TEST(GgufExport, QuantizedLoraRefused) {
     const std::string model = pt::source_path("tests/fixtures/llama_gqa");
     const std::string adapter = gguf_test_adapter(model, "q8lora", "");
