@@ -208,4 +208,24 @@ std::string temp_dir(const std::string & name) {
     return dir;
 }
 
+std::vector<std::string> tokenizer_cases() {
+    json_document doc;
+    const status st = doc.parse_file(source_path("tests/fixtures/tokenizer/cases.json"));
+    EXPECT_TRUE(st.ok()) << st.message;
+    std::vector<std::string> out;
+    const json_value cases = doc.root().get("cases");
+    for (size_t i = 0; i < cases.size(); ++i) {
+        const json_value c = cases.at(i);
+        if (!c.get("hex").valid()) {
+            out.push_back(c.get("text").as_string());
+            continue;
+        }
+        const std::string h = c.get("hex").as_string();
+        std::string bytes;
+        for (size_t k = 0; k + 1 < h.size(); k += 2) bytes.push_back((char) std::stoi(h.substr(k, 2), nullptr, 16));
+        out.push_back(bytes);
+    }
+    return out;
+}
+
 } // namespace peft::testing

@@ -94,4 +94,8 @@ void rewrite_safetensors(const std::string & path, const std::function<void(std:
 std::string source_path(const std::string & rel);   // PEFT_SOURCE_DIR + "/" + rel
 std::string temp_dir(const std::string & name);      // fresh empty directory under /tmp
 
+// The tokenizer text suite, tests/fixtures/tokenizer/cases.json, in order (its `hex` cases as
+// raw, possibly invalid UTF-8 bytes).
+std::vector<std::string> tokenizer_cases();
+
 } // namespace peft::testing

@@ -4,6 +4,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <regex>
 
 #include "io/json.h"
@@ -112,6 +113,22 @@ int64_t layer_of(const std::string & path, const std::vector<std::regex> & layer
 
 } // namespace
 
+bool target_outside_layers(const std::string & name) {
+    for (const char * m : {"embed_tokens", "lm_head"}) {
+        const size_t k = name.find(m);
+        const size_t e = k + std::strlen(m);
+        if (k != std::string::npos && (k == 0 || name[k - 1] == '.') && (e == name.size() || name[e] == '.')) return true;
+    }
+    return false;
+}
+
+status target_outside_layers_error(const std::string & where, const std::string & what) {
+    status st = make_error(PEFT_STATUS_CONFIG, where, what + " adapts embed_tokens or lm_head: peft.cpp's adapters adapt the "
+                           "per-layer projections only, so it cannot load, run, merge or export this adapter");
+    st.hint = "train without embed_tokens / lm_head in target_modules (or merge it with PEFT in Python: merge_and_unload)";
+    return st;
+}
+
 status target_rules_parse(const json_value & cfg, const std::string & where, target_rules & out) {
     out = {};
     json_value tm = cfg.get("target_modules");
@@ -206,6 +223,7 @@ status target_select(const target_rules & r, const std::vector<std::string> & pa
         for (const std::string & n : r.targets.names) {
             bool found = false;
             for (const std::string & p : paths) found = found || p == n || ends_with_dot(p, n);
+            if (!found && target_outside_layers(n)) return target_outside_layers_error(where, "target_modules: \"" + n + "\"");
             if (!found) {
                 status st = make_error(PEFT_STATUS_CONFIG, where,
                                        "target_modules: \"" + n + "\" matches no module of the model");

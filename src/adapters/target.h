@@ -46,6 +46,12 @@ struct target_rules {
 // q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
 const std::vector<std::string> & llama_target_names();
 
+// Whether a module path or tensor name is in the input embedding or the output head
+// (embed_tokens, lm_head): PEFT adapts those (an Embedding LoRA, a Linear LoRA), peft.cpp's
+// adapters do not, so an adapter that does is refused with target_outside_layers_error.
+bool   target_outside_layers(const std::string & name);
+status target_outside_layers_error(const std::string & where, const std::string & what);
+
 // Reads target_modules, exclude_modules, layers_to_transform and layers_pattern from an adapter
 // config; `where` names the source in errors. Regexes are compiled here, so a bad one fails early.
 status target_rules_parse(const json_value & cfg, const std::string & where, target_rules & out);

@@ -17,6 +17,7 @@
 #include <system_error>
 
 #include "adapters/adapter_set.h"
+#include "adapters/target.h"
 #include "io/atomic_file.h"
 #include "io/gguf_read.h"
 #include "io/safetensors.h"
@@ -353,6 +354,9 @@ status adapter_load(const std::string & dir, llama_model & m, adapter_set & out)
         if (!st.ok()) return fail(st);
     }
     for (size_t i = 0; i < file.tensors.size(); i++) {
+        if (!used[i] && target_outside_layers(file.tensors[i].name)) {
+            return fail(target_outside_layers_error(st_path, "tensor \"" + file.tensors[i].name + "\""));
+        }
         if (!used[i]) {
             status e = make_error(PEFT_STATUS_SHAPE, st_path,
                                   "unexpected tensor \"" + file.tensors[i].name + "\" (" + file.tensors[i].describe() +

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <unordered_map>
 
 #include "adapters/adapter_set.h"
 #include "adapters/lora.h"
@@ -17,6 +18,7 @@
 #include "model/llama_names.h"
 #include "tokenizer/gguf_vocab.h"
 #include "tokenizer/pretok.h"
+#include "tokenizer/spm.h"
 #include "tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -94,28 +96,154 @@ status copy_tokenizer_metadata(gguf_writer & w, const std::string & path) {
     return {};
 }
 
+// What llama.cpp reads besides the vocabulary: special ids, whether encoding adds BOS/EOS (as
+// this tokenizer's post-processor template does), the chat template.
+void special_metadata(gguf_writer & w, const tokenizer & tok, int32_t unk) {
+    if (tok.bos_id() >= 0) w.set_u32("tokenizer.ggml.bos_token_id", (uint32_t) tok.bos_id());
+    if (tok.eos_id() >= 0) w.set_u32("tokenizer.ggml.eos_token_id", (uint32_t) tok.eos_id());
+    if (unk >= 0) w.set_u32("tokenizer.ggml.unknown_token_id", (uint32_t) unk);
+    if (tok.pad_id() >= 0) w.set_u32("tokenizer.ggml.padding_token_id", (uint32_t) tok.pad_id());
+    const std::vector<int32_t> probe = tok.encode("a", true);
+    w.set_bool("tokenizer.ggml.add_bos_token", !probe.empty() && probe.front() == tok.bos_id() && tok.bos_id() >= 0);
+    w.set_bool("tokenizer.ggml.add_eos_token", !probe.empty() && probe.back() == tok.eos_id() && tok.eos_id() >= 0);
+    if (!tok.chat_template().empty()) w.set_str("tokenizer.chat_template", tok.chat_template());
+}
+
+// A SentencePiece ("llama") vocabulary, one entry per id of the model's vocab_size.
+struct spm_vocab {
+    std::vector<std::string> tokens;
+    std::vector<float>       scores;
+    std::vector<int32_t>     types;
+    int32_t                  unk = -1;
+
+    // ids the tokenizer lacks, padded as the converter pads ("[PAD<id>]", unused)
+    explicit spm_vocab(int64_t n) : scores((size_t) n, -10000.0f), types((size_t) n, GGUF_TOKEN_UNUSED) {
+        for (int64_t i = 0; i < n; i++) tokens.push_back("[PAD" + std::to_string(i) + "]");
+    }
+    status place(const std::string & path, int64_t id, const std::string & text, float score, int32_t type) {
+        if (id < 0 || id >= (int64_t) tokens.size()) {
+            return make_error(PEFT_STATUS_SHAPE, path, "token \"" + text + "\" has id " + std::to_string(id) +
+                              ", outside the model's vocab_size " + std::to_string(tokens.size()));
+        }
+        tokens[(size_t) id] = text;
+        scores[(size_t) id] = score;
+        types[(size_t) id] = type;
+        return {};
+    }
+};
+
+// tokenizer.model, as convert_hf_to_gguf.py's _create_vocab_sentencepiece reads it: each piece
+// with its score and type, then tokenizer_config.json's added_tokens_decoder (control when
+// special, else user-defined with "▁" read as a space; score -1000).
+status spm_vocab_from_model(const std::string & model_dir, spm_vocab & v) {
+    const std::string path = model_dir + "/tokenizer.model";
+    std::shared_ptr<spm_model> sp;
+    PEFT_TRY(spm_load(path, sp));
+    const int32_t n = spm_vocab_size(*sp);
+    if (n > (int32_t) v.tokens.size()) {
+        return make_mismatch(PEFT_STATUS_SHAPE, path, "pieces", "at most the model's vocab_size " + std::to_string(v.tokens.size()),
+                             std::to_string(n));
+    }
+    for (int32_t id = 0; id < n; id++) {
+        const int32_t type = spm_piece_type(*sp, id);
+        PEFT_TRY(v.place(path, id, spm_id_to_piece(*sp, id), spm_score(*sp, id), type));
+        if (type == GGUF_TOKEN_UNKNOWN && v.unk < 0) v.unk = id;
+    }
+    const std::string config = model_dir + "/tokenizer_config.json";
+    std::error_code ec;
+    if (!fs::is_regular_file(config, ec)) return {};
+    json_document doc;
+    PEFT_TRY(doc.parse_file(config));
+    const json_value added = doc.root().get("added_tokens_decoder");
+    for (size_t i = 0; i < added.size(); i++) {
+        const json_value a = added.value_at(i);
+        std::string text = a.get("content").as_string();
+        const bool special = a.get("special").as_bool(false);
+        for (size_t p; !special && (p = text.find("\xe2\x96\x81")) != std::string::npos;) text.replace(p, 3, " ");
+        const int64_t id = std::strtoll(added.key_at(i).c_str(), nullptr, 10);
+        PEFT_TRY(v.place(config, id, text, -1000.0f, special ? GGUF_TOKEN_CONTROL : GGUF_TOKEN_USER_DEFINED));
+    }
+    return {};
+}
+
+// tokenizer.json of a SentencePiece-style BPE (byte_fallback: Llama 2, Mistral, TinyLlama).
+// convert_hf_to_gguf.py (LlamaHfVocab) writes every score as -1000, which leaves llama.cpp's
+// merge order to position alone; here a token's score is minus the rank of the first merge that
+// makes it, so llama.cpp's highest-score merge is the BPE's lowest-rank merge (tokens no merge
+// makes score below all of them). Types as the converter: <0xXX> byte, special added tokens
+// control, other added tokens user-defined.
+status spm_vocab_from_json(const std::string & path, const json_value & root, spm_vocab & v) {
+    const json_value model = root.get("model");
+    const json_value vocab = model.get("vocab"), merges = model.get("merges");
+    std::unordered_map<std::string, int64_t> id_of;
+    for (size_t i = 0; i < vocab.size(); i++) id_of[vocab.key_at(i)] = vocab.value_at(i).as_int(-1);
+    std::unordered_map<int64_t, float> merge_score;
+    for (size_t r = merges.size(); r-- > 0;) {
+        std::string m = merge_text(merges.at(r));
+        const size_t sp = m.find(' ');
+        if (sp == std::string::npos) return make_error(PEFT_STATUS_FORMAT, path, "model.merges[" + std::to_string(r) + "] is not a merge");
+        m.erase(sp, 1);
+        const auto it = id_of.find(m);
+        if (it != id_of.end()) merge_score[it->second] = -(float) r;   // walking down: the first rank wins
+    }
+    const float unmerged = -(float) merges.size() - 1.0f;
+    for (size_t i = 0; i < vocab.size(); i++) {
+        const std::string & text = vocab.key_at(i);
+        const int64_t id = vocab.value_at(i).as_int(-1);
+        const auto it = merge_score.find(id);
+        const bool byte = text.size() == 6 && text.compare(0, 3, "<0x") == 0 && text[5] == '>';
+        PEFT_TRY(v.place(path, id, text, it != merge_score.end() ? it->second : unmerged, byte ? GGUF_TOKEN_BYTE : GGUF_TOKEN_NORMAL));
+    }
+    const std::string unk_text = model.get("unk_token").as_string();
+    if (id_of.count(unk_text)) v.unk = (int32_t) id_of[unk_text];
+    const json_value added = root.get("added_tokens");
+    for (size_t i = 0; i < added.size(); i++) {
+        const json_value a = added.at(i);
+        const int64_t id = a.get("id").as_int(-1);
+        const bool special = a.get("special").as_bool(false);
+        const float score = id >= 0 && id < (int64_t) v.scores.size() && v.types[(size_t) id] != GGUF_TOKEN_UNUSED ? v.scores[(size_t) id] : -1000.0f;
+        PEFT_TRY(v.place(path, id, a.get("content").as_string(), score, special ? GGUF_TOKEN_CONTROL : GGUF_TOKEN_USER_DEFINED));
+    }
+    return {};
+}
+
+status spm_metadata(gguf_writer & w, const spm_vocab & v, const tokenizer & tok) {
+    w.set_str("tokenizer.ggml.model", "llama");
+    w.set_str("tokenizer.ggml.pre", "default");
+    w.set_arr_str("tokenizer.ggml.tokens", v.tokens);
+    w.set_arr_f32("tokenizer.ggml.scores", v.scores);
+    w.set_arr_i32("tokenizer.ggml.token_type", v.types);
+    special_metadata(w, tok, v.unk);
+    return {};
+}
+
 status tokenizer_metadata(gguf_writer & w, const std::string & model_dir, int64_t n_vocab, std::string & note) {
     if (gguf_is_file(model_dir)) return copy_tokenizer_metadata(w, model_dir);
-    const std::string path = model_dir + "/tokenizer.json";
+    const std::string path = model_dir + "/tokenizer.json", spm_path = model_dir + "/tokenizer.model";
     std::error_code ec;
-    if (!fs::is_regular_file(path, ec)) {
-        if (fs::is_regular_file(model_dir + "/tokenizer.model", ec)) {
-            status st = make_error(PEFT_STATUS_CONFIG, model_dir + "/tokenizer.model",
-                                   "a SentencePiece tokenizer.model without tokenizer.json is not exported to GGUF yet");
-            st.hint = "add the model's tokenizer.json (transformers writes it with save_pretrained)";
-            return st;
-        }
+    const bool have_json = fs::is_regular_file(path, ec), have_spm = fs::is_regular_file(spm_path, ec);
+    if (!have_json && !have_spm) {
         w.set_str("tokenizer.ggml.model", "none");
         note += "no tokenizer.json in " + model_dir + ": written with tokenizer.ggml.model \"none\" (llama.cpp runs token ids only)\n";
         return {};
     }
+    std::unique_ptr<tokenizer> tok;
+    PEFT_TRY(tokenizer::load(model_dir, tok));
     json_document doc;
-    PEFT_TRY(doc.parse_file(path));
-    const json_value root = doc.root();
+    if (have_json) PEFT_TRY(doc.parse_file(path));
+    const json_value root = have_json ? doc.root() : json_value();
     const json_value model = root.get("model");
-    if (model.get("type").as_string() != "BPE" || model.get("byte_fallback").as_bool(false)) {
-        status st = make_error(PEFT_STATUS_CONFIG, path, "model: only byte-level BPE tokenizers (Llama 3, Qwen2, GPT-2) are exported to GGUF");
-        st.hint = "SentencePiece-style tokenizers (byte_fallback, Llama 2 / TinyLlama) are not supported by peft export gguf yet";
+    const bool bpe = model.get("type").as_string() == "BPE", byte_fallback = model.get("byte_fallback").as_bool(false);
+    if (!have_json || (bpe && byte_fallback)) {
+        // SentencePiece: tokenizer.model when there is one (as the converter), else tokenizer.json
+        spm_vocab v(n_vocab);
+        if (have_spm) PEFT_TRY(spm_vocab_from_model(model_dir, v));
+        else PEFT_TRY(spm_vocab_from_json(path, root, v));
+        return spm_metadata(w, v, *tok);
+    }
+    if (!bpe) {
+        status st = make_error(PEFT_STATUS_CONFIG, path, "model: only BPE tokenizers (byte-level or SentencePiece-style) are exported to GGUF");
+        st.hint = "peft export gguf writes the tokenizers of Llama 2/3, Mistral, TinyLlama, Qwen2 and GPT-2";
         return st;
     }
     // id -> token, padded as the converter pads (ids the tokenizer lacks become "[PAD<id>]")
@@ -151,22 +279,12 @@ status tokenizer_metadata(gguf_writer & w, const std::string & model_dir, int64_
         if (m.empty()) return make_error(PEFT_STATUS_FORMAT, path, "model.merges[" + std::to_string(i) + "] is not a merge");
         merges.push_back(std::move(m));
     }
-    std::unique_ptr<tokenizer> tok;
-    PEFT_TRY(tokenizer::load(model_dir, tok));
-
     w.set_str("tokenizer.ggml.model", "gpt2");
     w.set_str("tokenizer.ggml.pre", pre_tokenizer_name(root.get("pre_tokenizer"), note));
     w.set_arr_str("tokenizer.ggml.tokens", tokens);
     w.set_arr_i32("tokenizer.ggml.token_type", types);
     w.set_arr_str("tokenizer.ggml.merges", merges);
-    if (tok->bos_id() >= 0) w.set_u32("tokenizer.ggml.bos_token_id", (uint32_t) tok->bos_id());
-    if (tok->eos_id() >= 0) w.set_u32("tokenizer.ggml.eos_token_id", (uint32_t) tok->eos_id());
-    if (tok->pad_id() >= 0) w.set_u32("tokenizer.ggml.padding_token_id", (uint32_t) tok->pad_id());
-    // whether encoding adds BOS/EOS, as the post-processor template does it here
-    const std::vector<int32_t> probe = tok->encode("a", true);
-    w.set_bool("tokenizer.ggml.add_bos_token", !probe.empty() && probe.front() == tok->bos_id() && tok->bos_id() >= 0);
-    w.set_bool("tokenizer.ggml.add_eos_token", !probe.empty() && probe.back() == tok->eos_id() && tok->eos_id() >= 0);
-    if (!tok->chat_template().empty()) w.set_str("tokenizer.chat_template", tok->chat_template());
+    special_metadata(w, *tok, -1);
     return {};
 }
 

@@ -21,6 +21,14 @@ status spm_load(const std::string & path, std::shared_ptr<spm_model> & out) {
     return status::success();
 }
 
+status spm_load_proto(const std::string & proto, const std::string & where, std::shared_ptr<spm_model> & out) {
+    auto m = std::make_shared<spm_model>();
+    const auto st = m->sp.LoadFromSerializedProto(proto);
+    if (!st.ok()) return make_error(PEFT_STATUS_FORMAT, where, "not a vocabulary libsentencepiece accepts: " + st.ToString());
+    out = std::move(m);
+    return status::success();
+}
+
 void spm_encode(spm_model & m, const std::string & text, std::vector<int32_t> & ids) {
     std::vector<int> v;
     if (!m.sp.Encode(text, &v).ok()) return;
@@ -50,6 +58,14 @@ int32_t spm_pad_id(const spm_model & m) { return m.sp.pad_id(); }
 bool spm_is_control(const spm_model & m, int32_t id) {
     return id >= 0 && id < m.sp.GetPieceSize() && (m.sp.IsControl(id) || m.sp.IsUnknown(id));
 }
+float spm_score(const spm_model & m, int32_t id) { return m.sp.GetScore(id); }
+int32_t spm_piece_type(const spm_model & m, int32_t id) {
+    if (m.sp.IsUnknown(id)) return 2;
+    if (m.sp.IsControl(id)) return 3;
+    if (m.sp.IsUnused(id)) return 5;
+    if (m.sp.IsByte(id)) return 6;
+    return 1;   // user-defined pieces are not told apart by the processor's API: normal to llama.cpp too
+}
 
 #else  // built without libsentencepiece
 
@@ -58,6 +74,11 @@ struct spm_model {};
 status spm_load(const std::string & path, std::shared_ptr<spm_model> &) {
     status st = make_error(PEFT_STATUS_CONFIG, path, "SentencePiece tokenizer.model needs libsentencepiece, which this build lacks");
     st.hint = "install libsentencepiece-dev (scripts/setup.sh) and rebuild, or use the model's tokenizer.json";
+    return st;
+}
+status spm_load_proto(const std::string &, const std::string & where, std::shared_ptr<spm_model> &) {
+    status st = make_error(PEFT_STATUS_CONFIG, where, "a SentencePiece (\"llama\") vocabulary needs libsentencepiece, which this build lacks");
+    st.hint = "install libsentencepiece-dev (scripts/setup.sh) and rebuild, or pass the model's tokenizer with --tokenizer DIR";
     return st;
 }
 void spm_encode(spm_model &, const std::string &, std::vector<int32_t> &) {}
@@ -69,6 +90,8 @@ int32_t spm_bos_id(const spm_model &) { return -1; }
 int32_t spm_eos_id(const spm_model &) { return -1; }
 int32_t spm_pad_id(const spm_model &) { return -1; }
 bool spm_is_control(const spm_model &, int32_t) { return false; }
+float spm_score(const spm_model &, int32_t) { return 0.0f; }
+int32_t spm_piece_type(const spm_model &, int32_t) { return 1; }
 
 #endif
 

@@ -718,15 +718,34 @@ status tokenizer::load_json_text(const std::string & text, const std::string & w
     return status::success();
 }
 
-// A GGUF model file: its tokenizer.ggml.* metadata as tokenizer.json (gguf_vocab.h), plus what
-// tokenizer_config.json would add (ids and the chat template).
+// A GGUF model file: its tokenizer.ggml.* metadata as tokenizer.json, or for a SentencePiece
+// ("llama") vocabulary as a sentencepiece model (gguf_vocab.h), plus what tokenizer_config.json
+// would add (ids and the chat template).
 status tokenizer::load_gguf(const std::string & path, std::unique_ptr<tokenizer> & out) {
     gguf_file f;
     PEFT_TRY(gguf_open(path, f));
-    std::string text;
+    std::string model;
+    PEFT_TRY(f.get_str("tokenizer.ggml.model", model, true));
     gguf_vocab_extra extra;
-    PEFT_TRY(gguf_tokenizer_json(f, text, extra));
-    PEFT_TRY(load_json_text(text, path, out));
+    if (model == "llama") {
+        std::string proto;
+        PEFT_TRY(gguf_spm_model_proto(f, proto, extra));
+        std::unique_ptr<tokenizer> t(new tokenizer());
+        tokenizer_impl & m = *t->p;
+        m.source = path;
+        PEFT_TRY(spm_load_proto(proto, path, m.spm));
+        m.kind = PEFT_TOKENIZER_SENTENCEPIECE;
+        if (extra.add_bos && extra.bos >= 0) m.prefix.push_back(extra.bos);
+        if (extra.add_eos && extra.eos >= 0) m.suffix.push_back(extra.eos);
+        // as llama.cpp: control, unknown and user-defined tokens are found in text first
+        for (const gguf_vocab_extra::added & a : extra.added_tokens) m.added.push_back({a.id, a.content, a.special, false, false, false});
+        PEFT_TRY(finish(m));
+        out = std::move(t);
+    } else {
+        std::string text;
+        PEFT_TRY(gguf_tokenizer_json(f, text, extra));
+        PEFT_TRY(load_json_text(text, path, out));
+    }
     tokenizer_impl & m = *out->p;
     m.chat_template = extra.chat_template;
     if (extra.bos >= 0) m.bos = extra.bos;

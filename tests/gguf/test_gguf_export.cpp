@@ -74,13 +74,13 @@ TEST(GgufExport, MissingTensorNamed) {
 }
 
 TEST(GgufExport, UnsupportedTokenizerNamed) {
-    // SentencePiece-style BPE (byte_fallback, Llama 2 / TinyLlama) is not written as GGUF yet
-    const std::string model = copy_model("tests/fixtures/llama_gqa", "spm");
+    // a tokenizer.json model other than BPE (byte-level or SentencePiece-style) has no GGUF form here
+    const std::string model = copy_model("tests/fixtures/llama_gqa", "unigram");
     std::ofstream(model + "/tokenizer.json")
         << R"({"version":"1.0","added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,)"
-           R"("model":{"type":"BPE","byte_fallback":true,"fuse_unk":true,"unk_token":"a","vocab":{"a":0,"b":1},"merges":[]}})";
-    expect_refused({"export", "gguf", "--model", model, "--out", pt::temp_dir("gguf_export_spm_out") + "/m.gguf"},
-                   {"tokenizer.json", "byte_fallback"});
+           R"("model":{"type":"Unigram","unk_id":0,"vocab":[["a",0.0],["b",-1.0]]}})";
+    expect_refused({"export", "gguf", "--model", model, "--out", pt::temp_dir("gguf_export_unigram_out") + "/m.gguf"},
+                   {"tokenizer.json", "Unigram"});
 }
 
 TEST(GgufExport, LoraForAnotherBaseNamed) {
@@ -110,6 +110,31 @@ TEST(GgufExport, NonLoraAdaptersPointToMerging) {
     // ... and merging them is what works (VeRA through adapters_merge)
     const pt::child_result r = pt::spawn_peft({"export", "gguf", "--model", model, "--adapter", vera, "--out", out});
     EXPECT_EQ(r.code, 0) << r.out;
+}
+
+// A PEFT LoRA on embed_tokens / lm_head (Python PEFT trains them; llama.cpp's loader takes
+// token_embd.weight.lora_a/b and output.weight.lora_a/b) is refused by name: peft.cpp's adapters
+// cannot run it, so nothing could check what it would export.
+TEST(GgufExport, EmbeddingAndHeadLoraRefusedByName) {
+    const std::string model = pt::source_path("tests/fixtures/llama_gqa");
+    const std::string out = pt::temp_dir("gguf_export_embed_out") + "/l.gguf";
+    // named in target_modules
+    const std::string listed = gguf_test_adapter(model, "embed_listed", "");
+    std::string cfg = slurp(listed + "/adapter_config.json");
+    const size_t k = cfg.find("\"q_proj\"");
+    ASSERT_NE(k, std::string::npos) << cfg;
+    cfg.insert(k, "\"lm_head\", ");
+    std::ofstream(listed + "/adapter_config.json") << cfg;
+    expect_refused({"export", "gguf-lora", "--model", model, "--adapter", listed, "--out", out},
+                   {"target_modules: \"lm_head\"", "embed_tokens or lm_head", "per-layer projections"});
+    // selected by a regex the projections also match: its tensors are what gives it away
+    const std::string tensors = gguf_test_adapter(model, "embed_tensors", "");
+    pt::rewrite_safetensors(tensors + "/adapter_model.safetensors", [](std::vector<pt::test_tensor> & ts) {
+        ts.push_back({"base_model.model.model.embed_tokens.lora_embedding_A", {4, 64}, std::vector<float>(4 * 64, 0.5f)});
+    });
+    expect_refused({"export", "gguf-lora", "--model", model, "--adapter", tensors, "--out", out},
+                   {"embed_tokens.lora_embedding_A", "embed_tokens or lm_head"});
+    EXPECT_FALSE(fs::exists(out));
 }
 
 TEST(GgufExport, QuantizedLoraRefused) {

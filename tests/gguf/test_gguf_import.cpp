@@ -4,7 +4,9 @@
 //     tensor bit for bit (Q/K un-permuted), the same logits bit for bit; bf16 of tiny-llama too,
 //     and its matrices used in place from the mapping (no copy);
 //   - the tokenizer rebuilt from tokenizer.ggml.* encodes and decodes a text suite exactly as
-//     tokenizer.json does; `peft eval` of the GGUF prints the same loss as of the directory;
+//     tokenizer.json does; a SentencePiece ("llama") vocabulary exported from Llama 2's
+//     tokenizer.model or Mistral's tokenizer.json encodes the tokenizer fixtures' ground truth;
+//     `peft eval` of the GGUF prints the same loss as of the directory;
 //   - PEFT LoRA -> export gguf-lora -> peft convert: the same tensors (rank_pattern too);
 //     --adapter FILE.gguf gives the same logits as the PEFT directory; an adapter for another
 //     base is refused naming the tensor and shapes;
@@ -17,6 +19,7 @@
 //     Q4_K bytes decode the same in ggml; our type table against ggml's.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -35,6 +38,7 @@
 #include "model/llama_hparams.h"
 #include "model/llama_infer.h"
 #include "testing.h"
+#include "tokenizer/normalize.h"
 #include "tokenizer/tokenizer.h"
 
 #if PEFT_LLAMA_ORACLE
@@ -177,6 +181,83 @@ TEST(gguf_import, tokenizer_from_metadata_equals_tokenizer_json) {
             EXPECT_EQ(ia, ib) << "'" << t << "' add_special " << special;
             EXPECT_EQ(a->decode(ia), b->decode(ib)) << t;
         }
+    }
+}
+
+// Round trip of the SentencePiece vocabularies: the GGUF we write, read back as a tokenizer
+// (--model FILE.gguf), gives the ids of the models' own tokenizers (the committed ground truth
+// of tests/fixtures/tokenizer: libsentencepiece for Llama 2, HF tokenizers for Mistral) on the
+// text suite; its invalid UTF-8 cases only against libsentencepiece, whose repair the read-back
+// shares (HF's differs on a truncated sequence, "a\xe2\x82 b": one U+FFFD, not two).
+TEST(gguf_import, sentencepiece_vocabulary_from_metadata_tokenizes_as_the_model_files) {
+    for (const gguf_spm_case & c : gguf_spm_cases()) {
+        const std::string dir = gguf_test_spm_model(c);
+        if (dir.empty()) {
+            const char * r = std::getenv("PEFT_REQUIRE_ASSETS");
+            if (r && std::string(r) == "1") ADD_FAILURE() << c.asset << " missing from the asset cache: run scripts/fetch_assets.sh";
+            continue;
+        }
+        const std::string out = pt::temp_dir(std::string("gguf_import_spm_") + c.tag) + "/m.gguf";
+        const pt::child_result r = pt::spawn_peft({"export", "gguf", "--model", dir, "--out", out, "--type", "f16"});
+        ASSERT_EQ(r.code, 0) << r.out;
+        std::unique_ptr<peft::tokenizer> tok;
+        const peft::status st = peft::tokenizer::load(out, tok);
+        ASSERT_TRUE(st.ok()) << st.message;
+        EXPECT_EQ(tok->kind(), peft::PEFT_TOKENIZER_SENTENCEPIECE);
+        EXPECT_EQ(tok->bos_id(), 1);
+        EXPECT_EQ(tok->eos_id(), 2);
+        peft::json_document doc;
+        ASSERT_TRUE(doc.parse_file(pt::source_path(std::string("tests/fixtures/tokenizer/expected_") + c.expected + ".json")).ok());
+        const peft::json_value want = doc.root().get("cases");
+        const std::vector<std::string> cases = pt::tokenizer_cases();
+        ASSERT_EQ(want.size(), cases.size());
+        int n_same = 0;
+        int n = 0;
+        for (size_t i = 0; i < cases.size(); i++) {
+            if (c.hf_tokenizers && !peft::utf8_is_valid(cases[i].data(), cases[i].size())) continue;
+            for (bool add_special : {false, true}) {
+                n++;
+                const peft::json_value w = want.at(i).get(add_special ? "ids_special" : "ids");
+                std::vector<int32_t> expect;
+                for (size_t k = 0; k < w.size(); k++) expect.push_back((int32_t) w.at(k).as_int());
+                const std::vector<int32_t> got = tok->encode(cases[i], add_special, c.hf_tokenizers);
+                EXPECT_EQ(got, expect) << c.tag << " case " << i << " \"" << cases[i] << "\" add_special " << add_special;
+                n_same += got == expect;
+            }
+        }
+        std::printf("[ gguf ] %s read back from GGUF: %d/%d encodings as the fixture\n", c.tag, n_same, n);
+        EXPECT_EQ(tok->decode(tok->encode("Hello world, café 日本語", false)), "Hello world, café 日本語") << c.tag;
+    }
+}
+
+// A "llama" vocabulary that is not one: each refusal names the file and key.
+TEST(gguf_import, bad_sentencepiece_vocabulary_is_refused_naming_the_key) {
+    struct zeros : peft::gguf_tensor_source {
+        status fill(size_t, std::vector<uint8_t> & out) override {
+            out.assign(32 * sizeof(float), 0);
+            return {};
+        }
+    } one_tensor;
+    const struct { const char * what; std::vector<int32_t> types; std::vector<float> scores; uint32_t unk; const char * needle; } CASES[] = {
+        {"type", {2, 1, 9}, {0, 0, 0}, 0, "tokenizer.ggml.token_type'[2]"},
+        {"scores", {2, 1, 1}, {0, 0}, 0, "tokenizer.ggml.scores' length"},
+        {"unk", {2, 1, 1}, {0, 0, 0}, 7, "tokenizer.ggml.unknown_token_id"},
+    };
+    for (const auto & c : CASES) {
+        peft::gguf_writer w;
+        w.set_str("tokenizer.ggml.model", "llama");
+        w.set_arr_str("tokenizer.ggml.tokens", {"<unk>", "\xe2\x96\x81" "a", "b"});
+        w.set_arr_f32("tokenizer.ggml.scores", c.scores);
+        w.set_arr_i32("tokenizer.ggml.token_type", c.types);
+        w.set_u32("tokenizer.ggml.unknown_token_id", c.unk);
+        ASSERT_TRUE(w.add_tensor("x", {32}, peft::GGUF_TENSOR_F32).ok());
+        const std::string path = pt::temp_dir(std::string("gguf_import_bad_spm_") + c.what) + "/v.gguf";
+        ASSERT_TRUE(w.write(path, one_tensor, false).ok());
+        std::unique_ptr<peft::tokenizer> tok;
+        const status st = peft::tokenizer::load(path, tok);
+        EXPECT_FALSE(st.ok()) << c.what;
+        EXPECT_NE(st.message.find(path), std::string::npos) << st.message;
+        EXPECT_NE(st.message.find(c.needle), std::string::npos) << st.message;
     }
 }
 

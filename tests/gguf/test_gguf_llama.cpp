@@ -31,6 +31,7 @@
 #include "model/llama.h"
 #include "gguf_test_util.h"
 #include "testing.h"
+#include "tokenizer/normalize.h"
 #include "tokenizer/tokenizer.h"
 
 #if PEFT_LLAMA_ORACLE
@@ -187,9 +188,10 @@ std::vector<double> llama_cpp(const std::string & model, const std::string & lor
     return log_softmax(logits, V);
 }
 
-// Exports model_dir as `type`, runs both, returns the measured error.
-double export_and_compare(const std::string & model_dir, const std::string & type, const std::string & tag) {
+// Exports model_dir as `type` (to *gguf when given), runs both, returns the measured error.
+double export_and_compare(const std::string & model_dir, const std::string & type, const std::string & tag, std::string * gguf = nullptr) {
     const std::string out = pt::temp_dir("gguf_llama_" + tag) + "/model.gguf";
+    if (gguf) *gguf = out;
     export_ok({"export", "gguf", "--model", model_dir, "--out", out, "--type", type});
     peft::llama_model m;
     EXPECT_TRUE(peft::llama_load(m, model_dir, false).ok());
@@ -330,47 +332,71 @@ TEST(GgufLlama, MergedExportMatchesOurAdapter) {
 #endif
 }
 
-// llama.cpp's tokenizer, reading the vocabulary, merges and pre-tokenizer name we wrote, gives
-// our tokenizer's ids.
-TEST(GgufLlama, TokenizerMatchesOurs) {
-    ORACLE_OR_SKIP();
 #if PEFT_LLAMA_ORACLE
-    const std::string model_dir = pt::source_path("models/tiny-llama");
-    const std::string out = pt::temp_dir("gguf_llama_tok") + "/model.gguf";
-    export_ok({"export", "gguf", "--model", model_dir, "--out", out, "--type", "f16"});
+// llama.cpp's tokenizer on the GGUF file at `gguf` vs ours on model_dir, over the text suite
+// (cases.json; not its invalid UTF-8 cases, which HF tokenizers and libsentencepiece repair to
+// U+FFFD before tokenizing and llama.cpp does not) and a few strings of special tokens, without
+// and with special tokens (BOS); special-token text is parsed as special where our tokenizer does
+// (parse_special); returns how many encodings differ.
+int tokenizer_mismatches(const std::string & model_dir, const std::string & gguf, const std::string & tag, bool parse_special = true) {
     std::unique_ptr<peft::tokenizer> tok;
-    ASSERT_TRUE(peft::tokenizer::load(model_dir, tok).ok());
+    EXPECT_TRUE(peft::tokenizer::load(model_dir, tok).ok());
+    if (!tok) return -1;
     the_oracle();
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
     mp.vocab_only = true;
-    llama_model * lm = llama_model_load_from_file(out.c_str(), mp);
-    ASSERT_NE(lm, nullptr);
+    llama_model * lm = llama_model_load_from_file(gguf.c_str(), mp);
+    EXPECT_NE(lm, nullptr) << gguf;
+    if (!lm) return -1;
     const llama_vocab * vocab = llama_model_get_vocab(lm);
-    const char * TEXTS[] = {
-        "Hello world",
-        "The quick brown fox jumps over the lazy dog.",
-        "  leading spaces and\ttabs\nnew lines\n\n",
-        "numbers 1234567 and 3.14159, don't I'll you've",
-        "Ünïcödé café naïve — “quotes” 日本語 😀",
-        "<|begin_of_text|>special<|eot_id|> tokens",
-        "",
-    };
-    int n_same = 0, n = 0;
-    for (const char * text : TEXTS) {
+    std::vector<std::string> texts;
+    for (const std::string & t : pt::tokenizer_cases()) {
+        if (peft::utf8_is_valid(t.data(), t.size())) texts.push_back(t);
+    }
+    for (const char * t : {"<|begin_of_text|>special<|eot_id|> tokens", "<s>[INST] hi [/INST]</s>", ""}) texts.push_back(t);
+    int n_bad = 0, n = 0;
+    for (const std::string & text : texts) {
         for (bool add_special : {false, true}) {
-            const std::vector<int32_t> want = tok->encode(text, add_special, true);
-            std::vector<llama_token> got(256);
-            const int32_t k = llama_tokenize(vocab, text, (int32_t) std::strlen(text), got.data(), (int32_t) got.size(), add_special, true);
-            ASSERT_GE(k, 0) << text;
-            got.resize((size_t) k);
-            EXPECT_EQ(std::vector<int32_t>(got.begin(), got.end()), want) << "text: \"" << text << "\" add_special " << add_special;
-            n_same += std::vector<int32_t>(got.begin(), got.end()) == want;
+            const std::vector<int32_t> want = tok->encode(text, add_special, parse_special);
+            std::vector<llama_token> got(text.size() * 2 + 8);
+            const int32_t k = llama_tokenize(vocab, text.data(), (int32_t) text.size(), got.data(), (int32_t) got.size(), add_special,
+                                             parse_special);
+            EXPECT_GE(k, 0) << text;
+            got.resize((size_t) std::max(k, 0));
+            const std::vector<int32_t> got32(got.begin(), got.end());
+            EXPECT_EQ(got32, want) << tag << " text: \"" << text << "\" add_special " << add_special;
+            n_bad += got32 != want;
             n++;
         }
     }
-    std::printf("[ gguf ] tokenizer: %d/%d encodings identical\n", n_same, n);
+    std::printf("[ gguf ] %s tokenizer: %d/%d encodings identical\n", tag.c_str(), n - n_bad, n);
     llama_model_free(lm);
+    return n_bad;
+}
+#endif
+
+// llama.cpp's tokenizer, reading the vocabulary (merges and pre-tokenizer name, or SentencePiece
+// scores and token types) we wrote, gives our tokenizer's ids: tiny-llama's byte-level BPE, and
+// the SentencePiece models (Llama 2's tokenizer.model, Mistral's byte_fallback tokenizer.json),
+// whose F32 export also gives our log-probs.
+TEST(GgufLlama, TokenizerMatchesOurs) {
+    ORACLE_OR_SKIP();
+#if PEFT_LLAMA_ORACLE
+    const std::string tiny = pt::source_path("models/tiny-llama");
+    const std::string out = pt::temp_dir("gguf_llama_tok") + "/model.gguf";
+    export_ok({"export", "gguf", "--model", tiny, "--out", out, "--type", "f16"});
+    EXPECT_EQ(tokenizer_mismatches(tiny, out, "tiny_llama"), 0);
+    for (const gguf_spm_case & c : gguf_spm_cases()) {
+        const std::string dir = gguf_test_spm_model(c);
+        if (dir.empty()) {
+            if (require_assets()) ADD_FAILURE() << c.asset << " missing from the asset cache: run scripts/fetch_assets.sh";
+            continue;
+        }
+        std::string gguf;
+        EXPECT_LE(export_and_compare(dir, "f32", c.tag, &gguf), 1e-5) << c.tag;
+        EXPECT_EQ(tokenizer_mismatches(dir, gguf, c.tag, c.hf_tokenizers), 0) << c.tag;
+    }
 #endif
 }
 

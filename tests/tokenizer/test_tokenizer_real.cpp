@@ -37,25 +37,6 @@ bool require_assets() {
         GTEST_SKIP() << var << " missing (run scripts/fetch_assets.sh; PEFT_REQUIRE_ASSETS=1 makes this fail)"; \
     }
 
-std::string hex_decode(const std::string & h) {
-    std::string out;
-    for (size_t i = 0; i + 1 < h.size(); i += 2) out.push_back((char) std::stoi(h.substr(i, 2), nullptr, 16));
-    return out;
-}
-
-std::vector<std::string> load_cases() {
-    json_document doc;
-    const status st = doc.parse_file(peft::testing::source_path("tests/fixtures/tokenizer/cases.json"));
-    EXPECT_TRUE(st.ok()) << st.message;
-    std::vector<std::string> out;
-    const json_value cases = doc.root().get("cases");
-    for (size_t i = 0; i < cases.size(); ++i) {
-        const json_value c = cases.at(i);
-        out.push_back(c.get("hex").valid() ? hex_decode(c.get("hex").as_string()) : c.get("text").as_string());
-    }
-    return out;
-}
-
 std::vector<int32_t> ids_of(const json_value & a) {
     std::vector<int32_t> v;
     for (size_t i = 0; i < a.size(); ++i) v.push_back((int32_t) a.at(i).as_int());
@@ -73,7 +54,7 @@ void check_model(const std::string & model, const std::string & path, bool round
     std::unique_ptr<tokenizer> tok;
     const status st = tokenizer::load(path, tok);
     ASSERT_TRUE(st.ok()) << st.message;
-    const std::vector<std::string> cases = load_cases();
+    const std::vector<std::string> cases = peft::testing::tokenizer_cases();
     json_document doc;
     const status st2 = doc.parse_file(peft::testing::source_path("tests/fixtures/tokenizer/expected_" + model + ".json"));
     ASSERT_TRUE(st2.ok()) << st2.message;
