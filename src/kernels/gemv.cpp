@@ -10,11 +10,13 @@
 // a fixed lane order, so results do not depend on the thread count.
 // Not here: more rows than GEMV_MAX_ROWS, non-row-major operands (gemm_own), quantized weights.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"   // GCC 12's _mm512_reduce_add_ps
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
 #include <omp.h>
+#include <type_traits>
 #include <vector>
 
 #include "core/status.h"
@@ -48,95 +50,120 @@ static inline void prefetch_next(const gemv_job & j, int64_t n, int64_t off, int
     _mm_prefetch((const char *) j.W + n * row_bytes + off, _MM_HINT_T0);
 }
 
-template <int M>
-GEMV_AVX512_ATTR static inline void store_rows(const gemv_job & j, int64_t n, int R, const __m512 (*acc)[M]) {
+// y[m][n + r] (r < R, m < MB) from the per-lane sums (sums[r][m]: W row n+r, x row m).
+// The accumulators are reduced by the caller into plain floats: an accumulator array whose
+// address escapes is kept in memory by GCC, a store per FMA.
+template <int MB>
+static inline void store_rows(const gemv_job & j, int64_t n, int R, const float (&sums)[4][MB]) {
     for (int r = 0; r < R; r++) {
-        for (int m = 0; m < M; m++) {
+        for (int m = 0; m < MB; m++) {
             float * yp = j.y + m * j.ldy + n + r;
-            const float s = _mm512_reduce_add_ps(acc[r][m]);
-            *yp = j.beta == 0.0f ? s : s + j.beta * *yp;
+            *yp = j.beta == 0.0f ? sums[r][m] : sums[r][m] + j.beta * *yp;
         }
     }
 }
 
-// Rows [n0, n1) of W against M rows of f32 x, f32 FMAs; R = 4 rows of W share each x load.
+// Rows n..n+R (R <= 4) of W against the MB rows of f32 x [MB, IC],
+// f32 FMAs; the R rows of W share each x load. The next group's rows are prefetched, one
+// prefetch per cache line of W (16 f32 or 32 bf16 weights; bf16 had prefetched each line twice).
+template <int MB, bool BF16W>
+GEMV_AVX512_ATTR static void block_exact(const gemv_job & j, const float * x, int64_t IC, int64_t n, int R) {
+    constexpr int64_t ES = BF16W ? 2 : 4;   // bytes per weight
+    // a short last group (R < 4) re-reads its last row in the spare lanes (not stored): one
+    // branch-free body, so the accumulators stay in registers
+    const int64_t row[4] = {n, n + std::min(1, R - 1), n + std::min(2, R - 1), n + std::min(3, R - 1)};
+    __m512 acc[4][MB];
+    for (int r = 0; r < 4; r++)
+        for (int m = 0; m < MB; m++) acc[r][m] = _mm512_setzero_ps();
+    // 16 k; the masked loads only for the tail: GCC keeps accumulators that live across a
+    // masked load in memory (a store per FMA)
+    auto step = [&](int64_t k, auto masked) GEMV_AVX512_ATTR {
+        const __mmask16 msk = masked ? mask16(IC - k) : (__mmask16) 0xffff;
+        auto load = [&](const float * p) GEMV_AVX512_ATTR { return masked ? _mm512_maskz_loadu_ps(msk, p) : _mm512_loadu_ps(p); };
+        __m512 xv[MB];
+        for (int m = 0; m < MB; m++) xv[m] = load(x + m * IC + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m512 w;
+            if constexpr (BF16W) {
+                const uint16_t * p = (const uint16_t *) j.W + row[r] * IC + k;
+                const __m256i h = masked ? _mm256_maskz_loadu_epi16(msk, p) : _mm256_loadu_si256((const __m256i *) p);
+                w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+            } else {
+                w = load((const float *) j.W + row[r] * IC + k);
+            }
+            for (int m = 0; m < MB; m++) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
+        }
+    };
+    int64_t k = 0;
+    for (; k + 16 <= IC; k += 16) {
+        if ((k * ES) % 64 == 0) {   // k is a multiple of 16: a no-op test for f32 weights
+            for (int r = 0; r < 4; r++) prefetch_next(j, n + 4 + r, k * ES, IC * ES);
+        }
+        step(k, std::false_type());
+    }
+    if (k < IC) step(k, std::true_type());
+    float sums[4][MB];
+    for (int r = 0; r < 4; r++)
+        for (int m = 0; m < MB; m++) sums[r][m] = _mm512_reduce_add_ps(acc[r][m]);
+    store_rows<MB>(j, n, R, sums);
+}
+
+// bf16 compute: xb [MB, ICp] bf16 pairs; 32 k per step (one vdpbf16ps per row of W and of x).
+template <int MB, bool BF16W>
+GEMV_BF16_ATTR static void block_dot(const gemv_job & j, const uint16_t * xb, int64_t IC, int64_t ICp, int64_t n, int R) {
+    constexpr int64_t ES = BF16W ? 2 : 4;
+    const int64_t row[4] = {n, n + std::min(1, R - 1), n + std::min(2, R - 1), n + std::min(3, R - 1)};   // as block_exact
+    __m512 acc[4][MB];
+    for (int r = 0; r < 4; r++)
+        for (int m = 0; m < MB; m++) acc[r][m] = _mm512_setzero_ps();
+    auto step = [&](int64_t k, auto masked) GEMV_BF16_ATTR {
+        const int64_t left = IC - k;
+        __m512bh xv[MB];   // zero past IC (the padding of xb), so W's tail lanes add nothing
+        for (int m = 0; m < MB; m++) {
+            const uint16_t * p = xb + m * ICp + k;
+            xv[m] = (__m512bh) (masked ? _mm512_maskz_loadu_epi16(mask32(ICp - k), p) : _mm512_loadu_si512(p));
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m512bh w;
+            if constexpr (BF16W) {
+                const uint16_t * p = (const uint16_t *) j.W + row[r] * IC + k;
+                w = (__m512bh) (masked ? _mm512_maskz_loadu_epi16(mask32(left), p) : _mm512_loadu_si512(p));
+            } else {
+                const float * p = (const float *) j.W + row[r] * IC + k;
+                const __m512 lo = masked ? _mm512_maskz_loadu_ps(mask16(left), p) : _mm512_loadu_ps(p);
+                const __m512 hi = !masked ? _mm512_loadu_ps(p + 16) : left > 16 ? _mm512_maskz_loadu_ps(mask16(left - 16), p + 16)
+                                                                                 : _mm512_setzero_ps();
+                w = _mm512_cvtne2ps_pbh(hi, lo);
+            }
+            for (int m = 0; m < MB; m++) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], xv[m], w);
+        }
+    };
+    int64_t k = 0;
+    for (; k + 32 <= IC; k += 32) {
+        for (int r = 0; r < 4; r++) {   // 32 k: one line of bf16 W, two of f32 W
+            prefetch_next(j, n + 4 + r, k * ES, IC * ES);
+            if (ES == 4) prefetch_next(j, n + 4 + r, k * ES + 64, IC * ES);
+        }
+        step(k, std::false_type());
+    }
+    if (k < IC) step(k, std::true_type());
+    float sums[4][MB];
+    for (int r = 0; r < 4; r++)
+        for (int m = 0; m < MB; m++) sums[r][m] = _mm512_reduce_add_ps(acc[r][m]);
+    store_rows<MB>(j, n, R, sums);
+}
+
+// Rows [n0, n1) of W against the M rows of x, 4 rows of W at a time.
 template <int M, bool BF16W>
 GEMV_AVX512_ATTR static void rows_exact(const gemv_job & j, const float * x, int64_t IC, int64_t n0, int64_t n1) {
-    auto loadw = [&](int64_t n, int64_t k, __mmask16 msk) GEMV_AVX512_ATTR {
-        if constexpr (BF16W) {
-            const __m256i h = _mm256_maskz_loadu_epi16(msk, (const uint16_t *) j.W + n * IC + k);
-            return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-        } else {
-            return _mm512_maskz_loadu_ps(msk, (const float *) j.W + n * IC + k);
-        }
-    };
-    for (int64_t n = n0; n < n1; n += 4) {
-        const int R = (int) std::min<int64_t>(4, n1 - n);
-        __m512 acc[4][M];
-        for (int r = 0; r < 4; r++)
-            for (int m = 0; m < M; m++) acc[r][m] = _mm512_setzero_ps();
-        for (int64_t k = 0; k < IC; k += 16) {
-            const __mmask16 msk = mask16(IC - k);
-            __m512 xv[M];
-            for (int m = 0; m < M; m++) xv[m] = _mm512_maskz_loadu_ps(msk, x + m * IC + k);
-            if (R == 4) {
-#pragma GCC unroll 4
-                for (int r = 0; r < 4; r++) {
-                    prefetch_next(j, n + 4 + r, k * (BF16W ? 2 : 4), IC * (BF16W ? 2 : 4));
-                    const __m512 w = loadw(n + r, k, msk);
-                    for (int m = 0; m < M; m++) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
-                }
-            } else {
-                for (int r = 0; r < R; r++) {
-                    const __m512 w = loadw(n + r, k, msk);
-                    for (int m = 0; m < M; m++) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
-                }
-            }
-        }
-        store_rows<M>(j, n, R, acc);
-    }
+    for (int64_t n = n0; n < n1; n += 4) block_exact<M, BF16W>(j, x, IC, n, (int) std::min<int64_t>(4, n1 - n));
 }
 
-// bf16 compute: xb [M, ICp] bf16 pairs; 32 k per step (one vdpbf16ps per row of W and of x).
 template <int M, bool BF16W>
 GEMV_BF16_ATTR static void rows_dot(const gemv_job & j, const uint16_t * xb, int64_t IC, int64_t ICp, int64_t n0, int64_t n1) {
-    auto loadw = [&](int64_t n, int64_t k) GEMV_BF16_ATTR {
-        const int64_t left = IC - k;
-        if constexpr (BF16W) {
-            return (__m512bh) _mm512_maskz_loadu_epi16(mask32(left), (const uint16_t *) j.W + n * IC + k);
-        } else {
-            const float * w = (const float *) j.W + n * IC + k;
-            const __m512 lo = _mm512_maskz_loadu_ps(mask16(left), w);
-            const __m512 hi = left > 16 ? _mm512_maskz_loadu_ps(mask16(left - 16), w + 16) : _mm512_setzero_ps();
-            return _mm512_cvtne2ps_pbh(hi, lo);
-        }
-    };
-    for (int64_t n = n0; n < n1; n += 4) {
-        const int R = (int) std::min<int64_t>(4, n1 - n);
-        __m512 acc[4][M];
-        for (int r = 0; r < 4; r++)
-            for (int m = 0; m < M; m++) acc[r][m] = _mm512_setzero_ps();
-        for (int64_t k = 0; k < IC; k += 32) {
-            __m512bh xv[M];   // zero past IC (the padding of xb), so W's tail lanes add nothing
-            const __mmask32 msk = mask32(ICp - k);
-            for (int m = 0; m < M; m++) xv[m] = (__m512bh) _mm512_maskz_loadu_epi16(msk, xb + m * ICp + k);
-            if (R == 4) {
-#pragma GCC unroll 4
-                for (int r = 0; r < 4; r++) {
-                    prefetch_next(j, n + 4 + r, k * (BF16W ? 2 : 4), IC * (BF16W ? 2 : 4));
-                    prefetch_next(j, n + 4 + r, k * (BF16W ? 2 : 4) + 64, IC * (BF16W ? 2 : 4));
-                    const __m512bh w = loadw(n + r, k);
-                    for (int m = 0; m < M; m++) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], xv[m], w);
-                }
-            } else {
-                for (int r = 0; r < R; r++) {
-                    const __m512bh w = loadw(n + r, k);
-                    for (int m = 0; m < M; m++) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], xv[m], w);
-                }
-            }
-        }
-        store_rows<M>(j, n, R, acc);
-    }
+    for (int64_t n = n0; n < n1; n += 4) block_dot<M, BF16W>(j, xb, IC, ICp, n, (int) std::min<int64_t>(4, n1 - n));
 }
 
 // Portable fallback (no AVX-512): one dot per (row of x, row of W), f32 accumulation in k order.
