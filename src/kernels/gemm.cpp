@@ -10,7 +10,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -198,39 +197,29 @@ static void store_tile(float * C, int64_t ldc, const float * tile, int nr, int64
     }
 }
 
-// One MC x NC tile of C over all of K. The thread keeps the A rows it packed (all K blocks) and
-// reuses them while its next tiles of the same GEMM (`call`) share i0: a wide product (lm_head,
-// N 32000 in 63 column blocks) packed its few A rows once per column block before.
-static void gemm_tile(const gemm_args & g, const gemm_micro_set & s, uint64_t call, int64_t i0, int64_t mc, int64_t j0,
-                      int64_t nc, int64_t KC) {
+static void gemm_tile(const gemm_args & g, const gemm_micro_set & s, int64_t i0, int64_t mc, int64_t j0, int64_t nc,
+                      int64_t KC) {
     static thread_local std::vector<float> abuf, bbuf;
-    static thread_local uint64_t a_call = 0;
-    static thread_local int64_t a_i0 = -1;
     const bool dot = g.bf16 && s.bf16;   // bf16 pair panels (vdpbf16ps or AMX)
     const bool amx = dot && s.amx;
     const int mr = dot ? s.bmr : s.mr, nr = dot ? s.bnr : s.nr;
     // kc2p <= max(16, KC / 2) <= KC: the buffers sized for KC floats hold AMX panels too
-    const size_t a_block = (size_t) ((mc + mr - 1) / mr * mr) * KC;
-    const bool a_packed = a_call == call && a_i0 == i0;
-    float * Aall = aligned_buffer(abuf, a_block * (size_t) ((g.K + KC - 1) / KC));
+    float * Ap = aligned_buffer(abuf, (size_t) ((mc + mr - 1) / mr * mr) * KC);
     float * Bp = aligned_buffer(bbuf, (size_t) ((nc + nr - 1) / nr * nr) * KC);
-    a_call = call;
-    a_i0 = i0;
     alignas(64) float tile[32 * 32];
     for (int64_t p0 = 0; p0 < g.K; p0 += KC) {
         const int64_t kc = std::min(KC, g.K - p0), kc2 = (kc + 1) / 2;
         const int64_t ksteps = amx ? (kc2 + 15) / 16 * 16 : dot ? kc2 : kc;
-        float * Ap = Aall + (size_t) (p0 / KC) * a_block;
         if (amx) {   // B panel by panel, each zero-padded from kc2 to ksteps pair rows
-            if (!a_packed) s.pack->pair_rows((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, ksteps);
+            s.pack->pair_rows((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, ksteps);
             for (int64_t jr = 0; jr < nc; jr += nr) {
                 uint32_t * b = (uint32_t *) Bp + (jr / nr) * ksteps * nr;
                 pack_b_block(b, *s.pack, g, j0 + jr, std::min<int64_t>(nr, nc - jr), p0, kc, nr, true);
                 std::memset(b + kc2 * nr, 0, (size_t) ((ksteps - kc2) * nr) * 4);
             }
         } else {
-            if (!a_packed && dot) s.pack->pairs((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr);
-            if (!a_packed && !dot) s.pack->f32(Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, g.bf16);
+            if (dot) s.pack->pairs((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr);
+            else     s.pack->f32(Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, g.bf16);
             pack_b_block(Bp, *s.pack, g, j0, nc, p0, kc, nr, dot);
         }
         const float beta = p0 == 0 ? g.beta : 1.0f;
@@ -330,12 +319,10 @@ static void gemm_run(const gemm_args & g) {
     const int64_t nnt = (N + NC - 1) / NC;
     if (nmt * nnt < want) MC = std::min(MC, split(M, (want + nnt - 1) / nnt, mr));
     nmt = (M + MC - 1) / MC;
-    static std::atomic<uint64_t> calls{0};
-    const uint64_t call = ++calls;   // names this product for the packed-A reuse in gemm_tile
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t t = 0; t < nmt * nnt; t++) {
         const int64_t i0 = (t / nnt) * MC, j0 = (t % nnt) * NC;
-        gemm_tile(g, s, call, i0, std::min(MC, M - i0), j0, std::min(NC, N - j0), KC);
+        gemm_tile(g, s, i0, std::min(MC, M - i0), j0, std::min(NC, N - j0), KC);
     }
 }
 
