@@ -3,8 +3,8 @@
 // register-blocked micro-kernel per ISA chosen by CPUID (gemm_avx512.cpp), OpenMP threads over
 // the MC x NC tiles of C. Each element of C is summed in the same k order whatever the thread
 // count, so results are bit-identical across thread counts. With bf16 compute, operands are
-// rounded to bf16 while packing and multiplied with f32 accumulation (vdpbf16ps, or the f32
-// kernel on rounded values where AVX512-BF16 is missing). gemm_blas is OpenBLAS, kept for fp64,
+// rounded to bf16 while packing and multiplied with f32 accumulation (AMX tiles, vdpbf16ps, or
+// the f32 kernel on rounded values where neither exists). gemm_blas is OpenBLAS, kept for fp64,
 // for the side-by-side benchmark, and as the measured baseline. Only this file includes cblas.h.
 #include <cblas.h>
 #include <omp.h>
@@ -28,6 +28,7 @@ static const gemm_micro_set * detect_set() {
     __builtin_cpu_init();
     const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl");
+    if (avx512 && __builtin_cpu_supports("avx512bf16") && amx_permitted()) return &gemm_set_avx512_amx;
     if (avx512 && __builtin_cpu_supports("avx512bf16")) return &gemm_set_avx512_bf16;
     if (avx512) return &gemm_set_avx512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &gemm_set_avx2;
@@ -45,7 +46,7 @@ const char * gemm_isa() { return micro_set().name; }
 
 bool gemm_force_isa(const char * name) {
     static const gemm_micro_set * detected = detect_set();
-    const gemm_micro_set * order[] = {&gemm_set_avx512_bf16, &gemm_set_avx512, &gemm_set_avx2, &gemm_set_scalar};
+    const gemm_micro_set * order[] = {&gemm_set_avx512_amx, &gemm_set_avx512_bf16, &gemm_set_avx512, &gemm_set_avx2, &gemm_set_scalar};
     if (!name) { g_forced = nullptr; return true; }
     bool reachable = false;   // only sets at or below what the CPU supports
     for (const gemm_micro_set * s : order) {
@@ -113,6 +114,19 @@ static void pack_bf16(uint32_t * dst, const T * X, int64_t ld, bool rowmajor, in
     }
 }
 
+// AMX A panels: dst [ceil(n/P)][P][kc2p] pairs (each row's k contiguous), zero past n and kc
+static void pack_pair_rows(uint32_t * dst, const float * X, int64_t ld, bool rowmajor, int64_t i0, int64_t n, int64_t p0,
+                           int64_t kc, int P, int64_t kc2p) {
+    const int64_t rows = (n + P - 1) / P * P;
+    auto at = [&](int64_t i, int64_t p) -> uint32_t {
+        if (i >= n || p >= kc) return 0u;
+        return elem_bf16(X, rowmajor ? (i0 + i) * ld + p0 + p : (p0 + p) * ld + i0 + i);
+    };
+    for (int64_t i = 0; i < rows; i++) {
+        for (int64_t q = 0; q < kc2p; q++) dst[i * kc2p + q] = at(i, 2 * q) | (at(i, 2 * q + 1) << 16);
+    }
+}
+
 static void pack_f32_generic(float * d, const float * X, int64_t ld, bool rm, int64_t i0, int64_t n, int64_t p0,
                              int64_t kc, int P, bool round) {
     pack_f32(d, X, ld, rm, i0, n, p0, kc, P, round);
@@ -121,7 +135,8 @@ static void pack_f32h_generic(float * d, const uint16_t * X, int64_t ld, bool rm
                               int64_t kc, int P, bool round) {
     pack_f32(d, X, ld, rm, i0, n, p0, kc, P, round);
 }
-const gemm_packers gemm_packers_generic = {pack_f32_generic, pack_f32h_generic, pack_bf16<float>, pack_bf16<uint16_t>};
+const gemm_packers gemm_packers_generic = {pack_f32_generic, pack_f32h_generic, pack_bf16<float>, pack_bf16<uint16_t>,
+                                           pack_pair_rows};
 
 // ---- blocked driver ------------------------------------------------------------------------
 
@@ -185,16 +200,28 @@ static void store_tile(float * C, int64_t ldc, const float * tile, int nr, int64
 static void gemm_tile(const gemm_args & g, const gemm_micro_set & s, int64_t i0, int64_t mc, int64_t j0, int64_t nc,
                       int64_t KC) {
     static thread_local std::vector<float> abuf, bbuf;
-    const int mr = s.mr, nr = s.nr;
-    const bool dot = g.bf16 && s.bf16;   // vdpbf16ps panels
+    const bool dot = g.bf16 && s.bf16;   // bf16 pair panels (vdpbf16ps or AMX)
+    const bool amx = dot && s.amx;
+    const int mr = dot ? s.bmr : s.mr, nr = dot ? s.bnr : s.nr;
+    // kc2p <= max(16, KC / 2) <= KC: the buffers sized for KC floats hold AMX panels too
     float * Ap = aligned_buffer(abuf, (size_t) ((mc + mr - 1) / mr * mr) * KC);
     float * Bp = aligned_buffer(bbuf, (size_t) ((nc + nr - 1) / nr * nr) * KC);
-    alignas(64) float tile[12 * 32];
+    alignas(64) float tile[32 * 32];
     for (int64_t p0 = 0; p0 < g.K; p0 += KC) {
-        const int64_t kc = std::min(KC, g.K - p0), ksteps = dot ? (kc + 1) / 2 : kc;
-        if (dot) s.pack->pairs((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr);
-        else     s.pack->f32(Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, g.bf16);
-        pack_b_block(Bp, *s.pack, g, j0, nc, p0, kc, nr, dot);
+        const int64_t kc = std::min(KC, g.K - p0), kc2 = (kc + 1) / 2;
+        const int64_t ksteps = amx ? (kc2 + 15) / 16 * 16 : dot ? kc2 : kc;
+        if (amx) {   // B panel by panel, each zero-padded from kc2 to ksteps pair rows
+            s.pack->pair_rows((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, ksteps);
+            for (int64_t jr = 0; jr < nc; jr += nr) {
+                uint32_t * b = (uint32_t *) Bp + (jr / nr) * ksteps * nr;
+                pack_b_block(b, *s.pack, g, j0 + jr, std::min<int64_t>(nr, nc - jr), p0, kc, nr, true);
+                std::memset(b + kc2 * nr, 0, (size_t) ((ksteps - kc2) * nr) * 4);
+            }
+        } else {
+            if (dot) s.pack->pairs((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr);
+            else     s.pack->f32(Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, g.bf16);
+            pack_b_block(Bp, *s.pack, g, j0, nc, p0, kc, nr, dot);
+        }
         const float beta = p0 == 0 ? g.beta : 1.0f;
         for (int64_t jr = 0; jr < nc; jr += nr) {
             for (int64_t ir = 0; ir < mc; ir += mr) {
@@ -276,9 +303,11 @@ static void gemm_run(const gemm_args & g) {
     // KC: more k per pass means fewer read-modify-write passes over C; 384 f32 (a 48 KB B
     // micro-panel) and MC ~ 516 rows measured best on the small shape's GEMMs (+12% over
     // 256 / 384, 1 and 2 threads); bf16 pairs halve the bytes per k.
-    const int64_t KC = bf16_compute && s.bf16 ? 512 : 384;
+    const bool dot = bf16_compute && s.bf16;
+    const int mr = dot ? s.bmr : s.mr, nr = dot ? s.bnr : s.nr;
+    const int64_t KC = dot ? 512 : 384;
     // B is re-packed per MC rows and A per NC columns: large blocks keep packing a small share
-    int64_t MC = (int64_t) s.mr * 43, NC = 512;
+    int64_t MC = (int64_t) (516 / mr) * mr, NC = 512;
     // enough tiles to balance the threads: narrower columns first, then shorter rows
     const int64_t want = 2 * (int64_t) omp_get_max_threads();
     auto split = [](int64_t n, int64_t parts, int64_t unit) {   // n in `parts` pieces, rounded up to unit
@@ -286,9 +315,9 @@ static void gemm_run(const gemm_args & g) {
         return std::max(unit, (piece + unit - 1) / unit * unit);
     };
     int64_t nmt = (M + MC - 1) / MC;
-    if (nmt * ((N + NC - 1) / NC) < want) NC = std::min(NC, split(N, (want + nmt - 1) / nmt, s.nr));
+    if (nmt * ((N + NC - 1) / NC) < want) NC = std::min(NC, split(N, (want + nmt - 1) / nmt, nr));
     const int64_t nnt = (N + NC - 1) / NC;
-    if (nmt * nnt < want) MC = std::min(MC, split(M, (want + nnt - 1) / nnt, s.mr));
+    if (nmt * nnt < want) MC = std::min(MC, split(M, (want + nnt - 1) / nnt, mr));
     nmt = (M + MC - 1) / MC;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t t = 0; t < nmt * nnt; t++) {

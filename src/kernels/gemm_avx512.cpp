@@ -1,13 +1,18 @@
 // gemm_avx512.cpp: the micro-kernels and one-row GEMV kernels of gemm_own, per ISA: AVX-512
-// (f32 FMA, and vdpbf16ps where AVX512-BF16 exists), AVX2+FMA, and plain C++. Each function
+// (f32 FMA, vdpbf16ps where AVX512-BF16 exists, AMX tiles where AMX-BF16 exists and Linux grants
+// the tile state), AVX2+FMA, and plain C++. Each function
 // carries its own target attribute, so this file builds for any x86-64 and the dispatcher in
 // gemm.cpp picks a set by CPUID. Not here: packing, blocking, threads, alpha/beta (gemm.cpp).
 // Every kernel sums k in increasing order into fixed lanes: results do not depend on threads.
 // GCC 12 flags its own avx512fintrin.h helpers (_mm512_reduce_add_ps) as maybe-uninitialized
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "kernels/gemm_micro.h"
 
@@ -69,6 +74,78 @@ AVX512_BF16_ATTR static void micro_bf16_avx512(int64_t kc2, const uint32_t * Ap,
     }
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++) store_row_avx512(C + i * ldc, c[i][0], c[i][1], alpha, beta);
+}
+
+// ---- AMX: 32 x 32 tile, four 16 x 16 f32 tile accumulators ------------------------------------
+// tmm0..3 hold C (2 x 2 tiles of 16 x 16 f32), tmm4..5 two A tiles (16 rows x 16 pairs), tmm6..7
+// two B tiles (16 pairs x 16 columns: rows of the [kc2p][32] panel). One TDPBF16PS is 16 x 16 x 32
+// MACs; products are summed in f32 in increasing k (denormals flushed, as AMX does).
+
+#define AMX_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma,amx-tile,amx-bf16")))
+
+bool amx_permitted() {
+    static const bool ok = [] {
+        unsigned a, b, c, d;
+        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+        const bool tile = (d >> 24) & 1, bf16 = (d >> 22) & 1;
+        // Linux keeps the 8 KB tile state off until the process asks (ARCH_REQ_XCOMP_PERM, XTILEDATA)
+        return tile && bf16 && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    }();
+    return ok;
+}
+
+struct alignas(64) amx_tilecfg {
+    uint8_t  palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t  rows[16];
+};
+
+// every tile 16 rows x 64 bytes; configured once per thread (nothing else here touches tiles)
+AMX_ATTR static void amx_configure() {
+    static thread_local bool done = false;
+    if (done) return;
+    amx_tilecfg cfg;
+    std::memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+    _tile_loadconfig(&cfg);
+    done = true;
+}
+
+AMX_ATTR static void micro_bf16_amx(int64_t kc2p, const uint32_t * Ap, const uint32_t * Bp, float * C, int64_t ldc,
+                                    float alpha, float beta) {
+    constexpr int NR = 32;
+    amx_configure();
+    const int64_t sa = kc2p * 4, sc = ldc * 4;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t q = 0; q < kc2p; q += 16) {
+        _tile_loadd(4, Ap + q, sa);
+        _tile_loadd(5, Ap + 16 * kc2p + q, sa);
+        _tile_loadd(6, Bp + q * NR, NR * 4);
+        _tile_loadd(7, Bp + q * NR + 16, NR * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    if (alpha == 1.0f && beta == 0.0f) {   // C = T as it stands: straight from the tiles
+        _tile_stored(0, C, sc);
+        _tile_stored(1, C + 16, sc);
+        _tile_stored(2, C + 16 * ldc, sc);
+        _tile_stored(3, C + 16 * ldc + 16, sc);
+        return;
+    }
+    alignas(64) float t[32 * NR];
+    _tile_stored(0, t, NR * 4);
+    _tile_stored(1, t + 16, NR * 4);
+    _tile_stored(2, t + 16 * NR, NR * 4);
+    _tile_stored(3, t + 16 * NR + 16, NR * 4);
+    for (int i = 0; i < 32; i++) {
+        store_row_avx512(C + i * ldc, _mm512_load_ps(t + i * NR), _mm512_load_ps(t + i * NR + 16), alpha, beta);
+    }
 }
 
 // Rows of W are dot products with x; four rows share each x load. Masked tail, no scalar loop.
@@ -244,8 +321,23 @@ AVX512_ATTR static void pack_bf16_avx512(uint32_t * dst, const T * X, int64_t ld
     }
 }
 
+// AMX A panels from a row-major operand: each row's values converted 32 at a time in place
+// (no transpose); column-major operands (rare with bf16 compute) go through the C++ packer.
+AVX512_ATTR static void pack_pair_rows_avx512(uint32_t * dst, const float * X, int64_t ld, bool rowmajor, int64_t i0,
+                                              int64_t n, int64_t p0, int64_t kc, int P, int64_t kc2p) {
+    if (!rowmajor) return gemm_packers_generic.pair_rows(dst, X, ld, rowmajor, i0, n, p0, kc, P, kc2p);
+    const int64_t rows = (n + P - 1) / P * P;
+    for (int64_t i = 0; i < rows; i++) {
+        const float * x = X + (i0 + i) * ld + p0;
+        for (int64_t q = 0; q < kc2p; q += 16) {
+            const int64_t valid = i < n ? kc - 2 * q : 0;
+            _mm512_storeu_si512(dst + i * kc2p + q, valid > 0 ? load_pairs(x + 2 * q, valid) : _mm512_setzero_si512());
+        }
+    }
+}
+
 const gemm_packers gemm_packers_avx512 = {pack_f32_avx512<float>, pack_f32_avx512<uint16_t>, pack_bf16_avx512<float>,
-                                          pack_bf16_avx512<uint16_t>};
+                                          pack_bf16_avx512<uint16_t>, pack_pair_rows_avx512};
 
 // ---- AVX2 + FMA: 6 x 16 tile, 12 ymm accumulators --------------------------------------------
 
@@ -358,12 +450,15 @@ static void gemv_bf16_scalar(int64_t N, int64_t K, const float * x, const uint16
     }
 }
 
-const gemm_micro_set gemm_set_avx512_bf16 = {"avx512-bf16", 12, 32, micro_f32_avx512, micro_bf16_avx512,
+const gemm_micro_set gemm_set_avx512_amx = {"avx512-amx", 12, 32, 32, 32, true, micro_f32_avx512, micro_bf16_amx,
+                                            gemv_f32_avx512, gemv_bf16_avx512, &gemm_packers_avx512};
+const gemm_micro_set gemm_set_avx512_bf16 = {"avx512-bf16", 12, 32, 12, 32, false, micro_f32_avx512, micro_bf16_avx512,
                                              gemv_f32_avx512, gemv_bf16_avx512, &gemm_packers_avx512};
-const gemm_micro_set gemm_set_avx512 = {"avx512", 12, 32, micro_f32_avx512, nullptr, gemv_f32_avx512, gemv_bf16_avx512,
-                                        &gemm_packers_avx512};
-const gemm_micro_set gemm_set_avx2 = {"avx2", 6, 16, micro_f32_avx2, nullptr, gemv_f32_avx2, gemv_bf16_avx2, &gemm_packers_generic};
-const gemm_micro_set gemm_set_scalar = {"scalar", 4, 8, micro_f32_scalar, nullptr, gemv_f32_scalar, gemv_bf16_scalar,
-                                        &gemm_packers_generic};
+const gemm_micro_set gemm_set_avx512 = {"avx512", 12, 32, 12, 32, false, micro_f32_avx512, nullptr, gemv_f32_avx512,
+                                        gemv_bf16_avx512, &gemm_packers_avx512};
+const gemm_micro_set gemm_set_avx2 = {"avx2", 6, 16, 6, 16, false, micro_f32_avx2, nullptr, gemv_f32_avx2, gemv_bf16_avx2,
+                                      &gemm_packers_generic};
+const gemm_micro_set gemm_set_scalar = {"scalar", 4, 8, 4, 8, false, micro_f32_scalar, nullptr, gemv_f32_scalar,
+                                        gemv_bf16_scalar, &gemm_packers_generic};
 
 } // namespace peft

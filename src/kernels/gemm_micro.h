@@ -6,6 +6,8 @@
 //   f32 panels:  Ap [kc][MR] floats, Bp [kc][NR] floats (zero-padded past the matrix edge)
 //   bf16 panels: Ap [kc2][MR] and Bp [kc2][NR] uint32, kc2 = ceil(kc/2); each uint32 holds the
 //                bf16 pair (k = 2q low half, k = 2q+1 high half), the layout vdpbf16ps consumes.
+//   AMX panels:  Ap [MR][kc2p] (each row's pairs contiguous: an A tile is 16 rows x 16 pairs)
+//                and Bp [kc2p][NR], kc2p = kc2 rounded up to 16 (a tile's K), zero past kc.
 // Not here: blocking, packing, threads (gemm.cpp); dispatch picks a set by CPUID at first use.
 #pragma once
 #include <cstdint>
@@ -32,17 +34,23 @@ typedef void (*pack_pairs_fn)(uint32_t * dst, const float * X, int64_t ld, bool 
                               int64_t p0, int64_t kc, int P);
 typedef void (*pack_pairsh_fn)(uint32_t * dst, const uint16_t * X, int64_t ld, bool rowmajor, int64_t i0, int64_t n,
                                int64_t p0, int64_t kc, int P);
+// AMX A panels: dst [ceil(n/P)][P][kc2p] pairs, zero past n and past kc
+typedef void (*pack_pair_rows_fn)(uint32_t * dst, const float * X, int64_t ld, bool rowmajor, int64_t i0, int64_t n,
+                                  int64_t p0, int64_t kc, int P, int64_t kc2p);
 
 struct gemm_packers {
     pack_f32_fn    f32;         // f32 storage -> f32 panels
     pack_f32h_fn   f32_from_h;  // bf16 storage -> f32 panels
     pack_pairs_fn  pairs;       // f32 storage -> bf16 pair panels
     pack_pairsh_fn pairs_from_h;
+    pack_pair_rows_fn pair_rows;   // f32 storage -> AMX A panels
 };
 
 struct gemm_micro_set {
-    const char *       name;      // "avx512-bf16", "avx512", "avx2", "scalar"
-    int                mr, nr;    // tile of the f32 kernel (the bf16 one uses the same)
+    const char *       name;      // "avx512-amx", "avx512-bf16", "avx512", "avx2", "scalar"
+    int                mr, nr;    // tile of the f32 kernel
+    int                bmr, bnr;  // tile of the bf16 kernel
+    bool               amx;       // the bf16 kernel reads AMX panels (kc2 argument = kc2p)
     gemm_micro_f32_fn  f32;
     gemm_micro_bf16_fn bf16;      // null: bf16 compute packs bf16-rounded values for f32
     gemv_f32_fn        gemv_f32;
@@ -51,11 +59,14 @@ struct gemm_micro_set {
 };
 
 // Sets compiled with target attributes (gemm_avx512.cpp); usable only where CPUID says so.
+extern const gemm_micro_set gemm_set_avx512_amx;   // usable only once amx_permitted()
 extern const gemm_micro_set gemm_set_avx512_bf16;
 extern const gemm_micro_set gemm_set_avx512;
 extern const gemm_micro_set gemm_set_avx2;
 extern const gemm_micro_set gemm_set_scalar;
 extern const gemm_packers gemm_packers_avx512;    // gemm_avx512.cpp
 extern const gemm_packers gemm_packers_generic;   // gemm.cpp: plain C++
+// CPUID has AMX-BF16 and Linux granted this process the tile state (arch_prctl), asked once
+bool amx_permitted();
 
 } // namespace peft

@@ -51,13 +51,15 @@ void gemm_own_read(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
 // OpenBLAS sgemm/sgemv, the measured baseline (peft bench --peak, bench_kernels).
 void gemm_blas(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc);
-// The micro-kernel set in use: "avx512-bf16", "avx512", "avx2" or "scalar" (CPUID at first use).
+// The micro-kernel set in use: "avx512-amx", "avx512-bf16", "avx512", "avx2" or "scalar" (CPUID
+// at first use).
 const char * gemm_isa();
 // Forces a set at or below the detected one (tests; null restores CPUID). False if unavailable.
 bool gemm_force_isa(const char * name);
-// GFLOP/s of a register-only AVX-512 FMA (or, bf16, vdpbf16ps) loop on every thread: the
-// hardware peak (peak.cpp). 0 where the CPU lacks the instructions.
-double raw_peak_gflops(bool bf16);
+// GFLOP/s of a register-only loop on every thread: AVX-512 FMA, vdpbf16ps, or AMX TDPBF16PS
+// tiles: the hardware peaks (peak.cpp). 0 where the CPU (or, for AMX, Linux) lacks them.
+enum raw_peak_kind { RAW_PEAK_F32, RAW_PEAK_BF16_DOT, RAW_PEAK_AMX_BF16 };
+double raw_peak_gflops(raw_peak_kind kind);
 // The same in double (fp64 Gram matrices and back-substitution in linalg.cpp).
 void gemm_f64(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
               const double * A, int64_t lda, const double * B, int64_t ldb, double beta, double * C, int64_t ldc);

@@ -1,5 +1,6 @@
 // peak.cpp: the hardware's arithmetic peak as a register-only loop: 24 independent accumulator
-// chains of 512-bit FMA (f32) or vdpbf16ps (bf16), no memory traffic, on every OpenMP thread.
+// chains of 512-bit FMA (f32) or vdpbf16ps (bf16), or four AMX tile accumulators of TDPBF16PS,
+// no memory traffic, on every OpenMP thread.
 // It is the honest denominator of peak_fraction (peft bench --peak): no GEMM can beat it.
 // Not here: GEMM peaks (those time gemm_own / gemm_blas in cmd_bench.cpp).
 // GCC 12 flags its own _mm512_reduce_add_ps as maybe-uninitialized
@@ -8,7 +9,9 @@
 #include <omp.h>
 
 #include <chrono>
+#include <cstring>
 
+#include "kernels/gemm_micro.h"
 #include "kernels/kernels.h"
 
 namespace peft {
@@ -45,16 +48,51 @@ __attribute__((target("avx512f,avx512bf16"))) static double raw_bf16_loop(int64_
     return (double) iters * 24 * 16 * 4;
 }
 
-double raw_peak_gflops(bool bf16) {
+// Four independent C tiles (TDPBF16PS latency ~16 cycles, one issued per 16 cycles per core
+// would stall on a single chain) fed by two A and two B tiles loaded once.
+__attribute__((target("amx-tile,amx-bf16"))) static double raw_amx_loop(int64_t iters) {
+    struct alignas(64) { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } cfg;
+    std::memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+    _tile_loadconfig(&cfg);
+    alignas(64) uint16_t a[16 * 32], b[16 * 32];
+    for (int i = 0; i < 16 * 32; i++) { a[i] = 0x3f80; b[i] = 0x3800; }   // 1.0 and 2^-15
+    alignas(64) float c[16 * 16];
+    _tile_loadd(4, a, 64);
+    _tile_loadd(5, a, 64);
+    _tile_loadd(6, b, 64);
+    _tile_loadd(7, b, 64);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t it = 0; it < iters; it++) {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, c, 64);
+    volatile float sink = c[0];
+    (void) sink;
+    return (double) iters * 4 * 16 * 16 * 32 * 2;
+}
+
+double raw_peak_gflops(raw_peak_kind kind) {
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512f") || (bf16 && !__builtin_cpu_supports("avx512bf16"))) return 0.0;
-    const int64_t iters = 4000000;
+    const bool avx512 = __builtin_cpu_supports("avx512f");
+    if (kind == RAW_PEAK_F32 && !avx512) return 0.0;
+    if (kind == RAW_PEAK_BF16_DOT && !(avx512 && __builtin_cpu_supports("avx512bf16"))) return 0.0;
+    if (kind == RAW_PEAK_AMX_BF16 && !amx_permitted()) return 0.0;
+    const int64_t iters = kind == RAW_PEAK_AMX_BF16 ? 2000000 : 4000000;   // each ~0.1-0.2 s
     double best = 0.0;
     for (int rep = 0; rep < 3; rep++) {
         double flops = 0.0;
         const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel reduction(+ : flops)
-        flops += bf16 ? raw_bf16_loop(iters) : raw_f32_loop(iters);
+        flops += kind == RAW_PEAK_F32 ? raw_f32_loop(iters) : kind == RAW_PEAK_BF16_DOT ? raw_bf16_loop(iters)
+                                                                                        : raw_amx_loop(iters);
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (flops / dt / 1e9 > best) best = flops / dt / 1e9;
     }

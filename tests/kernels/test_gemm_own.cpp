@@ -41,13 +41,16 @@ void check_case(bool ta, bool tb, const shape & s, dtype bt, bool bf16c, const c
     auto Bf = fixed_vector((tb ? s.N : s.K) * ldb, 2);
     auto Bh = to_bf16(Bf);
     const void * B = bt == PEFT_DTYPE_BF16 ? (const void *) Bh.data() : (const void *) Bf.data();
-    for (float beta : {0.0f, 0.5f}) {
+    // alpha 1 with beta 0 is the AMX kernel's store straight from the tiles
+    const float alphas[] = {1.5f, 1.0f, 1.5f}, betas[] = {0.0f, 0.0f, 0.5f};
+    for (int ab = 0; ab < 3; ab++) {
+        const float alpha = alphas[ab], beta = betas[ab];
         guarded c_fast(s.M * ldc), c_ref(s.M * ldc);
         fixed_fill(c_fast.data(), s.M * ldc, 3);
         fixed_fill(c_ref.data(), s.M * ldc, 3);
         if (beta == 0.0f) c_fast.data()[0] = c_ref.data()[0] = NAN;   // beta 0 must not read C
-        gemm_own(ta, tb, s.M, s.N, s.K, 1.5f, A.data(), lda, bt, B, ldb, beta, c_fast.data(), ldc, bf16c);
-        gemm_own_ref(ta, tb, s.M, s.N, s.K, 1.5f, A.data(), lda, bt, B, ldb, beta, c_ref.data(), ldc, bf16c);
+        gemm_own(ta, tb, s.M, s.N, s.K, alpha, A.data(), lda, bt, B, ldb, beta, c_fast.data(), ldc, bf16c);
+        gemm_own_ref(ta, tb, s.M, s.N, s.K, alpha, A.data(), lda, bt, B, ldb, beta, c_ref.data(), ldc, bf16c);
         EXPECT_TRUE(c_fast.intact()) << what;
         // the operands are the same on both sides: only f32 summation order differs
         EXPECT_TRUE(check_close(c_fast.data(), c_ref.data(), s.M * ldc, 2e-5, 2e-5, what));
@@ -57,7 +60,7 @@ void check_case(bool ta, bool tb, const shape & s, dtype bt, bool bf16c, const c
 TEST(gemm_own, matches_ref_on_every_isa_dtype_and_transpose) {
     isa_guard guard;
     int tried = 0;
-    for (const char * isa : {"avx512-bf16", "avx512", "avx2", "scalar"}) {
+    for (const char * isa : {"avx512-amx", "avx512-bf16", "avx512", "avx2", "scalar"}) {
         if (!gemm_force_isa(isa)) continue;
         tried++;
         for (const shape & s : kShapes) {
@@ -88,7 +91,8 @@ TEST(gemm_own, packers_match_the_generic_ones_bit_for_bit) {
     auto Xh = to_bf16(X);
     const gemm_packers & ref = gemm_packers_generic;
     int checked = 0;
-    for (const gemm_micro_set * set : {&gemm_set_avx512_bf16, &gemm_set_avx512, &gemm_set_avx2, &gemm_set_scalar}) {
+    for (const gemm_micro_set * set : {&gemm_set_avx512_amx, &gemm_set_avx512_bf16, &gemm_set_avx512, &gemm_set_avx2,
+                                       &gemm_set_scalar}) {
         if (!gemm_force_isa(set->name)) continue;
         gemm_force_isa(nullptr);
         const gemm_packers & pk = *set->pack;
@@ -113,6 +117,12 @@ TEST(gemm_own, packers_match_the_generic_ones_bit_for_bit) {
                     ref.pairs_from_h(u.data(), Xh.data(), ld, rm, i0, n, p0, kc, P);
                     pk.pairs_from_h(v.data(), Xh.data(), ld, rm, i0, n, p0, kc, P);
                     EXPECT_EQ(std::memcmp(u.data(), v.data(), sz * 4), 0) << set->name << " pairs<-bf16 rm" << rm;
+                    const int64_t kc2p = ((kc + 1) / 2 + 15) / 16 * 16;   // AMX A panels
+                    const size_t szr = (size_t) ((n + P - 1) / P * P) * (size_t) kc2p;
+                    std::vector<uint32_t> ur(szr, 7u), vr(szr, 7u);
+                    ref.pair_rows(ur.data(), X.data(), ld, rm, i0, n, p0, kc, P, kc2p);
+                    pk.pair_rows(vr.data(), X.data(), ld, rm, i0, n, p0, kc, P, kc2p);
+                    EXPECT_EQ(std::memcmp(ur.data(), vr.data(), szr * 4), 0) << set->name << " pair rows rm" << rm << " kc" << kc;
                     checked++;
                 }
             }
