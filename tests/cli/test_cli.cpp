@@ -76,12 +76,14 @@ TEST(cli, bench_galore_reports_its_optimizer_state_and_the_loss_falls) {
         EXPECT_TRUE(doc.parse(r.out.data(), r.out.size(), "bench output").ok()) << r.out;
         return doc;
     };
-    peft::json_document g = bench("galore --galore-rank 4"), f = bench("full");
+    peft::json_document g = bench("galore --galore-rank 4 --galore-targets attn,mlp"), f = bench("full");
+    peft::json_document all = bench("galore --galore-rank 4");   // the bench's default: every 2-D weight
     const int64_t r = 4;
     auto proj = [&](int64_t m, int64_t n) { return 2 * r * std::max(m, n) + r * std::min(m, n); };
     const int64_t layer = 2 * proj(32, 32) + 2 * proj(16, 32) + 2 * proj(48, 32) + proj(32, 48);
     const int64_t plain = 2 * (2 * 64 * 32 + 5 * 32);
     EXPECT_EQ(g.root().get("optimizer_state_bytes").as_int(), 4 * (2 * layer + plain));
+    EXPECT_EQ(all.root().get("optimizer_state_bytes").as_int(), 4 * (2 * layer + 2 * proj(64, 32) + 2 * 5 * 32));
     EXPECT_EQ(f.root().get("optimizer_state_bytes").as_int(), 8 * f.root().get("trainable_params").as_int());
     EXPECT_LT(g.root().get("loss_final").as_double(), 0.8 * g.root().get("loss_first").as_double());
 }
