@@ -61,7 +61,7 @@ lora_fa|lora|@LORA@ --lora_fa true|lora_fa|3e-3,1e-2,3e-2
 lora_drop|lora_drop|@LORA@||3e-3,1e-2,3e-2
 adalora|adalora|@LORA@ --init_r 12 --target_r 8 --total_step @STEPS@|init_r|3e-3,1e-2,3e-2
 deep_lora|deep_lora|||3e-3,1e-2,3e-2
-rosa|rosa|@LORA@ --rosa_resample_steps @HALF@|rosa_resample_steps|3e-3,1e-2,3e-2
+rosa|rosa|--rosa_resample_steps @HALF@|rosa_resample_steps|3e-3,1e-2,3e-2
 milora_moe|milora_moe|@LORA@||3e-3,1e-2,3e-2"
 
 # ---- inputs and the output directory ---------------------------------------------------------
