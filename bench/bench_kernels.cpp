@@ -42,14 +42,31 @@ void BM_gemm(benchmark::State & state) {
     }
     set_flops(state, 2.0 * M * N * K);
 }
-BENCHMARK(BM_gemm)
-    ->ArgNames({"M", "N", "K", "ta", "tb"})
-    ->Args({1024, 768, 768, 0, 1})    // q/o projection forward
-    ->Args({1024, 2048, 768, 0, 1})   // gate/up forward
-    ->Args({1024, 768, 2048, 0, 1})   // down forward
-    ->Args({1024, 768, 2048, 0, 0})   // gate/up input grad
-    ->Args({2048, 768, 1024, 1, 0})   // gate/up weight grad
-    ->Unit(benchmark::kMillisecond)->UseRealTime();
+// the same products through OpenBLAS, side by side (the measured baseline)
+void BM_gemm_openblas(benchmark::State & state) {
+    const int64_t M = state.range(0), N = state.range(1), K = state.range(2);
+    const bool ta = state.range(3) != 0, tb = state.range(4) != 0;
+    auto A = filled(M * K), B = filled(K * N);
+    std::vector<float> C((size_t) (M * N));
+    for (auto _ : state) {
+        gemm_blas(ta, tb, M, N, K, 1.0f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.0f, C.data(), N);
+        benchmark::DoNotOptimize(C.data());
+    }
+    set_flops(state, 2.0 * M * N * K);
+}
+#define MODEL_GEMM_SHAPES(b)                                                     \
+    BENCHMARK(b)                                                                 \
+        ->ArgNames({"M", "N", "K", "ta", "tb"})                                  \
+        ->Args({1024, 768, 768, 0, 1})  /* q/o projection forward */            \
+        ->Args({1024, 2048, 768, 0, 1}) /* gate/up forward */                   \
+        ->Args({1024, 768, 2048, 0, 1}) /* down forward */                      \
+        ->Args({1024, 768, 2048, 0, 0}) /* gate/up input grad */                \
+        ->Args({2048, 768, 1024, 1, 0}) /* gate/up weight grad */               \
+        ->Args({64, 2048, 768, 0, 1})   /* gate/up prefill of a 64-token prompt */ \
+        ->Unit(benchmark::kMillisecond)                                          \
+        ->UseRealTime()
+MODEL_GEMM_SHAPES(BM_gemm);
+MODEL_GEMM_SHAPES(BM_gemm_openblas);
 
 // lm_head forward over all N rows in chunks of 256 rows (what the fused xent path does)
 void BM_gemm_lm_head_chunked(benchmark::State & state) {

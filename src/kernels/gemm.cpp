@@ -305,9 +305,12 @@ static void gemm_run(const gemm_args & g) {
     // 256 / 384, 1 and 2 threads); bf16 pairs halve the bytes per k.
     const bool dot = bf16_compute && s.bf16;
     const int mr = dot ? s.bmr : s.mr, nr = dot ? s.bnr : s.nr;
-    const int64_t KC = dot ? 512 : 384;
+    static const int64_t kc_env = getenv("PEFT_KC") ? atoi(getenv("PEFT_KC")) : 384;
+    static const int64_t mc_env = getenv("PEFT_MC") ? atoi(getenv("PEFT_MC")) : 516;
+    static const int64_t nc_env = getenv("PEFT_NC") ? atoi(getenv("PEFT_NC")) : 512;
+    const int64_t KC = dot ? 512 : kc_env;
     // B is re-packed per MC rows and A per NC columns: large blocks keep packing a small share
-    int64_t MC = (int64_t) (516 / mr) * mr, NC = 512;
+    int64_t MC = (int64_t) (mc_env / mr) * mr, NC = nc_env;
     // enough tiles to balance the threads: narrower columns first, then shorter rows
     const int64_t want = 2 * (int64_t) omp_get_max_threads();
     auto split = [](int64_t n, int64_t parts, int64_t unit) {   // n in `parts` pieces, rounded up to unit

@@ -369,6 +369,99 @@ AVX2_ATTR static void micro_f32_avx2(int64_t kc, const float * Ap, const float *
     }
 }
 
+// The f32 packers of gemm.cpp for AVX2 (same values, bit for bit), 8 x 8 blocks at a time: a
+// row-major operand transposed in registers, a column-major one copied by rows; bf16 rounding
+// as bf16_bits above, in 256-bit integer ops. The packing was 30% of an AVX2 GEMM's time with
+// the scalar C++ packers (perf, 1024 x 768 x 2048, 1 thread).
+AVX2_ATTR static inline __m256 round_bf16_avx2(__m256 v) {   // bf16_to_f32(f32_to_bf16(v)) per lane
+    const __m256i u = _mm256_castps_si256(v), hi = _mm256_set1_epi32((int) 0xffff0000u);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rne = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), hi);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    const __m256i quiet = _mm256_or_si256(_mm256_and_si256(u, hi), _mm256_set1_epi32(0x00400000));
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(rne, quiet, nan));
+}
+// n (<= 8) consecutive values of one row as f32, zero past n
+AVX2_ATTR static inline __m256 load8(const float * x, int64_t n, bool round) {
+    __m256 v;
+    if (n >= 8) {
+        v = _mm256_loadu_ps(x);
+    } else {
+        const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        v = _mm256_maskload_ps(x, _mm256_cmpgt_epi32(_mm256_set1_epi32((int) n), idx));
+    }
+    return round ? round_bf16_avx2(v) : v;
+}
+AVX2_ATTR static inline __m256 load8(const uint16_t * x, int64_t n, bool) {
+    __m128i h;
+    if (n >= 8) {
+        h = _mm_loadu_si128((const __m128i *) x);
+    } else {
+        alignas(16) uint16_t t[8] = {};
+        for (int64_t i = 0; i < n; i++) t[i] = x[i];
+        h = _mm_load_si128((const __m128i *) t);
+    }
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+// the first n (<= 8) lanes of v to d (no masked store: slow on some AVX2 cores)
+AVX2_ATTR static inline void store8(float * d, __m256 v, int n) {
+    if (n == 8) { _mm256_storeu_ps(d, v); return; }
+    __m128 lo = _mm256_castps256_ps128(v);
+    if (n >= 4) { _mm_storeu_ps(d, lo); lo = _mm256_extractf128_ps(v, 1); d += 4; n -= 4; }
+    if (n >= 2) { _mm_storel_pi((__m64 *) d, lo); lo = _mm_movehl_ps(lo, lo); d += 2; n -= 2; }
+    if (n == 1) _mm_store_ss(d, lo);
+}
+// r[c] <- column c of the 8 x 8 block r[0..7]
+AVX2_ATTR static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int k = 0; k < 4; k++) {
+        t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 2; k++) {
+        u[4 * k + 0] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], 0x44);
+        u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], 0xee);
+        u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0x44);
+        u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0xee);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+        r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+    }
+}
+
+template <typename T>
+AVX2_ATTR static void pack_f32_avx2(float * dst, const T * X, int64_t ld, bool rowmajor, int64_t i0, int64_t n,
+                                    int64_t p0, int64_t kc, int P, bool round) {
+    for (int64_t s = 0; s < n; s += P) {
+        float * d = dst + (s / P) * kc * P;
+        const int64_t w = n - s < P ? n - s : P;
+        for (int g = 0; g < P; g += 8) {
+            const int keep = P - g < 8 ? P - g : 8;   // lanes of this panel (6 of 8 for an A panel)
+            if (rowmajor) {
+                for (int64_t p = 0; p < kc; p += 8) {
+                    __m256 r[8];
+                    for (int i = 0; i < 8; i++) {
+                        r[i] = g + i < w ? load8(X + (i0 + s + g + i) * ld + p0 + p, kc - p, round) : _mm256_setzero_ps();
+                    }
+                    transpose8(r);
+                    const int64_t cols = kc - p < 8 ? kc - p : 8;
+                    for (int64_t c = 0; c < cols; c++) store8(d + (p + c) * P + g, r[c], keep);
+                }
+            } else {
+                const int64_t valid = w - g;
+                for (int64_t p = 0; p < kc; p++) {
+                    const __m256 v = valid > 0 ? load8(X + (p0 + p) * ld + i0 + s + g, valid, round) : _mm256_setzero_ps();
+                    store8(d + p * P + g, v, keep);
+                }
+            }
+        }
+    }
+}
+
+const gemm_packers gemm_packers_avx2 = {pack_f32_avx2<float>, pack_f32_avx2<uint16_t>, gemm_packers_generic.pairs,
+                                        gemm_packers_generic.pairs_from_h, gemm_packers_generic.pair_rows};
+
 AVX2_ATTR static float hsum_avx2(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -457,7 +550,7 @@ const gemm_micro_set gemm_set_avx512_bf16 = {"avx512-bf16", 12, 32, 12, 32, fals
 const gemm_micro_set gemm_set_avx512 = {"avx512", 12, 32, 12, 32, false, micro_f32_avx512, nullptr, gemv_f32_avx512,
                                         gemv_bf16_avx512, &gemm_packers_avx512};
 const gemm_micro_set gemm_set_avx2 = {"avx2", 6, 16, 6, 16, false, micro_f32_avx2, nullptr, gemv_f32_avx2, gemv_bf16_avx2,
-                                      &gemm_packers_generic};
+                                      &gemm_packers_avx2};
 const gemm_micro_set gemm_set_scalar = {"scalar", 4, 8, 4, 8, false, micro_f32_scalar, nullptr, gemv_f32_scalar,
                                         gemv_bf16_scalar, &gemm_packers_generic};
 

@@ -5,6 +5,8 @@
 //   exact (bf16_compute off): f32 FMAs; bf16 weights widen exactly in registers (16-bit shift).
 //   bf16 compute: x rounded to bf16 once per call; vdpbf16ps on bf16 weights as stored, f32
 //   weights rounded in registers (vcvtne2ps2bf16), f32 accumulation (llama.cpp's bf16 path).
+// Kernel sets: AVX-512 (+BF16), AVX2 + FMA (8 lanes; bf16 compute as f32 FMAs on rounded
+// operands), and a scalar loop for anything older.
 // Threads split the OC rows in contiguous ranges inside one parallel region per call (or per
 // group of products over one x, gemv_own_multi); every y element is one dot product summed in
 // a fixed lane order, so results do not depend on the thread count.
@@ -26,6 +28,7 @@ namespace peft {
 
 #define GEMV_AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define GEMV_BF16_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+#define GEMV_AVX2_ATTR __attribute__((target("avx2,fma")))
 
 namespace {
 
@@ -53,9 +56,9 @@ static inline void prefetch_next(const gemv_job & j, int64_t n, int64_t off, int
 // y[m][n + r] (r < R, m < MB) from the per-lane sums (sums[r][m]: W row n+r, x row m).
 // The accumulators are reduced by the caller into plain floats: an accumulator array whose
 // address escapes is kept in memory by GCC, a store per FMA.
-template <int MB>
-static inline void store_rows(const gemv_job & j, int64_t n, int R, const float (&sums)[4][MB]) {
-    for (int r = 0; r < R; r++) {
+template <int MB, int RW = 4>
+static inline void store_rows(const gemv_job & j, int64_t n, int R, const float (&sums)[RW][MB]) {
+    for (int r = 0; r < R && r < RW; r++) {
         for (int m = 0; m < MB; m++) {
             float * yp = j.y + m * j.ldy + n + r;
             *yp = j.beta == 0.0f ? sums[r][m] : sums[r][m] + j.beta * *yp;
@@ -166,7 +169,83 @@ GEMV_BF16_ATTR static void rows_dot(const gemv_job & j, const uint16_t * xb, int
     for (int64_t n = n0; n < n1; n += 4) block_dot<M, BF16W>(j, xb, IC, ICp, n, (int) std::min<int64_t>(4, n1 - n));
 }
 
-// Portable fallback (no AVX-512): one dot per (row of x, row of W), f32 accumulation in k order.
+// AVX2 + FMA (no AVX-512): 8 lanes and 16 registers, so RW rows of W by MB rows of x with at
+// most 8 accumulators. ROUND (bf16 compute without vdpbf16ps): x comes rounded to bf16 (as f32)
+// and each f32 weight is rounded in registers exactly as f32_to_bf16 (nearest even, quiet NaN).
+template <bool ROUND>
+GEMV_AVX2_ATTR static inline __m256 widen_or_round(__m256 w) {
+    if constexpr (!ROUND) return w;
+    const __m256i u = _mm256_castps_si256(w);
+    const __m256i hi = _mm256_set1_epi32((int) 0xffff0000u);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rne = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), hi);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    const __m256i quiet = _mm256_or_si256(_mm256_and_si256(u, hi), _mm256_set1_epi32(0x00400000));
+    return _mm256_castsi256_ps(_mm256_blendv_epi8(rne, quiet, nan));
+}
+
+template <int MB, int RW, bool BF16W, bool ROUND>
+GEMV_AVX2_ATTR static void block_avx2(const gemv_job & j, const float * x, int64_t IC, int64_t n, int R) {
+    constexpr int64_t ES = BF16W ? 2 : 4;
+    int64_t row[RW];   // a short last group re-reads its last row, as block_exact
+    for (int r = 0; r < RW; r++) row[r] = n + std::min(r, R - 1);
+    __m256 acc[RW][MB];
+    for (int r = 0; r < RW; r++)
+        for (int m = 0; m < MB; m++) acc[r][m] = _mm256_setzero_ps();
+    auto step = [&](const float * xs, int64_t ldx, const void * const (&ws)[RW]) GEMV_AVX2_ATTR {
+        __m256 xv[MB];
+        for (int m = 0; m < MB; m++) xv[m] = _mm256_loadu_ps(xs + m * ldx);
+#pragma GCC unroll 4
+        for (int r = 0; r < RW; r++) {
+            __m256 w;
+            if constexpr (BF16W) {
+                const __m128i h = _mm_loadu_si128((const __m128i *) ws[r]);
+                w = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+            } else {
+                w = widen_or_round<ROUND>(_mm256_loadu_ps((const float *) ws[r]));
+            }
+            for (int m = 0; m < MB; m++) acc[r][m] = _mm256_fmadd_ps(w, xv[m], acc[r][m]);
+        }
+    };
+    int64_t k = 0;
+    for (; k + 8 <= IC; k += 8) {
+        if ((k * ES) % 64 == 0) {
+            for (int r = 0; r < RW; r++) prefetch_next(j, n + RW + r, k * ES, IC * ES);
+        }
+        const void * ws[RW];
+        for (int r = 0; r < RW; r++) ws[r] = (const char *) j.W + (row[r] * IC + k) * ES;
+        step(x + k, IC, ws);
+    }
+    if (k < IC) {   // the tail through zero-padded copies (AVX2 has no 16-bit masked load)
+        const int64_t left = IC - k;
+        alignas(32) float xt[MB][8] = {};
+        alignas(32) uint8_t wt[RW][32] = {};
+        const void * ws[RW];
+        for (int m = 0; m < MB; m++) std::memcpy(xt[m], x + m * IC + k, (size_t) left * 4);
+        for (int r = 0; r < RW; r++) {
+            std::memcpy(wt[r], (const char *) j.W + (row[r] * IC + k) * ES, (size_t) (left * ES));
+            ws[r] = wt[r];
+        }
+        step(&xt[0][0], 8, ws);
+    }
+    float sums[RW][MB];
+    for (int r = 0; r < RW; r++) {
+        for (int m = 0; m < MB; m++) {
+            const __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r][m]), _mm256_extractf128_ps(acc[r][m], 1));
+            const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            sums[r][m] = _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
+        }
+    }
+    store_rows<MB, RW>(j, n, R, sums);
+}
+
+template <int M, bool BF16W, bool ROUND>
+GEMV_AVX2_ATTR static void rows_avx2(const gemv_job & j, const float * x, int64_t IC, int64_t n0, int64_t n1) {
+    constexpr int RW = M <= 2 ? 4 : 2;
+    for (int64_t n = n0; n < n1; n += RW) block_avx2<M, RW, BF16W, ROUND>(j, x, IC, n, (int) std::min<int64_t>(RW, n1 - n));
+}
+
+// Portable fallback (no AVX2): one dot per (row of x, row of W), f32 accumulation in k order.
 static void rows_scalar(const gemv_job & j, const float * x, const uint16_t * xb, int64_t M, int64_t IC, int64_t ICp, int64_t n0,
                         int64_t n1, bool bf16) {
     for (int64_t n = n0; n < n1; n++) {
@@ -183,14 +262,14 @@ static void rows_scalar(const gemv_job & j, const float * x, const uint16_t * xb
     }
 }
 
-enum gemv_isa { GEMV_ISA_SCALAR, GEMV_ISA_AVX512, GEMV_ISA_AVX512_BF16, GEMV_ISA_COUNT };
-constexpr const char * GEMV_ISA_NAMES[] = {"scalar", "avx512", "avx512-bf16"};
+enum gemv_isa { GEMV_ISA_SCALAR, GEMV_ISA_AVX2, GEMV_ISA_AVX512, GEMV_ISA_AVX512_BF16, GEMV_ISA_COUNT };
+constexpr const char * GEMV_ISA_NAMES[] = {"scalar", "avx2", "avx512", "avx512-bf16"};
 static_assert(sizeof(GEMV_ISA_NAMES) / sizeof(GEMV_ISA_NAMES[0]) == GEMV_ISA_COUNT);
 
 gemv_isa detect_isa() {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl")) {
-        return GEMV_ISA_SCALAR;
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? GEMV_ISA_AVX2 : GEMV_ISA_SCALAR;
     }
     return __builtin_cpu_supports("avx512bf16") ? GEMV_ISA_AVX512_BF16 : GEMV_ISA_AVX512;
 }
@@ -198,27 +277,31 @@ gemv_isa detect_isa() {
 gemv_isa g_detected = detect_isa();
 gemv_isa g_isa = g_detected;
 
+// xr: x rounded to bf16 (as f32) under bf16 compute, for the kernels without vdpbf16ps
 template <int M>
-void rows_dispatch(const gemv_job & j, const float * x, const uint16_t * xb, int64_t IC, int64_t ICp, int64_t n0, int64_t n1,
-                   bool bf16) {
+void rows_dispatch(const gemv_job & j, const float * x, const float * xr, const uint16_t * xb, int64_t IC, int64_t ICp,
+                   int64_t n0, int64_t n1, bool bf16) {
     const bool bw = j.wt == PEFT_DTYPE_BF16;
-    if (g_isa == GEMV_ISA_SCALAR || (bf16 && g_isa != GEMV_ISA_AVX512_BF16)) {
-        // the rounding of bf16 compute without vdpbf16ps: the portable loop (x already rounded)
+    if (g_isa == GEMV_ISA_SCALAR) {
         rows_scalar(j, x, xb, M, IC, ICp, n0, n1, bf16);
-    } else if (bf16) {
+    } else if (bf16 && g_isa == GEMV_ISA_AVX512_BF16) {
         bw ? rows_dot<M, true>(j, xb, IC, ICp, n0, n1) : rows_dot<M, false>(j, xb, IC, ICp, n0, n1);
+    } else if (bf16) {   // AVX-512 without BF16, or AVX2: rounded operands, f32 FMAs
+        bw ? rows_avx2<M, true, false>(j, xr, IC, n0, n1) : rows_avx2<M, false, true>(j, xr, IC, n0, n1);
+    } else if (g_isa == GEMV_ISA_AVX2) {
+        bw ? rows_avx2<M, true, false>(j, x, IC, n0, n1) : rows_avx2<M, false, false>(j, x, IC, n0, n1);
     } else {
         bw ? rows_exact<M, true>(j, x, IC, n0, n1) : rows_exact<M, false>(j, x, IC, n0, n1);
     }
 }
 
-void rows_any(const gemv_job & j, const float * x, const uint16_t * xb, int64_t M, int64_t IC, int64_t ICp, int64_t n0, int64_t n1,
-              bool bf16) {
+void rows_any(const gemv_job & j, const float * x, const float * xr, const uint16_t * xb, int64_t M, int64_t IC, int64_t ICp,
+              int64_t n0, int64_t n1, bool bf16) {
     switch (M) {
-        case 1: return rows_dispatch<1>(j, x, xb, IC, ICp, n0, n1, bf16);
-        case 2: return rows_dispatch<2>(j, x, xb, IC, ICp, n0, n1, bf16);
-        case 3: return rows_dispatch<3>(j, x, xb, IC, ICp, n0, n1, bf16);
-        default: return rows_dispatch<4>(j, x, xb, IC, ICp, n0, n1, bf16);
+        case 1: return rows_dispatch<1>(j, x, xr, xb, IC, ICp, n0, n1, bf16);
+        case 2: return rows_dispatch<2>(j, x, xr, xb, IC, ICp, n0, n1, bf16);
+        case 3: return rows_dispatch<3>(j, x, xr, xb, IC, ICp, n0, n1, bf16);
+        default: return rows_dispatch<4>(j, x, xr, xb, IC, ICp, n0, n1, bf16);
     }
 }
 
@@ -239,13 +322,21 @@ bool gemv_force_isa(const char * name) {
 void gemv_own_multi(const gemv_out * outs, int n_out, const float * x, int64_t M, int64_t IC, bool bf16_compute) {
     PEFT_ASSERT(M >= 1 && M <= GEMV_MAX_ROWS && n_out >= 1 && n_out <= GEMV_MAX_OUTS);
     static thread_local std::vector<uint16_t> xbuf;
+    static thread_local std::vector<float> xrbuf;
     const int64_t ICp = (IC + 1) / 2 * 2;
     const uint16_t * xb = nullptr;
+    const float * xr = nullptr;
     if (bf16_compute) {
         xbuf.assign((size_t) (M * ICp), 0);
         for (int64_t m = 0; m < M; m++)
             for (int64_t k = 0; k < IC; k++) xbuf[(size_t) (m * ICp + k)] = f32_to_bf16(x[m * IC + k]);
         xb = xbuf.data();
+        if (g_isa != GEMV_ISA_AVX512_BF16) {
+            xrbuf.resize((size_t) (M * IC));
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t k = 0; k < IC; k++) xrbuf[(size_t) (m * IC + k)] = bf16_to_f32(xbuf[(size_t) (m * ICp + k)]);
+            xr = xrbuf.data();
+        }
     }
     gemv_job jobs[GEMV_MAX_OUTS];
     int64_t start[GEMV_MAX_OUTS + 1];   // the outputs' rows laid end to end
@@ -266,7 +357,7 @@ void gemv_own_multi(const gemv_out * outs, int n_out, const float * x, int64_t M
         const int64_t r0 = std::min(total, units * t / T * 16), r1 = std::min(total, units * (t + 1) / T * 16);
         for (int i = 0; i < n_out; i++) {
             const int64_t a = std::max(r0, start[i]), b = std::min(r1, start[i + 1]);
-            if (a < b) rows_any(jobs[i], x, xb, M, IC, ICp, a - start[i], b - start[i], bf16_compute);
+            if (a < b) rows_any(jobs[i], x, xr, xb, M, IC, ICp, a - start[i], b - start[i], bf16_compute);
         }
     }
 }

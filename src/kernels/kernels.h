@@ -83,7 +83,7 @@ void gemv_own(float * y, const float * x, int64_t M, dtype wt, const void * W, i
 void gemv_own_multi(const gemv_out * outs, int n_out, const float * x, int64_t M, int64_t IC, bool bf16_compute);
 void gemv_own_ref(float * y, const float * x, int64_t M, dtype wt, const void * W, int64_t OC, int64_t IC, float beta,
                   bool bf16_compute);
-// The GEMV kernels in use ("avx512-bf16", "avx512", "scalar"); forcing as gemm_force_isa.
+// The GEMV kernels in use ("avx512-bf16", "avx512", "avx2", "scalar"); forcing as gemm_force_isa.
 const char * gemv_isa_name();
 bool gemv_force_isa(const char * name);
 

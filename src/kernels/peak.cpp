@@ -1,10 +1,12 @@
 // peak.cpp: the hardware's arithmetic peak as a register-only loop: 24 independent accumulator
-// chains of 512-bit FMA (f32) or vdpbf16ps (bf16), or four AMX tile accumulators of TDPBF16PS,
+// chains of 512-bit FMA (f32; 12 of 256-bit FMA without AVX-512) or vdpbf16ps (bf16), or four
+// AMX tile accumulators of TDPBF16PS,
 // no memory traffic, on every OpenMP thread.
 // It is the honest denominator of peak_fraction (peft bench --peak): no GEMM can beat it.
 // Not here: GEMM peaks (those time gemm_own / gemm_blas in cmd_bench.cpp).
 // GCC 12 flags its own _mm512_reduce_add_ps as maybe-uninitialized
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #include <omp.h>
 
@@ -31,6 +33,24 @@ __attribute__((target("avx512f,fma"))) static double raw_f32_loop(int64_t iters)
     volatile float sink = _mm512_reduce_add_ps(s);
     (void) sink;
     return (double) iters * 24 * 16 * 2;
+}
+
+// Without AVX-512 the f32 peak is the 256-bit FMA's (16 registers: 12 chains, the rest free).
+__attribute__((target("avx2,fma"))) static double raw_f32_loop_avx2(int64_t iters) {
+    __m256 c[12];
+    for (int i = 0; i < 12; i++) c[i] = _mm256_set1_ps((float) i * 1e-3f);
+    const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-4f);
+    for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) c[i] = _mm256_fmadd_ps(c[i], a, b);
+    }
+    __m256 s = c[0];
+    for (int i = 1; i < 12; i++) s = _mm256_add_ps(s, c[i]);
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, s);
+    volatile float sink = lanes[0] + lanes[7];
+    (void) sink;
+    return (double) iters * 12 * 8 * 2;
 }
 
 __attribute__((target("avx512f,avx512bf16"))) static double raw_bf16_loop(int64_t iters) {
@@ -82,7 +102,8 @@ __attribute__((target("amx-tile,amx-bf16"))) static double raw_amx_loop(int64_t 
 double raw_peak_gflops(raw_peak_kind kind) {
     __builtin_cpu_init();
     const bool avx512 = __builtin_cpu_supports("avx512f");
-    if (kind == RAW_PEAK_F32 && !avx512) return 0.0;
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (kind == RAW_PEAK_F32 && !avx512 && !avx2) return 0.0;
     if (kind == RAW_PEAK_BF16_DOT && !(avx512 && __builtin_cpu_supports("avx512bf16"))) return 0.0;
     if (kind == RAW_PEAK_AMX_BF16 && !amx_permitted()) return 0.0;
     const int64_t iters = kind == RAW_PEAK_AMX_BF16 ? 2000000 : 4000000;   // each ~0.1-0.2 s
@@ -91,8 +112,9 @@ double raw_peak_gflops(raw_peak_kind kind) {
         double flops = 0.0;
         const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel reduction(+ : flops)
-        flops += kind == RAW_PEAK_F32 ? raw_f32_loop(iters) : kind == RAW_PEAK_BF16_DOT ? raw_bf16_loop(iters)
-                                                                                        : raw_amx_loop(iters);
+        flops += kind == RAW_PEAK_F32        ? (avx512 ? raw_f32_loop(iters) : raw_f32_loop_avx2(2 * iters))
+                 : kind == RAW_PEAK_BF16_DOT ? raw_bf16_loop(iters)
+                                             : raw_amx_loop(iters);
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (flops / dt / 1e9 > best) best = flops / dt / 1e9;
     }

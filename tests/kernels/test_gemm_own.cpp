@@ -97,7 +97,7 @@ TEST(gemm_own, packers_match_the_generic_ones_bit_for_bit) {
         gemm_force_isa(nullptr);
         const gemm_packers & pk = *set->pack;
         for (bool rm : {false, true}) {
-            for (int P : {12, 32}) {
+            for (int P : {6, 12, 16, 32}) {   // the A and B panels of the AVX2 and AVX-512 sets
                 for (int64_t kc : {int64_t(1), int64_t(17), int64_t(33)}) {
                     const int64_t n = 29, i0 = 3, p0 = 5;   // (i, p) within X either way round
                     const size_t sz = (size_t) ((n + P - 1) / P * P) * (size_t) (kc + 1);

@@ -34,7 +34,7 @@ const int64_t kSizes[][2] = {{1, 1}, {5, 3}, {77, 130}, {33, 17}, {129, 31}, {60
 TEST(gemv, matches_ref_on_every_isa_dtype_and_mode) {
     isa_guard guard;
     int tried = 0;
-    for (const char * isa : {"avx512-bf16", "avx512", "scalar"}) {
+    for (const char * isa : {"avx512-bf16", "avx512", "avx2", "scalar"}) {
         if (!gemv_force_isa(isa)) continue;
         tried++;
         for (const auto & sz : kSizes) {
