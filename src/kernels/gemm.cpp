@@ -300,6 +300,15 @@ static void gemm_run(const gemm_args & g) {
         return;
     }
     if (M == 1 && trans_b && !(bf16_compute && b_type == PEFT_DTYPE_F32) && !g.rd) { gemv_rows(g, s); return; }
+    // Without AVX-512, OpenBLAS's own AVX2 kernels (Zen / Haswell) beat ours on f32 x f32: 1.17x
+    // on the small shape's GEMMs (geometric mean, bench_kernels BM_gemm vs BM_gemm_openblas, 2
+    // threads, AMD EPYC Zen 3) and +8-11% on a LoRA training step. Only when detected: a forced
+    // "avx2" set (tests, --gemm-isa) runs our kernels. OpenBLAS is single-threaded inside an
+    // OpenMP region, so nested calls keep ours.
+    if (!g_forced && &s == &gemm_set_avx2 && b_type == PEFT_DTYPE_F32 && !bf16_compute && !g.rd && !omp_in_parallel()) {
+        gemm_blas(g.ta, trans_b, M, N, K, g.alpha, g.A, g.lda, (const float *) g.B, g.ldb, beta, C, ldc);
+        return;
+    }
     // KC: more k per pass means fewer read-modify-write passes over C; 384 f32 (a 48 KB B
     // micro-panel) and MC ~ 516 rows measured best on the small shape's GEMMs (+12% over
     // 256 / 384, 1 and 2 threads); bf16 pairs halve the bytes per k.
