@@ -5,7 +5,8 @@
 // count, so results are bit-identical across thread counts. With bf16 compute, operands are
 // rounded to bf16 while packing and multiplied with f32 accumulation (AMX tiles, vdpbf16ps, or
 // the f32 kernel on rounded values where neither exists). gemm_blas is OpenBLAS, kept for fp64,
-// for the side-by-side benchmark, and as the measured baseline. Only this file includes cblas.h.
+// for f32 products on hosts without AVX-512 (its kernels measured faster there; gemm_run), for
+// the side-by-side benchmark, and as the measured baseline. Only this file includes cblas.h.
 #include <cblas.h>
 #include <omp.h>
 
