@@ -3,6 +3,8 @@
 // GFLOP/s is the measured GEMM peak that step-time estimates compare against.
 // Kernels run on all cores, so every case reports wall-clock time (UseRealTime) and rates per
 // wall-clock second. Run: bench_kernels --benchmark_min_time=0.2 (add --benchmark_format=json for one record per case).
+#include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -30,30 +32,22 @@ void set_flops(benchmark::State & state, double flops_per_iter) {
 }
 
 // C[M,N] = op(A) op(B) with the nn.Linear layouts the model uses:
-// NT forward (x[M,K] W[N,K]^T), NN input grad (dy[M,K] W[K,N]), TN weight grad (dy^T x).
-void BM_gemm(benchmark::State & state) {
+// NT forward (x[M,K] W[N,K]^T), NN input grad (dy[M,K] W[K,N]), TN weight grad (dy^T x);
+// BM_gemm_openblas runs the same products through OpenBLAS, side by side (the measured baseline).
+template <bool OpenBLAS>
+void gemm_case(benchmark::State & state) {
     const int64_t M = state.range(0), N = state.range(1), K = state.range(2);
     const bool ta = state.range(3) != 0, tb = state.range(4) != 0;
     auto A = filled(M * K), B = filled(K * N);
     std::vector<float> C((size_t) (M * N));
     for (auto _ : state) {
-        gemm(ta, tb, M, N, K, 1.0f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.0f, C.data(), N);
+        (OpenBLAS ? gemm_blas : gemm)(ta, tb, M, N, K, 1.0f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.0f, C.data(), N);
         benchmark::DoNotOptimize(C.data());
     }
     set_flops(state, 2.0 * M * N * K);
 }
-// the same products through OpenBLAS, side by side (the measured baseline)
-void BM_gemm_openblas(benchmark::State & state) {
-    const int64_t M = state.range(0), N = state.range(1), K = state.range(2);
-    const bool ta = state.range(3) != 0, tb = state.range(4) != 0;
-    auto A = filled(M * K), B = filled(K * N);
-    std::vector<float> C((size_t) (M * N));
-    for (auto _ : state) {
-        gemm_blas(ta, tb, M, N, K, 1.0f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.0f, C.data(), N);
-        benchmark::DoNotOptimize(C.data());
-    }
-    set_flops(state, 2.0 * M * N * K);
-}
+void BM_gemm(benchmark::State & state) { gemm_case<false>(state); }
+void BM_gemm_openblas(benchmark::State & state) { gemm_case<true>(state); }
 #define MODEL_GEMM_SHAPES(b)                                                     \
     BENCHMARK(b)                                                                 \
         ->ArgNames({"M", "N", "K", "ta", "tb"})                                  \
@@ -181,6 +175,12 @@ BENCHMARK(BM_xent)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 int main(int argc, char ** argv) {
     threads_set(0);  // all cores, shared by OpenBLAS and our OpenMP loops
+    // PEFT_GEMM_ISA=avx2 (or another set name) forces our micro-kernels: without AVX-512, gemm
+    // otherwise hands f32 products to OpenBLAS (gemm.cpp), and BM_gemm would time OpenBLAS twice
+    if (const char * isa = std::getenv("PEFT_GEMM_ISA"); isa && !gemm_force_isa(isa)) {
+        std::fprintf(stderr, "bench_kernels: PEFT_GEMM_ISA=%s: not a GEMM set this CPU runs\n", isa);
+        return 1;
+    }
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     benchmark::RunSpecifiedBenchmarks();
