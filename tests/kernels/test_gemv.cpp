@@ -29,7 +29,10 @@ struct weights {
     const void * data(dtype t) const { return t == PEFT_DTYPE_BF16 ? (const void *) h.data() : (const void *) f.data(); }
 };
 
-const int64_t kSizes[][2] = {{1, 1}, {5, 3}, {77, 130}, {33, 17}, {129, 31}, {600, 513}, {19, 64}};   // {OC, IC}
+// {OC, IC}. 602 and 603 x 130 go to 2 threads (over 65536 weights) whose row ranges are 304 and
+// 298 / 299 rows: each thread's groups walk 4 (or 2) streams and the ranges leave every
+// remainder mod 4 and mod 2 for the short last group.
+const int64_t kSizes[][2] = {{1, 1}, {5, 3}, {77, 130}, {33, 17}, {129, 31}, {600, 513}, {19, 64}, {602, 130}, {603, 130}};
 
 TEST(gemv, matches_ref_on_every_isa_dtype_and_mode) {
     isa_guard guard;
