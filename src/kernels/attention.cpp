@@ -65,30 +65,45 @@ void madd_axpy(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_
 // (32 vector registers) 8 x 32: 16 accumulators keep enough independent FMA chains in flight to
 // cover the FMA latency, and causal key ranges (multiples of QB = 16 long) that end in 16 columns
 // get an MR x 16 block rather than the axpy tail. With AVX2 (16 registers) 6 x 16: 12
-// accumulators, 2 loads of B and a broadcast. 4 x 32 there needed 16 accumulators and spilled:
-// 6 x 16 runs attention 1.3x faster (bench_kernels BM_attention_*, Zen 3, 2 threads). Every
+// accumulators, 2 loads of B and a broadcast (5 x 16 for the rows 6-row bands leave). 4 x 32
+// there needed 16 accumulators and spilled: 6 x 16 runs attention 1.3x faster, 6 + 5 + 5 rows
+// per query tile 1.05x more (bench_kernels BM_attention_*, Zen 3, 2 threads). Every
 // element is summed over p in order from its initial value in all forms, so which form handles it
 // does not change a bit.
+#ifdef __AVX512F__
+constexpr int64_t MADD_NR = 32, MADD_NR2 = 16;
+#else
+constexpr int64_t MADD_NR = 16, MADD_NR2 = 16;   // the NR2 loop has nothing left to do
+#endif
+
+// Rows [i, i + R) of tile_madd: register blocks across N, then the axpy column tail.
+template <int64_t R>
+inline void madd_band(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_cs, const float * b,
+                      int64_t b_rs, int64_t i, int64_t N, int64_t K) {
+    int64_t j = 0;
+    for (; j + MADD_NR <= N; j += MADD_NR) madd_block<R, MADD_NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+    for (; j + MADD_NR2 <= N; j += MADD_NR2) madd_block<R, MADD_NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+    if (j < N) madd_axpy(c, ldc, a, a_rs, a_cs, b, b_rs, i, i + R, j, N, K);
+}
+
 void tile_madd(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_cs, const float * b, int64_t b_rs,
                int64_t M, int64_t N, int64_t K) {
-#ifdef __AVX512F__
-    constexpr int64_t MR = 8, NR = 32, NR2 = 16;
-#else
-    constexpr int64_t MR = 6, NR = 16, NR2 = 16;   // the NR2 loop has nothing left to do
-#endif
     int64_t i = 0;
-    for (; i + MR <= M; i += MR) {
-        int64_t j = 0;
-        for (; j + NR <= N; j += NR) madd_block<MR, NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
-        for (; j + NR2 <= N; j += NR2) madd_block<MR, NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
-        if (j < N) madd_axpy(c, ldc, a, a_rs, a_cs, b, b_rs, i, i + MR, j, N, K);  // column tail
+#ifdef __AVX512F__
+    for (; i + 8 <= M; i += 8) madd_band<8>(c, ldc, a, a_rs, a_cs, b, b_rs, i, N, K);
+#else
+    // A 16-row query tile goes as 6 + 5 + 5, not 6 + 6 + 4: a 4-row band keeps only 8 FMA chains
+    // in flight, and it took a fifth of attention's time.
+    const int64_t bands6 = M % 6 == 4 && M >= 10 ? M / 6 - 1 : M / 6;
+    for (; i < 6 * bands6; i += 6) madd_band<6>(c, ldc, a, a_rs, a_cs, b, b_rs, i, N, K);
+    if (M - i == 10) {
+        madd_band<5>(c, ldc, a, a_rs, a_cs, b, b_rs, i, N, K);
+        madd_band<5>(c, ldc, a, a_rs, a_cs, b, b_rs, i + 5, N, K);
+        i += 10;
     }
-    // row tail: a 4-row block once if it fits (MR > 4), then axpy rows
-    if (MR > 4 && i + 4 <= M) {
-        int64_t j = 0;
-        for (; j + NR <= N; j += NR) madd_block<4, NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
-        for (; j + NR2 <= N; j += NR2) madd_block<4, NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
-        if (j < N) madd_axpy(c, ldc, a, a_rs, a_cs, b, b_rs, i, i + 4, j, N, K);
+#endif
+    if (i + 4 <= M) {   // row tail: a 4-row band once if it fits, then axpy rows
+        madd_band<4>(c, ldc, a, a_rs, a_cs, b, b_rs, i, N, K);
         i += 4;
     }
     madd_axpy(c, ldc, a, a_rs, a_cs, b, b_rs, i, M, 0, N, K);

@@ -72,8 +72,8 @@ void check_forward(const attn_shape & s, const int32_t * seg) {
 TEST(attention, forward_matches_ref_gqa_with_segments) { check_forward({2, 9, 4, 2, 8}, SEG9.data()); }
 TEST(attention, forward_matches_ref_causal_only) { check_forward({2, 9, 4, 2, 8}, nullptr); }
 TEST(attention, forward_matches_ref_long_rows_mqa) { check_forward({1, 37, 2, 1, 64}, nullptr); }
-// Query tiles of 16, 16 and 13 rows over HS = 24: with AVX2's 6-row blocks 16 = 6 + 6 + 4 and
-// 13 = 6 + 6 + 1 (AVX-512: 8 + 8, 8 + 4 + 1), and 24 = one 16-column block + an 8-column tail.
+// Query tiles of 16, 16 and 13 rows over HS = 24: AVX2 takes 16 rows as 6 + 5 + 5 and 13 as
+// 6 + 6 + 1 (AVX-512: 8 + 8, 8 + 4 + 1), and 24 columns as one 16-column block + an 8-column tail.
 TEST(attention, forward_matches_ref_every_register_block_tail) { check_forward({2, 45, 2, 1, 24}, nullptr); }
 
 // Analytic grads (float kernels) vs finite differences of the double forward for
