@@ -71,10 +71,11 @@ void madd_axpy(float * c, int64_t ldc, const float * a, int64_t a_rs, int64_t a_
 // element is summed over p in order from its initial value in all forms, so which form handles it
 // does not change a bit.
 #ifdef __AVX512F__
-constexpr int64_t MADD_NR = 32, MADD_NR2 = 16;
+constexpr int64_t MADD_NR = 32;
 #else
-constexpr int64_t MADD_NR = 16, MADD_NR2 = 16;   // the NR2 loop has nothing left to do
+constexpr int64_t MADD_NR = 16;
 #endif
+constexpr int64_t MADD_NR2 = 16;   // the block for a 16-column remainder, when narrower than MADD_NR
 
 // Rows [i, i + R) of tile_madd: register blocks across N, then the axpy column tail.
 template <int64_t R>
@@ -82,7 +83,9 @@ inline void madd_band(float * c, int64_t ldc, const float * a, int64_t a_rs, int
                       int64_t b_rs, int64_t i, int64_t N, int64_t K) {
     int64_t j = 0;
     for (; j + MADD_NR <= N; j += MADD_NR) madd_block<R, MADD_NR>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
-    for (; j + MADD_NR2 <= N; j += MADD_NR2) madd_block<R, MADD_NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+    if constexpr (MADD_NR2 < MADD_NR) {
+        for (; j + MADD_NR2 <= N; j += MADD_NR2) madd_block<R, MADD_NR2>(c, ldc, a, a_rs, a_cs, b, b_rs, i, j, K);
+    }
     if (j < N) madd_axpy(c, ldc, a, a_rs, a_cs, b, b_rs, i, i + R, j, N, K);
 }
 
