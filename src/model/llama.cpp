@@ -103,8 +103,8 @@ status llama_quantize_tensor(llama_model & m, llama_tensor & t, const float * W,
 }
 
 // Hands the whole pages of [p, p + bytes) back to the system when they belong to the random-init
-// storage arena: a matrix quantized there is never read again (its tensor's data is null), and
-// keeping it would hold the 16-bit model beside its 4-bit copy.
+// storage arena: a matrix quantized or converted to bf16 there is never read again (its tensor
+// points elsewhere), and keeping it would hold the model twice.
 static void release_storage(const arena & a, const void * p, size_t bytes) {
     const uint8_t * begin = (const uint8_t *) p;
     if (!a.base || begin < a.base || begin + bytes > a.base + a.used) return;   // a file mapping or a loaded buffer
@@ -170,7 +170,9 @@ void llama_frozen_to_bf16(llama_model & m) {
             if (w.q || w.type != PEFT_DTYPE_F32) continue;   // 4-bit weights stay 4-bit
             W.resize((size_t) (w.OC * w.IC));
             linear_weight_rows_f32(W.data(), w, 0, w.OC);
+            const void * old = w.data;
             llama_replace_weight(m, l, (llama_proj) p, W.data(), PEFT_DTYPE_BF16);
+            release_storage(m.storage_arena, old, W.size() * 4);   // the f32 random init beside its bf16 copy
         }
     }
 }
