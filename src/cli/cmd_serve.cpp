@@ -33,7 +33,8 @@ status parse_adapters(const std::vector<std::string> & args, std::vector<std::pa
 }
 
 void add_engine_options(CLI::App & app, std::string & model_dir, std::vector<std::string> & adapters, serve_options & o, int & threads) {
-    app.add_option("--model", model_dir, "Hugging Face model directory (config.json + safetensors + tokenizer)")->required();
+    app.add_option("--model", model_dir, "Hugging Face model directory (config.json + safetensors + tokenizer) or GGUF file")->required();
+    app.add_option("--tokenizer", o.tokenizer, "tokenizer directory or file (default: --model)");
     app.add_option("--adapter", adapters, "NAME=DIR: a PEFT adapter, asked for as \"model\": \"NAME\" (repeatable)");
     app.add_option("--parallel", o.parallel, "requests decoded together (slots, one KV cache each)")->check(CLI::Range((int64_t) 1, (int64_t) 256));
     app.add_option("--ctx", o.ctx, "positions per slot (default: max_position_embeddings, at most 4096)")->check(CLI::Range((int64_t) 0, (int64_t) 1 << 20));

@@ -98,7 +98,7 @@ status serve_engine::init(const std::string & model_dir, const std::vector<std::
 
 status serve_engine::load(const std::string & model_dir, const std::vector<std::pair<std::string, std::string>> & adapters) {
     if (opt_.parallel < 1 || opt_.queue < 0) return make_error(PEFT_STATUS_ARGUMENT, "--parallel", "at least one slot is needed");
-    PEFT_TRY(tokenizer::load(model_dir, tok_));
+    PEFT_TRY(tokenizer::load(opt_.tokenizer.empty() ? model_dir : opt_.tokenizer, tok_));
     PEFT_TRY(llama_load(model_, model_dir, false));
     base_name_ = std::filesystem::path(model_dir).filename().string();
     if (base_name_.empty()) base_name_ = std::filesystem::path(model_dir).parent_path().filename().string();

@@ -48,6 +48,7 @@ struct serve_options {
     int64_t parallel = 4;    // slots: requests decoded together
     int64_t queue = 16;      // requests waiting for a slot; more are refused
     int64_t ctx = 0;         // positions per slot; 0 = min(max_position_embeddings, 4096)
+    std::string tokenizer;   // tokenizer directory or file; empty = the model directory
 };
 
 struct serve_adapter {

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -397,6 +398,43 @@ TEST(serve, binary_listens_on_a_free_port_and_stops_on_sigterm) {
     r = peft::testing::spawn_peft({"serve", "--model", model_dir(), "--adapter", "alpha=/nonexistent/adapter", "--port", "0"});
     EXPECT_NE(r.code, 0);
     EXPECT_NE(r.out.find("/nonexistent/adapter"), std::string::npos) << r.out;
+}
+
+// A model directory without tokenizer files (a GGUF-less export, weights only) serves with
+// --tokenizer pointing at the tokenizer; without it, the error names the directory.
+TEST(serve, a_model_without_tokenizer_files_serves_with_tokenizer_from_elsewhere) {
+    const std::string bare = peft::testing::temp_dir("serve_bare_model");
+    for (const char * f : {"config.json", "model.safetensors"}) {
+        std::filesystem::create_symlink(std::filesystem::absolute(model_dir() + "/" + f), bare + "/" + f);
+    }
+    {
+        serve_engine e;
+        const status st = e.init(bare, {}, serve_options{});
+        EXPECT_FALSE(st.ok());
+        EXPECT_NE(st.message.find(bare), std::string::npos) << st.message;
+    }
+    serve_options o;
+    o.tokenizer = model_dir();
+    serve_engine e;
+    const status st = e.init(bare, {adapters()[0]}, o);
+    ASSERT_TRUE(st.ok()) << st.message;
+    std::unique_ptr<tokenizer> tok;
+    ASSERT_TRUE(tokenizer::load(model_dir(), tok).ok());
+    EXPECT_EQ(e.tok().encode(PROMPT, true, true), tok->encode(PROMPT, true, true));
+    serve_http http;
+    ASSERT_TRUE(http.bind(e, "127.0.0.1", 0, 4).ok());
+    std::thread th([&] { http.run(); });
+    httplib::Client c("127.0.0.1", http.port());
+    c.set_read_timeout(300, 0);
+    auto r = c.Post("/v1/completions", completion_body("alpha", 6), "application/json");
+    http.stop();
+    th.join();
+    e.shutdown();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+    EXPECT_EQ(parsed(r->body).root.get("choices").at(0).get("text").as_string(), generate_alone(adapters()[0].second, 6));
+    peft::testing::shell_result help = peft::testing::run_shell(std::string(PEFT_BIN) + " serve-bench --help");
+    EXPECT_NE(help.out.find("--tokenizer"), std::string::npos) << help.out;
 }
 
 TEST(serve, serve_bench_load_run_has_no_failed_request) {
