@@ -62,6 +62,21 @@ void BM_gemm_openblas(benchmark::State & state) { gemm_case<true>(state); }
 MODEL_GEMM_SHAPES(BM_gemm);
 MODEL_GEMM_SHAPES(BM_gemm_openblas);
 
+// the rank-16 LoRA products of a gate/up projection (IC 768, OC 2048) over N = 1024 rows
+#define LORA_GEMM_SHAPES(b)                                                      \
+    BENCHMARK(b)                                                                 \
+        ->ArgNames({"M", "N", "K", "ta", "tb"})                                  \
+        ->Args({1024, 16, 768, 0, 1})   /* xa = x A^T */                         \
+        ->Args({1024, 2048, 16, 0, 1})  /* y += s xa B^T */                      \
+        ->Args({1024, 16, 2048, 0, 0})  /* g = dy B */                           \
+        ->Args({2048, 16, 1024, 1, 0})  /* dB += s dy^T xa */                    \
+        ->Args({16, 768, 1024, 1, 0})   /* dA += s g^T x */                      \
+        ->Args({1024, 768, 16, 0, 0})   /* dx += s g A */                        \
+        ->Unit(benchmark::kMicrosecond)                                          \
+        ->UseRealTime()
+LORA_GEMM_SHAPES(BM_gemm);
+LORA_GEMM_SHAPES(BM_gemm_openblas);
+
 // lm_head forward over all N rows in chunks of 256 rows (what the fused xent path does)
 void BM_gemm_lm_head_chunked(benchmark::State & state) {
     const int64_t N = 1024, V = 32000, C = 768, chunk = state.range(0);
