@@ -173,7 +173,7 @@ void adalora_module::forward(const float * x, int64_t N, float * y) {
 void adalora_module::backward(const float * x, const float * dy, int64_t N, float * dx) {
     PEFT_ASSERT(N == xa_rows);   // the contract: backward follows the forward of the same x
     const int64_t IC = t.in_features, OC = t.out_features;
-    linear_backward_input(dx, dy, *t.base, N, 1.0f);
+    if (dx) linear_backward_input(dx, dy, *t.base, N, 1.0f);
     if (R == 0) return;
     const bool drop = dropout_active();
     float * g = grow(scratch->g, N * R);
@@ -196,12 +196,14 @@ void adalora_module::backward(const float * x, const float * dy, int64_t N, floa
     }
     // dx += s (g AE) keep/(1-p)
     if (!drop) {
-        gemm(false, false, N, IC, R, scaling, g, R, ae, IC, 1.0f, dx, IC);
+        if (dx) gemm(false, false, N, IC, R, scaling, g, R, ae, IC, 1.0f, dx, IC);
         return;
     }
-    float * tmp = grow(scratch->tmp, N * IC);
-    gemm(false, false, N, IC, R, scaling, g, R, ae, IC, 0.0f, tmp, IC);
-    dropout.add_masked(dx, tmp, N * IC);
+    if (dx) {
+        float * tmp = grow(scratch->tmp, N * IC);
+        gemm(false, false, N, IC, R, scaling, g, R, ae, IC, 0.0f, tmp, IC);
+        dropout.add_masked(dx, tmp, N * IC);
+    }
     dropout.next();   // the next forward draws a fresh mask
 }
 

@@ -140,7 +140,7 @@ void deep_lora_module::backward(const float * x, const float * dy, int64_t N, fl
     PEFT_ASSERT(N == acts_rows);   // the contract: backward follows the forward of the same x
     const int64_t IC = t.in_features, OC = t.out_features;
     const float * a = acts.data();
-    linear_backward_input(dx, dy, *t.base, N, 1.0f);   // base path: dx += dy W
+    if (dx) linear_backward_input(dx, dy, *t.base, N, 1.0f);   // base path: dx += dy W
     float * g = grow(g0, N * k), * gn = grow(g1, N * k);
     gemm(false, false, N, k, OC, 1.0f, dy, OC, U.data(), k, 0.0f, g, k);   // g_L = dy U_c
     if (gamma > 0.0f) gemm(true, false, OC, k, N, 1.0f, dy, OC, a + L * N * k, k, 1.0f, dU.data(), k);
@@ -152,7 +152,7 @@ void deep_lora_module::backward(const float * x, const float * dy, int64_t N, fl
     }
     // t_0 = x V_c  =>  dV_c += x^T g_0,  dx += g_0 V_c^T
     if (gamma > 0.0f) gemm(true, false, IC, k, N, 1.0f, x, IC, g, k, 1.0f, dV.data(), k);
-    gemm(false, true, N, IC, k, 1.0f, g, k, V.data(), k, 1.0f, dx, IC);
+    if (dx) gemm(false, true, N, IC, k, 1.0f, g, k, V.data(), k, 1.0f, dx, IC);
 }
 
 void deep_lora_module::inner_product(float * M) const {

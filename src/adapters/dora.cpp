@@ -277,6 +277,7 @@ void dora_module::backward_out(const float * x, const float * dy, int64_t N, flo
         xin = xd;
     }
     gemm(true, false, R, IC, N, scaling, g, R, xin, IC, 1.0f, dA.data(), IC);
+    if (!dx) return;
     if (!drop) {
         linear_backward_input(dx, gy, *t.base, N, 1.0f);                              // f * x W^T
         gemm(false, false, N, IC, R, scaling, g, R, A.data(), IC, 1.0f, dx, IC);     // f * s x A^T B^T
@@ -332,6 +333,7 @@ void dora_module::backward_in(const float * x, const float * dy, int64_t N, floa
         for (int64_t i = 0; i < IC; i++) xd[r * IC + i] *= f[i];
     }
     gemm(true, false, R, IC, N, scaling, g, R, xd, IC, 1.0f, dA.data(), IC);
+    if (!dx) return;
     if (!drop) {   // dx += (G + H) f
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < N; r++) {

@@ -89,7 +89,7 @@ void lora_module::backward(const float * x, const float * dy, int64_t N, float *
     PEFT_ASSERT(N == xa_rows);   // the contract: backward follows the forward of the same x
     const int64_t IC = t.in_features, OC = t.out_features;
     // base path: dx += dy W
-    linear_backward_input(dx, dy, *t.base, N, 1.0f);
+    if (dx) linear_backward_input(dx, dy, *t.base, N, 1.0f);
     // g[N,R] = dy B
     float * g = grow(scratch->g, N * R);
     gemm(false, false, N, R, OC, 1.0f, dy, OC, B.data(), R, 0.0f, g, R);
@@ -100,9 +100,9 @@ void lora_module::backward(const float * x, const float * dy, int64_t N, float *
     // xa = xd A^T  =>  dA[R,IC] += s g^T xd   (LoRA-FA: A frozen, nothing to do)
     if (!freeze_a) gemm(true, false, R, IC, N, scaling, g, R, xin, IC, 1.0f, dA.data(), IC);
     // xa = xd A^T, xd = x keep/(1-p)  =>  dx += s (g A) keep/(1-p)
-    if (!drop) {
+    if (dx && !drop) {
         gemm(false, false, N, IC, R, scaling, g, R, A.data(), IC, 1.0f, dx, IC);
-    } else {
+    } else if (dx) {
         float * tmp = grow(scratch->tmp, N * IC);
         gemm(false, false, N, IC, R, scaling, g, R, A.data(), IC, 0.0f, tmp, IC);
         dropout.add_masked(dx, tmp, N * IC);

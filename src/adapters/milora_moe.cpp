@@ -104,7 +104,7 @@ void milora_moe_module::add_gated_delta(const float * x, int64_t N, float * y) {
 
 void milora_moe_module::backward(const float * x, const float * dy, int64_t N, float * dx) {
     const int64_t IC = t.in_features, OC = t.out_features;
-    linear_backward_input(dx, dy, *t.base, N, 1.0f);
+    if (dx) linear_backward_input(dx, dy, *t.base, N, 1.0f);
     if (!active) return;   // every gate 0: nothing of this expert reached the output
     PEFT_ASSERT((int64_t) w.size() == N);
     milora_layer_route & L = owner.route[(size_t) t.layer];
@@ -123,7 +123,7 @@ void milora_moe_module::backward(const float * x, const float * dy, int64_t N, f
         for (int64_t k = 0; k < R; k++) g[(size_t) (n * R + k)] *= s;   // dxa
     }
     gemm(true, false, R, IC, N, 1.0f, g.data(), R, x, IC, 1.0f, dA.data(), IC);   // dA += dxa^T x
-    gemm(false, false, N, IC, R, 1.0f, g.data(), R, A.data(), IC, 1.0f, dx, IC);  // dx += dxa A
+    if (dx) gemm(false, false, N, IC, R, 1.0f, g.data(), R, A.data(), IC, 1.0f, dx, IC);  // dx += dxa A
 }
 
 void milora_moe_module::delta_weight(float * dW) const {

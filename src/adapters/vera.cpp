@@ -115,7 +115,7 @@ void vera_module::backward(const float * x, const float * dy, int64_t N, float *
     PEFT_ASSERT(N == xa_rows);   // the contract: backward follows the forward of the same x
     const int64_t IC = t.in_features, OC = t.out_features;
     // base path: dx += dy W
-    linear_backward_input(dx, dy, *t.base, N, 1.0f);
+    if (dx) linear_backward_input(dx, dy, *t.base, N, 1.0f);
     float * h = grow(scratch->h, N * R);
     float * bb = grow(scratch->bb, OC * R);
     float * G = grow(scratch->G, OC * R);
@@ -143,12 +143,14 @@ void vera_module::backward(const float * x, const float * dy, int64_t N, float *
     // xa = xd A^T, xd = x keep/(1-p)  =>  dx += (dxa A) keep/(1-p)
     const bool drop = dropout_active();
     if (!drop) {
-        gemm(false, false, N, IC, R, 1.0f, g, R, A, lda, 1.0f, dx, IC);
+        if (dx) gemm(false, false, N, IC, R, 1.0f, g, R, A, lda, 1.0f, dx, IC);
         return;
     }
-    float * tmp = grow(scratch->tmp, N * IC);
-    gemm(false, false, N, IC, R, 1.0f, g, R, A, lda, 0.0f, tmp, IC);
-    dropout.add_masked(dx, tmp, N * IC);
+    if (dx) {
+        float * tmp = grow(scratch->tmp, N * IC);
+        gemm(false, false, N, IC, R, 1.0f, g, R, A, lda, 0.0f, tmp, IC);
+        dropout.add_masked(dx, tmp, N * IC);
+    }
     dropout.next();   // the next forward draws a fresh mask
 }
 

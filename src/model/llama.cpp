@@ -482,15 +482,16 @@ void llama_proj_forward(const llama_model & m, int64_t l, llama_proj p, float * 
 }
 
 // dx[N,IC] = beta * dx + d proj / dx applied to dy; adapters also accumulate their own grads.
+// A null dx: no input gradient is wanted, only the adapter's own grads.
 void llama_proj_backward_input(const llama_model & m, int64_t l, llama_proj p, float * dx, const float * dy, const float * x,
                                int64_t N, float beta) {
     const linear_weight & w = m.proj_weight(l, p);
     adapter_module * ad = m.adapter(l, p);
     if (!ad) {
-        linear_backward_input(dx, dy, w, N, beta);
+        if (dx) linear_backward_input(dx, dy, w, N, beta);
         return;
     }
-    if (beta == 0.0f) std::memset(dx, 0, (size_t) (N * w.IC) * 4);
+    if (dx && beta == 0.0f) std::memset(dx, 0, (size_t) (N * w.IC) * 4);
     ad->backward(x, dy, N, dx);
 }
 
@@ -632,9 +633,13 @@ void proj_backward_weight(const llama_model & m, const layer_grads & g, int64_t 
     linear_backward_weight(g.w[j], g.b[j], dy, x, N, w.OC, w.IC);
 }
 
-// dres holds d(x_out) on entry and d(x_in) on exit.
+// dres holds d(x_out) on entry and d(x_in) on exit; with want_dx_in false (the first layer of a
+// frozen base, where nothing reads d(x_in)) it is not formed: q, k and v give only their
+// adapters' grads (autograd skips an input that needs no gradient alike), and dres is left
+// holding d(x_mid).
 void layer_backward(const llama_model & m, int64_t l, const layer_grads & g, const layer_acts & a,
-                    llama_state::impl & p, const float * x_in, const int32_t * pos, const int32_t * seg, int64_t B, int64_t T) {
+                    llama_state::impl & p, const float * x_in, const int32_t * pos, const int32_t * seg, int64_t B, int64_t T,
+                    bool want_dx_in) {
     const llama_hparams & hp = m.hp;
     const llama_layer_weights & w = m.w.layers[(size_t) l];
     const int64_t N = B * T, C = hp.n_embd, F = hp.n_ff, QD = hp.q_dim(), KVD = hp.kv_dim();
@@ -660,13 +665,14 @@ void layer_backward(const llama_model & m, int64_t l, const layer_grads & g, con
     attention_backward(p.dq, p.dk, p.dv, p.datt, a.att, a.lse, a.q, a.k, a.v, seg, B, T, hp.n_head, hp.n_head_kv, hp.head_dim);
     rope_backward(p.dq, pos, m.inv_freq.data(), N, hp.n_head, hp.head_dim);
     rope_backward(p.dk, pos, m.inv_freq.data(), N, hp.n_head_kv, hp.head_dim);
-    llama_proj_backward_input(m, l, LLAMA_PROJ_Q, p.dxn, p.dq, a.xn1, N, 0.0f);
-    llama_proj_backward_input(m, l, LLAMA_PROJ_K, p.dxn, p.dk, a.xn1, N, 1.0f);
-    llama_proj_backward_input(m, l, LLAMA_PROJ_V, p.dxn, p.dv, a.xn1, N, 1.0f);
+    float * dxn = want_dx_in ? p.dxn : nullptr;
+    llama_proj_backward_input(m, l, LLAMA_PROJ_Q, dxn, p.dq, a.xn1, N, 0.0f);
+    llama_proj_backward_input(m, l, LLAMA_PROJ_K, dxn, p.dk, a.xn1, N, 1.0f);
+    llama_proj_backward_input(m, l, LLAMA_PROJ_V, dxn, p.dv, a.xn1, N, 1.0f);
     proj_backward_weight(m, g, l, LLAMA_PROJ_Q, p.dq, a.xn1, N);
     proj_backward_weight(m, g, l, LLAMA_PROJ_K, p.dk, a.xn1, N);
     proj_backward_weight(m, g, l, LLAMA_PROJ_V, p.dv, a.xn1, N);
-    rmsnorm_backward(dres, g.attn_norm, p.dxn, x_in, w.attn_norm, a.rstd1, N, C);  // dres = d x_in
+    if (want_dx_in) rmsnorm_backward(dres, g.attn_norm, p.dxn, x_in, w.attn_norm, a.rstd1, N, C);  // dres = d x_in
 }
 
 // s.grad_ready for every trainable tensor of layer l.
@@ -705,12 +711,14 @@ void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch,
     }
 
     const llama_rows rows = batch_rows(batch, p.grad_scale);
+    // d(x_in) of layer 0 reaches only the embedding's gradient, the caller and a layer hook
+    const bool want_dx0 = m.trainable || d_inputs_embeds || active_hook(m);
     for (int64_t l = L - 1; l >= 0; l--) {
         layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
         if (s.recompute) {  // rebuild this layer's activations from its saved input
             layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, rows);
         }
-        layer_backward(m, l, find_layer_grads(m, l), a, p, p.resid[(size_t) l], pos, batch.seg, B, T);
+        layer_backward(m, l, find_layer_grads(m, l), a, p, p.resid[(size_t) l], pos, batch.seg, B, T, l > 0 || want_dx0);
         if (llama_layer_hook * h = active_hook(m)) h->layer_backward(l, p.resid[(size_t) l], rows, p.dres);
         if (notify) notify_layer_grads(m, s, l);
     }

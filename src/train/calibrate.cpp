@@ -41,7 +41,7 @@ struct probe_module : adapter_module {
     }
     void backward(const float * x, const float * dy, int64_t N, float * dx) override {
         PEFT_ASSERT(obs.wants_gradients());
-        linear_backward_input(dx, dy, *t.base, N, 1.0f);
+        if (dx) linear_backward_input(dx, dy, *t.base, N, 1.0f);
         if (view.failed.ok()) view.failed = obs.observe_gradient(index, x, dy, N);
     }
     void delta_weight(float * dW) const override { std::fill(dW, dW + t.out_features * t.in_features, 0.0f); }
