@@ -740,7 +740,9 @@ double llama_flops_per_token(const llama_hparams & hp, int64_t T, bool weight_gr
     const double per_layer = C * QD * 2 + C * KVD * 2 + 3 * C * F;   // weights of the 7 projections
     const double matmul_params = per_layer * (double) hp.n_layer + (double) hp.n_vocab * C;  // + lm_head
     // forward 2 FLOPs per weight, input gradient 2, weight gradient 2
-    const double gemm = matmul_params * (weight_grads ? 6.0 : 4.0);
+    double gemm = matmul_params * (weight_grads ? 6.0 : 4.0);
+    // a frozen base forms no input gradient at layer 0's q, k, v (only the embedding would read it)
+    if (!weight_grads) gemm -= 2.0 * (C * QD + 2.0 * C * KVD);
     // causal attention: QK^T and PV, 2*2*HS FLOPs per (query, visible key) per head; average T/2
     // visible keys; backward costs twice the forward
     const double attn_fwd = 4.0 * QD * ((double) T / 2.0) * (double) hp.n_layer;
