@@ -336,6 +336,10 @@ int cmd_bench(int argc, char ** argv) {
     std::string gemm_isa_name;
     app.add_option("--gemm-isa", gemm_isa_name, "force the GEMM micro-kernels (avx512-amx, avx512-bf16, avx512, avx2, scalar; "
                    "at most what the CPU has) to time them side by side");
+    std::vector<int64_t> layers;
+    app.add_option("--layers-to-transform", layers, "an adapter method: adapt these layers only (PEFT layers_to_transform), "
+                   "e.g. --layers-to-transform 6,7,8,9,10,11: backward stops at the lowest")
+        ->delimiter(',')->check(CLI::NonNegativeNumber);
     int64_t top_k = 2;
     app.add_option("--router-top-k", top_k, "milora_moe: experts active per layer (of 7)")->check(CLI::Range((int64_t) 1, (int64_t) 7));
     cli_quant_flags qf;   // QLoRA: --load-in-4bit [--bnb-4bit-use-double-quant]
@@ -415,6 +419,15 @@ int cmd_bench(int argc, char ** argv) {
     std::vector<optim_param> train_params;
     std::string cfg_text;
     const bool is_lora = bench_adapter_config(method, gen_lora_r, lora_alpha, cfg_text, warmup + steps);
+    if (!layers.empty()) {
+        if (!is_lora) {
+            std::fprintf(stderr, "peft bench: --layers-to-transform needs an adapter method (lora, dora, vera, ...), not %s\n", method.c_str());
+            return 2;
+        }
+        std::string list;
+        for (int64_t l : layers) list += (list.empty() ? "" : ",") + std::to_string(l);
+        cfg_text.insert(cfg_text.size() - 1, ", \"layers_to_transform\": [" + list + "]");
+    }
     if (init_only && !is_lora) {
         std::fprintf(stderr, "peft bench: --init-only times attaching an adapter: give --method lora, dora, ... or an init such as pissa_niter_4\n");
         return 2;
@@ -505,7 +518,7 @@ int cmd_bench(int argc, char ** argv) {
     std::sort(sorted.begin(), sorted.end());
     const double median = sorted[sorted.size() / 2];
     const double tps = (double) N * (double) times.size() / sum;
-    double fpt = llama_flops_per_token(m.hp, seq, trainable);
+    double fpt = llama_flops_per_token(m.hp, seq, trainable, llama_backward_first_layer(m));
     for (const target_info & t : lora.targets) {
         // forward, input gradient and weight gradients of the two factors: 6 r (in + out)
         fpt += 6.0 * (double) gen_lora_r * (double) (t.in_features + t.out_features);

@@ -692,6 +692,16 @@ void notify_layer_grads(llama_model & m, llama_state & s, int64_t l) {
 
 } // namespace
 
+int64_t llama_backward_first_layer(const llama_model & m) {
+    if (m.trainable) return 0;
+    for (int64_t l = 0; l < m.hp.n_layer; l++) {
+        for (int j = 0; j < LLAMA_PROJ_COUNT; j++) {
+            if (m.adapter(l, (llama_proj) j)) return l;
+        }
+    }
+    return 0;
+}
+
 void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch, float * d_inputs_embeds) {
     const llama_hparams & hp = m.hp;
     llama_state::impl & p = *s.p;
@@ -713,12 +723,13 @@ void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch,
     const llama_rows rows = batch_rows(batch, p.grad_scale);
     // d(x_in) of layer 0 reaches only the embedding's gradient, the caller and a layer hook
     const bool want_dx0 = m.trainable || d_inputs_embeds || active_hook(m);
-    for (int64_t l = L - 1; l >= 0; l--) {
+    const int64_t lowest = want_dx0 ? 0 : llama_backward_first_layer(m);
+    for (int64_t l = L - 1; l >= lowest; l--) {
         layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
         if (s.recompute) {  // rebuild this layer's activations from its saved input
             layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, rows);
         }
-        layer_backward(m, l, find_layer_grads(m, l), a, p, p.resid[(size_t) l], pos, batch.seg, B, T, l > 0 || want_dx0);
+        layer_backward(m, l, find_layer_grads(m, l), a, p, p.resid[(size_t) l], pos, batch.seg, B, T, l > lowest || want_dx0);
         if (llama_layer_hook * h = active_hook(m)) h->layer_backward(l, p.resid[(size_t) l], rows, p.dres);
         if (notify) notify_layer_grads(m, s, l);
     }
@@ -735,18 +746,20 @@ void llama_shift_labels(int32_t * targets, const int32_t * labels, int64_t B, in
     }
 }
 
-double llama_flops_per_token(const llama_hparams & hp, int64_t T, bool weight_grads) {
+double llama_flops_per_token(const llama_hparams & hp, int64_t T, bool weight_grads, int64_t first_backward_layer) {
     const double C = (double) hp.n_embd, QD = (double) hp.q_dim(), KVD = (double) hp.kv_dim(), F = (double) hp.n_ff;
+    const double L = (double) hp.n_layer, Lb = L - (double) first_backward_layer;   // layers with a backward
     const double per_layer = C * QD * 2 + C * KVD * 2 + 3 * C * F;   // weights of the 7 projections
-    const double matmul_params = per_layer * (double) hp.n_layer + (double) hp.n_vocab * C;  // + lm_head
-    // forward 2 FLOPs per weight, input gradient 2, weight gradient 2
-    double gemm = matmul_params * (weight_grads ? 6.0 : 4.0);
-    // a frozen base forms no input gradient at layer 0's q, k, v (only the embedding would read it)
-    if (!weight_grads) gemm -= 2.0 * (C * QD + 2.0 * C * KVD);
+    const double lm_head = (double) hp.n_vocab * C;
+    // 2 FLOPs per weight each for the forward, the input gradient and (trainable) the weight gradient
+    double gemm = 2.0 * (per_layer * L + lm_head) + 2.0 * (per_layer * Lb + lm_head);
+    if (weight_grads) gemm += 2.0 * (per_layer * L + lm_head);
+    // a frozen base forms no input gradient at its first backward layer's q, k, v
+    else gemm -= 2.0 * (C * QD + 2.0 * C * KVD);
     // causal attention: QK^T and PV, 2*2*HS FLOPs per (query, visible key) per head; average T/2
     // visible keys; backward costs twice the forward
-    const double attn_fwd = 4.0 * QD * ((double) T / 2.0) * (double) hp.n_layer;
-    return gemm + 3.0 * attn_fwd;
+    const double attn_fwd = 4.0 * QD * ((double) T / 2.0);
+    return gemm + attn_fwd * (L + 2.0 * Lb);
 }
 
 } // namespace peft

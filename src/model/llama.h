@@ -222,7 +222,14 @@ void llama_proj_backward_input(const llama_model & m, int64_t l, llama_proj p, f
 // Builds targets from HF-style unshifted labels: targets[b,t] = labels[b,t+1], last = -100.
 void llama_shift_labels(int32_t * targets, const int32_t * labels, int64_t B, int64_t T);
 
-// FLOPs per token of one training step (forward + backward) at sequence length T.
-double llama_flops_per_token(const llama_hparams & hp, int64_t T, bool weight_grads);
+// FLOPs per token of one training step (forward + backward) at sequence length T, the backward
+// running from the last layer down to first_backward_layer (llama_backward_first_layer).
+double llama_flops_per_token(const llama_hparams & hp, int64_t T, bool weight_grads, int64_t first_backward_layer = 0);
+
+// The lowest layer llama_backward visits when the caller wants no input gradient: a frozen base
+// with adapters on some layers only (layers_to_transform) has nothing to train below the lowest
+// adapted one. 0 when trainable or without adapters (`peft bench --method frozen` times the
+// whole backward).
+int64_t llama_backward_first_layer(const llama_model & m);
 
 } // namespace peft

@@ -289,3 +289,35 @@ TEST_P(method_table, a_few_steps_lower_the_loss) {
 
 INSTANTIATE_TEST_SUITE_P(methods, method_table, ::testing::ValuesIn(METHODS),
                          [](const ::testing::TestParamInfo<method_case> & i) { return std::string(i.param.name); });
+
+// An adapter on the upper layers only (layers_to_transform): the backward stops at the lowest
+// adapted layer, and the gradients are the full backward's, bit for bit.
+TEST(methods, backward_stops_at_the_lowest_adapted_layer_with_the_same_gradients) {
+    std::unique_ptr<llama_model> m = tiny_model(7, PEFT_DTYPE_F32, 4);
+    batch_data d = make_batch(m->hp.n_vocab);
+    adapter_set s;
+    const status at = attach(*m, "{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"all-linear\",\"layers_to_transform\":[2,3]}", s);
+    ASSERT_TRUE(at.ok()) << at.message;
+    randomize_trainable(adapter_set_params(s), 29);
+    adapters_set_training(s, false);
+    std::vector<optim_param> ps = adapter_optim_params(s);
+    ASSERT_EQ(ps.size(), 2u * 7u * 2u);
+    llama_state st;
+    ASSERT_TRUE(llama_state_init(st, *m, d.B, d.T, false).ok());
+    auto grads = [&](float * d_inputs_embeds) {
+        for (const optim_param & p : ps) std::fill(p.grad, p.grad + p.n, 0.0f);
+        llama_forward(*m, st, d.batch(), 1.0f);
+        llama_backward(*m, st, d.batch(), d_inputs_embeds);
+        std::vector<std::vector<float>> g;
+        for (const optim_param & p : ps) g.emplace_back(p.grad, p.grad + p.n);
+        return g;
+    };
+    std::vector<float> dembd((size_t) (d.B * d.T * m->hp.n_embd));
+    const std::vector<std::vector<float>> full = grads(dembd.data()), stopped = grads(nullptr);
+    for (size_t i = 0; i < full.size(); i++) {
+        EXPECT_EQ(full[i], stopped[i]) << ps[i].name;
+        double norm = 0;
+        for (float v : full[i]) norm += (double) v * v;
+        EXPECT_GT(norm, 0.0) << ps[i].name;
+    }
+}

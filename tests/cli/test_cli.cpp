@@ -62,6 +62,31 @@ TEST(cli, bench_lora_trains_only_the_adapter_and_the_loss_falls) {
                      6.0 * 4 * per_layer * 2);
 }
 
+// --layers-to-transform 1 on the 2-layer fixture: layer 0 has no adapter, so the backward stops
+// at layer 1. Model FLOPs per token drop by layer 0's input gradient (2 per weight of its 7
+// projections: 7680 weights), its attention backward (2 x 4 QD T/2, QD 32, T 12) and its LoRA
+// (6 r (in + out)); half the adapter parameters; the loss still falls.
+TEST(cli, bench_layers_to_transform_stops_the_backward_at_the_lowest_adapted_layer) {
+    std::string model = peft::testing::source_path("tests/fixtures/llama_gqa");
+    const std::string common = "bench --model " + model + " --method lora --lora-r 4 --lora-alpha 8 --batch 2 --seq 12 --warmup 0 "
+                               "--threads 2 --same-batch --lr 1e-2";
+    run_result all = run_peft(common + " --steps 1"), upper = run_peft(common + " --steps 15 --layers-to-transform 1");
+    ASSERT_EQ(all.code, 0) << all.out;
+    ASSERT_EQ(upper.code, 0) << upper.out;
+    peft::json_document da, du;
+    ASSERT_TRUE(da.parse(all.out.data(), all.out.size(), "bench output").ok()) << all.out;
+    ASSERT_TRUE(du.parse(upper.out.data(), upper.out.size(), "bench output").ok()) << upper.out;
+    const peft::json_value a = da.root(), u = du.root();
+    EXPECT_EQ(2 * u.get("trainable_params").as_int(0), a.get("trainable_params").as_int(-1));
+    const double lora_layer = 6.0 * 4 * (32 * 2 + (32 + 16) * 2 + 32 * 2 + (32 + 48) * 3);
+    EXPECT_DOUBLE_EQ(a.get("model_flops_per_token").as_double() - u.get("model_flops_per_token").as_double(),
+                     2.0 * 7680 + 2.0 * 4 * 32 * 12 / 2 + lora_layer);
+    EXPECT_LT(u.get("loss_final").as_double(), 0.95 * u.get("loss_first").as_double()) << upper.out;
+    run_result bad = run_peft("bench --model " + model + " --method full --layers-to-transform 1 --steps 1");
+    EXPECT_NE(bad.code, 0);
+    EXPECT_NE(bad.out.find("--layers-to-transform"), std::string::npos) << bad.out;
+}
+
 // --method galore at rank 4 on the fixture model: the loss falls, and optimizer_state_bytes is
 // the closed form: per projected [m, n] weight 2 r max(m, n) + r min(m, n) floats (q, o 32x32;
 // k, v 16x32; gate, up 48x32; down 32x48; two layers), 2 floats per element elsewhere
