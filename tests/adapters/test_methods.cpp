@@ -116,6 +116,17 @@ float loss_of(llama_model & m, const batch_data & d) {
     return forward_logits(m, d, logits);
 }
 
+// The adapter gradients of one forward + backward (d_inputs_embeds: also the input gradient).
+std::vector<std::vector<float>> grads_of(llama_model & m, llama_state & st, const batch_data & d, const std::vector<optim_param> & ps,
+                                         float * d_inputs_embeds) {
+    for (const optim_param & p : ps) std::fill(p.grad, p.grad + p.n, 0.0f);
+    llama_forward(m, st, d.batch(), 1.0f);
+    llama_backward(m, st, d.batch(), d_inputs_embeds);
+    std::vector<std::vector<float>> g;
+    for (const optim_param & p : ps) g.emplace_back(p.grad, p.grad + p.n);
+    return g;
+}
+
 } // namespace
 
 // Each check starts from the tiny model with the row's adapter attached; `trained` gives the
@@ -245,16 +256,8 @@ TEST_P(method_table, skipping_the_first_layers_input_gradient_keeps_every_gradie
     std::vector<optim_param> ps = adapter_optim_params(s);
     llama_state st;
     ASSERT_TRUE(llama_state_init(st, *m, d.B, d.T, false).ok());
-    auto grads = [&](float * d_inputs_embeds) {
-        for (const optim_param & p : ps) std::fill(p.grad, p.grad + p.n, 0.0f);
-        llama_forward(*m, st, d.batch(), 1.0f);
-        llama_backward(*m, st, d.batch(), d_inputs_embeds);
-        std::vector<std::vector<float>> g;
-        for (const optim_param & p : ps) g.emplace_back(p.grad, p.grad + p.n);
-        return g;
-    };
     std::vector<float> dembd((size_t) (d.B * d.T * m->hp.n_embd));
-    const std::vector<std::vector<float>> full = grads(dembd.data()), skipped = grads(nullptr);
+    const std::vector<std::vector<float>> full = grads_of(*m, st, d, ps, dembd.data()), skipped = grads_of(*m, st, d, ps, nullptr);
     ASSERT_EQ(full.size(), skipped.size());
     double norm = 0;
     for (size_t i = 0; i < full.size(); i++) {
@@ -304,16 +307,8 @@ TEST(methods, backward_stops_at_the_lowest_adapted_layer_with_the_same_gradients
     ASSERT_EQ(ps.size(), 2u * 7u * 2u);
     llama_state st;
     ASSERT_TRUE(llama_state_init(st, *m, d.B, d.T, false).ok());
-    auto grads = [&](float * d_inputs_embeds) {
-        for (const optim_param & p : ps) std::fill(p.grad, p.grad + p.n, 0.0f);
-        llama_forward(*m, st, d.batch(), 1.0f);
-        llama_backward(*m, st, d.batch(), d_inputs_embeds);
-        std::vector<std::vector<float>> g;
-        for (const optim_param & p : ps) g.emplace_back(p.grad, p.grad + p.n);
-        return g;
-    };
     std::vector<float> dembd((size_t) (d.B * d.T * m->hp.n_embd));
-    const std::vector<std::vector<float>> full = grads(dembd.data()), stopped = grads(nullptr);
+    const std::vector<std::vector<float>> full = grads_of(*m, st, d, ps, dembd.data()), stopped = grads_of(*m, st, d, ps, nullptr);
     for (size_t i = 0; i < full.size(); i++) {
         EXPECT_EQ(full[i], stopped[i]) << ps[i].name;
         double norm = 0;
