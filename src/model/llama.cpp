@@ -633,10 +633,10 @@ void proj_backward_weight(const llama_model & m, const layer_grads & g, int64_t 
     linear_backward_weight(g.w[j], g.b[j], dy, x, N, w.OC, w.IC);
 }
 
-// dres holds d(x_out) on entry and d(x_in) on exit; with want_dx_in false (the first layer of a
-// frozen base, where nothing reads d(x_in)) it is not formed: q, k and v give only their
-// adapters' grads (autograd skips an input that needs no gradient alike), and dres is left
-// holding d(x_mid).
+// dres holds d(x_out) on entry and d(x_in) on exit. With want_dx_in false (the lowest layer a
+// frozen base's backward visits, where nothing reads d(x_in)) it is not formed: q, k and v give
+// only their adapters' grads (autograd skips an input that needs no gradient alike), and dres
+// is left holding d(x_mid).
 void layer_backward(const llama_model & m, int64_t l, const layer_grads & g, const layer_acts & a,
                     llama_state::impl & p, const float * x_in, const int32_t * pos, const int32_t * seg, int64_t B, int64_t T,
                     bool want_dx_in) {
