@@ -129,8 +129,8 @@ struct adapter_module {
     virtual void forward(const float * x, int64_t N, float * y) = 0;
     // dx[N,IC] += d loss/dx (including the base W^T dy part); own grads +=. Called after the
     // forward of the same x (the model re-runs forward first when recomputing activations).
-    // dx is null when no input gradient is wanted (the first layer of a frozen base, where it
-    // would only reach the embedding): the module then skips the base product and its own dx
+    // dx is null when no input gradient is wanted (the lowest layer a frozen base's backward
+    // visits: below it nothing trains): the module then skips the base product and its own dx
     // terms, as autograd does for an input that needs no gradient; own grads are unchanged.
     virtual void backward(const float * x, const float * dy, int64_t N, float * dx) = 0;
     // Inference only (peft serve batches rows of several adapters over one base): y[N,OC] +=
