@@ -336,7 +336,15 @@ static bool proj_input_read(const llama_model & m, int64_t l, proj_input g) {
 
 struct llama_state::impl {
     std::vector<float *>    resid;   // [L+1] residual stream at each layer input, [N,C]
-    std::vector<layer_acts> layers;  // [L], or [1] shared slot with recompute
+    // one slot per layer the backward visits; with recompute one slot for all, and the layers
+    // below first_kept (a frozen base's, below its lowest adapter: no backward visits them)
+    // share slot 0, which only their forward uses
+    std::vector<layer_acts> layers;
+    int64_t                 first_kept = 0;
+    layer_acts & acts(int64_t l, bool recompute) {
+        if (recompute || l < first_kept) return layers[0];
+        return layers[(size_t) (l - first_kept + (first_kept > 0))];
+    }
     // [L * PROJ_INPUT_COUNT]: the input group has its own buffer in layers[l] (else all such
     // layers share one scratch buffer, overwritten by the next layer's forward)
     std::vector<uint8_t>    input_kept;
@@ -375,16 +383,22 @@ status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64
     p.rows_per_chunk = lm_chunk_rows(N, V);
 
     auto A = [](int64_t n) { return arena_align((size_t) n * 4); };
-    const int64_t n_slots = recompute ? 1 : L;
+    p.first_kept = recompute ? 0 : llama_backward_first_layer(m);
+    const int64_t n_slots = recompute ? 1 : L - p.first_kept + (p.first_kept > 0);
+    auto slot_layer = [&](int64_t slot) { return p.first_kept == 0 ? slot : slot == 0 ? 0 : p.first_kept + slot - 1; };
     const size_t input_bytes[PROJ_INPUT_COUNT] = {A(N * C), A(N * C), A(N * F)};
     // with recompute the one slot is rebuilt before each layer's backward: its inputs stay valid
     p.input_kept.assign((size_t) (L * PROJ_INPUT_COUNT), 1);
     size_t inputs = 0;
-    for (int64_t l = 0; l < n_slots; l++) {
+    for (int64_t l = 0; l < L; l++) {
         for (int g = 0; g < PROJ_INPUT_COUNT; g++) {
             const bool kept = recompute || proj_input_read(m, l, (proj_input) g);
             p.input_kept[(size_t) (l * PROJ_INPUT_COUNT + g)] = kept;
-            if (kept) inputs += input_bytes[g];
+        }
+    }
+    for (int64_t slot = 0; slot < n_slots; slot++) {
+        for (int g = 0; g < PROJ_INPUT_COUNT; g++) {
+            if (p.input_kept[(size_t) (slot_layer(slot) * PROJ_INPUT_COUNT + g)]) inputs += input_bytes[g];
         }
     }
     for (size_t b : input_bytes) inputs += b;   // the shared scratch of inputs nobody reads later
@@ -400,9 +414,9 @@ status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64
     for (auto & r : p.resid) r = a.alloc_f32((size_t) (N * C));
     p.layers.resize((size_t) n_slots);
     float * shared_xn1 = a.alloc_f32(N * C), * shared_xn2 = a.alloc_f32(N * C), * shared_h = a.alloc_f32(N * F);
-    for (size_t l = 0; l < p.layers.size(); l++) {
-        layer_acts & la = p.layers[l];
-        const uint8_t * kept = &p.input_kept[l * PROJ_INPUT_COUNT];
+    for (size_t slot = 0; slot < p.layers.size(); slot++) {
+        layer_acts & la = p.layers[slot];
+        const uint8_t * kept = &p.input_kept[(size_t) slot_layer((int64_t) slot) * PROJ_INPUT_COUNT];
         la.xn1 = kept[PROJ_INPUT_ATTN] ? a.alloc_f32(N * C) : shared_xn1;
         la.rstd1 = a.alloc_f32(N);
         la.q = a.alloc_f32(N * QD);
@@ -563,12 +577,13 @@ float llama_forward(llama_model & m, llama_state & s, const llama_batch & batch,
                 PEFT_ASSERT(p.input_kept[(size_t) (l * PROJ_INPUT_COUNT + g)] || !proj_input_read(m, l, (proj_input) g));
             }
         }
+        PEFT_ASSERT(llama_backward_first_layer(m) >= p.first_kept);   // nor one on a layer below the kept ones
     }
 
     llama_embed(p.resid[0], m.w.embed, batch.tokens, N);
     const llama_rows rows = batch_rows(batch, grad_scale);
     for (int64_t l = 0; l < L; l++) {
-        layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
+        layer_acts & a = p.acts(l, s.recompute);
         layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, rows);
     }
     rmsnorm_forward(p.xf, p.rstdf, p.resid[(size_t) L], m.w.final_norm, N, C, hp.rms_eps);
@@ -693,7 +708,7 @@ void notify_layer_grads(llama_model & m, llama_state & s, int64_t l) {
 } // namespace
 
 int64_t llama_backward_first_layer(const llama_model & m) {
-    if (m.trainable) return 0;
+    if (m.trainable || active_hook(m)) return 0;
     for (int64_t l = 0; l < m.hp.n_layer; l++) {
         for (int j = 0; j < LLAMA_PROJ_COUNT; j++) {
             if (m.adapter(l, (llama_proj) j)) return l;
@@ -724,8 +739,10 @@ void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch,
     // d(x_in) of layer 0 reaches only the embedding's gradient, the caller and a layer hook
     const bool want_dx0 = m.trainable || d_inputs_embeds || active_hook(m);
     const int64_t lowest = want_dx0 ? 0 : llama_backward_first_layer(m);
+    // the layers below first_kept kept no activations
+    PEFT_ASSERT(!d_inputs_embeds || p.first_kept == 0);
     for (int64_t l = L - 1; l >= lowest; l--) {
-        layer_acts & a = p.layers[s.recompute ? 0 : (size_t) l];
+        layer_acts & a = p.acts(l, s.recompute);
         if (s.recompute) {  // rebuild this layer's activations from its saved input
             layer_forward(m, l, a, p.dxn, p.resid[(size_t) l], p.resid[(size_t) l + 1], pos, rows);
         }

@@ -294,7 +294,8 @@ INSTANTIATE_TEST_SUITE_P(methods, method_table, ::testing::ValuesIn(METHODS),
                          [](const ::testing::TestParamInfo<method_case> & i) { return std::string(i.param.name); });
 
 // An adapter on the upper layers only (layers_to_transform): the backward stops at the lowest
-// adapted layer, and the gradients are the full backward's, bit for bit.
+// adapted layer and the layers below keep no activations, and the gradients are the full
+// backward's (recomputing, so that every layer can be visited), bit for bit.
 TEST(methods, backward_stops_at_the_lowest_adapted_layer_with_the_same_gradients) {
     std::unique_ptr<llama_model> m = tiny_model(7, PEFT_DTYPE_F32, 4);
     batch_data d = make_batch(m->hp.n_vocab);
@@ -305,10 +306,25 @@ TEST(methods, backward_stops_at_the_lowest_adapted_layer_with_the_same_gradients
     adapters_set_training(s, false);
     std::vector<optim_param> ps = adapter_optim_params(s);
     ASSERT_EQ(ps.size(), 2u * 7u * 2u);
-    llama_state st;
+    llama_state st, st_full;
     ASSERT_TRUE(llama_state_init(st, *m, d.B, d.T, false).ok());
+    ASSERT_TRUE(llama_state_init(st_full, *m, d.B, d.T, true).ok());
+    // adapting layer 1 too keeps its projection inputs (x_n1, x_n2, h) and a slot of its own
+    auto plan_bytes = [&](const char * layers) {
+        std::unique_ptr<llama_model> m2 = tiny_model(7, PEFT_DTYPE_F32, 4);
+        adapter_set s2;
+        const std::string cfg = std::string("{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"all-linear\",\"layers_to_transform\":") + layers + "}";
+        EXPECT_TRUE(attach(*m2, cfg, s2).ok());
+        llama_state s3;
+        EXPECT_TRUE(llama_state_init(s3, *m2, d.B, d.T, false).ok());
+        return s3.act_arena.capacity;
+    };
+    const int64_t N = d.B * d.T;
+    const size_t inputs = 2 * arena_align((size_t) (N * m->hp.n_embd) * 4) + arena_align((size_t) (N * m->hp.n_ff) * 4);
+    EXPECT_EQ(plan_bytes("[2,3]"), st.act_arena.capacity);
+    EXPECT_GT(plan_bytes("[1,2,3]") - plan_bytes("[2,3]"), inputs);
     std::vector<float> dembd((size_t) (d.B * d.T * m->hp.n_embd));
-    const std::vector<std::vector<float>> full = grads_of(*m, st, d, ps, dembd.data()), stopped = grads_of(*m, st, d, ps, nullptr);
+    const std::vector<std::vector<float>> full = grads_of(*m, st_full, d, ps, dembd.data()), stopped = grads_of(*m, st, d, ps, nullptr);
     for (size_t i = 0; i < full.size(); i++) {
         EXPECT_EQ(full[i], stopped[i]) << ps[i].name;
         double norm = 0;
