@@ -738,7 +738,7 @@ void llama_backward(llama_model & m, llama_state & s, const llama_batch & batch,
     const llama_rows rows = batch_rows(batch, p.grad_scale);
     // d(x_in) of layer 0 reaches only the embedding's gradient, the caller and a layer hook
     const bool want_dx0 = m.trainable || d_inputs_embeds || active_hook(m);
-    const int64_t lowest = want_dx0 ? 0 : llama_backward_first_layer(m);
+    const int64_t lowest = d_inputs_embeds ? 0 : llama_backward_first_layer(m);   // 0 when trainable or hooked
     // the layers below first_kept kept no activations
     PEFT_ASSERT(!d_inputs_embeds || p.first_kept == 0);
     for (int64_t l = L - 1; l >= lowest; l--) {
