@@ -268,6 +268,64 @@ static void gemv_rows(const gemm_args & g, const gemm_micro_set & s) {
 
 static void gemm_run(const gemm_args & g);
 
+// Without AVX-512 our kernel only widens bf16 to f32 while packing, so OpenBLAS's Zen / Haswell
+// kernels win here too: the operands that are not plain f32 (a bf16 weight, bf16 rounding, a
+// quantized weight's decode) are staged as f32 in blocks of at most STAGE floats each and
+// multiplied by sgemm block by block (K blocks accumulate through beta 1). The staged values
+// are exactly those gemm_own's packers make, so only the f32 summation order differs.
+// training-sized products only: at a 64-token prefill the staging cost what it saved (measured)
+constexpr int64_t STAGED_MIN_ROWS = 128;
+static void gemm_blas_staged(const gemm_args & g) {
+    constexpr int64_t STAGE = int64_t(1) << 21;   // 8 MiB of f32 per operand block
+    const int64_t kb = std::min<int64_t>(g.K, 2048);
+    const int64_t mb = std::min(g.M, std::max<int64_t>(64, STAGE / kb));
+    const int64_t nb = std::min(g.N, std::max<int64_t>(64, STAGE / kb));
+    static thread_local std::vector<float> astage, bstage;
+    if (g.bf16 && astage.size() < (size_t) (mb * kb)) astage.resize((size_t) (mb * kb));
+    if (bstage.size() < (size_t) (nb * kb)) bstage.resize((size_t) (nb * kb));
+    for (int64_t p0 = 0; p0 < g.K; p0 += kb) {
+        const int64_t kc = std::min(kb, g.K - p0);
+        const float beta = p0 == 0 ? g.beta : 1.0f;
+        for (int64_t i0 = 0; i0 < g.M; i0 += mb) {
+            const int64_t mc = std::min(mb, g.M - i0);
+            // A's block: as stored, or rounded to bf16 into [mc, kc] (row-major, untransposed)
+            const float * A = g.ta ? g.A + p0 * g.lda + i0 : g.A + i0 * g.lda + p0;
+            int64_t lda = g.lda;
+            bool ta = g.ta;
+            if (g.bf16) {
+                float * S = astage.data();
+#pragma omp parallel for schedule(static)
+                for (int64_t i = 0; i < mc; i++) {
+                    for (int64_t p = 0; p < kc; p++) S[i * kc + p] = elem_f32(A, ta ? p * lda + i : i * lda + p, true);
+                }
+                A = S, lda = kc, ta = false;
+            }
+            for (int64_t j0 = 0; j0 < g.N; j0 += nb) {
+                const int64_t nc = std::min(nb, g.N - j0);
+                // B's block in its stored layout: [nc, kc] when trans_b, else [kc, nc]
+                const int64_t rows = g.tb ? nc : kc, cols = g.tb ? kc : nc;
+                const int64_t r0 = g.tb ? j0 : p0, c0 = g.tb ? p0 : j0;
+                float * S = bstage.data();
+#pragma omp parallel for schedule(static)
+                for (int64_t r = 0; r < rows; r++) {
+                    float * d = S + r * cols;
+                    if (g.rd) {
+                        g.rd->read(g.rd->ctx, r0 + r, c0, cols, d);
+                        if (g.bf16) for (int64_t c = 0; c < cols; c++) d[c] = elem_f32(d, c, true);
+                    } else if (g.btype == PEFT_DTYPE_BF16) {
+                        const uint16_t * B = (const uint16_t *) g.B + (r0 + r) * g.ldb + c0;
+                        for (int64_t c = 0; c < cols; c++) d[c] = bf16_to_f32(B[c]);
+                    } else {
+                        const float * B = (const float *) g.B + (r0 + r) * g.ldb + c0;
+                        for (int64_t c = 0; c < cols; c++) d[c] = elem_f32(B, c, g.bf16);
+                    }
+                }
+                gemm_blas(ta, g.tb, mc, nc, kc, g.alpha, A, lda, S, cols, beta, g.C + i0 * g.ldc + j0, g.ldc);
+            }
+        }
+    }
+}
+
 void gemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A, int64_t lda,
               dtype b_type, const void * B, int64_t ldb, float beta, float * C, int64_t ldc, bool bf16_compute) {
     PEFT_ASSERT(b_type == PEFT_DTYPE_F32 || b_type == PEFT_DTYPE_BF16);
@@ -306,9 +364,12 @@ static void gemm_run(const gemm_args & g) {
     // threads, AMD EPYC Zen 3) and +8-11% on a LoRA training step. Only when detected: a forced
     // "avx2" set (tests, --gemm-isa) runs our kernels. OpenBLAS is single-threaded inside an
     // OpenMP region, so nested calls keep ours.
-    if (!g_forced && &s == &gemm_set_avx2 && b_type == PEFT_DTYPE_F32 && !bf16_compute && !g.rd && !omp_in_parallel()) {
-        gemm_blas(g.ta, trans_b, M, N, K, g.alpha, g.A, g.lda, (const float *) g.B, g.ldb, beta, C, ldc);
-        return;
+    if (!g_forced && &s == &gemm_set_avx2 && !omp_in_parallel()) {
+        if (b_type == PEFT_DTYPE_F32 && !bf16_compute && !g.rd) {
+            gemm_blas(g.ta, trans_b, M, N, K, g.alpha, g.A, g.lda, (const float *) g.B, g.ldb, beta, C, ldc);
+            return;
+        }
+        if (M >= STAGED_MIN_ROWS) { gemm_blas_staged(g); return; }
     }
     // KC: more k per pass means fewer read-modify-write passes over C; 384 f32 (a 48 KB B
     // micro-panel) and MC ~ 516 rows measured best on the small shape's GEMMs (+12% over

@@ -30,8 +30,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
 void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
               const float * A, int64_t lda, const float * B, int64_t ldb, float beta, float * C, int64_t ldc);
 // gemm_own: the kernel behind gemm, with B stored f32 or bf16 (a frozen weight) and, when
-// bf16_compute, every operand rounded to bf16 and multiplied with f32 accumulation. Results do
-// not depend on the thread count. gemm_own_ref is its double-accumulating oracle.
+// bf16_compute, every operand rounded to bf16 and multiplied with f32 accumulation. Our kernels'
+// results do not depend on the thread count; on a detected AVX2 set, serial callers' products go
+// to OpenBLAS (plain f32 as is, the rest staged as f32: gemm.cpp), whose sums do, so results
+// are bit-identical for a fixed thread count only. gemm_own_ref is its double-accumulating oracle.
 void gemm_own(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A, int64_t lda,
               dtype b_type, const void * B, int64_t ldb, float beta, float * C, int64_t ldc, bool bf16_compute);
 void gemm_own_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float * A,

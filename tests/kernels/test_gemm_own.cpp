@@ -1,12 +1,16 @@
 // test_gemm_own.cpp: our packed GEMM (gemm_own) against its double-accumulating oracle, on every
 // micro-kernel set this CPU can run (forced below the detected one), for f32 and bf16 storage of
 // B, f32 and bf16 compute, all four transpose cases, and shapes that cross the MR/NR/KC/MC block
-// edges, the one-row GEMV path and the skinny rank-r products. Also: bit-identical results for
-// 1 and 2 threads, and the oracle's bf16 rounding against a product written out here.
+// edges, the one-row GEMV path and the skinny rank-r products; the detected dispatch (OpenBLAS
+// with staged operands on AVX2) on a shape that crosses its blocks. Also: bit-identical results
+// for 1 and 2 threads from our kernels and for repeated runs from any dispatch, and the oracle's
+// bf16 rounding against a product written out here.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "core/dtype.h"
 #include "kernels/gemm_micro.h"
@@ -34,6 +38,9 @@ std::vector<uint16_t> to_bf16(const std::vector<float> & x) {
     return h;
 }
 
+// f32 summation error grows with the length of the sums: 2e-5 up to K 512, in proportion beyond
+double sum_tol(int64_t K) { return 2e-5 * std::max(1.0, (double) K / 512.0); }
+
 void check_case(bool ta, bool tb, const shape & s, dtype bt, bool bf16c, const char * what) {
     const int64_t pad = 3;
     const int64_t lda = (ta ? s.M : s.K) + pad, ldb = (tb ? s.K : s.N) + pad, ldc = s.N + pad;
@@ -53,7 +60,7 @@ void check_case(bool ta, bool tb, const shape & s, dtype bt, bool bf16c, const c
         gemm_own_ref(ta, tb, s.M, s.N, s.K, alpha, A.data(), lda, bt, B, ldb, beta, c_ref.data(), ldc, bf16c);
         EXPECT_TRUE(c_fast.intact()) << what;
         // the operands are the same on both sides: only f32 summation order differs
-        EXPECT_TRUE(check_close(c_fast.data(), c_ref.data(), s.M * ldc, 2e-5, 2e-5, what));
+        EXPECT_TRUE(check_close(c_fast.data(), c_ref.data(), s.M * ldc, sum_tol(s.K), sum_tol(s.K), what));
     }
 }
 
@@ -131,6 +138,46 @@ TEST(gemm_own, packers_match_the_generic_ones_bit_for_bit) {
     EXPECT_GE(checked, 6);
 }
 
+// B as a reader over f32 storage (the shape of a quantized weight's decode)
+void read_f32_rows(const void * ctx, int64_t r, int64_t c0, int64_t n, float * dst) {
+    const auto & b = *(const std::pair<const float *, int64_t> *) ctx;   // data, row stride
+    std::memcpy(dst, b.first + r * b.second + c0, (size_t) n * 4);
+}
+
+// the dispatch CPUID picks, on a shape past the staged OpenBLAS path's row threshold (128) that
+// crosses its K and N blocks (2048, and 1024 at that K): bf16 weights, bf16 rounding of f32
+// ones, a reader, both layouts of A and B. One alpha/beta case each: the oracle is slow here.
+TEST(gemm_own, detected_dispatch_matches_ref_across_staging_blocks) {
+    const int64_t M = 130, N = 1030, K = 2100;
+    struct config { bool ta, tb; dtype bt; bool bf16c, reader; };
+    const config configs[] = {{false, true, PEFT_DTYPE_BF16, false, false}, {true, false, PEFT_DTYPE_BF16, true, false},
+                              {true, true, PEFT_DTYPE_F32, true, false}, {false, false, PEFT_DTYPE_F32, false, true},
+                              {false, true, PEFT_DTYPE_F32, true, true}};
+    for (const config & c : configs) {
+        const int64_t lda = (c.ta ? M : K) + 1, ldb = c.tb ? K : N, ldc = N + 2;
+        auto A = fixed_vector((c.ta ? K : M) * lda, 1);
+        auto Bf = fixed_vector((c.tb ? N : K) * ldb, 2);
+        auto Bh = to_bf16(Bf);
+        const void * B = c.bt == PEFT_DTYPE_BF16 ? (const void *) Bh.data() : (const void *) Bf.data();
+        guarded c_fast(M * ldc), c_ref(M * ldc);
+        fixed_fill(c_fast.data(), M * ldc, 3);
+        fixed_fill(c_ref.data(), M * ldc, 3);
+        const std::pair<const float *, int64_t> ctx = {Bf.data(), ldb};
+        if (c.reader) {
+            gemm_own_read(c.ta, c.tb, M, N, K, 1.5f, A.data(), lda, {read_f32_rows, &ctx}, 0.5f, c_fast.data(), ldc,
+                          c.bf16c);
+        } else {
+            gemm_own(c.ta, c.tb, M, N, K, 1.5f, A.data(), lda, c.bt, B, ldb, 0.5f, c_fast.data(), ldc, c.bf16c);
+        }
+        gemm_own_ref(c.ta, c.tb, M, N, K, 1.5f, A.data(), lda, c.bt, B, ldb, 0.5f, c_ref.data(), ldc, c.bf16c);
+        char what[96];
+        std::snprintf(what, sizeof what, "%s ta%d tb%d %s%s compute %s", gemm_isa(), c.ta, c.tb, dtype_name(c.bt),
+                      c.reader ? " reader" : "", c.bf16c ? "bf16" : "f32");
+        EXPECT_TRUE(c_fast.intact()) << what;
+        EXPECT_TRUE(check_close(c_fast.data(), c_ref.data(), M * ldc, sum_tol(K), sum_tol(K), what));
+    }
+}
+
 TEST(gemm_own, force_isa_refuses_unknown_names) {
     isa_guard guard;
     EXPECT_FALSE(gemm_force_isa("avx1024"));
@@ -166,18 +213,27 @@ TEST(gemm_own, ref_bf16_compute_rounds_operands) {
     EXPECT_GT(max_diff32, 1e-5);   // and the rounding is visible: f32 compute gives other values
 }
 
+// our kernels' sums do not depend on the thread count (forced: the set CPUID picks may hand
+// products to OpenBLAS, whose sums do); whatever the dispatch, a fixed thread count repeats its
+// bits, on a shape the staged OpenBLAS path takes (K past its 2048 block)
 TEST(gemm_own, same_bits_for_one_and_two_threads) {
-    const int64_t M = 300, N = 200, K = 530;
+    isa_guard guard;
+    const int64_t M = 300, N = 200, K = 2100;
     auto A = fixed_vector(M * K, 10), B = fixed_vector(N * K, 11);
     auto Bh = to_bf16(B);
     const int saved = omp_get_max_threads();
+    auto run = [&](int threads, bool bf16c) {
+        std::vector<float> c(M * N);
+        omp_set_num_threads(threads);
+        gemm_own(false, true, M, N, K, 1.0f, A.data(), K, PEFT_DTYPE_BF16, Bh.data(), K, 0.0f, c.data(), N, bf16c);
+        return c;
+    };
     for (bool bf16c : {false, true}) {
-        std::vector<float> c1(M * N), c2(M * N);
-        omp_set_num_threads(1);
-        gemm_own(false, true, M, N, K, 1.0f, A.data(), K, PEFT_DTYPE_BF16, Bh.data(), K, 0.0f, c1.data(), N, bf16c);
-        omp_set_num_threads(2);
-        gemm_own(false, true, M, N, K, 1.0f, A.data(), K, PEFT_DTYPE_BF16, Bh.data(), K, 0.0f, c2.data(), N, bf16c);
-        EXPECT_EQ(std::memcmp(c1.data(), c2.data(), c1.size() * 4), 0) << (bf16c ? "bf16" : "f32");
+        const char * what = bf16c ? "bf16" : "f32";
+        EXPECT_TRUE(run(2, bf16c) == run(2, bf16c)) << "detected " << gemm_isa() << " " << what;
+        ASSERT_TRUE(gemm_force_isa(gemm_isa()));
+        EXPECT_TRUE(run(1, bf16c) == run(2, bf16c)) << "forced " << gemm_isa() << " " << what;
+        gemm_force_isa(nullptr);
     }
     omp_set_num_threads(saved);
 }
