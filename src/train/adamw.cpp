@@ -41,7 +41,8 @@ void adamw::step(float lr_base) {
         const float lr = lr_base * p.lr_scale;
         const float decay = p.decay ? 1.0f - lr * cfg.weight_decay : 1.0f;
         const float step_size = (float) (lr / bc1);
-        float * w = p.value, * g = p.grad, * mi = m[i], * vi = v[i];
+        float * __restrict w = p.value, * __restrict mi = m[i], * __restrict vi = v[i];
+        const float * __restrict g = p.grad;
 #pragma omp parallel for schedule(static)
         for (int64_t j = 0; j < p.n; j++) {
             w[j] *= decay;
