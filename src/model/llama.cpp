@@ -364,10 +364,12 @@ struct llama_state::impl {
     float   grad_scale = 0.0f;        // of that forward (layer hooks scale their own losses by it)
 };
 
-// Rows per lm_head chunk: about 32 MB of logits, at least 16 rows.
+// Rows per lm_head chunk: at most about 32 MB of logits, at least 16 rows, the rows cut evenly
+// (OpenBLAS runs 4 chunks of 256 rows 5% faster than 262 + 262 + 262 + 238: a 6-row tail block).
 static int64_t lm_chunk_rows(int64_t N, int64_t V) {
-    int64_t rc = std::max<int64_t>(16, ((int64_t) 8 << 20) / std::max<int64_t>(V, 1));
-    return std::min(rc, N);
+    const int64_t most = std::max<int64_t>(16, ((int64_t) 8 << 20) / std::max<int64_t>(V, 1));
+    const int64_t chunks = (N + most - 1) / most;
+    return (N + chunks - 1) / chunks;
 }
 
 status llama_state_init(llama_state & s, const llama_model & m, int64_t B, int64_t T, bool recompute) {

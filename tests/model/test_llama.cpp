@@ -206,16 +206,16 @@ TEST(llama, recompute_gives_bit_identical_gradients) {
     for (size_t i = 0; i < grads[0].size(); i++) EXPECT_EQ(grads[0][i], grads[1][i]) << i;
 }
 
-TEST(llama, gradient_accumulation_equals_one_batch_of_equal_rows) {
-    // two rows with the same number of valid targets: mean of per-row means == batch mean
+// Trains one step on two rows of T tokens, as one batch or accumulated one row at a time, and
+// returns every gradient of both (the two rows have equal numbers of valid targets: mean of
+// per-row means == batch mean).
+static void grads_of_one_batch_and_of_two_rows(int64_t V, int64_t T, std::vector<float> (&g)[2]) {
     llama_hparams hp;
     ASSERT_TRUE(llama_hparams_named_shape("tiny", hp));
-    hp.n_vocab = 128; hp.n_embd = 32; hp.n_layer = 2; hp.n_head = 4; hp.n_head_kv = 2; hp.head_dim = 8; hp.n_ff = 48;
-    const int64_t T = 8;
+    hp.n_vocab = V; hp.n_embd = 32; hp.n_layer = 2; hp.n_head = 4; hp.n_head_kv = 2; hp.head_dim = 8; hp.n_ff = 48;
     std::vector<int32_t> tok(2 * T), tgt(2 * T);
     for (int64_t i = 0; i < 2 * T; i++) { tok[(size_t) i] = (int32_t) ((i * 37 + 5) % 128); }
     llama_shift_labels(tgt.data(), tok.data(), 2, T);
-    std::vector<float> g[2];
     for (int mode = 0; mode < 2; mode++) {
         llama_model m;
         ASSERT_TRUE(llama_init_random(m, hp, true, 3).ok());
@@ -236,7 +236,21 @@ TEST(llama, gradient_accumulation_equals_one_batch_of_equal_rows) {
         }
         for (llama_tensor & t : m.tensors) g[mode].insert(g[mode].end(), t.grad, t.grad + t.numel());
     }
+}
+
+TEST(llama, gradient_accumulation_equals_one_batch_of_equal_rows) {
+    std::vector<float> g[2];
+    grads_of_one_batch_and_of_two_rows(128, 8, g);
     EXPECT_TRUE(peft::testing::check_close(g[1].data(), g[0].data(), (int64_t) g[0].size(), 1e-4, 1e-7, "accumulated grads"));
+}
+
+// lm_head + cross-entropy run over row chunks of about 32 MB of logits: at a vocabulary of 2^17
+// that is 64 rows, so the 80 rows of the batch go as two chunks of 40 and each accumulated row
+// as one; the gradients (lm_head's summed over the chunks) agree
+TEST(llama, lm_head_in_row_chunks_equals_one_chunk) {
+    std::vector<float> g[2];
+    grads_of_one_batch_and_of_two_rows(int64_t(1) << 17, 40, g);
+    EXPECT_TRUE(peft::testing::check_close(g[1].data(), g[0].data(), (int64_t) g[0].size(), 1e-4, 1e-7, "chunked grads"));
 }
 
 TEST(llama, bf16_checkpoint_stays_bf16_and_matches_f32_closely) {
