@@ -162,7 +162,9 @@ TEST(milora_moe, routing_takes_top_k_with_gates_summing_to_one_per_sample) {
                 n += L.chosen[(size_t) (u * L.E + e)];
                 sum += L.gates[(size_t) (u * L.E + e)];
                 p += L.probs[(size_t) (u * L.E + e)];
-                if (!L.chosen[(size_t) (u * L.E + e)]) EXPECT_EQ(L.gates[(size_t) (u * L.E + e)], 0.0f);
+                if (!L.chosen[(size_t) (u * L.E + e)]) {
+                    EXPECT_EQ(L.gates[(size_t) (u * L.E + e)], 0.0f);
+                }
             }
             EXPECT_EQ(n, 3);
             EXPECT_NEAR(sum, 1.0, 1e-6);

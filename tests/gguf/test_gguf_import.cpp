@@ -464,7 +464,9 @@ TEST(gguf_import, dequantization_matches_libggml_bit_for_bit) {
         std::vector<uint8_t> ours(q.size());
         (gt == GGML_TYPE_Q8_0 ? peft::ggml_quantize_row_q8_0 : gt == GGML_TYPE_Q4_0 ? peft::ggml_quantize_row_q4_0
                                                                                     : peft::ggml_quantize_row_q4_K)(x.data(), ours.data(), rows * n);
-        if (gt != GGML_TYPE_Q4_K) EXPECT_EQ(ours, q);
+        if (gt != GGML_TYPE_Q4_K) {
+            EXPECT_EQ(ours, q);
+        }
         ggml_get_type_traits(gt)->to_float(ours.data(), want.data(), rows * n);
         peft::ggml_dequantizer(pt_type)(ours.data(), got.data(), rows * n);
         EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * 4), 0);
