@@ -194,7 +194,7 @@ void galore_adamw::update(size_t i, float lr_base) {
     const optim_param & p = params[i];
     slot & s = slots[i];
     const float lr = lr_base * p.lr_scale;
-    const float * g = p.grad;
+    const float * __restrict g = p.grad;
     if (s.projected) {
         if (steps[i] % gcfg.update_proj_gap == 0) refresh(i, p.grad);
         project(s, p.grad, low.data());
@@ -204,7 +204,7 @@ void galore_adamw::update(size_t i, float lr_base) {
     const float b1 = cfg.beta1, b2 = cfg.beta2, eps = cfg.eps;
     const float step_size = (float) (lr * std::sqrt(1.0 - std::pow((double) b2, (double) t)) / (1.0 - std::pow((double) b1, (double) t)));
     const float decay = p.decay ? lr * cfg.weight_decay : 0.0f;
-    float * w = p.value, * mo = s.mom, * va = s.var;
+    float * __restrict w = p.value, * __restrict mo = s.mom, * __restrict va = s.var;
     if (!s.projected) {
 #pragma omp parallel for schedule(static)
         for (int64_t j = 0; j < p.n; j++) {
