@@ -62,6 +62,25 @@ void BM_gemm_openblas(benchmark::State & state) { gemm_case<true>(state); }
 MODEL_GEMM_SHAPES(BM_gemm);
 MODEL_GEMM_SHAPES(BM_gemm_openblas);
 
+// the same products as `--bf16` runs them: the weight B stored bf16, every operand rounded to
+// bf16, f32 accumulation (vdpbf16ps / AMX where present)
+void BM_gemm_bf16(benchmark::State & state) {
+    const int64_t M = state.range(0), N = state.range(1), K = state.range(2);
+    const bool ta = state.range(3) != 0, tb = state.range(4) != 0;
+    auto A = filled(M * K), Bf = filled(K * N);
+    std::vector<uint16_t> B(Bf.size());
+    for (size_t i = 0; i < B.size(); i++) B[i] = f32_to_bf16(Bf[i]);
+    std::vector<float> C((size_t) (M * N));
+    for (auto _ : state) {
+        gemm_own(ta, tb, M, N, K, 1.0f, A.data(), ta ? M : K, PEFT_DTYPE_BF16, B.data(), tb ? K : N, 0.0f, C.data(), N,
+                 true);
+        benchmark::DoNotOptimize(C.data());
+    }
+    set_flops(state, 2.0 * M * N * K);
+}
+MODEL_GEMM_SHAPES(BM_gemm_bf16)->Args({256, 32000, 768, 0, 1}) /* lm_head forward chunk */
+    ->Args({256, 768, 32000, 0, 0}) /* lm_head input grad chunk */;
+
 // the rank-16 LoRA products of a gate/up projection (IC 768, OC 2048) over N = 1024 rows
 #define LORA_GEMM_SHAPES(b)                                                      \
     BENCHMARK(b)                                                                 \

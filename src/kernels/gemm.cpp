@@ -268,6 +268,45 @@ static void gemv_rows(const gemm_args & g, const gemm_micro_set & s) {
 
 static void gemm_run(const gemm_args & g);
 
+// f32 products with at most 16 columns (or, as C^T = op(B)^T op(A)^T, at most 16 rows): the
+// rank-r LoRA products. The small operand is packed once into [K][16]; the large one is read in
+// place, 12 rows per kernel call, threads over those row blocks. Each element of C is one sum
+// over k in increasing order, whatever the thread count.
+static void gemm_skinny(const gemm_args & g, const gemm_micro_set & s, bool transposed) {
+    constexpr int RB = 12;
+    const float * A = g.A;
+    const float * B = (const float *) g.B;
+    // the large operand L (rows x K), read in place, and the small one S (K x cols), packed
+    const int64_t rows = transposed ? g.N : g.M, cols = transposed ? g.M : g.N, K = g.K;
+    const float * L = transposed ? B : A;
+    const int64_t lr = transposed ? (g.tb ? g.ldb : 1) : (g.ta ? 1 : g.lda);
+    const int64_t lk = transposed ? (g.tb ? 1 : g.ldb) : (g.ta ? g.lda : 1);
+    static thread_local std::vector<float> sbuf;
+    float * Sp = aligned_buffer(sbuf, (size_t) (K * 16));
+    for (int64_t k = 0; k < K; k++) {
+        for (int64_t j = 0; j < 16; j++) {
+            float v = 0.0f;
+            if (j < cols) v = transposed ? A[g.ta ? k * g.lda + j : j * g.lda + k] : B[g.tb ? j * g.ldb + k : k * g.ldb + j];
+            Sp[k * 16 + j] = v;
+        }
+    }
+    const int64_t nblocks = (rows + RB - 1) / RB;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nblocks; b++) {
+        alignas(64) float T[RB * 16];
+        const int64_t r0 = b * RB;
+        const int n = (int) std::min<int64_t>(RB, rows - r0);
+        s.skinny_f32(n, K, L + r0 * lr, lr, lk, Sp, T);
+        for (int i = 0; i < n; i++) {
+            for (int64_t j = 0; j < cols; j++) {
+                float & c = transposed ? g.C[j * g.ldc + r0 + i] : g.C[(r0 + i) * g.ldc + j];
+                const float t = T[i * 16 + j];
+                c = g.beta == 0.0f ? g.alpha * t : std::fma(g.alpha, t, g.beta * c);   // as store_tile
+            }
+        }
+    }
+}
+
 // Without AVX-512 our kernel only widens bf16 to f32 while packing, so OpenBLAS's Zen / Haswell
 // kernels win here too: the operands that are not plain f32 (a bf16 weight, bf16 rounding, a
 // quantized weight's decode) are staged as f32 in blocks of at most STAGE floats each and
@@ -370,6 +409,10 @@ static void gemm_run(const gemm_args & g) {
             return;
         }
         if (M >= STAGED_MIN_ROWS) { gemm_blas_staged(g); return; }
+    }
+    if (s.skinny_f32 && b_type == PEFT_DTYPE_F32 && !bf16_compute && !g.rd && (N <= 16 || M <= 16)) {
+        gemm_skinny(g, s, N > 16);
+        return;
     }
     // KC: more k per pass means fewer read-modify-write passes over C; 384 f32 (a 48 KB B
     // micro-panel) and MC ~ 516 rows measured best on the small shape's GEMMs (+12% over

@@ -55,6 +55,44 @@ AVX512_ATTR static void micro_f32_avx512(int64_t kc, const float * Ap, const flo
     for (int i = 0; i < MR; i++) store_row_avx512(C + i * ldc, c[i][0], c[i][1], alpha, beta);
 }
 
+// ---- AVX-512 skinny products: N <= 16 columns, A read in place ----------------------------
+// T[i][0..16) = sum_k A(i, k) Bp[k][0..16) for R rows, A(i, k) at A[i * ra + k * ka]; one zmm
+// accumulator per row, k summed in increasing order. A LoRA product such as x A^T has 16 columns:
+// the 12 x 32 tile would compute half zeros, and packing A would copy the whole activation.
+template <int R>
+AVX512_ATTR static void skinny_rows_avx512(int64_t K, const float * A, int64_t ra, int64_t ka, const float * Bp,
+                                           float * T) {
+    __m512 c[R];
+#pragma GCC unroll 12
+    for (int i = 0; i < R; i++) c[i] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        const __m512 b = _mm512_load_ps(Bp + k * 16);
+        const float * a = A + k * ka;
+#pragma GCC unroll 12
+        for (int i = 0; i < R; i++) c[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i * ra]), b, c[i]);
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < R; i++) _mm512_store_ps(T + i * 16, c[i]);
+}
+
+AVX512_ATTR static void skinny_f32_avx512(int rows, int64_t K, const float * A, int64_t ra, int64_t ka,
+                                          const float * Bp, float * T) {
+    switch (rows) {
+    case 12: skinny_rows_avx512<12>(K, A, ra, ka, Bp, T); break;
+    case 11: skinny_rows_avx512<11>(K, A, ra, ka, Bp, T); break;
+    case 10: skinny_rows_avx512<10>(K, A, ra, ka, Bp, T); break;
+    case 9:  skinny_rows_avx512<9>(K, A, ra, ka, Bp, T); break;
+    case 8:  skinny_rows_avx512<8>(K, A, ra, ka, Bp, T); break;
+    case 7:  skinny_rows_avx512<7>(K, A, ra, ka, Bp, T); break;
+    case 6:  skinny_rows_avx512<6>(K, A, ra, ka, Bp, T); break;
+    case 5:  skinny_rows_avx512<5>(K, A, ra, ka, Bp, T); break;
+    case 4:  skinny_rows_avx512<4>(K, A, ra, ka, Bp, T); break;
+    case 3:  skinny_rows_avx512<3>(K, A, ra, ka, Bp, T); break;
+    case 2:  skinny_rows_avx512<2>(K, A, ra, ka, Bp, T); break;
+    default: skinny_rows_avx512<1>(K, A, ra, ka, Bp, T); break;
+    }
+}
+
 // Each 32-bit lane of a B vector holds a k-pair of one column; the A pair is broadcast.
 AVX512_BF16_ATTR static void micro_bf16_avx512(int64_t kc2, const uint32_t * Ap, const uint32_t * Bp, float * C,
                                                int64_t ldc, float alpha, float beta) {
@@ -544,14 +582,14 @@ static void gemv_bf16_scalar(int64_t N, int64_t K, const float * x, const uint16
 }
 
 const gemm_micro_set gemm_set_avx512_amx = {"avx512-amx", 12, 32, 32, 32, true, micro_f32_avx512, micro_bf16_amx,
-                                            gemv_f32_avx512, gemv_bf16_avx512, &gemm_packers_avx512};
+                                            gemv_f32_avx512, gemv_bf16_avx512, skinny_f32_avx512, &gemm_packers_avx512};
 const gemm_micro_set gemm_set_avx512_bf16 = {"avx512-bf16", 12, 32, 12, 32, false, micro_f32_avx512, micro_bf16_avx512,
-                                             gemv_f32_avx512, gemv_bf16_avx512, &gemm_packers_avx512};
+                                             gemv_f32_avx512, gemv_bf16_avx512, skinny_f32_avx512, &gemm_packers_avx512};
 const gemm_micro_set gemm_set_avx512 = {"avx512", 12, 32, 12, 32, false, micro_f32_avx512, nullptr, gemv_f32_avx512,
-                                        gemv_bf16_avx512, &gemm_packers_avx512};
+                                        gemv_bf16_avx512, skinny_f32_avx512, &gemm_packers_avx512};
 const gemm_micro_set gemm_set_avx2 = {"avx2", 6, 16, 6, 16, false, micro_f32_avx2, nullptr, gemv_f32_avx2, gemv_bf16_avx2,
-                                      &gemm_packers_avx2};
+                                      nullptr, &gemm_packers_avx2};
 const gemm_micro_set gemm_set_scalar = {"scalar", 4, 8, 4, 8, false, micro_f32_scalar, nullptr, gemv_f32_scalar,
-                                        gemv_bf16_scalar, &gemm_packers_generic};
+                                        gemv_bf16_scalar, nullptr, &gemm_packers_generic};
 
 } // namespace peft
