@@ -3,7 +3,8 @@
 # interleaved A B A B ... in one run so machine noise hits both; prints medians and ratios.
 #
 #   bench/compare_torch.sh [SHAPE] [ROUNDS]         e.g. bench/compare_torch.sh small 3
-# Env: BATCH (4), SEQ (256), STEPS (5), THREADS (2), PEFT (build/peft), TORCH_REF.
+# Env: BATCH (4), SEQ (256), STEPS (5), THREADS (2), PEFT (build/peft), PEFT_FLAGS (e.g. --bf16),
+# TORCH_REF.
 # Needs: apt-get install python3-torch python3-numpy libopenblas0-openmp (dev machines only).
 # peft `frozen` (forward + input gradients, no adapter) is paired with torch `lora` r16, the
 # baseline's nearest mode; peft `full` with torch `full`; peft `lora` with torch `lora` (both r16,
@@ -16,6 +17,7 @@ SHAPE=${1:-tiny}
 ROUNDS=${2:-3}
 BATCH=${BATCH:-4}; SEQ=${SEQ:-256}; STEPS=${STEPS:-5}; THREADS=${THREADS:-2}
 PEFT=${PEFT:-build/peft}
+PEFT_FLAGS=${PEFT_FLAGS:-}   # e.g. --bf16 (PyTorch's side stays f32, the baseline)
 TORCH_REF=${TORCH_REF:-../shared/bench/torch_ref.py}
 TORCH_SHAPE=$SHAPE; [ "$SHAPE" = "1b" ] && TORCH_SHAPE=1b-shape
 OUT=$(mktemp -d)
@@ -25,7 +27,7 @@ for method in $METHODS; do
   case $method in full|lora|dora) tmethod=$method ;; *) tmethod=lora ;; esac
   for r in $(seq "$ROUNDS"); do
     "$PEFT" bench --shape "$SHAPE" --method "$method" --lora-r 16 --lora-alpha 16 --batch "$BATCH" --seq "$SEQ" \
-      --steps "$STEPS" --threads "$THREADS" --peak >> "$OUT/peft_$method.jsonl"
+      --steps "$STEPS" --threads "$THREADS" --peak $PEFT_FLAGS >> "$OUT/peft_$method.jsonl"
     /usr/bin/python3 "$TORCH_REF" --config "$TORCH_SHAPE" --method "$tmethod" --rank 16 --batch "$BATCH" \
       --seq "$SEQ" --steps "$STEPS" --threads "$THREADS" >> "$OUT/torch_$method.jsonl"
   done

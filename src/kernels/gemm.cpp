@@ -198,48 +198,53 @@ static void store_tile(float * C, int64_t ldc, const float * tile, int nr, int64
     }
 }
 
-static void gemm_tile(const gemm_args & g, const gemm_micro_set & s, int64_t i0, int64_t mc, int64_t j0, int64_t nc,
-                      int64_t KC) {
-    static thread_local std::vector<float> abuf, bbuf;
+// One K block (p0, kc) of the tile C[i0.., j0..] (mc x nc): B's block packed here, A's panels
+// given (Ap: ceil(mc/mr) panels of ksteps x mr), the micro-kernels summing into C.
+static void gemm_tile_block(const gemm_args & g, const gemm_micro_set & s, const float * Ap, int64_t i0, int64_t mc,
+                            int64_t j0, int64_t nc, int64_t p0, int64_t kc, int64_t KC) {
+    static thread_local std::vector<float> bbuf;
     const bool dot = g.bf16 && s.bf16;   // bf16 pair panels (vdpbf16ps or AMX)
     const bool amx = dot && s.amx;
     const int mr = dot ? s.bmr : s.mr, nr = dot ? s.bnr : s.nr;
+    const int64_t kc2 = (kc + 1) / 2, ksteps = amx ? (kc2 + 15) / 16 * 16 : dot ? kc2 : kc;
     // kc2p <= max(16, KC / 2) <= KC: the buffers sized for KC floats hold AMX panels too
-    float * Ap = aligned_buffer(abuf, (size_t) ((mc + mr - 1) / mr * mr) * KC);
     float * Bp = aligned_buffer(bbuf, (size_t) ((nc + nr - 1) / nr * nr) * KC);
     alignas(64) float tile[32 * 32];
-    for (int64_t p0 = 0; p0 < g.K; p0 += KC) {
-        const int64_t kc = std::min(KC, g.K - p0), kc2 = (kc + 1) / 2;
-        const int64_t ksteps = amx ? (kc2 + 15) / 16 * 16 : dot ? kc2 : kc;
-        if (amx) {   // B panel by panel, each zero-padded from kc2 to ksteps pair rows
-            s.pack->pair_rows((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, ksteps);
-            for (int64_t jr = 0; jr < nc; jr += nr) {
-                uint32_t * b = (uint32_t *) Bp + (jr / nr) * ksteps * nr;
-                pack_b_block(b, *s.pack, g, j0 + jr, std::min<int64_t>(nr, nc - jr), p0, kc, nr, true);
-                std::memset(b + kc2 * nr, 0, (size_t) ((ksteps - kc2) * nr) * 4);
-            }
-        } else {
-            if (dot) s.pack->pairs((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr);
-            else     s.pack->f32(Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, g.bf16);
-            pack_b_block(Bp, *s.pack, g, j0, nc, p0, kc, nr, dot);
-        }
-        const float beta = p0 == 0 ? g.beta : 1.0f;
+    if (amx) {   // B panel by panel, each zero-padded from kc2 to ksteps pair rows
         for (int64_t jr = 0; jr < nc; jr += nr) {
-            for (int64_t ir = 0; ir < mc; ir += mr) {
-                const float * a = Ap + (ir / mr) * ksteps * mr;
-                const float * b = Bp + (jr / nr) * ksteps * nr;
-                float * c = g.C + (i0 + ir) * g.ldc + j0 + jr;
-                const int64_t m = std::min<int64_t>(mr, mc - ir), n = std::min<int64_t>(nr, nc - jr);
-                const bool full = m == mr && n == nr;   // edges go through the tile buffer
-                float * out = full ? c : tile;
-                const int64_t ldo = full ? g.ldc : nr;
-                const float al = full ? g.alpha : 1.0f, be = full ? beta : 0.0f;
-                if (dot) s.bf16(ksteps, (const uint32_t *) a, (const uint32_t *) b, out, ldo, al, be);
-                else     s.f32(ksteps, a, b, out, ldo, al, be);
-                if (!full) store_tile(c, g.ldc, tile, nr, m, n, g.alpha, beta);
-            }
+            uint32_t * b = (uint32_t *) Bp + (jr / nr) * ksteps * nr;
+            pack_b_block(b, *s.pack, g, j0 + jr, std::min<int64_t>(nr, nc - jr), p0, kc, nr, true);
+            std::memset(b + kc2 * nr, 0, (size_t) ((ksteps - kc2) * nr) * 4);
+        }
+    } else {
+        pack_b_block(Bp, *s.pack, g, j0, nc, p0, kc, nr, dot);
+    }
+    const float beta = p0 == 0 ? g.beta : 1.0f;
+    for (int64_t jr = 0; jr < nc; jr += nr) {
+        for (int64_t ir = 0; ir < mc; ir += mr) {
+            const float * a = Ap + (ir / mr) * ksteps * mr;
+            const float * b = Bp + (jr / nr) * ksteps * nr;
+            float * c = g.C + (i0 + ir) * g.ldc + j0 + jr;
+            const int64_t m = std::min<int64_t>(mr, mc - ir), n = std::min<int64_t>(nr, nc - jr);
+            const bool full = m == mr && n == nr;   // edges go through the tile buffer
+            float * out = full ? c : tile;
+            const int64_t ldo = full ? g.ldc : nr;
+            const float al = full ? g.alpha : 1.0f, be = full ? beta : 0.0f;
+            if (dot) s.bf16(ksteps, (const uint32_t *) a, (const uint32_t *) b, out, ldo, al, be);
+            else     s.f32(ksteps, a, b, out, ldo, al, be);
+            if (!full) store_tile(c, g.ldc, tile, nr, m, n, g.alpha, beta);
         }
     }
+}
+
+// A's rows i0 .. i0+mc of K block (p0, kc) into panels of mr rows (AMX: rows of kc2p pairs)
+static void pack_a_block(float * Ap, const gemm_args & g, const gemm_micro_set & s, int64_t i0, int64_t mc, int64_t p0,
+                         int64_t kc) {
+    const bool dot = g.bf16 && s.bf16, amx = dot && s.amx;
+    const int mr = dot ? s.bmr : s.mr;
+    if (amx)      s.pack->pair_rows((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, ((kc + 1) / 2 + 15) / 16 * 16);
+    else if (dot) s.pack->pairs((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr);
+    else          s.pack->f32(Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, g.bf16);
 }
 
 // One row times a [N,K] B (decoding a token through x W^T): dot products, threads over rows.
@@ -436,10 +441,29 @@ static void gemm_run(const gemm_args & g) {
     const int64_t nnt = (N + NC - 1) / NC;
     if (nmt * nnt < want) MC = std::min(MC, split(M, (want + nnt - 1) / nnt, mr));
     nmt = (M + MC - 1) / MC;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t t = 0; t < nmt * nnt; t++) {
-        const int64_t i0 = (t / nnt) * MC, j0 = (t % nnt) * NC;
-        gemm_tile(g, s, i0, std::min(MC, M - i0), j0, std::min(NC, N - j0), KC);
+    // A's K block is packed once for all column blocks (each tile would re-pack it per NC
+    // columns: 63 times over the lm_head's 32000), then the tiles run; C sums the K blocks in
+    // increasing order whichever thread takes a tile.
+    const int64_t panels = (M + mr - 1) / mr, kmax = dot ? (KC + 1) / 2 : KC;
+    const int64_t kpanel = s.amx && dot ? (kmax + 15) / 16 * 16 : kmax;   // the largest ksteps
+    static thread_local std::vector<float> abuf;
+    float * Ap = aligned_buffer(abuf, (size_t) (panels * mr * kpanel));
+    constexpr int64_t PACK_PANELS = 4;   // panels per packing task
+#pragma omp parallel
+    for (int64_t p0 = 0; p0 < K; p0 += KC) {
+        const int64_t kc = std::min(KC, K - p0), kc2 = (kc + 1) / 2;
+        const int64_t ksteps = s.amx && dot ? (kc2 + 15) / 16 * 16 : dot ? kc2 : kc;
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < panels; q += PACK_PANELS) {
+            const int64_t r0 = q * mr;
+            pack_a_block(Ap + q * ksteps * mr, g, s, r0, std::min(PACK_PANELS * mr, M - r0), p0, kc);
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < nmt * nnt; t++) {
+            const int64_t i0 = (t / nnt) * MC, j0 = (t % nnt) * NC;
+            gemm_tile_block(g, s, Ap + (i0 / mr) * ksteps * mr, i0, std::min(MC, M - i0), j0, std::min(NC, N - j0), p0,
+                            kc, KC);
+        }
     }
 }
 

@@ -46,14 +46,6 @@ struct gemv_job {
 static inline __mmask16 mask16(int64_t left) { return left >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << left) - 1); }
 static inline __mmask32 mask32(int64_t left) { return left >= 32 ? (__mmask32) 0xffffffffu : (__mmask32) ((1ull << left) - 1); }
 
-// The next row of each stream while this one is read (the AVX-512 kernels: there, an earlier
-// layout measured faster with it; on Zen 3 with AVX2 it gained nothing over the hardware
-// prefetcher, so the AVX2 kernel has none). Byte offset `off` into row n, `row_bytes` long; a
-// prefetch past the matrix is harmless, it never faults.
-static inline void prefetch_row(const gemv_job & j, int64_t n, int64_t off, int64_t row_bytes) {
-    _mm_prefetch((const char *) j.W + n * row_bytes + off, _MM_HINT_T0);
-}
-
 // Rows [n0, n1) of W in groups of RW that walk RW long streams: the range is cut into RW
 // contiguous parts read side by side, row[r] = n0 + r*Q + i, so each stream continues from one
 // group into the next and the hardware prefetcher keeps up. Groups of RW adjacent rows started RW
@@ -88,11 +80,12 @@ static inline void store_rows(const gemv_job & j, const int64_t (&row)[RW], int 
 }
 
 // Rows row[0..4) of W (the first R stored, for_row_groups) against the MB rows of f32 x [MB, IC],
-// f32 FMAs; the rows of W share each x load. Each stream's next row is prefetched, one
-// prefetch per cache line of W (16 f32 or 32 bf16 weights; bf16 had prefetched each line twice).
+// f32 FMAs; the rows of W share each x load. No software prefetch: on a Zen 4 core with the
+// weights on 2 MiB pages (core/arena.cpp), prefetching each stream's next row cut the read
+// rate from 29-31 to 24-27 GB/s (1 thread) and from 31-35 to 18-25 (2 threads); on 4 KiB pages
+// it was even. The hardware prefetcher follows the four streams.
 template <int MB, bool BF16W>
 GEMV_AVX512_ATTR static void block_exact(const gemv_job & j, const float * x, int64_t IC, const int64_t (&row)[4], int R) {
-    constexpr int64_t ES = BF16W ? 2 : 4;   // bytes per weight
     __m512 acc[4][MB];
     for (int r = 0; r < 4; r++)
         for (int m = 0; m < MB; m++) acc[r][m] = _mm512_setzero_ps();
@@ -117,12 +110,7 @@ GEMV_AVX512_ATTR static void block_exact(const gemv_job & j, const float * x, in
         }
     };
     int64_t k = 0;
-    for (; k + 16 <= IC; k += 16) {
-        if ((k * ES) % 64 == 0) {   // k is a multiple of 16: a no-op test for f32 weights
-            for (int r = 0; r < 4; r++) prefetch_row(j, row[r] + 1, k * ES, IC * ES);
-        }
-        step(k, std::false_type());
-    }
+    for (; k + 16 <= IC; k += 16) step(k, std::false_type());
     if (k < IC) step(k, std::true_type());
     float sums[4][MB];
     for (int r = 0; r < 4; r++)
@@ -133,7 +121,6 @@ GEMV_AVX512_ATTR static void block_exact(const gemv_job & j, const float * x, in
 // bf16 compute: xb [MB, ICp] bf16 pairs; 32 k per step (one vdpbf16ps per row of W and of x).
 template <int MB, bool BF16W>
 GEMV_BF16_ATTR static void block_dot(const gemv_job & j, const uint16_t * xb, int64_t IC, int64_t ICp, const int64_t (&row)[4], int R) {
-    constexpr int64_t ES = BF16W ? 2 : 4;
     __m512 acc[4][MB];
     for (int r = 0; r < 4; r++)
         for (int m = 0; m < MB; m++) acc[r][m] = _mm512_setzero_ps();
@@ -161,13 +148,7 @@ GEMV_BF16_ATTR static void block_dot(const gemv_job & j, const uint16_t * xb, in
         }
     };
     int64_t k = 0;
-    for (; k + 32 <= IC; k += 32) {
-        for (int r = 0; r < 4; r++) {   // 32 k: one line of bf16 W, two of f32 W
-            prefetch_row(j, row[r] + 1, k * ES, IC * ES);
-            if (ES == 4) prefetch_row(j, row[r] + 1, k * ES + 64, IC * ES);
-        }
-        step(k, std::false_type());
-    }
+    for (; k + 32 <= IC; k += 32) step(k, std::false_type());
     if (k < IC) step(k, std::true_type());
     float sums[4][MB];
     for (int r = 0; r < 4; r++)
