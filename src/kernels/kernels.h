@@ -131,6 +131,10 @@ void attention_forward(float * out, float * lse, const float * q, const float * 
 void attention_backward(float * dq, float * dk, float * dv, const float * dout, const float * out, const float * lse,
                         const float * q, const float * k, const float * v, const int32_t * seg,
                         int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS);
+// One decoded query head qh[HS] against the first n_keys rows of KV group g of a cache [max_ctx,
+// KVD] (k cache kc, v cache vc): o[HS] = softmax(qh K^T / sqrt(HS)) V; sc [n_keys] scratch.
+void attend_head(float * o, const float * qh, const float * kc, const float * vc, float * sc, int64_t n_keys, int64_t g,
+                 int64_t KVD, int64_t HS);
 void attention_forward_ref(float * out, const float * q, const float * k, const float * v, const int32_t * seg,
                            int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HS);
 

@@ -51,37 +51,6 @@ plan infer_plan(const llama_hparams & hp, int64_t max_ctx, int64_t nb, int n_thr
     return p;
 }
 
-// Softmax attention of one query head qh[HS] over the first n_keys rows of KV group g of a cache
-// [max_ctx, KVD]: o[HS] = softmax(q K^T / sqrt(HS)) V; sc [n_keys] is the caller's scratch.
-void attend_head(float * o, const float * qh, const float * kc, const float * vc, float * sc, int64_t n_keys, int64_t g,
-                 int64_t KVD, int64_t HS) {
-    const float scale = 1.0f / std::sqrt((float) HS);
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n_keys; j++) {
-        const float * kj = kc + j * KVD + g * HS;
-        float d = 0.0f;
-#pragma omp simd reduction(+ : d)
-        for (int64_t e = 0; e < HS; e++) d += qh[e] * kj[e];
-        d *= scale;
-        sc[j] = d;
-        mx = std::max(mx, d);
-    }
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n_keys; j++) {
-        sc[j] = std::exp(sc[j] - mx);
-        sum += sc[j];
-    }
-    std::memset(o, 0, (size_t) HS * 4);
-    for (int64_t j = 0; j < n_keys; j++) {
-        const float pj = sc[j];
-        const float * vj = vc + j * KVD + g * HS;
-#pragma omp simd
-        for (int64_t e = 0; e < HS; e++) o[e] += pj * vj[e];
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t e = 0; e < HS; e++) o[e] *= inv;
-}
-
 // Causal attention of nb new rows (absolute positions p0..p0+nb-1) over the cache rows
 // 0..p0+nb-1. q/out [nb, NH, HS]; k/v cache [max_ctx, NKV, HS]. One (row, head) item per
 // thread at a time; each thread keeps its probabilities in its own slice of `scores`.
