@@ -381,6 +381,71 @@ void gemm_own_read(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
     gemm_run({trans_a, trans_b, M, N, K, alpha, A, lda, PEFT_DTYPE_F32, nullptr, 0, beta, C, ldc, bf16_compute, &B});
 }
 
+// A few rows (a prompt's prefill) through a weight stored [N, K] (trans_b): W is read in place
+// by gemm_wrows, each of its rows once; the rows of A are packed once as columns (f32, or bf16
+// pairs when the weight is bf16 and the set has vdpbf16ps). Threads over blocks of W's rows;
+// each element of C is one sum over k in increasing order, whatever the thread count.
+constexpr int64_t WROWS_MAX_M = 64;
+static bool wrows_applies(const gemm_args & g, const gemm_micro_set & s) {
+    if (!s.wrows || !g.tb || g.rd || g.M > WROWS_MAX_M) return false;
+    if (g.btype == PEFT_DTYPE_F32) return !g.bf16;
+    return !g.bf16 || s.wrows->dot;   // bf16 W: exact, or bf16 compute on vdpbf16ps
+}
+
+static void gemm_wrows(const gemm_args & g, const gemm_micro_set & s) {
+    const int mw = (int) ((g.M + 15) / 16), MP = 16 * mw, R = 24 / mw;
+    const bool dot = g.bf16;
+    const int64_t K = g.K, steps = dot ? (K + 1) / 2 : K;
+    static thread_local std::vector<float> abuf;
+    float * Ap = aligned_buffer(abuf, (size_t) (steps * MP));
+    auto a_at = [&](int64_t m, int64_t k) { return g.A[g.ta ? k * g.lda + m : m * g.lda + k]; };
+    for (int64_t q = 0; q < steps; q++) {
+        for (int64_t m = 0; m < MP; m++) {
+            if (!dot) {
+                Ap[q * MP + m] = m < g.M ? a_at(m, q) : 0.0f;
+                continue;
+            }
+            uint32_t pair = 0;
+            if (m < g.M) {
+                pair = f32_to_bf16(a_at(m, 2 * q));
+                if (2 * q + 1 < K) pair |= (uint32_t) f32_to_bf16(a_at(m, 2 * q + 1)) << 16;
+            }
+            std::memcpy(Ap + q * MP + m, &pair, 4);
+        }
+    }
+    const int64_t blocks = (g.N + R - 1) / R;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        alignas(64) float T[24 * 16];
+        // the last block starts R rows before the end (re-computing a few rows) so that the
+        // kernel never reads past W; a weight of fewer than R rows goes through a copy
+        const int64_t n0 = std::min(b * R, std::max<int64_t>(0, g.N - R));
+        const int64_t rows = std::min<int64_t>(R, g.N - n0);
+        std::vector<uint8_t> pad;
+        const void * W = g.btype == PEFT_DTYPE_F32 ? (const void *) ((const float *) g.B + n0 * g.ldb)
+                                                   : (const void *) ((const uint16_t *) g.B + n0 * g.ldb);
+        int64_t ldw = g.ldb;
+        if (rows < R) {   // N < R: zero rows after the real ones
+            const size_t es = g.btype == PEFT_DTYPE_F32 ? 4 : 2;
+            pad.assign((size_t) R * (size_t) K * es, 0);
+            for (int64_t r = 0; r < rows; r++) std::memcpy(pad.data() + r * K * es, (const uint8_t *) W + r * g.ldb * es, K * es);
+            W = pad.data();
+            ldw = K;
+        }
+        if (g.btype == PEFT_DTYPE_F32) s.wrows->f32(mw, K, (const float *) W, ldw, Ap, T);
+        else if (dot)                  s.wrows->dot(mw, K, (const uint16_t *) W, ldw, (const uint32_t *) Ap, T);
+        else                           s.wrows->bf16w(mw, K, (const uint16_t *) W, ldw, Ap, T);
+        const int64_t first = b * R - n0;   // rows of this block the previous block has not written
+        for (int64_t m = 0; m < g.M; m++) {
+            for (int64_t r = first; r < rows; r++) {
+                float & c = g.C[m * g.ldc + n0 + r];
+                const float t = T[r * MP + m];
+                c = g.beta == 0.0f ? g.alpha * t : std::fma(g.alpha, t, g.beta * c);   // as store_tile
+            }
+        }
+    }
+}
+
 static void gemm_run(const gemm_args & g) {
     const bool trans_b = g.tb, bf16_compute = g.bf16;
     const int64_t M = g.M, N = g.N, K = g.K;
@@ -414,6 +479,10 @@ static void gemm_run(const gemm_args & g) {
             return;
         }
         if (M >= STAGED_MIN_ROWS) { gemm_blas_staged(g); return; }
+    }
+    if (wrows_applies(g, s) && !(s.skinny_f32 && b_type == PEFT_DTYPE_F32 && !bf16_compute && M <= 16)) {
+        gemm_wrows(g, s);
+        return;
     }
     if (s.skinny_f32 && b_type == PEFT_DTYPE_F32 && !bf16_compute && !g.rd && (N <= 16 || M <= 16)) {
         gemm_skinny(g, s, N > 16);

@@ -93,6 +93,76 @@ AVX512_ATTR static void skinny_f32_avx512(int rows, int64_t K, const float * A, 
     }
 }
 
+// ---- AVX-512 few-row products against a row-major weight read in place (prefill) -----------
+// T[r][0..16*MW) = sum_k W[r][k] A(., k) for R = 24 / MW rows of W (row stride ldw), the rows of A
+// packed as columns: Ap [K][16*MW] f32, or [K2][16*MW] bf16 pairs for vdpbf16ps (DOT). Packing
+// W would copy the whole weight once per prompt; here each row streams from memory once and
+// its elements are broadcast (f32 as is, bf16 widened by a 16-bit shift, pairs as stored).
+template <int MW, typename WT, bool DOT>
+AVX512_BF16_ATTR static void wrows_avx512(int64_t K, const void * Wv, int64_t ldw, const float * Ap, float * T) {
+    constexpr int R = 24 / MW, MP = 16 * MW;
+    const WT * W = (const WT *) Wv;
+    __m512 c[R][MW];
+#pragma GCC unroll 24
+    for (int r = 0; r < R; r++)
+        for (int w = 0; w < MW; w++) c[r][w] = _mm512_setzero_ps();
+    if constexpr (DOT) {
+        const uint32_t * A = (const uint32_t *) Ap;
+        const int64_t K2 = K / 2;
+        for (int64_t q = 0; q <= K2; q++) {
+            if (q == K2 && K % 2 == 0) break;
+            __m512bh a[MW];
+            for (int w = 0; w < MW; w++) a[w] = (__m512bh) _mm512_load_si512(A + q * MP + 16 * w);
+#pragma GCC unroll 24
+            for (int r = 0; r < R; r++) {
+                const uint16_t * wr = (const uint16_t *) W + r * ldw + 2 * q;
+                uint32_t pair;
+                if (q < K2) std::memcpy(&pair, wr, 4);
+                else        pair = wr[0];   // odd K: the last k alone, its partner zero (never the next row)
+                const __m512bh b = (__m512bh) _mm512_set1_epi32((int) pair);
+                for (int w = 0; w < MW; w++) c[r][w] = _mm512_dpbf16_ps(c[r][w], a[w], b);
+            }
+        }
+    } else {
+        for (int64_t k = 0; k < K; k++) {
+            __m512 a[MW];
+            for (int w = 0; w < MW; w++) a[w] = _mm512_load_ps(Ap + k * MP + 16 * w);
+#pragma GCC unroll 24
+            for (int r = 0; r < R; r++) {
+                __m512 b;
+                if constexpr (sizeof(WT) == 4) b = _mm512_set1_ps(((const float *) W)[r * ldw + k]);
+                else b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_set1_epi16((short) W[r * ldw + k]), 16));
+                for (int w = 0; w < MW; w++) c[r][w] = _mm512_fmadd_ps(b, a[w], c[r][w]);
+            }
+        }
+    }
+#pragma GCC unroll 24
+    for (int r = 0; r < R; r++)
+        for (int w = 0; w < MW; w++) _mm512_store_ps(T + r * MP + 16 * w, c[r][w]);
+}
+
+template <typename WT, bool DOT>
+AVX512_BF16_ATTR static void wrows_dispatch(int mw, int64_t K, const void * W, int64_t ldw, const float * Ap, float * T) {
+    switch (mw) {
+    case 1:  wrows_avx512<1, WT, DOT>(K, W, ldw, Ap, T); break;
+    case 2:  wrows_avx512<2, WT, DOT>(K, W, ldw, Ap, T); break;
+    case 3:  wrows_avx512<3, WT, DOT>(K, W, ldw, Ap, T); break;
+    default: wrows_avx512<4, WT, DOT>(K, W, ldw, Ap, T); break;
+    }
+}
+
+AVX512_ATTR static void wrows_f32_avx512(int mw, int64_t K, const float * W, int64_t ldw, const float * Ap, float * T) {
+    wrows_dispatch<float, false>(mw, K, W, ldw, Ap, T);
+}
+AVX512_ATTR static void wrows_bf16w_avx512(int mw, int64_t K, const uint16_t * W, int64_t ldw, const float * Ap,
+                                           float * T) {
+    wrows_dispatch<uint16_t, false>(mw, K, W, ldw, Ap, T);
+}
+AVX512_BF16_ATTR static void wrows_dot_avx512(int mw, int64_t K, const uint16_t * W, int64_t ldw, const uint32_t * Ap,
+                                              float * T) {
+    wrows_dispatch<uint16_t, true>(mw, K, W, ldw, (const float *) Ap, T);
+}
+
 // Each 32-bit lane of a B vector holds a k-pair of one column; the A pair is broadcast.
 AVX512_BF16_ATTR static void micro_bf16_avx512(int64_t kc2, const uint32_t * Ap, const uint32_t * Bp, float * C,
                                                int64_t ldc, float alpha, float beta) {
@@ -581,15 +651,20 @@ static void gemv_bf16_scalar(int64_t N, int64_t K, const float * x, const uint16
     }
 }
 
+static const gemm_wrows gemm_wrows_avx512_bf16 = {wrows_f32_avx512, wrows_bf16w_avx512, wrows_dot_avx512};
+static const gemm_wrows gemm_wrows_avx512 = {wrows_f32_avx512, wrows_bf16w_avx512, nullptr};
+
 const gemm_micro_set gemm_set_avx512_amx = {"avx512-amx", 12, 32, 32, 32, true, micro_f32_avx512, micro_bf16_amx,
-                                            gemv_f32_avx512, gemv_bf16_avx512, skinny_f32_avx512, &gemm_packers_avx512};
+                                            gemv_f32_avx512, gemv_bf16_avx512, skinny_f32_avx512,
+                                            &gemm_wrows_avx512_bf16, &gemm_packers_avx512};
 const gemm_micro_set gemm_set_avx512_bf16 = {"avx512-bf16", 12, 32, 12, 32, false, micro_f32_avx512, micro_bf16_avx512,
-                                             gemv_f32_avx512, gemv_bf16_avx512, skinny_f32_avx512, &gemm_packers_avx512};
+                                             gemv_f32_avx512, gemv_bf16_avx512, skinny_f32_avx512,
+                                             &gemm_wrows_avx512_bf16, &gemm_packers_avx512};
 const gemm_micro_set gemm_set_avx512 = {"avx512", 12, 32, 12, 32, false, micro_f32_avx512, nullptr, gemv_f32_avx512,
-                                        gemv_bf16_avx512, skinny_f32_avx512, &gemm_packers_avx512};
+                                        gemv_bf16_avx512, skinny_f32_avx512, &gemm_wrows_avx512, &gemm_packers_avx512};
 const gemm_micro_set gemm_set_avx2 = {"avx2", 6, 16, 6, 16, false, micro_f32_avx2, nullptr, gemv_f32_avx2, gemv_bf16_avx2,
-                                      nullptr, &gemm_packers_avx2};
+                                      nullptr, nullptr, &gemm_packers_avx2};
 const gemm_micro_set gemm_set_scalar = {"scalar", 4, 8, 4, 8, false, micro_f32_scalar, nullptr, gemv_f32_scalar,
-                                        gemv_bf16_scalar, nullptr, &gemm_packers_generic};
+                                        gemv_bf16_scalar, nullptr, nullptr, &gemm_packers_generic};
 
 } // namespace peft

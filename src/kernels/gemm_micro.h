@@ -50,6 +50,16 @@ struct gemm_packers {
     pack_pair_rows_fn pair_rows;   // f32 storage -> AMX A panels
 };
 
+// Few-row products against a row-major weight W [N, K] read in place (gemm.cpp gemm_wrows):
+// T[r][0..16*mw) = sum_k W[r*ldw + k] A(., k) for the 24/mw rows r of W from its first, A packed
+// as Ap [K][16*mw] f32 (f32 or bf16 W, exact) or [ceil(K/2)][16*mw] bf16 pairs (dot: bf16 W
+// as stored, vdpbf16ps); mw in 1..4, T [24/mw][16*mw] aligned.
+struct gemm_wrows {
+    void (*f32)(int mw, int64_t K, const float * W, int64_t ldw, const float * Ap, float * T);
+    void (*bf16w)(int mw, int64_t K, const uint16_t * W, int64_t ldw, const float * Ap, float * T);
+    void (*dot)(int mw, int64_t K, const uint16_t * W, int64_t ldw, const uint32_t * Ap, float * T);   // null: none
+};
+
 struct gemm_micro_set {
     const char *       name;      // "avx512-amx", "avx512-bf16", "avx512", "avx2", "scalar"
     int                mr, nr;    // tile of the f32 kernel
@@ -60,6 +70,7 @@ struct gemm_micro_set {
     gemv_f32_fn        gemv_f32;
     gemv_bf16_fn       gemv_bf16;
     gemm_skinny_fn     skinny_f32;  // f32 products of <= 16 columns; null: the tiled path
+    const gemm_wrows * wrows;       // few-row products over a weight read in place; null: tiled
     const gemm_packers * pack;
 };
 
