@@ -1,7 +1,10 @@
 // gemm.cpp: the matrix multiply every linear layer goes through. gemm_own is ours: operands
-// packed into panels (A per MC x KC block, B per KC x NC block, B optionally stored bf16), one
-// register-blocked micro-kernel per ISA chosen by CPUID (gemm_avx512.cpp), OpenMP threads over
-// the MC x NC tiles of C. Each element of C is summed in the same k order whatever the thread
+// packed into panels (A per KC block once for the whole product, B per KC x NC block, B
+// optionally stored bf16), one register-blocked micro-kernel per ISA chosen by CPUID
+// (gemm_avx512.cpp), OpenMP threads over the MC x NC tiles of C. Two shapes skip the tiles where
+// the set has kernels for them: f32 products of <= 16 columns or rows (the rank-r LoRA products,
+// gemm_skinny) and products of <= 64 rows through a [N, K] weight (prefill, gemm_wrows), both
+// reading the large operand in place. Each element of C is summed in the same k order whatever the thread
 // count, so results are bit-identical across thread counts. With bf16 compute, operands are
 // rounded to bf16 while packing and multiplied with f32 accumulation (AMX tiles, vdpbf16ps, or
 // the f32 kernel on rounded values where neither exists). gemm_blas is OpenBLAS, kept for fp64,
