@@ -20,11 +20,11 @@ typedef void (*gemm_micro_bf16_fn)(int64_t kc2, const uint32_t * Ap, const uint3
                                    float alpha, float beta);
 // y[n] = sum_k x[k] * W[n*ldw + k] for n in [0, N): one decoded token through W [N, K]
 typedef void (*gemv_f32_fn)(int64_t N, int64_t K, const float * x, const float * W, int64_t ldw, float * y);
+typedef void (*gemv_bf16_fn)(int64_t N, int64_t K, const float * x, const uint16_t * W, int64_t ldw, float * y);
 // T[i][0..16) = sum_k A(i, k) Bp[k][0..16) for `rows` <= 12 rows i, A(i, k) at A[i * ra + k * ka]
 // (read in place, not packed), Bp [K][16] (zero past the matrix's columns), T [rows][16] aligned
 typedef void (*gemm_skinny_fn)(int rows, int64_t K, const float * A, int64_t ra, int64_t ka, const float * Bp,
                                float * T);
-typedef void (*gemv_bf16_fn)(int64_t N, int64_t K, const float * x, const uint16_t * W, int64_t ldw, float * y);
 
 // Packers: an operand element (i, p), i along M (A) or N (B), p along K, lives at X[i*ld + p]
 // when `rowmajor` and at X[p*ld + i] otherwise; rows i0 .. i0+n, k p0 .. p0+kc go to panels of
