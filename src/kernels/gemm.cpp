@@ -201,6 +201,13 @@ static void store_tile(float * C, int64_t ldc, const float * tile, int nr, int64
     }
 }
 
+// k steps of a panel over kc values of k: kc (f32), its pairs (bf16 dot), the pairs rounded up
+// to an AMX tile's 16 (zero past kc)
+static int64_t panel_steps(int64_t kc, bool dot, bool amx) {
+    const int64_t kc2 = (kc + 1) / 2;
+    return amx ? (kc2 + 15) / 16 * 16 : dot ? kc2 : kc;
+}
+
 // One K block (p0, kc) of the tile C[i0.., j0..] (mc x nc): B's block packed here, A's panels
 // given (Ap: ceil(mc/mr) panels of ksteps x mr), the micro-kernels summing into C.
 static void gemm_tile_block(const gemm_args & g, const gemm_micro_set & s, const float * Ap, int64_t i0, int64_t mc,
@@ -209,7 +216,7 @@ static void gemm_tile_block(const gemm_args & g, const gemm_micro_set & s, const
     const bool dot = g.bf16 && s.bf16;   // bf16 pair panels (vdpbf16ps or AMX)
     const bool amx = dot && s.amx;
     const int mr = dot ? s.bmr : s.mr, nr = dot ? s.bnr : s.nr;
-    const int64_t kc2 = (kc + 1) / 2, ksteps = amx ? (kc2 + 15) / 16 * 16 : dot ? kc2 : kc;
+    const int64_t kc2 = (kc + 1) / 2, ksteps = panel_steps(kc, dot, amx);
     // kc2p <= max(16, KC / 2) <= KC: the buffers sized for KC floats hold AMX panels too
     float * Bp = aligned_buffer(bbuf, (size_t) ((nc + nr - 1) / nr * nr) * KC);
     alignas(64) float tile[32 * 32];
@@ -245,7 +252,7 @@ static void pack_a_block(float * Ap, const gemm_args & g, const gemm_micro_set &
                          int64_t kc) {
     const bool dot = g.bf16 && s.bf16, amx = dot && s.amx;
     const int mr = dot ? s.bmr : s.mr;
-    if (amx)      s.pack->pair_rows((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, ((kc + 1) / 2 + 15) / 16 * 16);
+    if (amx)      s.pack->pair_rows((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, panel_steps(kc, true, true));
     else if (dot) s.pack->pairs((uint32_t *) Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr);
     else          s.pack->f32(Ap, g.A, g.lda, !g.ta, i0, mc, p0, kc, mr, g.bf16);
 }
@@ -483,14 +490,10 @@ static void gemm_run(const gemm_args & g) {
         }
         if (M >= STAGED_MIN_ROWS) { gemm_blas_staged(g); return; }
     }
-    if (wrows_applies(g, s) && !(s.skinny_f32 && b_type == PEFT_DTYPE_F32 && !bf16_compute && M <= 16)) {
-        gemm_wrows(g, s);
-        return;
-    }
-    if (s.skinny_f32 && b_type == PEFT_DTYPE_F32 && !bf16_compute && !g.rd && (N <= 16 || M <= 16)) {
-        gemm_skinny(g, s, N > 16);
-        return;
-    }
+    // f32 with <= 16 rows goes to the skinny kernel; other few-row products over a weight to wrows
+    const bool skinny = s.skinny_f32 && b_type == PEFT_DTYPE_F32 && !bf16_compute && !g.rd && (N <= 16 || M <= 16);
+    if (wrows_applies(g, s) && !(skinny && M <= 16)) { gemm_wrows(g, s); return; }
+    if (skinny) { gemm_skinny(g, s, N > 16); return; }
     // KC: more k per pass means fewer read-modify-write passes over C; 384 f32 (a 48 KB B
     // micro-panel) and MC ~ 516 rows measured best on the small shape's GEMMs (+12% over
     // 256 / 384, 1 and 2 threads); bf16 pairs halve the bytes per k.
@@ -516,15 +519,14 @@ static void gemm_run(const gemm_args & g) {
     // A's K block is packed once for all column blocks (each tile would re-pack it per NC
     // columns: 63 times over the lm_head's 32000), then the tiles run; C sums the K blocks in
     // increasing order whichever thread takes a tile.
-    const int64_t panels = (M + mr - 1) / mr, kmax = dot ? (KC + 1) / 2 : KC;
-    const int64_t kpanel = s.amx && dot ? (kmax + 15) / 16 * 16 : kmax;   // the largest ksteps
+    const bool amx = dot && s.amx;
+    const int64_t panels = (M + mr - 1) / mr;
     static thread_local std::vector<float> abuf;
-    float * Ap = aligned_buffer(abuf, (size_t) (panels * mr * kpanel));
+    float * Ap = aligned_buffer(abuf, (size_t) (panels * mr * panel_steps(KC, dot, amx)));
     constexpr int64_t PACK_PANELS = 4;   // panels per packing task
 #pragma omp parallel
     for (int64_t p0 = 0; p0 < K; p0 += KC) {
-        const int64_t kc = std::min(KC, K - p0), kc2 = (kc + 1) / 2;
-        const int64_t ksteps = s.amx && dot ? (kc2 + 15) / 16 * 16 : dot ? kc2 : kc;
+        const int64_t kc = std::min(KC, K - p0), ksteps = panel_steps(kc, dot, amx);
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < panels; q += PACK_PANELS) {
             const int64_t r0 = q * mr;
