@@ -24,11 +24,13 @@ namespace {
 
 struct shape { int64_t M, N, K; };
 
-// {M, N, K}: block edges (MR 12, NR 32, KC 384/512, MC 516), one row, rank-16 products (the
-// skinny path: <= 16 columns or rows), and 1 to 4 vectors of A's rows against a weight read in
-// place (the few-row path, M <= 64 with trans_b: 7, 29, 40 and 64 rows; odd K for the pairs)
+// {M, N, K}: block edges (MR 12, NR 32, KC 384 f32, 512 AMX, 1024 vdpbf16ps; MC 516), one row,
+// rank-16 products (the skinny path: <= 16 columns or rows), and 1 to 4 vectors of A's rows
+// against a weight read in place (the few-row path, M <= 64 with trans_b: 7, 29, 40 and 64
+// rows; odd K for the pairs)
 const shape kShapes[] = {{7, 5, 11}, {29, 70, 300}, {200, 33, 520}, {1, 77, 130}, {1, 5, 3},
-                         {64, 16, 96}, {16, 96, 64}, {13, 1, 40}, {530, 13, 390}, {40, 50, 33}};
+                         {64, 16, 96}, {16, 96, 64}, {13, 1, 40}, {530, 13, 390}, {40, 50, 33},
+                         {70, 45, 1100}};
 
 struct isa_guard {   // restores CPUID dispatch whatever the test does
     ~isa_guard() { gemm_force_isa(nullptr); }
