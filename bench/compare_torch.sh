@@ -38,7 +38,7 @@ import json, statistics, sys
 out, shape, methods = sys.argv[1], sys.argv[2], sys.argv[3].split()
 def med(path, key):
     return statistics.median(json.loads(l)[key] for l in open(path) if l.strip())
-print(f"| shape | peft method | torch method | peft tok/s | torch tok/s | speed ratio | peft step / peft lora step | peft GFLOP/s / raw f32 peak | trainable params | activations MiB | peft RSS MiB | torch RSS MiB | RSS ratio |")
+print(f"| shape | peft method | torch method | peft tok/s | torch tok/s | speed ratio | peft step / peft lora step | peft GFLOP/s / raw peak (bf16 with --bf16) | trainable params | activations MiB | peft RSS MiB | torch RSS MiB | RSS ratio |")
 print(f"|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 lora_tps = med(f"{out}/peft_lora.jsonl", "tokens_per_s") if "lora" in methods else None
 for m in methods:
